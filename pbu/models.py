@@ -1,0 +1,152 @@
+"""Model factory by name, adapted to a dataset's classes, channels and image size.
+
+``build_model(name, num_classes=..., in_channels=..., image_size=..., weights="none")``.
+torchvision is imported only for its architectures, so the small CNN path stays light.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = ("none", "imagenet")
+
+
+class SmallCNN(nn.Module):
+    """A CNN sized for the CPU default: conv(16)-pool-conv(32)-pool-fc(64)-fc(classes).
+
+    ``[B, C, 28, 28] -> [B, 16, 14, 14] -> [B, 32, 7, 7] -> [B, 64] -> [B, classes]``.
+    BatchNorm after each conv, as in the paper's architectures, so BN mode matters here too.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 1, image_size: int = 28,
+                 width: int = 16, hidden: int = 64) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width),
+            nn.ReLU(), nn.MaxPool2d(2),
+        )
+        side = image_size // 4
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(2 * width * side * side, hidden), nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class AllCNN(nn.Module):
+    """All-CNN-C (Springenberg et al. 2015), with BatchNorm as in the unlearning literature."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32,
+                 width: int = 96) -> None:
+        super().__init__()
+        w1, w2 = width, 2 * width
+
+        def block(cin: int, cout: int, k: int, stride: int = 1, pad: int = 1) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, k, stride, pad, bias=False), nn.BatchNorm2d(cout),
+                    nn.ReLU()]
+
+        self.features = nn.Sequential(
+            *block(in_channels, w1, 3), *block(w1, w1, 3), *block(w1, w1, 3, 2),
+            nn.Dropout(0.5),
+            *block(w1, w2, 3), *block(w2, w2, 3), *block(w2, w2, 3, 2),
+            nn.Dropout(0.5),
+            *block(w2, w2, 3), *block(w2, w2, 1, pad=0),
+            nn.Conv2d(w2, num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def _torchvision_model(name: str, num_classes: int, in_channels: int, image_size: int,
+                       weights: str) -> nn.Module:
+    from torchvision import models as tvm
+
+    ctor, wenum = {
+        "resnet18": (tvm.resnet18, "ResNet18_Weights"),
+        "resnet34": (tvm.resnet34, "ResNet34_Weights"),
+        "resnet50": (tvm.resnet50, "ResNet50_Weights"),
+        "densenet121": (tvm.densenet121, "DenseNet121_Weights"),
+        "convnext_tiny": (tvm.convnext_tiny, "ConvNeXt_Tiny_Weights"),
+        "convnext_large": (tvm.convnext_large, "ConvNeXt_Large_Weights"),
+    }[name]
+    w = getattr(tvm, wenum).IMAGENET1K_V1 if weights == "imagenet" else None
+    try:
+        model = ctor(weights=w)
+    except Exception as err:  # noqa: BLE001 - torch hub raises URLError, RuntimeError, ...
+        raise RuntimeError(
+            f"could not fetch ImageNet weights for {name} ({type(err).__name__}: {err}); run "
+            f"`pbu download-weights {name}` on a machine with internet, or set weights: none"
+        ) from err
+    small = image_size <= 64
+    if name.startswith("resnet"):
+        if small or in_channels != 3:
+            # Small-image stem (CIFAR ResNets): 3x3 stride-1 conv, no max-pool, so a 32x32 input
+            # still reaches the last stage at 4x4. A 1-channel input gets its own first conv, as
+            # in the authors' MNIST notebook.
+            k, s, p = (3, 1, 1) if small else (7, 2, 3)
+            model.conv1 = nn.Conv2d(in_channels, 64, k, s, p, bias=False)
+            if small:
+                model.maxpool = nn.Identity()
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    elif name == "densenet121":
+        if small or in_channels != 3:
+            k, s, p = (3, 1, 1) if small else (7, 2, 3)
+            model.features.conv0 = nn.Conv2d(in_channels, 64, k, s, p, bias=False)
+            if small:
+                model.features.pool0 = nn.Identity()
+        model.classifier = nn.Linear(model.classifier.in_features, num_classes)
+    else:  # convnext
+        stem = model.features[0][0]
+        if small or in_channels != 3:
+            # 2x2 patches instead of 4x4 on small images, so 32x32 ends at 2x2 after 3 downsamples.
+            k = 2 if small else 4
+            model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, k, k)
+        last = model.classifier[-1]
+        model.classifier[-1] = nn.Linear(last.in_features, num_classes)
+    return model
+
+
+ARCHS: dict[str, str] = {
+    "small_cnn": "conv16-conv32-fc64 with BatchNorm; the CPU default (~30k parameters)",
+    "allcnn": "All-CNN-C with BatchNorm",
+    "resnet18": "torchvision ResNet-18 (small-image stem below 64 px)",
+    "resnet34": "torchvision ResNet-34 (small-image stem below 64 px)",
+    "resnet50": "torchvision ResNet-50 (small-image stem below 64 px)",
+    "densenet121": "torchvision DenseNet-121 (small-image stem below 64 px)",
+    "convnext_tiny": "torchvision ConvNeXt-T (2x2 patchify below 64 px)",
+    "convnext_large": "torchvision ConvNeXt-L (2x2 patchify below 64 px), the paper's ConvNeXt-L",
+}
+
+
+def build_model(name: str, *, num_classes: int, in_channels: int, image_size: int,
+                weights: str = "none", **kwargs: Any) -> nn.Module:
+    """Build a fresh model. ``weights``: "none" (random init, seeded by the caller) or
+    "imagenet" (torchvision's ImageNet-1k weights; the new stem and head stay random)."""
+    if name not in ARCHS:
+        raise KeyError(f"unknown arch {name!r}; known: {', '.join(ARCHS)}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown weights {weights!r}; allowed: {', '.join(WEIGHTS)}")
+    if name == "small_cnn":
+        if weights != "none":
+            raise ValueError("small_cnn has no pretrained weights; use weights: none")
+        return SmallCNN(num_classes, in_channels, image_size, **kwargs)
+    if name == "allcnn":
+        if weights != "none":
+            raise ValueError("allcnn has no pretrained weights; use weights: none")
+        return AllCNN(num_classes, in_channels, image_size, **kwargs)
+    return _torchvision_model(name, num_classes, in_channels, image_size, weights)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
