@@ -129,7 +129,7 @@ def unlearn_pbu(model: nn.Module, forget_loader: Iterable[tuple[Tensor, Tensor]]
         raise ValueError(f"Fisher lacks {len(missing)} trainable parameter(s), e.g. {missing[0]}")
     anchor = {n: p.detach().clone() for n, p in named}
     device = named[0][1].device
-    fisher = {n: fisher[n].to(device=device, dtype=named[i][1].dtype)
+    fisher = {n: fisher[n].detach().to(device=device, dtype=named[i][1].dtype)
               for i, (n, _) in enumerate(named)}
     opt = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
     steps_per_epoch = max(1, len(forget_loader)) if hasattr(forget_loader, "__len__") else None

@@ -1,0 +1,387 @@
+"""Tests for pbu.report: numbers against independent numpy computations, hand-made rankings,
+missing data, and the files (tables, figures, report) it writes."""
+
+from __future__ import annotations
+
+import logging
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pbu import report
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO / "config" / "paper" / "reference.csv"
+FORGETS = [1, 7]
+SEEDS = [0, 1, 2]
+METHODS = ["original", "oracle", "finetune", "pbu", "neggrad", "unsir"]
+ACCESS = {"original": "-", "oracle": "-", "finetune": "all retain", "pbu": "forget",
+          "neggrad": "forget", "unsir": "forget + retain subset"}
+# Mean A_Df / A_Dr per (method, forget class); PBU's class 7 is its worst on both.
+ACC_FORGET = {"original": (99.0, 98.0), "oracle": (0.0, 0.0), "finetune": (1.0, 2.0),
+              "pbu": (0.5, 6.0), "neggrad": (3.0, 1.0), "unsir": (0.2, 0.4)}
+ACC_RETAIN = {"original": (98.5, 98.7), "oracle": (98.0, 97.8), "finetune": (97.0, 96.5),
+              "pbu": (96.0, 90.0), "neggrad": (93.0, 94.0), "unsir": (91.0, 92.0)}
+
+
+def make_runs(dataset: str = "mnist5k", arch: str = "small_cnn", forgets=FORGETS,
+              seed: int = 0) -> pd.DataFrame:
+    """Synthetic runs: known per-(method, class) means plus seeded noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for f_idx, forget in enumerate(forgets):
+        for s in SEEDS:
+            for m_idx, method in enumerate(METHODS):
+                oracle = method == "oracle"
+                rows.append(dict(
+                    dataset=dataset, arch=arch, seed=s, forget=forget, method=method,
+                    data_access=ACCESS[method],
+                    acc_forget_test=ACC_FORGET[method][f_idx % 2] + (0 if oracle else
+                                                                     abs(rng.normal(0, 0.3))),
+                    acc_retain_test=ACC_RETAIN[method][f_idx % 2] + rng.normal(0, 0.4),
+                    mia_entropy_svc=0.2 + 0.1 * m_idx + rng.normal(0, 0.01),
+                    mia_loss_auc=0.5 + 0.05 * m_idx + rng.normal(0, 0.01),
+                    js_forget_test=0.0 if oracle else 0.01 * (m_idx + 1) + abs(rng.normal(0, 1e-3)),
+                    js_retain_test=0.0 if oracle else 0.002 * (m_idx + 1),
+                    time_s=5.0 * (m_idx + 1), epochs=2.0,
+                    time_per_epoch_s=2.5 * (m_idx + 1) + rng.normal(0, 0.1),
+                ))
+    return pd.DataFrame(rows)
+
+
+def make_history(dataset: str = "mnist5k", arch: str = "small_cnn") -> pd.DataFrame:
+    rows = []
+    for forget in FORGETS:
+        for s in SEEDS:
+            stop = 12 + s
+            for step in range(stop + 1):
+                ce = 0.1 * 1.3 ** step
+                monitored = step % 3 == 0 or step == stop
+                rows.append(dict(
+                    dataset=dataset, arch=arch, seed=s, forget=forget, method="pbu", step=step,
+                    epoch=step / 10, ce_forget=ce, term_forget=-631 * ce,
+                    term_fisher=90 * 1e-4 * step ** 2, term_l2=4001 * 1e-7 * step ** 2,
+                    loss_total=-631 * ce + 90 * 1e-4 * step ** 2 + 4001 * 1e-7 * step ** 2,
+                    acc_forget_batch=max(0.0, 100 - 8 * step),
+                    acc_forget_test=max(0.0, 100 - 8 * step) if monitored else np.nan,
+                    acc_retain_test=98 - 0.2 * step if monitored else np.nan,
+                    stopped=int(step == stop)))
+    return pd.DataFrame(rows)
+
+
+def make_timings() -> pd.DataFrame:
+    rows = []
+    for s in SEEDS:
+        for method, t in (("pretrain", 40.0), ("oracle", 30.0), ("finetune", 20.0),
+                          ("pbu", 0.1), ("unsir", 1.0)):
+            rows.append(dict(dataset="mnist5k", arch="small_cnn", seed=s, forget=1,
+                             method=method, time_s=t * 3, epochs=3.0, time_per_epoch_s=t))
+    return pd.DataFrame(rows)
+
+
+def pm(values) -> str:
+    """The expected "mean ± std" string, computed independently (sample std)."""
+    v = np.asarray(values, dtype=float)
+    return f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}"
+
+
+@pytest.fixture
+def runs() -> pd.DataFrame:
+    return make_runs()
+
+
+# ---------------------------------------------------------------------------- reference.csv
+
+def test_reference_csv_is_the_paper_table_parsed():
+    ref = report.read_reference(REFERENCE)
+    assert len(ref) == 27
+    assert set(ref["dataset_key"]) == {"mnist", "cifar100", "food101"}
+    assert set(ref["arch_key"]) == {"resnet34", "densenet121", "convnext_large", "resnet50"}
+    row = ref[(ref["dataset_key"] == "mnist") & (ref["arch_key"] == "resnet34")
+              & (ref["forget"] == 2)].iloc[0]
+    assert row["PBU_ADr"] == "98.73±0.57"
+    assert (row["PBU_ADr_mean"], row["PBU_ADr_std"]) == (98.73, 0.57)
+    odd = ref[(ref["dataset_key"] == "cifar100") & (ref["arch_key"] == "resnet50")
+              & (ref["forget"] == 1)].iloc[0]
+    assert (odd["PBU_ADf"], odd["PBU_ADf_mean"], odd["PBU_ADf_std"]) == ("0±1.15", 0.0, 1.15)
+    # Every "mean±std" column has both numeric columns; no comment line leaked into the data.
+    for col in [c for c in ref.columns if re.fullmatch(r"[A-Za-z]+_AD[fr]", c)]:
+        assert ref[f"{col}_mean"].notna().all() and ref[f"{col}_std"].notna().all()
+    # The averages quoted in PAPER.md (MNIST A_Dr: PBU 97.3, retrain 99.2).
+    mnist = ref[ref["dataset_key"] == "mnist"]
+    assert round(mnist["PBU_ADr_mean"].mean(), 1) == 97.3
+    assert round(mnist["retrain_ADr_mean"].mean(), 1) == 99.2
+
+
+def test_parse_paper_table_splits_mean_std(tmp_path):
+    raw = tmp_path / "raw.csv"
+    raw.write_text("# a comment, with commas\n"
+                   "dataset,model,forget_class,PBU_ADf,PBU_ADr\n"
+                   "CIFAR-100,ConvNeXt-L,3,1±1.15,72.51±0.91\n"
+                   "FOOD-101,DenseNet-121,10,0±0,64.97\n")
+    ref = report.parse_paper_table(raw)
+    assert ref["dataset_key"].tolist() == ["cifar100", "food101"]
+    assert ref["arch_key"].tolist() == ["convnext_large", "densenet121"]
+    assert ref["forget"].tolist() == [3, 10]
+    assert ref["PBU_ADr_mean"].tolist() == [72.51, 64.97]
+    assert ref["PBU_ADr_std"].iloc[0] == 0.91 and np.isnan(ref["PBU_ADr_std"].iloc[1])
+
+
+# ---------------------------------------------------------------------------- numbers
+
+def test_paper_table_mean_std_matches_numpy(runs):
+    table = report.paper_table(runs)
+    assert len(table) == len(FORGETS)
+    for _, row in table.iterrows():
+        for method in METHODS:
+            sel = runs[(runs["forget"] == row["forget"]) & (runs["method"] == method)]
+            name = report.method_display(method)
+            assert row[f"{name} A_Df"] == pm(sel["acc_forget_test"])
+            assert row[f"{name} A_Dr"] == pm(sel["acc_retain_test"])
+
+
+def test_paper_table_method_order(runs):
+    cols = report.paper_table(runs).columns.tolist()
+    names = list(dict.fromkeys(c.rsplit(" ", 1)[0] for c in cols[3:]))
+    # original, oracle, finetune, pbu, then the rest alphabetically by our name (neggrad < unsir)
+    assert names == ["init", "retrain", "finetune", "PBU", "neggrad", "fastEffective"]
+
+
+def test_paper_table_long_numbers(runs):
+    long = report.paper_table_long(runs)
+    row = long[(long["method"] == "pbu") & (long["forget"] == 7) & (long["metric"] == "A_Dr")]
+    vals = runs[(runs["method"] == "pbu") & (runs["forget"] == 7)]["acc_retain_test"]
+    assert row["mean"].item() == pytest.approx(np.mean(vals))
+    assert row["std"].item() == pytest.approx(np.std(vals, ddof=1))
+    assert row["n"].item() == 3
+
+
+def test_single_seed_prints_mean_only():
+    assert report.format_mean_std(1.234, float("nan")) == "1.23"
+    assert report.format_mean_std(float("nan"), 1.0) is None
+    assert report.format_mean_std(0.12345, 0.01, "{:.3f}") == "0.123 ± 0.010"
+
+
+def test_method_summary_pooled_stats_and_worst_class(runs):
+    summary = report.method_summary(runs)
+    shown = report.summary_display(summary)
+    pbu = summary[summary["method"] == "pbu"].iloc[0]
+    pbu_runs = runs[runs["method"] == "pbu"]
+    assert pbu["n_runs"] == 6 and pbu["n_classes"] == 2 and pbu["n_seeds"] == 3
+    assert pbu["data_access"] == "forget"
+    shown_pbu = shown[shown["method"] == "PBU"].iloc[0]
+    assert shown_pbu["A_Df"] == pm(pbu_runs["acc_forget_test"])
+    assert shown_pbu["A_Dr"] == pm(pbu_runs["acc_retain_test"])
+    assert shown_pbu["MIA entropy-SVC"] == (
+        f"{pbu_runs['mia_entropy_svc'].mean():.3f} ± {pbu_runs['mia_entropy_svc'].std():.3f}")
+    # Worst class: highest A_Df and lowest A_Dr (mean over seeds): class 7 for PBU on both,
+    # class 1 for neggrad on both (see ACC_FORGET / ACC_RETAIN).
+    assert pbu["worst_forget_class_df"] == 7 and pbu["worst_forget_class_dr"] == 7
+    c7 = pbu_runs[pbu_runs["forget"] == 7]
+    assert pbu["worst_A_Df"] == pytest.approx(c7["acc_forget_test"].mean())
+    assert pbu["worst_A_Dr"] == pytest.approx(c7["acc_retain_test"].mean())
+    neggrad = summary[summary["method"] == "neggrad"].iloc[0]
+    assert neggrad["worst_forget_class_df"] == 1 and neggrad["worst_forget_class_dr"] == 1
+    assert shown_pbu["worst class (A_Df)"] == f"7 ({c7['acc_forget_test'].mean():.2f})"
+
+
+def _ranking_runs() -> pd.DataFrame:
+    """Hand-made: one class, one seed; oracle A_Df 0 / A_Dr 90."""
+    def row(method, js_f, js_r, a_f, a_r):
+        return dict(dataset="d", arch="a", seed=0, forget=0, method=method,
+                    acc_forget_test=a_f, acc_retain_test=a_r,
+                    js_forget_test=js_f, js_retain_test=js_r)
+    return pd.DataFrame([
+        row("oracle", 0.0, 0.0, 0.0, 90.0),
+        row("original", 0.001, 0.001, 99.0, 90.0),  # the starting point: never ranked
+        row("m_a", 0.01, 0.03, 0.0, 89.0),      # JS 0.02, gap 0.5
+        row("m_b", 0.03, 0.01, 2.0, 88.0),      # JS 0.02 (tie), gap 2.0 -> after m_a
+        row("m_c", 0.005, 0.005, 10.0, 10.0),   # smallest JS wins despite a huge gap
+        row("m_d", np.nan, np.nan, 0.0, 89.8),  # no JS: after all with JS, despite gap 0.1
+        row("m_e", 0.5, 0.5, 0.0, 90.0),        # large JS
+    ])
+
+
+def test_ranking_by_distance_to_oracle():
+    summary = report.method_summary(_ranking_runs())
+    ranked = summary.dropna(subset=["rank"]).sort_values("rank")
+    assert ranked["method"].tolist() == ["m_c", "m_a", "m_b", "m_e", "m_d"]
+    assert pd.isna(summary.loc[summary["method"] == "oracle", "rank"].item())
+    assert pd.isna(summary.loc[summary["method"] == "original", "rank"].item())
+    m_b = summary[summary["method"] == "m_b"].iloc[0]
+    assert (m_b["js_to_oracle"], m_b["gap_A_Df"], m_b["gap_A_Dr"]) == pytest.approx((0.02, 2, 2))
+    assert m_b["acc_gap_to_oracle"] == pytest.approx(2.0)
+
+
+def test_ranking_falls_back_to_accuracy_gap_without_js():
+    runs = _ranking_runs().drop(columns=["js_forget_test", "js_retain_test"])
+    ranked = report.method_summary(runs).dropna(subset=["rank"]).sort_values("rank")
+    # gaps: m_e 0, m_d 0.1, m_a 0.5, m_b 2, m_c 45
+    assert ranked["method"].tolist() == ["m_e", "m_d", "m_a", "m_b", "m_c"]
+
+
+# ---------------------------------------------------------------------------- missing data
+
+def test_missing_columns_and_methods_are_reported(runs, tmp_path, caplog):
+    thin = runs[runs["method"] != "oracle"].drop(
+        columns=["mia_entropy_svc", "mia_loss_auc", "js_forget_test", "js_retain_test",
+                 "time_s", "epochs", "time_per_epoch_s", "data_access"])
+    with caplog.at_level(logging.WARNING, logger="pbu.report"):
+        summary = report.method_summary(thin)
+        notes = report.data_gaps(thin)
+        figures = report.write_figures(thin, None, None, tmp_path / "fig")
+        tables = report.write_tables(thin, tmp_path / "tab")
+        out = report.write_report(thin, REFERENCE, tmp_path / "report.md", figures=figures,
+                                  tables=tables, settings={})
+    assert summary["rank"].isna().all() and summary["gap_A_Dr"].isna().all()
+    assert "mia_entropy_svc_mean" not in summary.columns
+    assert any("mia_entropy_svc" in n and "absent" in n for n in notes)
+    assert any("methods absent: oracle" in n for n in notes)
+    # Only the accuracy figure can be drawn; each skipped one says why.
+    assert sorted(p.name for p in figures) == ["accuracy_per_class.pdf", "accuracy_per_class.png"]
+    for name in ("time_per_epoch", "pbu_trajectory", "mia_vs_oracle", "retain_gap_to_oracle"):
+        assert any(f"{name} skipped" in r.getMessage() for r in caplog.records), name
+    text = out.read_text()
+    assert "methods absent: oracle" in text and "js_forget_test" in text
+
+
+def test_history_without_pbu_and_empty_metric_column(runs, tmp_path, caplog):
+    history = make_history().assign(method="neggrad")
+    runs = runs.assign(mia_loss_auc=np.nan)
+    with caplog.at_level(logging.WARNING, logger="pbu.report"):
+        figures = report.write_figures(runs, history, None, tmp_path)
+    names = {p.stem for p in figures}
+    assert "pbu_trajectory" not in names and "mia_vs_oracle" in names
+    assert any("no pbu rows" in r.getMessage() for r in caplog.records)
+    assert any("present but empty" in n and "mia_loss_auc" in n for n in report.data_gaps(runs))
+
+
+def test_time_per_epoch_one_source_per_method(runs):
+    frame = report._time_per_epoch_frame(runs, make_timings())
+    assert "pretrain" not in set(frame["method"]) and "original" not in set(frame["method"])
+    by_source = frame.groupby("method")["source"].unique().map(list).to_dict()
+    # timings.csv has oracle, finetune, pbu, unsir: used alone for those; runs.csv for neggrad
+    assert by_source == {"oracle": ["timings"], "finetune": ["timings"], "pbu": ["timings"],
+                         "unsir": ["timings"], "neggrad": ["runs"]}
+    assert frame.loc[frame["method"] == "pbu", "time_per_epoch_s"].tolist() == [0.1] * 3
+    # time_s / epochs fills in a missing per-epoch column
+    derived = report._time_per_epoch_frame(runs.drop(columns="time_per_epoch_s"), None)
+    pbu = derived[derived["method"] == "pbu"]
+    assert np.allclose(pbu["time_per_epoch_s"], 20.0 / 2.0)
+
+
+# ---------------------------------------------------------------------------- files
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_write_figures_files(runs, tmp_path):
+    paths = report.write_figures(runs, make_history(), make_timings(), tmp_path)
+    expected = {f"{n}.{e}" for n in report.FIGURE_NAMES for e in ("png", "pdf")}
+    assert {p.name for p in paths} == expected
+    assert {p.name for p in tmp_path.iterdir()} == expected  # no temp files left behind
+    for p in paths:
+        assert p.stat().st_size > 1000
+        if p.suffix == ".pdf":
+            assert p.read_bytes()[:5] == b"%PDF-"
+        else:  # 7 in at 200 dpi: printed at text width, the 8 pt fonts stay 8 pt
+            width, height = _png_size(p)
+            assert width == int(report.FIG_WIDTH_IN * report.DPI) and height > 300
+
+
+def test_write_tables_markdown_and_latex(runs, tmp_path):
+    paths = report.write_tables(runs, tmp_path)
+    assert sorted(p.name for p in paths) == sorted(
+        ["paper_table.csv", "paper_table.md", "paper_table.tex", "paper_table_long.csv",
+         "method_summary.csv", "method_summary.md", "method_summary.tex",
+         "method_summary_numeric.csv"])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    md = (tmp_path / "paper_table.md").read_text().splitlines()
+    header = ["dataset", "arch", "forget"] + [
+        f"{n} {m}" for n in ("init", "retrain", "finetune", "PBU", "neggrad", "fastEffective")
+        for m in ("A_Df", "A_Dr")]
+    assert md[0] == "| " + " | ".join(header) + " |"
+    assert re.fullmatch(r"\|( -{3,}:? \|)+", md[1])
+    assert len(md) == 2 + len(FORGETS)
+    pbu7 = runs[(runs["method"] == "pbu") & (runs["forget"] == 7)]["acc_retain_test"]
+    assert pm(pbu7) in md[3]
+    summary_md = (tmp_path / "method_summary.md").read_text().splitlines()
+    assert len(summary_md) == 2 + len(METHODS)
+    tex = (tmp_path / "paper_table.tex").read_text()
+    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\multicolumn{2}{c}{PBU}",
+                  r"$\pm$", r"\cmidrule(lr){4-5}"):
+        assert token in tex
+    assert tex.count(r"\\") == 2 + len(FORGETS)  # two header rows + data rows
+    assert r"\toprule" in (tmp_path / "method_summary.tex").read_text()
+    back = pd.read_csv(tmp_path / "paper_table.csv")
+    assert back["PBU A_Dr"].tolist() == report.paper_table(runs)["PBU A_Dr"].tolist()
+
+
+def test_markdown_and_latex_escaping():
+    df = pd.DataFrame({"name": ["a|b", "x_y & 5%"], "value": [1.5, np.nan]})
+    md = report.to_markdown(df).splitlines()
+    assert md[1] == "| --- | ---: |"
+    assert md[2] == r"| a\|b | 1.5 |" and md[3].endswith("| – |")
+    tex = report.to_latex(df)
+    assert r"x\_y \& 5\%" in tex and r"\toprule" in tex
+    # Adjacent inline maths are merged: "$a$$b$" would open display math in LaTeX.
+    head = report.to_latex(pd.DataFrame({"|ΔA_Df|": ["1.00 ± 0.50"]}))
+    assert r"$|\Delta{}A_{D_f}|$" in head and "$$" not in head
+    assert r"1.00 $\pm$ 0.50" in head
+
+
+# ---------------------------------------------------------------------------- report
+
+def test_report_beside_paper_and_differs(tmp_path):
+    matching = make_runs("mnist", "resnet34", forgets=[2], seed=1)
+    ours_default = make_runs("mnist5k", "small_cnn", forgets=FORGETS, seed=2)
+    runs = pd.concat([matching, ours_default], ignore_index=True)
+    fig = tmp_path / "figures" / "accuracy_per_class.png"
+    fig.parent.mkdir()
+    fig.write_bytes(b"png")
+    out = report.write_report(
+        runs, REFERENCE, tmp_path / "report.md", figures=[fig], tables=[],
+        settings={"dataset": "mnist5k", "arch": "small_cnn", "seeds": [0, 1, 2],
+                  "pbu": {"alpha": 631, "beta": 90, "gamma": 4001}})
+    text = out.read_text()
+    lines = text.splitlines()
+    # Matching row: the paper's PBU numbers on the same line as ours.
+    pbu = matching[matching["method"] == "pbu"]
+    ours_dr = pm(pbu["acc_retain_test"])
+    line = next(ln for ln in lines if ln.startswith("| PBU |") and "98.73 ± 0.57" in ln)
+    assert ours_dr in line and "0.03 ± 0.06" in line
+    oracle_line = next(ln for ln in lines if ln.startswith("| retrain |") and "99.33" in ln)
+    assert pm(matching[matching["method"] == "oracle"]["acc_retain_test"]) in oracle_line
+    # Non-matching setting: said plainly, with the paper's MNIST averages beside ours.
+    assert re.search(r"setting differs.*mnist5k / small_cnn", text, re.IGNORECASE)
+    avg_line = next(ln for ln in lines if ln.startswith("| PBU |") and "97.34" in ln)
+    ours5k = ours_default[ours_default["method"] == "pbu"]["acc_retain_test"]
+    assert pm(ours5k) in avg_line
+    assert "ResNet-34" in text and "ImageNet" in text  # the named differences
+    # Figures by relative link, settings listed.
+    assert "](figures/accuracy_per_class.png)" in text
+    assert "| pbu.alpha | 631 |" in text and "| seeds | 0, 1, 2 |" in text
+
+
+def test_build_all_end_to_end(tmp_path):
+    runs = pd.concat([make_runs(), make_runs("mnist", "resnet34", [2, 6])], ignore_index=True)
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    make_history().to_csv(tmp_path / "history.csv", index=False)
+    make_timings().to_csv(tmp_path / "timings.csv", index=False)
+    out = report.build_all(tmp_path / "runs.csv", tmp_path / "history.csv",
+                           tmp_path / "timings.csv", REFERENCE, tmp_path / "out",
+                           {"dataset": "mnist5k"})
+    assert set(out) == {"tables", "figures", "report"}
+    assert len(out["figures"]) == 10 and len(out["tables"]) == 8
+    text = out["report"][0].read_text()
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert len(links) == 10 + 8
+    for link in links:
+        assert (tmp_path / "out" / link).is_file(), link
