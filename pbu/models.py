@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pbu.registry import ARCHS
+
 log = logging.getLogger(__name__)
 
 WEIGHTS = ("none", "imagenet")
@@ -115,18 +117,6 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int, image_size
         last = model.classifier[-1]
         model.classifier[-1] = nn.Linear(last.in_features, num_classes)
     return model
-
-
-ARCHS: dict[str, str] = {
-    "small_cnn": "conv16-conv32-fc64 with BatchNorm; the CPU default (~30k parameters)",
-    "allcnn": "All-CNN-C with BatchNorm",
-    "resnet18": "torchvision ResNet-18 (small-image stem below 64 px)",
-    "resnet34": "torchvision ResNet-34 (small-image stem below 64 px)",
-    "resnet50": "torchvision ResNet-50 (small-image stem below 64 px)",
-    "densenet121": "torchvision DenseNet-121 (small-image stem below 64 px)",
-    "convnext_tiny": "torchvision ConvNeXt-T (2x2 patchify below 64 px)",
-    "convnext_large": "torchvision ConvNeXt-L (2x2 patchify below 64 px), the paper's ConvNeXt-L",
-}
 
 
 def build_model(name: str, *, num_classes: int, in_channels: int, image_size: int,

@@ -1,0 +1,136 @@
+"""Collect the per-job result files into three tables (CSV) for reports and tracking.
+
+Layout read (one directory level per wildcard)::
+
+    {results}/{dataset}/{arch}/seed{seed}/pretrain/info.json         the original model
+    {results}/{dataset}/{arch}/seed{seed}/forget{c}/oracle/info.json the retrain oracle
+    {results}/{dataset}/{arch}/seed{seed}/forget{c}/fisher.json      the forget-set Fisher
+    {results}/{dataset}/{arch}/seed{seed}/forget{c}/{method}/info.json, history.json
+    {results}/{dataset}/{arch}/seed{seed}/forget{c}/metrics.json     evaluation of all models
+
+Written: ``runs.csv`` (one row per dataset/arch/seed/forget/method), ``history.csv`` (per-step
+trajectories) and ``timings.csv`` (wall time of every compute job, including Fisher).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pbu.checkpoint import atomic_write
+
+log = logging.getLogger(__name__)
+
+GROUP_RE = re.compile(r"(?P<dataset>[^/]+)/(?P<arch>[^/]+)/seed(?P<seed>\d+)/forget(?P<forget>\d+)$")
+KEYS = ("dataset", "arch", "seed", "forget", "method")
+
+
+def parse_group(path: Path, results: Path) -> dict[str, Any]:
+    """Wildcards of a ``.../{dataset}/{arch}/seed{s}/forget{c}`` folder."""
+    rel = path.resolve().relative_to(results.resolve()).as_posix()
+    m = GROUP_RE.search(rel)
+    if not m:
+        raise ValueError(f"{path}: not a results/{{dataset}}/{{arch}}/seed{{s}}/forget{{c}} folder")
+    d = m.groupdict()
+    return {"dataset": d["dataset"], "arch": d["arch"], "seed": int(d["seed"]),
+            "forget": int(d["forget"])}
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def _timing(key: dict[str, Any], method: str, info: dict[str, Any]) -> dict[str, Any]:
+    return {**key, "method": method, "time_s": info.get("time_s"),
+            "epochs": info.get("epochs"), "time_per_epoch_s": info.get("time_per_epoch_s"),
+            "peak_rss_mb": info.get("peak_rss_mb"), "peak_gpu_mb": info.get("peak_gpu_mb")}
+
+
+def collect(results: str | os.PathLike, metrics_files: list[str] | None = None,
+            ) -> tuple[list[dict], list[dict], list[dict]]:
+    """Rows of runs, history and timings for ``metrics_files`` (default: all under ``results``).
+
+    The pipeline passes its own list, so results of groups no longer in the config are ignored.
+    """
+    results = Path(results)
+    files = ([Path(f) for f in metrics_files] if metrics_files is not None
+             else sorted(results.glob("*/*/seed*/forget*/metrics.json")))
+    runs: list[dict] = []
+    history: list[dict] = []
+    timings: list[dict] = []
+    seen_pretrain: set[Path] = set()
+    for mfile in files:
+        group = mfile.parent
+        key = parse_group(group, results)
+        ev = json.loads(mfile.read_text())
+        pre_dir = group.parent / "pretrain"
+        pre = _read(pre_dir / "info.json") or {}
+        if pre_dir not in seen_pretrain and pre:
+            seen_pretrain.add(pre_dir)
+            timings.append(_timing({k: key[k] for k in ("dataset", "arch", "seed")} |
+                                   {"forget": None}, "pretrain", pre))
+        fisher = _read(group / "fisher.json") or {}
+        if fisher:
+            timings.append(_timing(key, "fisher", fisher))
+        for method, metrics in ev["metrics"].items():
+            row: dict[str, Any] = {**key, "method": method}
+            if method == "original":
+                info = pre
+                row["data_access"] = "-"
+            else:
+                info = _read(group / method / "info.json") or {}
+                row["data_access"] = info.get("data_access", "-")
+                timings.append(_timing(key, method, info))
+            row.update(metrics)
+            for k in ("time_s", "epochs", "time_per_epoch_s", "peak_rss_mb", "peak_gpu_mb"):
+                row[k] = info.get(k)
+            if method == "pbu" and fisher:
+                row["fisher_time_s"] = fisher.get("time_s")
+                row["time_with_fisher_s"] = (info.get("time_s") or 0) + (fisher.get("time_s") or 0)
+            stop = (info.get("info") or {})
+            for k in ("stop_step", "steps", "stop_reason"):
+                if k in stop:
+                    row[k] = stop[k]
+            runs.append(row)
+            hist = _read(group / method / "history.json")
+            for h in (hist or {}).get("history", []):
+                history.append({**key, "method": method, **h})
+    return runs, history, timings
+
+
+def aggregate(results: str | os.PathLike, out_dir: str | os.PathLike,
+              metrics_files: list[str] | None = None) -> dict[str, Path]:
+    """Write runs.csv, history.csv and timings.csv into ``out_dir``."""
+    runs, history, timings = collect(results, metrics_files)
+    if not runs:
+        raise FileNotFoundError(f"no */*/seed*/forget*/metrics.json under {results}")
+    out = Path(out_dir)
+    paths = {"runs": out / "runs.csv", "history": out / "history.csv",
+             "timings": out / "timings.csv"}
+    _write_csv(paths["runs"], runs)
+    _write_csv(paths["history"], history or [{k: None for k in KEYS}])
+    _write_csv(paths["timings"], timings)
+    log.info("aggregated %d runs, %d history rows, %d timings", len(runs), len(history),
+             len(timings))
+    return paths

@@ -1,0 +1,167 @@
+"""Evaluate every model of one (dataset, arch, seed, forget class) against the retrain oracle.
+
+Each model's outputs are computed once per split (forget/retain x train/test) and every
+output-based metric reads them; only relearn time and the linear probe run a model again.
+The oracle's own row is computed the same way, so every method's number sits beside the oracle's.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pbu import metrics as M
+from pbu.data import ImageData, class_split, random_subset, stratified_subset
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("forget_train", "retain_train", "forget_test", "retain_test")
+
+# Units of every metric the evaluation writes (metrics files carry them).
+UNITS: dict[str, str] = {
+    "acc_forget_test": "%", "acc_retain_test": "%", "acc_forget_train": "%",
+    "acc_retain_train": "%",
+    "mia_entropy_svc": "fraction of forget-train predicted member (Bad Teaching / PBU paper)",
+    "mia_efficacy_salun": "fraction of forget-train predicted non-member (SalUn)",
+    "mia_loss_acc": "CV accuracy, forget-train vs forget-test (0.5 = no leakage)",
+    "mia_loss_auc": "CV ROC AUC, forget-train vs forget-test (0.5 = no leakage)",
+    "js_forget_test": "nats, JS divergence to the oracle", "js_retain_test": "nats",
+    "act_dist_forget_test": "L2 between softmax outputs", "act_dist_retain_test": "L2",
+    "zrf_forget_test": "1 - mean JS to an incompetent model (Chundawat et al.)",
+    "zrf_forget_test_as_coded": "ZRF as coded by Bad Teaching / SSD (reversed KL, / classes)",
+    "relearn_steps": "Adam steps on a forget sample until forget-test accuracy >= threshold",
+    "anamnesis_index": "relearn_steps / oracle relearn_steps",
+    "probe_auc": "ROC AUC of a linear probe (forget vs rest) on penultimate features",
+    "probe_acc": "balanced accuracy of that probe",
+}
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Engineering knobs of the evaluation (sizes, not hyperparameters of any method)."""
+
+    batch_size: int = 1024
+    mia_max_samples: int = 1000  # per side of the SVC attacks (fit is quadratic)
+    relearn_samples: int = 64  # forget-train samples used to relearn
+    relearn_batch_size: int = 16
+    relearn_lr: float = 1e-3
+    relearn_max_steps: int = 100
+    relearn_threshold: float = 50.0  # percent forget-test accuracy to count as relearned
+    probe_train_per_class: int = 100
+    probe: bool = True
+    relearn: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalSettings:
+        known = set(cls.__dataclass_fields__)
+        bad = sorted(set(d) - known)
+        if bad:
+            raise ValueError(f"unknown evaluation key(s) {', '.join(bad)}; allowed: "
+                             f"{', '.join(sorted(known))}")
+        return cls(**d)
+
+
+@dataclass
+class EvalData:
+    """The four splits of one forget class, each as its own copy."""
+
+    forget_train: ImageData
+    retain_train: ImageData
+    forget_test: ImageData
+    retain_test: ImageData
+
+    @classmethod
+    def build(cls, train: ImageData, test: ImageData, forget_class: int) -> EvalData:
+        f_tr, r_tr = class_split(train.labels, forget_class)
+        f_te, r_te = class_split(test.labels, forget_class)
+        return cls(train.subset(f_tr), train.subset(r_tr), test.subset(f_te), test.subset(r_te))
+
+
+def model_outputs(model: nn.Module, data: EvalData, settings: EvalSettings,
+                  device: torch.device) -> dict[str, tuple[Tensor, Tensor]]:
+    """Logits and labels of ``model`` on each split."""
+    return {s: M.collect_outputs(model, getattr(data, s).loader(settings.batch_size,
+                                                                device=device))
+            for s in SPLITS}
+
+
+def _relearn_steps(model: nn.Module, data: EvalData, settings: EvalSettings, seed: int,
+                   device: torch.device) -> M.RelearnResult:
+    idx = random_subset(len(data.forget_train), settings.relearn_samples, seed)
+    sample = data.forget_train.subset(idx)
+    loader = sample.loader(settings.relearn_batch_size, shuffle=True, seed=seed, device=device)
+    return M.relearn_time(model, loader, data.forget_test.loader(settings.batch_size,
+                                                                 device=device),
+                          lr=settings.relearn_lr, max_steps=settings.relearn_max_steps,
+                          threshold=settings.relearn_threshold, seed=seed)
+
+
+def _probe(model: nn.Module, data: EvalData, forget_class: int, settings: EvalSettings,
+           seed: int, device: torch.device) -> dict[str, float]:
+    """Linear probe on frozen penultimate features: forget class vs the rest.
+
+    Fitted on a class-balanced sample of the training split, scored on the whole test split.
+    """
+    def feats(split: ImageData) -> tuple[Tensor, Tensor]:
+        f = M.penultimate_features(model, split.loader(settings.batch_size, device=device))
+        return f, split.labels.cpu() == forget_class
+
+    k = settings.probe_train_per_class
+    f_tr = data.forget_train.subset(random_subset(len(data.forget_train), k, seed))
+    r_tr = data.retain_train.subset(stratified_subset(data.retain_train.labels.cpu(), k, seed))
+    a, ya = feats(f_tr)
+    b, yb = feats(r_tr)
+    c, yc = feats(data.forget_test)
+    d, yd = feats(data.retain_test)
+    return M.linear_probe(torch.cat([a, b]), torch.cat([ya, yb]), torch.cat([c, d]),
+                          torch.cat([yc, yd]), seed=seed)
+
+
+def evaluate_models(models: dict[str, nn.Module], oracle: nn.Module, incompetent: nn.Module,
+                    data: EvalData, forget_class: int, *, settings: EvalSettings, seed: int,
+                    device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+    """Metrics for every model in ``models`` (plus ``"oracle"``), keyed by model name.
+
+    ``incompetent`` is a randomly initialised model of the same architecture (for ZRF).
+    """
+    device = torch.device(device)
+    everyone = {"oracle": oracle, **{k: v for k, v in models.items() if k != "oracle"}}
+    outs = {name: model_outputs(m, data, settings, device) for name, m in everyone.items()}
+    inc_forget = M.collect_outputs(incompetent, data.forget_test.loader(settings.batch_size,
+                                                                        device=device))[0]
+    relearn = ({name: _relearn_steps(m, data, settings, seed, device)
+                for name, m in everyone.items()} if settings.relearn else {})
+    o = outs["oracle"]
+    rows: dict[str, dict[str, float]] = {}
+    for name, m in everyone.items():
+        out = outs[name]
+        (ftr, ftr_y), (rtr, rtr_y) = out["forget_train"], out["retain_train"]
+        (fte, fte_y), (rte, rte_y) = out["forget_test"], out["retain_test"]
+        row = {f"acc_{s}": M.accuracy_from_logits(*out[s]) for s in SPLITS}
+        # Member = retain-train, non-member = the test split WITHOUT the forget class.
+        row["mia_entropy_svc"] = M.mia_entropy_svc(rtr, rte, ftr, seed=seed,
+                                                   max_samples=settings.mia_max_samples)
+        row["mia_efficacy_salun"] = M.mia_efficacy_salun(
+            rtr, rtr_y, rte, rte_y, ftr, ftr_y, seed=seed, max_samples=settings.mia_max_samples)
+        loss_mia = M.mia_loss_lr(ftr, ftr_y, fte, fte_y, seed=seed)
+        row["mia_loss_acc"], row["mia_loss_auc"] = loss_mia["acc"], loss_mia["auc"]
+        row["js_forget_test"] = M.js_divergence(fte, o["forget_test"][0])
+        row["js_retain_test"] = M.js_divergence(rte, o["retain_test"][0])
+        row["act_dist_forget_test"] = M.activation_distance(fte, o["forget_test"][0])
+        row["act_dist_retain_test"] = M.activation_distance(rte, o["retain_test"][0])
+        row["zrf_forget_test"] = M.zrf(fte, inc_forget)
+        row["zrf_forget_test_as_coded"] = M.zrf_as_coded(fte, inc_forget)
+        if settings.relearn:
+            row["relearn_steps"] = float(relearn[name].steps)
+            row["relearn_reached"] = float(relearn[name].reached)
+            row["anamnesis_index"] = M.anamnesis_index(relearn[name].steps,
+                                                       relearn["oracle"].steps)
+        if settings.probe:
+            p = _probe(m, data, forget_class, settings, seed, device)
+            row["probe_auc"], row["probe_acc"] = p["auc"], p["acc"]
+        rows[name] = row
+    return rows

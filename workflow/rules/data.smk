@@ -1,0 +1,35 @@
+# Downloads run on the submitting node: compute nodes of a cluster often have no internet.
+localrules:
+    download,
+    weights,
+
+
+rule download:
+    output:
+        R + "/data/{dataset}.pt",
+    log:
+        LOGS + "/download/{dataset}.log",
+    params:
+        root=CONFIG["data"]["root"],
+        source=(
+            f"--source {CONFIG['data']['source']}"
+            if CONFIG["data"]["source"]
+            else ""
+        ),
+        no_download="" if CONFIG["data"]["download"] else "--no-download",
+    conda:
+        CONDA_ENV
+    shell:
+        "pbu download --dataset {wildcards.dataset} --root {params.root} {params.source} "
+        "{params.no_download} --out {output} 2> {log}"
+
+
+rule weights:
+    output:
+        R + "/weights/{arch}.done",
+    log:
+        LOGS + "/weights/{arch}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "pbu download-weights --arch {wildcards.arch} --out {output} 2> {log}"

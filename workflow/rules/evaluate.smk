@@ -1,0 +1,53 @@
+# Every model of a (dataset, arch, seed, forget) group against the oracle, then all groups
+# collected into CSV tables.
+
+
+rule evaluate:
+    input:
+        unpack(evaluate_inputs),
+    output:
+        GROUP_DIR + "/metrics.json",
+    log:
+        LOGS + "/{dataset}/{arch}/seed{seed}/forget{forget}/evaluate.log",
+    benchmark:
+        BENCH + "/{dataset}/{arch}/seed{seed}/forget{forget}/evaluate.tsv"
+    params:
+        models=model_args,
+        settings=as_json(CONFIG["evaluation"]),
+        device=CONFIG["device"],
+    threads: res("evaluate", "threads")
+    resources:
+        mem_mb=res("evaluate", "mem_mb"),
+        runtime=res("evaluate", "runtime"),
+        gpu=res("evaluate", "gpu"),
+    conda:
+        CONDA_ENV
+    shell:
+        "pbu evaluate --data {input.data} --forget {wildcards.forget} --seed {wildcards.seed} "
+        "--original {input.original} --oracle {input.oracle} {params.models} "
+        "--settings {params.settings:q} --device {params.device} --threads {threads} --quiet "
+        "--out {output} 2> {log}"
+
+
+rule aggregate:
+    input:
+        metrics_files(),
+    output:
+        runs=R + "/aggregate/runs.csv",
+        history=R + "/aggregate/history.csv",
+        timings=R + "/aggregate/timings.csv",
+    log:
+        LOGS + "/aggregate.log",
+    benchmark:
+        BENCH + "/aggregate.tsv"
+    params:
+        results=R,
+        out_dir=R + "/aggregate",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        CONDA_ENV
+    shell:
+        "pbu aggregate --results {params.results} --out-dir {params.out_dir} {input} 2> {log}"

@@ -1,0 +1,67 @@
+# The forget-set Fisher (PBU's only extra input) and one job per unlearning method.
+
+
+rule fisher:
+    input:
+        data=R + "/data/{dataset}.pt",
+        model=SEED_DIR + "/pretrain/model.pt",
+    output:
+        fisher=GROUP_DIR + "/fisher.pt",
+        info=GROUP_DIR + "/fisher.json",
+    log:
+        LOGS + "/{dataset}/{arch}/seed{seed}/forget{forget}/fisher.log",
+    benchmark:
+        BENCH + "/{dataset}/{arch}/seed{seed}/forget{forget}/fisher.tsv"
+    params:
+        kind=CONFIG["fisher"]["kind"],
+        bn_mode=CONFIG["fisher"]["bn_mode"],
+        mc_samples=CONFIG["fisher"]["mc_samples"],
+        chunk_size=CONFIG["fisher"]["chunk_size"],
+        batch_size=CONFIG["fisher"]["batch_size"],
+        device=CONFIG["device"],
+    threads: res("fisher", "threads")
+    resources:
+        mem_mb=res("fisher", "mem_mb"),
+        runtime=res("fisher", "runtime"),
+        gpu=res("fisher", "gpu"),
+    conda:
+        CONDA_ENV
+    shell:
+        "pbu fisher --data {input.data} --model {input.model} --forget {wildcards.forget} "
+        "--kind {params.kind} --bn-mode {params.bn_mode} --mc-samples {params.mc_samples} "
+        "--chunk-size {params.chunk_size} --batch-size {params.batch_size} "
+        "--seed {wildcards.seed} --device {params.device} --threads {threads} --quiet "
+        "--out {output.fisher} --out-info {output.info} 2> {log}"
+
+
+rule unlearn:
+    input:
+        unpack(unlearn_inputs),
+    output:
+        model=GROUP_DIR + "/{method}/model.pt",
+        history=GROUP_DIR + "/{method}/history.json",
+        info=GROUP_DIR + "/{method}/info.json",
+    log:
+        LOGS + "/{dataset}/{arch}/seed{seed}/forget{forget}/{method}.log",
+    benchmark:
+        BENCH + "/{dataset}/{arch}/seed{seed}/forget{forget}/{method}.tsv"
+    params:
+        hparams=lambda wildcards: as_json(CONFIG["hparams"][wildcards.method]),
+        fisher=fisher_arg,
+        retain_subset=CONFIG["retain_subset"],
+        monitor_every=CONFIG["monitor_every"],
+        device=CONFIG["device"],
+    threads: res("unlearn", "threads")
+    resources:
+        mem_mb=res("unlearn", "mem_mb"),
+        runtime=res("unlearn", "runtime"),
+        gpu=res("unlearn", "gpu"),
+    conda:
+        CONDA_ENV
+    shell:
+        "pbu unlearn --data {input.data} --model {input.model} --forget {wildcards.forget} "
+        "--method {wildcards.method} --hparams {params.hparams:q} {params.fisher} "
+        "--retain-subset {params.retain_subset} --seed {wildcards.seed} "
+        "--monitor-every {params.monitor_every} --device {params.device} --threads {threads} "
+        "--quiet --out-model {output.model} --out-history {output.history} "
+        "--out-info {output.info} 2> {log}"
