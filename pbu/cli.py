@@ -208,6 +208,7 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
     """Run one unlearning method with exactly the data it declares (see pbu.methods)."""
     from pbu import methods
     from pbu.checkpoint import save_checkpoint, write_json
+    from pbu.data import stratified_subset
     from pbu.evaluate import EvalData
     from pbu.train import evaluate_accuracy, seed_everything
 
@@ -230,7 +231,11 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
     # The trajectory monitor lives here, in the harness: the method never sees these splits.
     split = EvalData.build(train, test, args.forget)
     ft = split.forget_test.loader(1024, device=device)
-    rt = split.retain_test.loader(1024, device=device)
+    retain_test = split.retain_test
+    if args.monitor_retain and args.monitor_retain < len(retain_test):
+        retain_test = retain_test.subset(stratified_subset(
+            retain_test.labels.cpu(), -(-args.monitor_retain // (train.spec.num_classes - 1)), 0))
+    rt = retain_test.loader(1024, device=device)
     trajectory: list[dict[str, float]] = []
 
     def monitor(m, step: int) -> None:
@@ -409,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=_int_nonneg, required=True)
     sp.add_argument("--monitor-every", type=_int_nonneg, default=1,
                     help="record forget/retain test accuracy every N steps (0: never)")
+    sp.add_argument("--monitor-retain", type=_int_nonneg, default=0,
+                    help="monitor on this many retain-test samples (0: all)")
     sp.add_argument("--out-model", required=True)
     sp.add_argument("--out-history", required=True)
     sp.add_argument("--out-info", required=True)

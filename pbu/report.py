@@ -140,12 +140,18 @@ def format_mean_std(mean: float, std: float, fmt: str = "{:.2f}") -> str | None:
 # Readers
 # --------------------------------------------------------------------------------------------
 
-def _coerce(df: pd.DataFrame, text_columns: Sequence[str]) -> pd.DataFrame:
-    """Key columns to their types (forget/seed as int), every other column to numbers."""
+def _coerce(df: pd.DataFrame, text_columns: Sequence[str],
+            allow_na: Sequence[str] = ()) -> pd.DataFrame:
+    """Key columns to their types (forget/seed as int), every other column to numbers.
+
+    Columns in ``allow_na`` may be empty (e.g. ``forget`` of a pretraining timing).
+    """
     df = df.copy()
     for col in df.columns:
         if col in text_columns:
             df[col] = df[col].astype("string").str.strip().astype(object)
+        elif col in allow_na:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
         elif col in ("seed", "forget"):
             num = pd.to_numeric(df[col], errors="coerce")
             if num.isna().any():
@@ -185,7 +191,7 @@ def read_timings(path: str | os.PathLike | None) -> pd.DataFrame | None:
         return None
     df = pd.read_csv(path)
     _require(df, ["dataset", "arch", "method"], f"timings file {path}")
-    return _coerce(df, ["dataset", "arch", "method"])
+    return _coerce(df, ["dataset", "arch", "method"], allow_na=("forget",))
 
 
 def _present(df: pd.DataFrame | None, column: str) -> bool:

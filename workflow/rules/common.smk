@@ -82,6 +82,19 @@ def weights_marker(wildcards):
     return []
 
 
+def report_settings():
+    """The settings report.md lists: what was run, with the selected methods' hparams."""
+    keys = ("experiment", "dataset", "archs", "seeds", "forget", "methods", "model")
+    out = {k: CONFIG[k] for k in keys}
+    out.update(
+        pretrain=CONFIG["pretrain"],
+        fisher=CONFIG["fisher"],
+        retain_subset=CONFIG["retain_subset"],
+        hparams={m: CONFIG["hparams"][m] for m in CONFIG["methods"]},
+    )
+    return out
+
+
 def final_targets():
     return [
         f"{R}/report.md",

@@ -19,24 +19,7 @@ rule report:
     params:
         aggregate=R + "/aggregate",
         out_dir=R,
-        settings=as_json(
-            {
-                k: CONFIG[k]
-                for k in (
-                    "experiment",
-                    "dataset",
-                    "archs",
-                    "seeds",
-                    "forget",
-                    "methods",
-                    "pretrain",
-                    "fisher",
-                    "retain_subset",
-                    "hparams",
-                    "model",
-                )
-            }
-        ),
+        settings=as_json(report_settings()),
     threads: 1
     resources:
         mem_mb=2000,

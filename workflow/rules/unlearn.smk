@@ -49,7 +49,12 @@ rule unlearn:
         hparams=lambda wildcards: as_json(CONFIG["hparams"][wildcards.method]),
         fisher=fisher_arg,
         retain_subset=CONFIG["retain_subset"],
-        monitor_every=CONFIG["monitor_every"],
+        monitor_every=lambda wildcards: (
+            CONFIG["monitor"]["every"]
+            if wildcards.method in CONFIG["monitor"]["methods"]
+            else 0
+        ),
+        monitor_retain=CONFIG["monitor"]["retain_samples"],
         device=CONFIG["device"],
     threads: res("unlearn", "threads")
     resources:
@@ -62,6 +67,7 @@ rule unlearn:
         "pbu unlearn --data {input.data} --model {input.model} --forget {wildcards.forget} "
         "--method {wildcards.method} --hparams {params.hparams:q} {params.fisher} "
         "--retain-subset {params.retain_subset} --seed {wildcards.seed} "
-        "--monitor-every {params.monitor_every} --device {params.device} --threads {threads} "
+        "--monitor-every {params.monitor_every} --monitor-retain {params.monitor_retain} "
+        "--device {params.device} --threads {threads} "
         "--quiet --out-model {output.model} --out-history {output.history} "
         "--out-info {output.info} 2> {log}"
