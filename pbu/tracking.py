@@ -249,9 +249,14 @@ def track_results(results: str | os.PathLike, *, tracking_uri: str, experiment: 
     results = Path(results)
     files = ([Path(f) for f in metrics_files] if metrics_files is not None
              else sorted(results.glob("*/*/seed*/forget*/metrics.json")))
+    from pbu.aggregate import parse_group
+
     jobs = plan_jobs(results, files)
     if report_paths:
-        j = _Job(f"report/{experiment}", "report", {"rule": "report", "method": "all"})
+        keys = [parse_group(f.parent, results) for f in files]
+        span = {k: ",".join(sorted({str(g[k]) for g in keys})) or "none"
+                for k in ("dataset", "arch", "seed", "forget")}
+        j = _Job(f"report/{experiment}", "report", span | {"rule": "report", "method": "all"})
         for rp in map(Path, report_paths):
             j.artifacts += sorted(p for p in rp.rglob("*") if p.is_file()) if rp.is_dir() else [rp]
         jobs.append(j)

@@ -36,7 +36,9 @@ def incompetent_teacher(model: nn.Module, seed: int) -> nn.Module:
 
     Calls ``reset_parameters()`` on each submodule that has it (conv, linear, BatchNorm: which
     also resets the running statistics), on the CPU under a seeded, forked CPU generator, so
-    the result depends only on ``seed`` and the global RNG stream is left untouched.
+    the result depends only on ``seed`` and the global RNG stream is left untouched. Parameters
+    owned directly by a module without ``reset_parameters`` (e.g. ConvNeXt's ``layer_scale``)
+    keep their trained values.
     """
     device = next(model.parameters()).device
     bad = copy.deepcopy(model).cpu()

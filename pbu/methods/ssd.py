@@ -10,13 +10,18 @@ the forget set::
 
 Paper defaults for ResNet-18 on CIFAR: alpha = 10, lambda = 1 (ViT: alpha 5).
 
-Importance, as SSD defines it in code (not :func:`pbu.fisher.fisher_diagonal`): the model in
-eval mode, cross-entropy with the true labels, and the *mean over batches of the squared
-batch-mean gradient*, ``I = (1/#batches) Σ_b (∇θ CE_b)²``, which depends on the batch size. For D,
-SSD iterates an unshuffled ``ConcatDataset(retain, forget)``; we reuse the forget batches
-already computed, so I_D = (Σ_retain batches + Σ_forget batches) / (#retain + #forget batches):
-identical except for the one batch that straddles the boundary in SSD's loader, and one pass
-over D instead of one and a bit.
+Importance, as SSD defines it in code (not :func:`pbu.fisher.fisher_diagonal`, which
+averages per-sample squared gradients): the model in eval mode, cross-entropy with the true
+labels, and the *mean over batches of the squared batch-mean gradient*,
+``I = (1/#batches) Σ_b (∇θ CE_b)²``, which depends on the batch size. For D, SSD iterates an
+unshuffled ``ConcatDataset(retain, forget)``; we reuse the forget batches already computed, so
+``I_D = (Σ_retain batches + Σ_forget batches) / (#retain + #forget batches)``: identical except
+for the one batch that straddles the boundary in SSD's loader, and one pass over D instead of
+one and a bit.
+
+With K balanced classes and this I_D, ``I_Df <= (#D batches / #forget batches) · I_D ≈ K · I_D``
+elementwise, so nothing can be selected unless alpha < ≈K: the paper's alpha = 10 (set for
+CIFAR-100 / CIFAR-20) selects nothing on a 10-class dataset.
 """
 
 from __future__ import annotations

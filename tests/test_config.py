@@ -1,0 +1,76 @@
+"""Config validation: every bad key or value is stopped with one line naming it."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pbu.config import ConfigError, check_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+DEFAULT = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+
+
+def _check(mutate, tmp_path):
+    c = copy.deepcopy(DEFAULT)
+    c["results"] = str(tmp_path / "results")
+    mutate(c)
+    return check_config(c, SCHEMA)
+
+
+def test_default_config_is_valid(tmp_path):
+    c = _check(lambda c: None, tmp_path)
+    assert c["forget"] == [2, 6, 8] and c["dataset"] == "mnist5k"
+
+
+def test_forget_all_expands_to_every_class(tmp_path):
+    c = _check(lambda c: c.update(dataset="cifar100", forget="all"), tmp_path)
+    assert c["forget"] == list(range(100))
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda c: c.update(bogus=1), r"config key <top level>:.*'bogus' was unexpected"),
+    (lambda c: c["pretrain"].update(lr=-0.1), r"config key pretrain\.lr: -0\.1"),
+    (lambda c: c["pretrain"].update(epochs="5"), r"config key pretrain\.epochs: '5' is not of type"),
+    (lambda c: c.update(forget=[10]), r"config key forget: class 10 is out of range for mnist5k; allowed 0\.\.9"),
+    (lambda c: c.update(methods=["pbu", "magic"]), r"config key methods\.1: 'magic' is not one of"),
+    (lambda c: c.update(archs=["vgg"]), r"config key archs\.0: 'vgg' is not one of"),
+    (lambda c: c.update(dataset="imagenet"), r"config key dataset: 'imagenet' is not one of"),
+    (lambda c: c["hparams"]["pbu"].pop("gamma"), r"config key hparams\.pbu: 'gamma' is a required"),
+    (lambda c: c["hparams"]["pbu"].update(gama=1), r"config key hparams\.pbu:.*'gama' was unexpected"),
+    (lambda c: c["hparams"]["pbu"].update(stop_rule="never"), r"hparams\.pbu\.stop_rule: 'never'"),
+    (lambda c: c["mlflow"].update(tracking_uri="mysql://x"), r"config key mlflow\.tracking_uri"),
+    (lambda c: c["model"].update(weights="imagenet"), r"config key model\.weights: imagenet"),
+    (lambda c: c["data"].update(source="/nonexistent/folder"), r"config key data\.source"),
+])
+def test_bad_values_name_the_key(tmp_path, mutate, match):
+    with pytest.raises(ConfigError, match=match):
+        _check(mutate, tmp_path)
+
+
+def test_unwritable_results_refused(tmp_path):
+    """A results path under a regular file can never be created, even by root."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="config key results: cannot write to .*file/results"):
+        _check(lambda c: c.update(results=str(blocker / "results")), tmp_path)
+
+
+def test_snakemake_stops_before_any_job_with_one_line(tmp_path):
+    """The real snakemake refuses a bad config before it schedules anything."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"pretrain": {"lr": -1.0}, "results": str(tmp_path / "r")}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "config key pretrain.lr: -1.0 is less than or equal to the minimum of 0" in out
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.pt"))

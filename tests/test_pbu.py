@@ -1,0 +1,120 @@
+"""PBU: the loss, the blind stopping rule, data access, and a real run on mnist5k."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pbu import methods
+from pbu.data import class_split
+from pbu.methods.pbu import PBUConfig, pbu_loss_terms, unlearn_pbu
+
+CFG = dict(alpha=631.0, beta=100.0, gamma=4001.0, lr=1e-3, batch_size=8, epochs=2,
+           bn_mode="train", stop_rule="none", stop_threshold=5.0, check_every=1)
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(2 * 26 * 26, 3))
+
+
+def test_loss_terms_match_an_independent_computation(tiny_data):
+    model = _tiny_model()
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():  # move away from the anchor
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    fisher = {n: torch.rand_like(p) for n, p in model.named_parameters()}
+    x, y = next(iter(tiny_data.loader(8)))
+    cfg = PBUConfig(**CFG)
+    model.eval()
+    t = pbu_loss_terms(model, x, y, anchor, fisher, cfg)
+    ce = F.cross_entropy(model(x), y)
+    flat = lambda d: torch.cat([d[n].flatten() for n, _ in model.named_parameters()])
+    theta = torch.cat([p.detach().flatten() for p in model.parameters()])
+    d = theta - flat(anchor)
+    assert t["term_forget"].item() == pytest.approx(-631.0 * ce.item(), rel=1e-6)
+    assert t["term_fisher"].item() == pytest.approx(100.0 * (flat(fisher) * d * d).sum().item(),
+                                                    rel=1e-5)
+    assert t["term_l2"].item() == pytest.approx(4001.0 * (d * d).sum().item(), rel=1e-5)
+
+
+def test_first_step_gradient_is_pure_gradient_ascent(tiny_data):
+    """At θ* the Fisher and l2 terms have zero gradient: the first update ascends the CE."""
+    model = _tiny_model().eval()
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fisher = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    x, y = next(iter(tiny_data.loader(8)))
+    t = pbu_loss_terms(model, x, y, anchor, fisher, PBUConfig(**CFG))
+    g = torch.autograd.grad(t["term_forget"] + t["term_fisher"] + t["term_l2"],
+                            list(model.parameters()))
+    ce_g = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    for a, b in zip(g, ce_g):
+        assert torch.allclose(a, -631.0 * b, rtol=1e-4, atol=1e-3)
+
+
+def test_fixed_epochs_without_stop_rule(tiny_data):
+    forget = tiny_data.subset(class_split(tiny_data.labels, 1)[0])  # 20 samples
+    model = _tiny_model()
+    fisher = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    res = unlearn_pbu(model, forget.loader(8, shuffle=True), fisher, PBUConfig(**CFG))
+    assert res.info["steps"] == 2 * 3 and res.info["epochs"] == pytest.approx(2.0)
+    assert [r["step"] for r in res.history] == list(range(1, 7))
+    # The caller's model is untouched (θ* stays available).
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                _tiny_model().state_dict().values()))
+
+
+def test_pbu_declares_forget_only_and_gets_nothing_else(tiny_data):
+    spec = methods.get_method("pbu")
+    assert spec.access == methods.FORGET_ONLY and spec.needs_fisher
+    fisher = {"w": torch.zeros(1)}
+    inputs = methods.build_inputs(spec, tiny_data, 1, 3, retain_subset=10, seed=0, fisher=fisher)
+    assert inputs.retain is None
+    assert sorted(set(inputs.forget.labels.tolist())) == [1] and len(inputs.forget) == 20
+
+
+@pytest.fixture(scope="module")
+def pbu_on_mnist5k(mnist5k, pretrained_small_cnn):
+    from pbu.fisher import fisher_diagonal
+    from pbu.train import evaluate_accuracy
+
+    train, test = mnist5k
+    model, _ = pretrained_small_cnn
+    c = 2
+    forget = train.subset(class_split(train.labels, c)[0])
+    ft = test.subset(class_split(test.labels, c)[0]).loader(1000)
+    rt = test.subset(class_split(test.labels, c)[1]).loader(1000)
+    fisher = fisher_diagonal(model, forget.loader(256), kind="true")
+    cfg = PBUConfig(alpha=631, beta=100, gamma=4001, lr=1e-3, batch_size=64, epochs=5,
+                    bn_mode="train", stop_rule="forget_acc", stop_threshold=5.0, check_every=1)
+    before = (evaluate_accuracy(model, ft), evaluate_accuracy(model, rt))
+    res = unlearn_pbu(model, forget.loader(64, shuffle=True, seed=0), fisher, cfg,
+                      check_loader=forget.loader(1000))
+    after = (evaluate_accuracy(res.model, ft), evaluate_accuracy(res.model, rt))
+    return res, before, after, forget
+
+
+def test_pbu_forgets_class_and_keeps_the_rest(pbu_on_mnist5k):
+    res, before, after, _ = pbu_on_mnist5k
+    assert before[0] > 90
+    assert after[0] <= 5.0, after
+    assert after[1] >= before[1] - 5.0, (before, after)
+
+
+def test_stop_rule_fires_at_the_first_step_below_threshold(pbu_on_mnist5k):
+    res, _, _, forget = pbu_on_mnist5k
+    stop = res.info["stop_step"]
+    assert stop is not None and res.info["steps"] == stop
+    accs = [r["acc_forget_train"] for r in res.history]
+    assert accs[-1] <= 5.0 and all(a > 5.0 for a in accs[:-1])
+    # The recorded accuracy is the accuracy of the returned model on the forget TRAIN set.
+    from pbu.train import evaluate_accuracy
+
+    assert evaluate_accuracy(res.model, forget.loader(1000)) == pytest.approx(accs[-1])
+    assert [r["stopped"] for r in res.history].count(1.0) == 1
