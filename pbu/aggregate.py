@@ -30,10 +30,9 @@ GROUP_RE = re.compile(r"(?P<dataset>[^/]+)/(?P<arch>[^/]+)/seed(?P<seed>\d+)/for
 KEYS = ("dataset", "arch", "seed", "forget", "method")
 
 
-def parse_group(path: Path, results: Path) -> dict[str, Any]:
+def parse_group(path: Path) -> dict[str, Any]:
     """Wildcards of a ``.../{dataset}/{arch}/seed{s}/forget{c}`` folder."""
-    rel = path.resolve().relative_to(results.resolve()).as_posix()
-    m = GROUP_RE.search(rel)
+    m = GROUP_RE.search(Path(path).resolve().as_posix())
     if not m:
         raise ValueError(f"{path}: not a results/{{dataset}}/{{arch}}/seed{{s}}/forget{{c}} folder")
     d = m.groupdict()
@@ -67,22 +66,20 @@ def _timing(key: dict[str, Any], method: str, info: dict[str, Any]) -> dict[str,
             "peak_rss_mb": info.get("peak_rss_mb"), "peak_gpu_mb": info.get("peak_gpu_mb")}
 
 
-def collect(results: str | os.PathLike, metrics_files: list[str] | None = None,
+def collect(results: str | os.PathLike | None, metrics_files: list[str] | None = None,
             ) -> tuple[list[dict], list[dict], list[dict]]:
     """Rows of runs, history and timings for ``metrics_files`` (default: all under ``results``).
 
     The pipeline passes its own list, so results of groups no longer in the config are ignored.
     """
-    results = Path(results)
-    files = ([Path(f) for f in metrics_files] if metrics_files is not None
-             else sorted(results.glob("*/*/seed*/forget*/metrics.json")))
+    files = find_metrics(results, metrics_files)
     runs: list[dict] = []
     history: list[dict] = []
     timings: list[dict] = []
     seen_pretrain: set[Path] = set()
     for mfile in files:
         group = mfile.parent
-        key = parse_group(group, results)
+        key = parse_group(group)
         ev = json.loads(mfile.read_text())
         pre_dir = group.parent / "pretrain"
         pre = _read(pre_dir / "info.json") or {}
@@ -119,7 +116,17 @@ def collect(results: str | os.PathLike, metrics_files: list[str] | None = None,
     return runs, history, timings
 
 
-def aggregate(results: str | os.PathLike, out_dir: str | os.PathLike,
+def find_metrics(results: str | os.PathLike | None,
+                 metrics_files: list[str] | None) -> list[Path]:
+    """The given metrics files, or every ``*/*/seed*/forget*/metrics.json`` under ``results``."""
+    if metrics_files:
+        return [Path(f) for f in metrics_files]
+    if results is None:
+        raise ValueError("give metrics files or a results folder")
+    return sorted(Path(results).glob("*/*/seed*/forget*/metrics.json"))
+
+
+def aggregate(results: str | os.PathLike | None, out_dir: str | os.PathLike,
               metrics_files: list[str] | None = None) -> dict[str, Path]:
     """Write runs.csv, history.csv and timings.csv into ``out_dir``."""
     runs, history, timings = collect(results, metrics_files)

@@ -433,13 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = sub.add_parser("aggregate", help="collect every result file into CSV tables")
-    sp.add_argument("--results", required=True, help="results folder")
+    sp.add_argument("--results", default=None, help="results folder (when no files are given)")
     sp.add_argument("--out-dir", required=True)
     sp.add_argument("metrics", nargs="*", help="metrics.json files (default: all under --results)")
     sp.set_defaults(fn=cmd_aggregate)
 
     sp = sub.add_parser("track", help="mirror result files into MLflow (idempotent)")
-    sp.add_argument("--results", required=True)
+    sp.add_argument("--results", default=None, help="results folder (when no files are given)")
     sp.add_argument("--tracking-uri", required=True)
     sp.add_argument("--experiment", required=True)
     sp.add_argument("--report", action="append", default=[],

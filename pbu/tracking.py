@@ -102,7 +102,7 @@ def _read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def plan_jobs(results: Path, metrics_files: list[Path]) -> list[_Job]:
+def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
     """Turn result files into the runs to log (parents before children)."""
     from pbu.aggregate import parse_group
 
@@ -110,7 +110,7 @@ def plan_jobs(results: Path, metrics_files: list[Path]) -> list[_Job]:
     pretrain_done: set[Path] = set()
     for mfile in metrics_files:
         group = mfile.parent
-        key = parse_group(group, results)
+        key = parse_group(group)
         base = {k: str(v) for k, v in key.items()}
         gid = f"{key['dataset']}/{key['arch']}/seed{key['seed']}/forget{key['forget']}"
         pre_dir = group.parent / "pretrain"
@@ -239,21 +239,19 @@ def _log_job(client, exp_id: str, job: _Job, parent_id: str | None, digest: str)
     return rid
 
 
-def track_results(results: str | os.PathLike, *, tracking_uri: str, experiment: str,
+def track_results(results: str | os.PathLike | None, *, tracking_uri: str, experiment: str,
                   out: str | os.PathLike, report_paths: list[str] | None = None,
                   metrics_files: list[str] | None = None) -> dict[str, Any]:
     """Log every job found under ``results`` (or given by ``metrics_files``) exactly once."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     check_reachable(tracking_uri)
-    results = Path(results)
-    files = ([Path(f) for f in metrics_files] if metrics_files is not None
-             else sorted(results.glob("*/*/seed*/forget*/metrics.json")))
-    from pbu.aggregate import parse_group
+    from pbu.aggregate import find_metrics, parse_group
 
-    jobs = plan_jobs(results, files)
+    files = find_metrics(results, metrics_files)
+    jobs = plan_jobs(files)
     if report_paths:
-        keys = [parse_group(f.parent, results) for f in files]
+        keys = [parse_group(f.parent) for f in files]
         span = {k: ",".join(sorted({str(g[k]) for g in keys})) or "none"
                 for k in ("dataset", "arch", "seed", "forget")}
         j = _Job(f"report/{experiment}", "report", span | {"rule": "report", "method": "all"})

@@ -1,5 +1,6 @@
 # Helpers: config validation, wildcard constraints, paths and input functions.
 import json
+import os
 
 from pbu.config import check_config
 from pbu.registry import METHODS_NEEDING_FISHER
@@ -7,10 +8,33 @@ from pbu.registry import METHODS_NEEDING_FISHER
 CONFIG = check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 R = CONFIG["results"]
 CONDA_ENV = "../../envs/pbu.yaml"
-SEED_DIR = R + "/{dataset}/{arch}/seed{seed}"
-GROUP_DIR = SEED_DIR + "/forget{forget}"
-LOGS = R + "/logs"
-BENCH = R + "/benchmarks"
+SEED_PARTS = ("{dataset}", "{arch}", "seed{seed}")
+GROUP_PARTS = (*SEED_PARTS, "forget{forget}")
+
+
+def results(*parts):
+    """A path under the results folder."""
+    return os.path.join(R, *parts)
+
+
+def seed_path(*parts):
+    """results/{dataset}/{arch}/seed{seed}/..."""
+    return results(*SEED_PARTS, *parts)
+
+
+def group_path(*parts):
+    """results/{dataset}/{arch}/seed{seed}/forget{forget}/..."""
+    return results(*GROUP_PARTS, *parts)
+
+
+def log_path(*parts):
+    """Logs mirror the results paths under results/logs."""
+    return results("logs", *parts)
+
+
+def bench_path(*parts):
+    """Benchmarks mirror the results paths under results/benchmarks."""
+    return results("benchmarks", *parts)
 
 
 wildcard_constraints:
@@ -34,7 +58,7 @@ def as_json(obj):
 def group_dirs():
     """Every results/{dataset}/{arch}/seed{seed}/forget{forget} folder of this config."""
     return expand(
-        GROUP_DIR,
+        group_path(),
         dataset=CONFIG["dataset"],
         arch=CONFIG["archs"],
         seed=CONFIG["seeds"],
@@ -43,16 +67,16 @@ def group_dirs():
 
 
 def metrics_files():
-    return [d + "/metrics.json" for d in group_dirs()]
+    return [os.path.join(d, "metrics.json") for d in group_dirs()]
 
 
 def unlearn_inputs(wildcards):
     inputs = {
-        "data": f"{R}/data/{wildcards.dataset}.pt",
-        "model": SEED_DIR.format(**wildcards) + "/pretrain/model.pt",
+        "data": results("data", f"{wildcards.dataset}.pt"),
+        "model": seed_path("pretrain", "model.pt").format(**wildcards),
     }
     if wildcards.method in METHODS_NEEDING_FISHER:
-        inputs["fisher"] = GROUP_DIR.format(**wildcards) + "/fisher.pt"
+        inputs["fisher"] = group_path("fisher.pt").format(**wildcards)
     return inputs
 
 
@@ -61,14 +85,13 @@ def fisher_arg(wildcards, input):
 
 
 def evaluate_inputs(wildcards):
-    group = GROUP_DIR.format(**wildcards)
     inputs = {
-        "data": f"{R}/data/{wildcards.dataset}.pt",
-        "original": SEED_DIR.format(**wildcards) + "/pretrain/model.pt",
-        "oracle": group + "/oracle/model.pt",
+        "data": results("data", f"{wildcards.dataset}.pt"),
+        "original": seed_path("pretrain", "model.pt").format(**wildcards),
+        "oracle": group_path("oracle", "model.pt").format(**wildcards),
     }
     for m in CONFIG["methods"]:
-        inputs[m] = f"{group}/{m}/model.pt"
+        inputs[m] = group_path(m, "model.pt").format(**wildcards)
     return inputs
 
 
@@ -78,7 +101,7 @@ def model_args(wildcards, input):
 
 def weights_marker(wildcards):
     if CONFIG["model"]["weights"] == "imagenet":
-        return [f"{R}/weights/{wildcards.arch}.done"]
+        return [results("weights", f"{wildcards.arch}.done")]
     return []
 
 
@@ -96,7 +119,14 @@ def report_settings():
 
 
 def final_targets():
-    return [
-        f"{R}/report.md",
-        f"{R}/mlflow/tracked_report.json",
-    ]
+    return [results("report.md"), results("mlflow", "tracked_report.json")]
+
+
+def parent_dir(key):
+    """A param: the folder of one input/output file (no hard-coded prefix)."""
+
+    def get(wildcards, input, output):
+        files = {**dict(input.items()), **dict(output.items())}
+        return os.path.dirname(files[key])
+
+    return get

@@ -6,9 +6,9 @@ localrules:
 
 rule download:
     output:
-        R + "/data/{dataset}.pt",
+        results("data", "{dataset}.pt"),
     log:
-        LOGS + "/download/{dataset}.log",
+        log_path("download", "{dataset}.log"),
     params:
         root=CONFIG["data"]["root"],
         source=(
@@ -26,9 +26,9 @@ rule download:
 
 rule weights:
     output:
-        R + "/weights/{arch}.done",
+        results("weights", "{arch}.done"),
     log:
-        LOGS + "/weights/{arch}.log",
+        log_path("weights", "{arch}.log"),
     conda:
         CONDA_ENV
     shell:

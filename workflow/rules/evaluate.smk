@@ -6,11 +6,11 @@ rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        GROUP_DIR + "/metrics.json",
+        group_path("metrics.json"),
     log:
-        LOGS + "/{dataset}/{arch}/seed{seed}/forget{forget}/evaluate.log",
+        log_path(*GROUP_PARTS, "evaluate.log"),
     benchmark:
-        BENCH + "/{dataset}/{arch}/seed{seed}/forget{forget}/evaluate.tsv"
+        bench_path(*GROUP_PARTS, "evaluate.tsv")
     params:
         models=model_args,
         settings=as_json(CONFIG["evaluation"]),
@@ -33,16 +33,15 @@ rule aggregate:
     input:
         metrics_files(),
     output:
-        runs=R + "/aggregate/runs.csv",
-        history=R + "/aggregate/history.csv",
-        timings=R + "/aggregate/timings.csv",
+        runs=results("aggregate", "runs.csv"),
+        history=results("aggregate", "history.csv"),
+        timings=results("aggregate", "timings.csv"),
     log:
-        LOGS + "/aggregate.log",
+        log_path("aggregate.log"),
     benchmark:
-        BENCH + "/aggregate.tsv"
+        bench_path("aggregate.tsv")
     params:
-        results=R,
-        out_dir=R + "/aggregate",
+        out_dir=parent_dir("runs"),
     threads: 1
     resources:
         mem_mb=1000,
@@ -50,4 +49,4 @@ rule aggregate:
     conda:
         CONDA_ENV
     shell:
-        "pbu aggregate --results {params.results} --out-dir {params.out_dir} {input} 2> {log}"
+        "pbu aggregate --out-dir {params.out_dir} {input} 2> {log}"

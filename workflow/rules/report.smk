@@ -3,22 +3,22 @@
 
 rule report:
     input:
-        runs=R + "/aggregate/runs.csv",
-        history=R + "/aggregate/history.csv",
-        timings=R + "/aggregate/timings.csv",
+        runs=results("aggregate", "runs.csv"),
+        history=results("aggregate", "history.csv"),
+        timings=results("aggregate", "timings.csv"),
         reference="config/paper/reference.csv",
-        tracked=R + "/mlflow/tracked.json",
+        tracked=results("mlflow", "tracked.json"),
     output:
-        report=R + "/report.md",
-        tables=directory(R + "/tables"),
-        figures=directory(R + "/figures"),
+        report=results("report.md"),
+        tables=directory(results("tables")),
+        figures=directory(results("figures")),
     log:
-        LOGS + "/report.log",
+        log_path("report.log"),
     benchmark:
-        BENCH + "/report.tsv"
+        bench_path("report.tsv")
     params:
-        aggregate=R + "/aggregate",
-        out_dir=R,
+        aggregate=parent_dir("runs"),
+        out_dir=parent_dir("report"),
         settings=as_json(report_settings()),
     threads: 1
     resources:

@@ -8,41 +8,39 @@ localrules:
 rule track:
     input:
         metrics=metrics_files(),
-        runs=R + "/aggregate/runs.csv",
+        runs=results("aggregate", "runs.csv"),
     output:
-        R + "/mlflow/tracked.json",
+        results("mlflow", "tracked.json"),
     log:
-        LOGS + "/track.log",
+        log_path("track.log"),
     params:
-        results=R,
         uri=CONFIG["mlflow"]["tracking_uri"],
         experiment=CONFIG["mlflow"]["experiment"],
     conda:
         CONDA_ENV
     shell:
-        "pbu track --results {params.results} --tracking-uri {params.uri} "
+        "pbu track --tracking-uri {params.uri} "
         "--experiment {params.experiment} --out {output} {input.metrics} 2> {log}"
 
 
 rule track_report:
     input:
         metrics=metrics_files(),
-        tracked=R + "/mlflow/tracked.json",
-        report=R + "/report.md",
-        tables=R + "/tables",
-        figures=R + "/figures",
+        tracked=results("mlflow", "tracked.json"),
+        report=results("report.md"),
+        tables=results("tables"),
+        figures=results("figures"),
     output:
-        R + "/mlflow/tracked_report.json",
+        results("mlflow", "tracked_report.json"),
     log:
-        LOGS + "/track_report.log",
+        log_path("track_report.log"),
     params:
-        results=R,
         uri=CONFIG["mlflow"]["tracking_uri"],
         experiment=CONFIG["mlflow"]["experiment"],
     conda:
         CONDA_ENV
     shell:
-        "pbu track --results {params.results} --tracking-uri {params.uri} "
+        "pbu track --tracking-uri {params.uri} "
         "--experiment {params.experiment} --report {input.report} "
         "--report {input.tables} --report {input.figures} --out {output} "
         "{input.metrics} 2> {log}"

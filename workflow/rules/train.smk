@@ -4,15 +4,15 @@
 
 rule pretrain:
     input:
-        data=R + "/data/{dataset}.pt",
+        data=results("data", "{dataset}.pt"),
         weights=weights_marker,
     output:
-        model=SEED_DIR + "/pretrain/model.pt",
-        info=SEED_DIR + "/pretrain/info.json",
+        model=seed_path("pretrain", "model.pt"),
+        info=seed_path("pretrain", "info.json"),
     log:
-        LOGS + "/{dataset}/{arch}/seed{seed}/pretrain.log",
+        log_path(*SEED_PARTS, "pretrain.log"),
     benchmark:
-        BENCH + "/{dataset}/{arch}/seed{seed}/pretrain.tsv"
+        bench_path(*SEED_PARTS, "pretrain.tsv")
     params:
         recipe=as_json(CONFIG["pretrain"]),
         weights=CONFIG["model"]["weights"],
@@ -33,15 +33,15 @@ rule pretrain:
 
 rule retrain:
     input:
-        data=R + "/data/{dataset}.pt",
+        data=results("data", "{dataset}.pt"),
         weights=weights_marker,
     output:
-        model=GROUP_DIR + "/oracle/model.pt",
-        info=GROUP_DIR + "/oracle/info.json",
+        model=group_path("oracle", "model.pt"),
+        info=group_path("oracle", "info.json"),
     log:
-        LOGS + "/{dataset}/{arch}/seed{seed}/forget{forget}/oracle.log",
+        log_path(*GROUP_PARTS, "oracle.log"),
     benchmark:
-        BENCH + "/{dataset}/{arch}/seed{seed}/forget{forget}/oracle.tsv"
+        bench_path(*GROUP_PARTS, "oracle.tsv")
     params:
         recipe=as_json(CONFIG["pretrain"]),
         weights=CONFIG["model"]["weights"],

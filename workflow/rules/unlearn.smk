@@ -3,15 +3,15 @@
 
 rule fisher:
     input:
-        data=R + "/data/{dataset}.pt",
-        model=SEED_DIR + "/pretrain/model.pt",
+        data=results("data", "{dataset}.pt"),
+        model=seed_path("pretrain", "model.pt"),
     output:
-        fisher=GROUP_DIR + "/fisher.pt",
-        info=GROUP_DIR + "/fisher.json",
+        fisher=group_path("fisher.pt"),
+        info=group_path("fisher.json"),
     log:
-        LOGS + "/{dataset}/{arch}/seed{seed}/forget{forget}/fisher.log",
+        log_path(*GROUP_PARTS, "fisher.log"),
     benchmark:
-        BENCH + "/{dataset}/{arch}/seed{seed}/forget{forget}/fisher.tsv"
+        bench_path(*GROUP_PARTS, "fisher.tsv")
     params:
         kind=CONFIG["fisher"]["kind"],
         bn_mode=CONFIG["fisher"]["bn_mode"],
@@ -38,13 +38,13 @@ rule unlearn:
     input:
         unpack(unlearn_inputs),
     output:
-        model=GROUP_DIR + "/{method}/model.pt",
-        history=GROUP_DIR + "/{method}/history.json",
-        info=GROUP_DIR + "/{method}/info.json",
+        model=group_path("{method}", "model.pt"),
+        history=group_path("{method}", "history.json"),
+        info=group_path("{method}", "info.json"),
     log:
-        LOGS + "/{dataset}/{arch}/seed{seed}/forget{forget}/{method}.log",
+        log_path(*GROUP_PARTS, "{method}.log"),
     benchmark:
-        BENCH + "/{dataset}/{arch}/seed{seed}/forget{forget}/{method}.tsv"
+        bench_path(*GROUP_PARTS, "{method}.tsv")
     params:
         hparams=lambda wildcards: as_json(CONFIG["hparams"][wildcards.method]),
         fisher=fisher_arg,
