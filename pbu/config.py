@@ -8,6 +8,7 @@ in one line that names the key and what is allowed.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -87,3 +88,58 @@ def check_config(config: dict[str, Any], schema_path: str | os.PathLike, *,
     resolved = dict(config)
     resolved["forget"] = forget_classes(config)
     return resolved
+
+
+def schema_markdown(schema_path: str | os.PathLike, defaults: dict[str, Any]) -> str:
+    """config/README.md: every key of the schema with its type, default and description.
+
+    Generated from the schema (``python -m pbu.config > config/README.md``); a test keeps the
+    committed file in sync.
+    """
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    lines = [
+        "# Configuration keys",
+        "",
+        "Generated from `workflow/schemas/config.schema.yaml` by `python -m pbu.config > "
+        "config/README.md`; a test keeps it in sync. `config/config.yaml` is the embedded "
+        "default; `snakemake --configfile other.yaml` merges another file over it (nested keys "
+        "merge), e.g. `config/paper/*.yaml` or `.test/config.yaml`. Unknown keys are errors.",
+        "",
+        "| key | type | default | description |",
+        "| --- | --- | --- | --- |",
+    ]
+
+    def typ(node: dict[str, Any]) -> str:
+        if "enum" in node:
+            return " \\| ".join(f"`{v}`" for v in node["enum"])
+        if "oneOf" in node:
+            return " or ".join(typ(n) for n in node["oneOf"])
+        if "const" in node:
+            return f"`{node['const']}`"
+        t = node.get("type", "")
+        if t == "array":
+            return f"list of {typ(node.get('items', {}))}"
+        return " or ".join(t) if isinstance(t, list) else str(t)
+
+    def walk(node: dict[str, Any], prefix: str, default: Any) -> None:
+        for key, sub in node.get("properties", {}).items():
+            name = f"{prefix}{key}"
+            dflt = default.get(key) if isinstance(default, dict) else None
+            shown = "" if isinstance(dflt, dict) else f"`{json.dumps(dflt)}`" if dflt is not None \
+                or (isinstance(default, dict) and key in default) else ""
+            desc = str(sub.get("description", "")).replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| `{name}` | {typ(sub) if sub.get('type') != 'object' else 'mapping'} "
+                         f"| {shown} | {desc} |")
+            if sub.get("type") == "object":
+                walk(sub, f"{name}.", dflt or {})
+
+    walk(schema, "", defaults)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - developer tool
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    sys.stdout.write(schema_markdown(root / "workflow/schemas/config.schema.yaml",
+                                     yaml.safe_load((root / "config/config.yaml").read_text())))

@@ -23,9 +23,10 @@ def mnist5k():
 def pretrained_small_cnn(mnist5k):
     """A small CNN trained on mnist5k (seed 0), shared by the tests that need a real model."""
     from pbu.models import build_model
-    from pbu.train import TrainRecipe, train_model
+    from pbu.train import TrainRecipe, seed_everything, train_model
 
     train, test = mnist5k
+    seed_everything(0)
     model = build_model("small_cnn", num_classes=10, in_channels=1, image_size=28)
     recipe = TrainRecipe(epochs=6, batch_size=64, optimizer="adam", lr=3e-3, weight_decay=0.0,
                          schedule="cosine")

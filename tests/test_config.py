@@ -74,3 +74,22 @@ def test_snakemake_stops_before_any_job_with_one_line(tmp_path):
     out = proc.stdout + proc.stderr
     assert "config key pretrain.lr: -1.0 is less than or equal to the minimum of 0" in out
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.pt"))
+
+
+def test_config_readme_documents_every_key():
+    from pbu.config import schema_markdown
+
+    expected = schema_markdown(SCHEMA, DEFAULT)
+    assert (ROOT / "config/README.md").read_text() == expected, \
+        "config/README.md is stale: run `python -m pbu.config > config/README.md`"
+    schema = yaml.safe_load(SCHEMA.read_text())
+
+    def keys(node, prefix=""):
+        for k, sub in node.get("properties", {}).items():
+            assert sub.get("description"), f"schema key {prefix}{k} has no description"
+            yield f"{prefix}{k}"
+            yield from keys(sub, f"{prefix}{k}.")
+
+    text = (ROOT / "config/README.md").read_text()
+    for k in keys(schema):
+        assert f"`{k}`" in text
