@@ -104,9 +104,14 @@ JobCompLoc=$LOGD/jobcomp.txt
 MinJobAge=300
 KillWait=5
 InactiveLimit=0
-NodeName=localhost NodeAddr=127.0.0.1 $hw State=UNKNOWN
+# One fake GPU (a GRES count, no device behind it): jobs that ask for --gpus=1 get scheduled, so
+# CI can check which jobs request a GPU. A job sees no CUDA device; device: auto falls back to CPU.
+GresTypes=gpu
+NodeName=localhost NodeAddr=127.0.0.1 $hw Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
+  # slurmd drops a GPU without a File; /dev/null is never opened (TaskPlugin=task/none)
+  echo "NodeName=localhost Name=gpu Count=1 File=/dev/null" >/etc/slurm/gres.conf
 }
 
 start_slurmdbd() {

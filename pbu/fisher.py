@@ -107,22 +107,26 @@ def _true_cotangents(logp: Tensor) -> Tensor:
     return c[keep].view(B, K - 1, K)
 
 
-def _sample_labels(logp: Tensor, mc_samples: int, generator: torch.Generator) -> Tensor:
-    """``mc_samples`` labels per row drawn from softmax(logp) with ``generator``: [B, K] -> [B, S]."""
-    return torch.multinomial(logp.exp(), mc_samples, replacement=True, generator=generator)
+def _sample_labels(logp: Tensor, uniform: Tensor) -> Tensor:
+    """Labels drawn from softmax(logp) by inverse CDF: logp [B, K], uniform [B, S] in [0, 1)
+    -> [B, S]. The uniforms are drawn per loader batch, so the labels of a sample do not depend
+    on how the batch is cut into chunks."""
+    cdf = logp.double().exp().cumsum(1)  # [B, K]
+    u = uniform.double() * cdf[:, -1:]  # [B, S], scaled in case Σp rounds below 1
+    labels = torch.searchsorted(cdf, u, right=True)  # first k with cdf_k > u: P = p_k
+    return labels.clamp_(max=logp.shape[1] - 1)
 
 
-def _cotangents(logits: Tensor, y: Tensor, kind: str, mc_samples: int,
-                generator: torch.Generator | None) -> Tensor:
+def _cotangents(logits: Tensor, y: Tensor, kind: str, uniform: Tensor | None) -> Tensor:
     """The R cotangents per sample for ``kind``: logits [B, K], y [B] -> [B, R, K]."""
     logp = torch.log_softmax(logits.detach(), dim=1)
     if kind == "true":
         return _true_cotangents(logp)  # R = K−1
     if kind == "empirical":
         return _centered(logp.exp(), y.view(-1, 1))  # R = 1
-    assert generator is not None
-    labels = _sample_labels(logp, mc_samples, generator)  # [B, S]
-    return _centered(logp.exp(), labels) / math.sqrt(mc_samples)  # R = S, 1/S folded in
+    assert uniform is not None
+    labels = _sample_labels(logp, uniform)  # [B, S]
+    return _centered(logp.exp(), labels) / math.sqrt(uniform.shape[1])  # R = S, 1/S folded in
 
 
 # --------------------------------------------------------------------------------------------
@@ -636,13 +640,17 @@ def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], k
 
         for x, y in tqdm(loader, total=total, desc=f"Fisher ({kind})", unit="batch",
                          disable=not progress):
-            if kind == "mc" and generator is None:
-                generator = torch.Generator(device=x.device)
-                generator.manual_seed(seed)
+            uniform = None
+            if kind == "mc":  # [B, S] per loader batch, whatever the chunking
+                if generator is None:
+                    generator = torch.Generator(device=x.device).manual_seed(seed)
+                uniform = torch.rand(x.shape[0], mc_samples, generator=generator,
+                                     device=x.device, dtype=torch.float64)
             stats = _batch_stats(model, bns, x) if bn_mode == "train" and bns else {}
             with _swap_bn_stats(bns, stats):
                 for s in range(0, x.shape[0], chunk_size):
                     xc, yc = x[s:s + chunk_size], y[s:s + chunk_size]
+                    uc = None if uniform is None else uniform[s:s + chunk_size]
 
                     def cot_of(logits: Tensor) -> Tensor:
                         nonlocal n_classes
@@ -650,7 +658,7 @@ def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], k
                             n_classes = logits.shape[1]
                             if n_classes < 2:
                                 raise ValueError(f"need >= 2 classes, model returns {n_classes}")
-                        return _cotangents(logits, yc, kind, mc_samples, generator)
+                        return _cotangents(logits, yc, kind, uc)
 
                     part: dict[str, Tensor] | None = None
                     if plan is not None:
@@ -664,8 +672,6 @@ def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], k
                                      "generic", err)
                             plan.remove()
                             plan = None
-                            if generator is not None and n_seen == 0:
-                                generator.manual_seed(seed)  # no label was drawn before
                     if part is None:
                         with torch.no_grad():
                             logits = functional_call(model, params, (xc,))

@@ -27,7 +27,7 @@ K = 4  # classes
 FORGET = 1
 N_PER_CLASS = 30
 RETAIN_SUBSET = 20
-CONFIG = yaml.safe_load((Path(__file__).parents[1] / "config" / "methods.yaml").read_text())
+CONFIG = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())["hparams"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def spy_loaders(monkeypatch):
 @pytest.mark.parametrize("name", ALL)
 def test_run_passes_only_the_inputs_and_the_method_reads_only_them(name, square_data, trained,
                                                                    spy_loaders, monkeypatch):
-    spec = REGISTRY[name] if name in REGISTRY else methods.get_method(name)
+    spec = methods.get_method(name)
     inputs = _inputs(name, square_data, trained)
     got: dict = {}
 

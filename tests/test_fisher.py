@@ -1,0 +1,386 @@
+"""pbu.fisher against independent computations.
+
+- a brute force: float64, plain ``torch.autograd.grad`` looped over samples and classes;
+- nngeometry's ``FIM(..., PMatDiag, variant="classif_logits")``, the authors' tool;
+- the two backends of ``fisher_diagonal`` (generic torch.func, layer-structured) against each other.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pbu.fisher import _sample_labels, _true_cotangents, fisher_diagonal
+
+BACKENDS = ("generic", "layers")
+
+
+class Tiny(nn.Module):
+    """Conv2d + BatchNorm2d + Linear + BatchNorm1d, sized so both conv code paths run:
+    conv1 has 36 output pixels (direct per-sample GEMM), conv2 has 9 (Gram form)."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 3, 3, padding=1)  # [B, 2, 6, 6] -> [B, 3, 6, 6]
+        self.bn1 = nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False)  # -> [B, 4, 3, 3]
+        self.fc1 = nn.Linear(36, 6)
+        self.bn2 = nn.BatchNorm1d(6)
+        self.fc2 = nn.Linear(6, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        h = torch.relu(self.conv2(h)).flatten(1)
+        return self.fc2(torch.relu(self.bn2(self.fc1(h))))
+
+
+class Odd(nn.Module):
+    """Paths beyond Linear/Conv2d/BN: a grouped conv and GroupNorm (per-module torch.func), a
+    residual with an in-place ReLU on a layer input, Linear on [B, L, in], and a parameter owned
+    by the root module itself."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.gconv = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+        self.gn = nn.GroupNorm(2, 4)
+        self.seq = nn.Linear(4, 3)  # applied to [B, 16, 4]: per-position features
+        self.head = nn.Linear(48, num_classes)
+        self.temperature = nn.Parameter(torch.tensor(1.3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv(x)  # [B, 4, 4, 4]
+        h = h + self.gn(self.gconv(h))
+        h = F.relu(h, inplace=True)  # modifies seq's input-to-be in place before seq sees it
+        h = self.seq(h.flatten(2).transpose(1, 2))  # [B, 16, 3]
+        return self.head(h.flatten(1)) * self.temperature
+
+
+def _with_running_stats(model: nn.Module, x: Tensor) -> nn.Module:
+    """Give BN layers non-trivial running statistics, then switch to eval."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x + 0.5 * torch.randn_like(x))
+    return model.eval()
+
+
+def _data(n: int, shape: tuple[int, ...], classes: int, dtype: torch.dtype = torch.float64,
+          seed: int = 0) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, *shape, generator=g, dtype=dtype),
+            torch.randint(0, classes, (n,), generator=g))
+
+
+def _batches(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+
+
+def _brute(model: nn.Module, x: Tensor, weights: Tensor) -> dict[str, Tensor]:
+    """1/N Σ_x Σ_k weights[x, k] (∂ log p(k|x)/∂θ)², one autograd.grad per (sample, class)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    out = {n: torch.zeros_like(p) for n, p in named}
+    for i in range(len(x)):
+        logp = torch.log_softmax(model(x[i:i + 1]), dim=1)[0]  # [K]
+        for k in range(logp.shape[0]):
+            if weights[i, k] == 0:
+                continue
+            grads = torch.autograd.grad(logp[k], [p for _, p in named], retain_graph=True)
+            for (n, _), g in zip(named, grads):
+                out[n] += weights[i, k] * g.square()
+    return {n: v / len(x) for n, v in out.items()}
+
+
+def _true_weights(model: nn.Module, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return torch.softmax(model(x), dim=1)
+
+
+def _assert_close(ours: dict[str, Tensor], ref: dict[str, Tensor], rtol: float) -> None:
+    assert list(ours) == list(ref)
+    for n in ref:
+        scale = ref[n].abs().max().item()
+        assert scale > 0, n  # a zero reference would make the comparison vacuous
+        torch.testing.assert_close(ours[n], ref[n], rtol=rtol, atol=rtol * 1e-6 * scale,
+                                   msg=lambda m, n=n: f"{n}: {m}")
+
+
+@pytest.fixture(scope="module", params=[3, 7], ids=["K3", "K7"])
+def tiny(request: pytest.FixtureRequest) -> tuple[nn.Module, Tensor, Tensor]:
+    torch.manual_seed(1)
+    k = request.param
+    x, y = _data(6, (2, 6, 6), k)
+    model = _with_running_stats(Tiny(k).double(), x)
+    return model, x, y
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_true_matches_brute_force(tiny: tuple[nn.Module, Tensor, Tensor], backend: str) -> None:
+    model, x, y = tiny
+    ref = _brute(model, x, _true_weights(model, x))
+    ours = fisher_diagonal(model, _batches(x, y, 4), "true", chunk_size=3, backend=backend)
+    _assert_close(ours, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empirical_matches_brute_force(tiny: tuple[nn.Module, Tensor, Tensor],
+                                       backend: str) -> None:
+    model, x, y = tiny
+    k = model.fc2.out_features
+    ref = _brute(model, x, F.one_hot(y, k).double())
+    ours = fisher_diagonal(model, _batches(x, y, 4), "empirical", chunk_size=3, backend=backend)
+    _assert_close(ours, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mc_matches_brute_force_on_the_same_labels(tiny: tuple[nn.Module, Tensor, Tensor],
+                                                   backend: str) -> None:
+    model, x, y = tiny
+    k, s = model.fc2.out_features, 5
+    with torch.no_grad():  # one loader batch: uniforms [N, S] from a generator seeded with 7
+        uniform = torch.rand(len(x), s, generator=torch.Generator().manual_seed(7),
+                             dtype=torch.float64)
+        labels = _sample_labels(torch.log_softmax(model(x), 1), uniform)  # [N, S]
+    counts = F.one_hot(labels, k).sum(1).double() / s  # [N, K] weight of each class
+    ref = _brute(model, x, counts)
+    ours = fisher_diagonal(model, [(x, y)], "mc", mc_samples=s, seed=7, chunk_size=4,
+                           backend=backend)
+    _assert_close(ours, ref, rtol=1e-6)
+    other = fisher_diagonal(model, [(x, y)], "mc", mc_samples=s, seed=8, backend=backend)
+    assert not torch.allclose(other["fc2.weight"], ours["fc2.weight"])  # the seed is used
+
+
+def test_mc_converges_to_true(tiny: tuple[nn.Module, Tensor, Tensor]) -> None:
+    model, x, y = tiny
+    true = fisher_diagonal(model, [(x, y)], "true", backend="generic")
+    mc = fisher_diagonal(model, [(x, y)], "mc", mc_samples=3000, backend="generic")
+    for n in true:  # total Fisher per tensor; Monte-Carlo error here is a few percent at most
+        rel = abs(mc[n].sum().item() / true[n].sum().item() - 1)
+        assert rel < 0.1, (n, rel)
+
+
+def test_true_cotangents_factor_the_softmax_covariance() -> None:
+    """Σ_j c_j c_jᵀ = diag(p) − ppᵀ entry by entry, also for probabilities far below 1e-16."""
+    logits = torch.tensor([[0.0, 1.0, -2.0, 0.5], [80.0, 0.0, -40.0, 5.0],
+                           [-3.0, 50.0, 49.0, -60.0]], dtype=torch.float64)
+    logp = torch.log_softmax(logits, 1)
+    p = logp.exp()
+    c = _true_cotangents(logp)  # [B, K-1, K]
+    assert c.shape == (3, 3, 4)
+    got = torch.einsum("bjk,bjl->bkl", c, c)
+    off = 1 - torch.eye(4, dtype=torch.float64)
+    rest = (p[:, None, :] * off).sum(-1)  # Σ_{j≠i} p_j, the exact 1 − p_i
+    want = -p[:, :, None] * p[:, None, :] * off + torch.diag_embed(p * rest)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+def _nng_dict(model: nn.Module, flat: Tensor) -> dict[str, Tensor]:
+    """nngeometry's flat diagonal, cut per parameter by its own layer positions."""
+    from nngeometry.layercollection import LayerCollection
+
+    lc = LayerCollection.from_model(model)
+    modules = dict(model.named_modules())
+    out: dict[str, Tensor] = {}
+    for layer_id in lc.layers:
+        start = lc.p_pos[layer_id]
+        for attr in ("weight", "bias"):
+            p = getattr(modules[layer_id], attr, None)
+            if p is not None:
+                out[f"{layer_id}.{attr}"] = flat[start:start + p.numel()].view_as(p)
+                start += p.numel()
+    assert sum(v.numel() for v in out.values()) == lc.numel() == flat.numel()
+    return out
+
+
+def _nngeometry_fim(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    from nngeometry.metrics import FIM
+    from nngeometry.object import PMatDiag
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    fim = FIM(model=model, loader=loader, representation=PMatDiag, variant="classif_logits",
+              device="cpu")
+    return _nng_dict(model, fim.get_diag())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_true_matches_nngeometry(backend: str) -> None:
+    pytest.importorskip("nngeometry")
+    from pbu.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", num_classes=10, in_channels=1, image_size=28)
+    x, y = _data(32, (1, 28, 28), 10, dtype=torch.float32)
+    model = _with_running_stats(model, x)
+    ref = _nngeometry_fim(model, x, y)
+    assert set(ref) == {n for n, _ in model.named_parameters()}
+    ours = fisher_diagonal(model, _batches(x, y, 16), "true", backend=backend)
+    for n, r in ref.items():
+        finite = torch.isfinite(r)
+        assert finite.float().mean() > 0.99, n  # untrained: nngeometry is finite here
+        rel = ((ours[n] - r).abs() / r.abs().clamp_min(1e-30))[finite].max().item()
+        assert rel <= 1e-4, (n, rel)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_confident_model_stays_finite_and_accurate(backend: str) -> None:
+    torch.manual_seed(2)
+    x, y = _data(8, (2, 6, 6), 5)
+    model = _with_running_stats(Tiny(5).double(), x)
+    with torch.no_grad():
+        model.fc2.weight.mul_(300)
+        model.fc2.bias.mul_(300)
+        logp = torch.log_softmax(model(x), 1)
+    lost = -torch.expm1(logp.max(1).values)  # 1 - p_max, exactly
+    confident = (lost < 1e-9).nonzero()[:, 0]
+    assert len(confident) >= 2  # 1 - p_max far below float32's epsilon for these samples
+    model32 = copy.deepcopy(model).float()
+    y = logp.argmax(1)  # empirical with the predicted label: its gradient is (1 - p_y) sized
+    for kind in ("true", "empirical"):
+        for i in confident.tolist():  # one sample each: no less confident one sets the scale
+            ref = fisher_diagonal(model, [(x[i:i + 1], y[i:i + 1])], kind, backend=backend)
+            ours = fisher_diagonal(model32, [(x[i:i + 1].float(), y[i:i + 1])], kind,
+                                   backend=backend)
+            for n, r in ref.items():
+                # float32 keeps ~1e-7 of the tensor's scale; computing 1 - p_max as 1 - p in
+                # float32 would give 0 instead of ~1e-10 and errors of order one here.
+                err = ((ours[n].double() - r).abs().max() / r.abs().max()).item()
+                assert err < 1e-4, (kind, i, n, err)
+    with torch.no_grad():  # extreme: other classes' probabilities underflow to 0 in float32
+        model32.fc2.weight.mul_(100)
+        model32.fc2.bias.mul_(100)
+    for kind in ("true", "empirical", "mc"):
+        ours = fisher_diagonal(model32, [(x.float(), y)], kind, backend=backend)
+        for n, f in ours.items():
+            assert torch.isfinite(f).all() and (f >= 0).all(), (kind, n)
+
+
+def test_keys_shapes_and_frozen_parameters() -> None:
+    torch.manual_seed(3)
+    x, y = _data(5, (2, 6, 6), 5)
+    model = _with_running_stats(Tiny(5).double(), x)
+    full = fisher_diagonal(model, [(x, y)], "true")
+    assert list(full) == [n for n, _ in model.named_parameters()]
+    for n, p in model.named_parameters():
+        assert full[n].shape == p.shape and full[n].dtype == p.dtype
+    model.conv1.weight.requires_grad_(False)
+    model.bn2.bias.requires_grad_(False)
+    for backend in BACKENDS:
+        part = fisher_diagonal(model, [(x, y)], "true", backend=backend)
+        assert list(part) == [n for n, p in model.named_parameters() if p.requires_grad]
+        assert "conv1.weight" not in part and "bn2.bias" not in part
+        for n in part:  # freezing a parameter does not change the others' Fisher
+            torch.testing.assert_close(part[n], full[n], rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_modes_and_running_stats_are_untouched(backend: str) -> None:
+    torch.manual_seed(4)
+    x, y = _data(6, (2, 6, 6), 5)
+    model = _with_running_stats(Tiny(5).double(), x)
+    model.train()
+    model.bn2.eval()  # a mixed state must come back exactly
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    modes = {n: m.training for n, m in model.named_modules()}
+    for bn_mode in ("eval", "train"):
+        fisher_diagonal(model, _batches(x, y, 3), "true", bn_mode=bn_mode, backend=backend)
+        assert {n: m.training for n, m in model.named_modules()} == modes
+        for n, b in model.named_buffers():
+            assert torch.equal(b, before[n]), (bn_mode, n)
+
+
+def _batch_stat_model(model: nn.Module, x: Tensor) -> nn.Module:
+    """A copy whose BN running stats are the batch statistics train-mode BN uses on x."""
+    stats: dict[str, tuple[Tensor, Tensor]] = {}
+    probe = copy.deepcopy(model).train()
+    for name, mod in probe.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            def hook(m: nn.Module, args: tuple[Tensor], name: str = name) -> None:
+                dims = [d for d in range(args[0].dim()) if d != 1]
+                stats[name] = (args[0].mean(dims), args[0].var(dims, unbiased=False))
+            mod.register_forward_pre_hook(hook)
+    with torch.no_grad():
+        train_out = probe(x)
+    fixed = copy.deepcopy(model).eval()
+    for name, mod in fixed.named_modules():
+        if name in stats:
+            mod.running_mean.copy_(stats[name][0])
+            mod.running_var.copy_(stats[name][1])
+    with torch.no_grad():  # same function of x as train-mode BN on this batch
+        torch.testing.assert_close(fixed(x), train_out)
+    return fixed
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bn_train_mode_uses_each_batch_statistics(backend: str) -> None:
+    torch.manual_seed(5)
+    x, y = _data(8, (2, 6, 6), 5)
+    model = _with_running_stats(Tiny(5).double(), x * 3 + 1)  # running stats far from batch
+    halves = _batches(x, y, 4)
+    ref = {n: sum(_brute(_batch_stat_model(model, xb), xb,
+                         _true_weights(_batch_stat_model(model, xb), xb))[n] for xb, _ in halves)
+           / len(halves) for n, _ in model.named_parameters()}
+    ours = fisher_diagonal(model, halves, "true", bn_mode="train", chunk_size=3,
+                           backend=backend)
+    _assert_close(ours, ref, rtol=1e-6)
+    eval_mode = fisher_diagonal(model, halves, "true", bn_mode="eval", backend=backend)
+    assert not torch.allclose(eval_mode["conv1.weight"], ours["conv1.weight"], rtol=1e-2)
+
+
+@pytest.mark.parametrize("kind", ["true", "empirical", "mc"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_chunk_size_does_not_change_the_result(kind: str, backend: str) -> None:
+    torch.manual_seed(6)
+    x, y = _data(7, (2, 6, 6), 5)
+    model = _with_running_stats(Tiny(5).double(), x)
+    mc = dict(mc_samples=2) if kind == "mc" else {}
+    a = fisher_diagonal(model, [(x, y)], kind, chunk_size=1, backend=backend, **mc)
+    b = fisher_diagonal(model, [(x, y)], kind, chunk_size=64, backend=backend, **mc)
+    _assert_close(a, b, rtol=1e-10)  # mc too: labels come from per-batch uniforms
+
+
+def test_other_modules_match_brute_force() -> None:
+    torch.manual_seed(7)
+    x, y = _data(5, (2, 4, 4), 4)
+    model = Odd(4).double().eval()
+    ref = _brute(model, x, _true_weights(model, x))
+    for backend in BACKENDS:
+        ours = fisher_diagonal(model, _batches(x, y, 3), "true", chunk_size=2, backend=backend)
+        _assert_close(ours, ref, rtol=1e-6)
+
+
+class Shared(nn.Module):
+    """One Linear applied twice: per-layer structure does not hold, generic must be used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(5, 5)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(torch.tanh(self.inp(torch.tanh(self.inp(x)))))
+
+
+def test_module_called_twice_falls_back_to_generic() -> None:
+    torch.manual_seed(8)
+    x, y = _data(6, (5,), 3)
+    model = Shared().double()
+    ref = _brute(model, x, _true_weights(model, x))
+    _assert_close(fisher_diagonal(model, [(x, y)], "true"), ref, rtol=1e-6)  # auto
+    with pytest.raises(ValueError, match="called more than once"):
+        fisher_diagonal(model, [(x, y)], "true", backend="layers")
+
+
+def test_rejects_bad_arguments() -> None:
+    model = Tiny(3).double().eval()
+    x, y = _data(2, (2, 6, 6), 3)
+    for kwargs in ({"kind": "fisher"}, {"bn_mode": "batch"}, {"backend": "fast"},
+                   {"kind": "mc", "mc_samples": 0}, {"chunk_size": 0}):
+        with pytest.raises(ValueError):
+            fisher_diagonal(model, [(x, y)], **kwargs)
+    with pytest.raises(ValueError, match="no samples"):
+        fisher_diagonal(model, [], "true")
