@@ -5,10 +5,12 @@
 #   WITH_DBD=1 bash .ci/slurm-ci.sh up   # ... plus MariaDB and slurmdbd, so `sacct` works
 #   bash .ci/slurm-ci.sh down            # stop every daemon this script started, by PID
 #
-# Must run as root. Every daemon talks over 127.0.0.1 only: munged over its Unix socket, MariaDB
-# with --bind-address=127.0.0.1, slurmctld/slurmd/slurmdbd bound to localhost's address
-# (CommunicationParameters=NoCtldInAddrAny,NoInAddrAny). One partition, `debug`, holds the node
-# `localhost`, whose hardware line comes from `slurmd -C`.
+# Must run as root. The daemons listen on 127.0.0.1 only: munged on its Unix socket, slurmctld
+# and slurmd bound to localhost's address (CommunicationParameters=NoCtldInAddrAny,NoInAddrAny),
+# MariaDB with --bind-address=127.0.0.1. The exception is slurmdbd (WITH_DBD=1 only): slurm
+# 22.05 has no bind option for it, so it listens on port 6819 of every interface, where each
+# request still needs a credential signed with this machine's munge key. One partition, `debug`,
+# holds the node `localhost`, whose hardware line comes from `slurmd -C`.
 #
 # Without slurmdbd, `sacct` fails ("accounting storage is disabled"): snakemake's SLURM plugin
 # must then poll with `--slurm-status-command squeue`, which works because MinJobAge=3600 keeps

@@ -113,12 +113,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], dict[str, Tensor]], device: torch.device) -> tuple[float, Any]:
+def _timed(fn: Callable[[], dict[str, Tensor]],
+           device: torch.device) -> tuple[float, float, Any]:
+    """Wall-clock seconds (perf_counter), CPU seconds of this process (process_time), result."""
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
     _sync(device)
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, time.process_time() - c0, out
 
 
 def _compare(ours: dict[str, Tensor], ref: dict[str, Tensor]) -> dict[str, float | int]:
@@ -184,20 +186,25 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
     for name, make in methods.items():  # warm-up: one batch each
         make(warm)()
     times: dict[str, list[float]] = {name: [] for name in methods}
+    cpu: dict[str, list[float]] = {name: [] for name in methods}
     results: dict[str, dict[str, Tensor]] = {}
     for _ in range(args.repeats):  # interleaved, so a busy spell hits all methods alike
         for name, make in methods.items():
-            dt, results[name] = _timed(make(loader), device)
+            dt, ct, results[name] = _timed(make(loader), device)
             times[name].append(dt)
-            log.info("%s %s: %.3fs", arch, name, dt)
+            cpu[name].append(ct)
+            log.info("%s %s: %.3fs wall, %.3fs cpu", arch, name, dt, ct)
     rows = {}
     for name, ts in times.items():
-        sec = statistics.median(ts)
-        rows[name] = {"seconds": sec, "images_per_s": args.n / sec, "all_seconds": ts}
+        sec, csec = statistics.median(ts), statistics.median(cpu[name])
+        rows[name] = {"seconds": sec, "images_per_s": args.n / sec, "all_seconds": ts,
+                      "cpu_seconds": csec, "images_per_cpu_s": args.n / csec,
+                      "all_cpu_seconds": cpu[name]}
     if "nngeometry_true" in rows:
-        ref = rows["nngeometry_true"]["images_per_s"]
+        ref, cref = (rows["nngeometry_true"][k] for k in ("images_per_s", "images_per_cpu_s"))
         for name, row in rows.items():
             row["ratio_vs_nngeometry"] = row["images_per_s"] / ref
+            row["cpu_ratio_vs_nngeometry"] = row["images_per_cpu_s"] / cref
         info["vs_nngeometry"] = _compare(results["ours_true"], results["nngeometry_true"])
     info["methods"] = rows
     return info
@@ -212,11 +219,13 @@ def _print(info: dict[str, Any], device: torch.device) -> None:
     print(head)
     print(f"   mean p_max {info['mean_p_max']:.6f}; share of p_max == 1.0 in float32: "
           f"{info['frac_p_max_rounds_to_1_fp32']:.2f}")
-    print(f"   {'method':<18}{'seconds':>10}{'images/s':>12}{'ours/nngeometry':>18}")
+    print(f"   {'method':<18}{'wall s':>9}{'images/s':>10}{'ours/nngeometry':>17}"
+          f"{'cpu s':>9}{'images/cpu-s':>14}{'ours/nngeometry':>17}")
     for name, row in info["methods"].items():
-        ratio = row.get("ratio_vs_nngeometry")
-        print(f"   {name:<18}{row['seconds']:>10.3f}{row['images_per_s']:>12.1f}"
-              f"{'' if ratio is None else f'{ratio:>17.2f}x'}")
+        ratio, cratio = row.get("ratio_vs_nngeometry"), row.get("cpu_ratio_vs_nngeometry")
+        print(f"   {name:<18}{row['seconds']:>9.3f}{row['images_per_s']:>10.1f}"
+              f"{'' if ratio is None else f'{ratio:>16.2f}x'}{row['cpu_seconds']:>9.3f}"
+              f"{row['images_per_cpu_s']:>14.1f}{'' if cratio is None else f'{cratio:>16.2f}x'}")
     cmp = info.get("vs_nngeometry")
     if cmp:
         print(f"   ours_true vs nngeometry on its finite entries: max relative diff per entry "

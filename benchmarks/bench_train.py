@@ -223,7 +223,7 @@ def time_fixed_batch(model_name: str, variant: str, data: TensorImages,
         loss.backward()
         opt.step()
 
-    for _ in range(args.steps):
+    for _ in range(min(args.steps, 3)):  # warm-up
         step()
     times = []
     for _ in range(args.repeats):
@@ -264,9 +264,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true", help="single variant: channels_last")
     p.add_argument("--compile", action="store_true", help="single variant: torch.compile")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="default: 512 on CUDA, 64 on CPU (the pipeline's batch size)")
+                   help="default: 512 on CUDA, 32 on CPU")
     p.add_argument("--steps", type=int, default=None,
-                   help="steps per epoch, i.e. per timed repeat (default: 50 CUDA, 3 CPU)")
+                   help="steps per epoch, i.e. per timed repeat (default: 50 CUDA, 2 CPU)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed epochs after the warm-up epoch; the median is reported "
                         "(default: 3 CUDA, 2 CPU)")
@@ -283,9 +283,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     if args.batch_size is None:
-        args.batch_size = 512 if cuda else 64
+        args.batch_size = 512 if cuda else 32
     if args.steps is None:
-        args.steps = 50 if cuda else 3
+        args.steps = 50 if cuda else 2
     if args.repeats is None:
         args.repeats = 3 if cuda else 2
     if min(args.batch_size, args.steps, args.repeats) < 1:

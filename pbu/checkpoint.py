@@ -78,9 +78,11 @@ def load_tensors(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError
+        # torch's weights-only unpickler names the blocked GLOBAL (a class or function) when a
+        # file carries code; random or cut-off bytes fail with "Weights only load failed" too,
+        # but without a GLOBAL, so that phrase alone does not mean a payload.
         kind = ("it carries a pickled object that is not plain tensors/containers; refused "
-                "without running it" if "weights_only" in str(err) or "Unsupported global"
-                in str(err) else "corrupt or truncated")
+                "without running it" if "global" in str(err).lower() else "corrupt or truncated")
         raise CheckpointError(f"{path}: cannot be loaded ({kind}): {type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}") from err
     if not isinstance(obj, dict):

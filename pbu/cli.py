@@ -195,13 +195,29 @@ def cmd_fisher(args: argparse.Namespace) -> None:
     })
 
 
-def _load_fisher(path: str) -> dict:
+def _load_fisher(path: str, model) -> dict:
+    """The Fisher diagonal at ``path``, checked against ``model`` before any training starts."""
+    import torch
+
     from pbu.checkpoint import CheckpointError, load_tensors
 
     obj = load_tensors(path)
     if "fisher" not in obj or not isinstance(obj["fisher"], dict):
         raise CheckpointError(f"{path}: not a Fisher file (no 'fisher' dict)")
-    return obj["fisher"]
+    fisher = obj["fisher"]
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        f = fisher.get(name)
+        if not isinstance(f, torch.Tensor) or f.shape != p.shape:
+            found = tuple(f.shape) if isinstance(f, torch.Tensor) else "nothing"
+            raise CheckpointError(f"{path}: does not fit the model ({name}: expected "
+                                  f"{tuple(p.shape)}, found {found}); was it computed for "
+                                  f"another checkpoint?")
+        if not bool(torch.isfinite(f).all()) or bool((f < 0).any()):
+            raise CheckpointError(f"{path}: {name} holds negative or non-finite values; "
+                                  f"not a Fisher diagonal")
+    return fisher
 
 
 def cmd_unlearn(args: argparse.Namespace) -> None:
@@ -224,7 +240,7 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
     if spec.needs_fisher:
         if not args.fisher:
             raise UsageError(f"method {args.method!r} needs --fisher")
-        fisher = _load_fisher(args.fisher)
+        fisher = _load_fisher(args.fisher, model)
     inputs = methods.build_inputs(spec, train, args.forget, train.spec.num_classes,
                                   retain_subset=args.retain_subset, seed=args.seed,
                                   fisher=fisher)

@@ -121,6 +121,15 @@ class Loader(Protocol):
     def num_samples(self) -> int: ...
 
 
+def _to_device(t: Tensor, dev: torch.device) -> Tensor:
+    """A small host tensor onto ``dev``. To CUDA it goes through pinned memory with
+    ``non_blocking``: a plain ``.to("cuda")`` from pageable memory waits for every queued kernel
+    (the previous training step) before copying, which would stall the GPU once per batch."""
+    if dev.type == "cuda":
+        return t.pin_memory().to(dev, non_blocking=True)
+    return t.to(dev)
+
+
 def augment_batch(x: Tensor, mode: str, generator: torch.Generator | None = None) -> Tensor:
     """Random crop (zero padding of size/8) and, for ``crop_flip``, horizontal flip, per sample.
 
@@ -132,11 +141,13 @@ def augment_batch(x: Tensor, mode: str, generator: torch.Generator | None = None
     pad = max(1, h // 8)
     dev = x.device
     xp = F.pad(x, (pad, pad, pad, pad))
-    off = torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device="cpu").to(dev)
+    # Drawn on the host from the loader's generator, so CPU and GPU see the same crops.
+    off = _to_device(torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device="cpu"),
+                     dev)
     rows = off[0][:, None] + torch.arange(h, device=dev)  # [B, H]
     cols = off[1][:, None] + torch.arange(w, device=dev)  # [B, W]
     if mode == "crop_flip":
-        flip = torch.rand(b, generator=generator, device="cpu").to(dev) < 0.5
+        flip = _to_device(torch.rand(b, generator=generator, device="cpu"), dev) < 0.5
         cols = torch.where(flip[:, None], cols.flip(1), cols)
     elif mode != "crop":
         raise ValueError(f"unknown augmentation {mode!r}; allowed: none, crop, crop_flip")

@@ -17,6 +17,8 @@ those whose files changed, so runs are never duplicated. Runs are always termina
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -239,6 +241,31 @@ def _log_job(client, exp_id: str, job: _Job, parent_id: str | None, digest: str)
     return rid
 
 
+@contextlib.contextmanager
+def _one_tracker_at_a_time(tracking_uri: str, out: str | os.PathLike):
+    """Hold an exclusive lock (a file beside the SQLite store, else beside ``out``).
+
+    Two tracking processes at once would both find a job missing and both log it (a duplicate),
+    or both create a fresh store's tables (one fails); taking turns, the second finds every job
+    already logged.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        lock = Path(tracking_uri[len("sqlite:///"):] + ".lock")
+    else:
+        lock = Path(out).parent / ".pbu-track.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another tracking process (lock %s)", lock)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def track_results(results: str | os.PathLike | None, *, tracking_uri: str, experiment: str,
                   out: str | os.PathLike, report_paths: list[str] | None = None,
                   metrics_files: list[str] | None = None) -> dict[str, Any]:
@@ -261,6 +288,13 @@ def track_results(results: str | os.PathLike | None, *, tracking_uri: str, exper
     artifact_root = None
     if tracking_uri.startswith("sqlite:///"):
         artifact_root = Path(tracking_uri[len("sqlite:///"):]).parent / "artifacts"
+    with _one_tracker_at_a_time(tracking_uri, out):
+        return _log_jobs(jobs, tracking_uri, experiment, artifact_root, out)
+
+
+def _log_jobs(jobs: list[_Job], tracking_uri: str, experiment: str, artifact_root: Path | None,
+              out: str | os.PathLike) -> dict[str, Any]:
+    """Log the jobs the store lacks or holds in another version (the caller holds the lock)."""
     try:
         client = _client(tracking_uri)
         exp_id = _experiment_id(client, experiment, artifact_root)
@@ -268,7 +302,8 @@ def track_results(results: str | os.PathLike | None, *, tracking_uri: str, exper
     except TrackingError:
         raise
     except Exception as err:  # noqa: BLE001 - mlflow raises many kinds
-        raise TrackingError(f"MLflow store {tracking_uri}: {type(err).__name__}: {err}") from err
+        first = str(err).splitlines()[0] if str(err) else ""  # SQLAlchemy appends the SQL
+        raise TrackingError(f"MLflow store {tracking_uri}: {type(err).__name__}: {first}") from err
     ids: dict[str, str] = {}
     created = skipped = replaced = 0
     for job in jobs:

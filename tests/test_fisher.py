@@ -45,15 +45,15 @@ class Odd(nn.Module):
 
     def __init__(self, num_classes: int = 4) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(2, 4, 3, padding=1)
-        self.gconv = nn.Conv2d(4, 4, 3, padding=1, groups=2)
-        self.gn = nn.GroupNorm(2, 4)
-        self.seq = nn.Linear(4, 3)  # applied to [B, 16, 4]: per-position features
+        self.conv = nn.Conv2d(2, 8, 1)  # fewer inputs (2) than outputs (8): flipped GEMM
+        self.gconv = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.gn = nn.GroupNorm(2, 8)
+        self.seq = nn.Linear(8, 3)  # applied to [B, 16, 8]: per-position features
         self.head = nn.Linear(48, num_classes)
         self.temperature = nn.Parameter(torch.tensor(1.3))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv(x)  # [B, 4, 4, 4]
+        h = self.conv(x)  # [B, 8, 4, 4]
         h = h + self.gn(self.gconv(h))
         h = F.relu(h, inplace=True)  # modifies seq's input-to-be in place before seq sees it
         h = self.seq(h.flatten(2).transpose(1, 2))  # [B, 16, 3]
