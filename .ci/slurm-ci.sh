@@ -45,7 +45,8 @@ install_packages() {
   local pkgs="munge slurmctld slurmd slurm-client"
   [[ $WITH_DBD == 1 ]] && pkgs+=" slurmdbd mariadb-server"
   local have
-  have=$(dpkg-query -W -f='${Status}\n' $pkgs 2>/dev/null | grep -c '^install ok installed$' || true)
+  have=$(dpkg-query -W -f='${Status}\n' $pkgs 2>/dev/null \
+    | grep -c '^install ok installed$' || true)
   if [[ $have -ne $(wc -w <<<"$pkgs") ]]; then
     say "apt-get install $pkgs"
     export DEBIAN_FRONTEND=noninteractive

@@ -287,6 +287,11 @@ def summarise(runs: list[dict[str, Any]], selected: list[str]) -> dict[str, Any]
     out["fisher_mean_cpu_s"] = statistics.fmean(r["fisher"]["cpu_s"] for r in runs)
     out["oracle_acc_forget_test"] = statistics.fmean(r["oracle"]["acc_forget_test"] for r in runs)
     out["oracle_acc_retain_test"] = statistics.fmean(r["oracle"]["acc_retain_test"] for r in runs)
+    for clock in ("wall", "cpu"):  # PBU's two parts, each over the oracle
+        out[f"fisher_over_oracle_{clock}"] = statistics.fmean(
+            r["fisher"][f"{clock}_s"] / r["oracle"][f"{clock}_s"] for r in runs)
+        out[f"pbu_unlearn_over_oracle_{clock}"] = statistics.fmean(
+            r["methods"]["pbu"][f"{clock}_s"] / r["oracle"][f"{clock}_s"] for r in runs)
     pbu = out["methods"]["pbu"]
     out["pbu_over_oracle_wall"] = pbu["mean_ratio_wall"]
     out["pbu_over_oracle_cpu"] = pbu["mean_ratio_cpu"]
@@ -314,7 +319,11 @@ def print_summary(summary: dict[str, Any]) -> None:
           f"retained classes, %)")
     print(f"PBU end to end / oracle: {100 * summary['pbu_over_oracle_wall']:.2f} % wall, "
           f"{100 * summary['pbu_over_oracle_cpu']:.2f} % CPU (target <= "
-          f"{100 * PBU_TARGET:.0f} %: {'met' if summary['pbu_target_met'] else 'NOT met'})")
+          f"{100 * PBU_TARGET:.0f} %: {'met' if summary['pbu_target_met'] else 'NOT met'}); "
+          f"of which the Fisher {100 * summary['fisher_over_oracle_wall']:.2f} % / "
+          f"{100 * summary['fisher_over_oracle_cpu']:.2f} % and the unlearning "
+          f"{100 * summary['pbu_unlearn_over_oracle_wall']:.2f} % / "
+          f"{100 * summary['pbu_unlearn_over_oracle_cpu']:.2f} %")
 
 
 def machine_info(device: Any = None) -> dict[str, Any]:
@@ -400,9 +409,12 @@ def read_results(results: Path) -> dict[str, Any]:
         s = [j["s"] for j in group if j["s"] is not None]
         own = [(j["s"], j["time_s"]) for j in group
                if j.get("time_s") is not None and j["s"] is not None]
+        cpu = [j["cpu_time"] for j in group if j["cpu_time"] is not None]
         rss = [j[k] for j in group for k in ("max_rss_mb", "peak_rss_mb") if j.get(k)]
         out = {"jobs": len(group), "total_s": sum(s), "mean_s": statistics.fmean(s) if s else None,
-               "max_s": max(s) if s else None, "max_rss_mb": max(rss) if rss else None}
+               "max_s": max(s) if s else None, "max_rss_mb": max(rss) if rss else None,
+               "total_cpu_s": sum(cpu) if cpu else None,
+               "mean_cpu_s": statistics.fmean(cpu) if cpu else None}
         if own:
             work = sum(t for _, t in own)
             job_s = sum(s_ for s_, _ in own)
@@ -423,12 +435,43 @@ def read_results(results: Path) -> dict[str, Any]:
     for j in unlearn:
         per_method.setdefault(j["name"], []).append(j)
     per_method_agg = {m: agg(g) for m, g in per_method.items()}
+    ratios = ratios_vs_retrain(jobs)
     starts = [j["end"] - j["s"] for j in jobs if j["s"] is not None]
     span = max(j["end"] for j in jobs) - min(starts)
     total = sum(j["s"] for j in jobs if j["s"] is not None)
     return {"results": str(results), "jobs": len(jobs), "per_rule": per_rule,
             "per_method": per_method_agg, "sum_job_s": total, "span_s": span,
-            "parallelism": total / span if span > 0 else None, "job_list": jobs}
+            "parallelism": total / span if span > 0 else None, "ratios_vs_retrain": ratios,
+            "job_list": jobs}
+
+
+def ratios_vs_retrain(jobs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per method, the mean over forget groups of (its job [+ the fisher job for methods that
+    need the Fisher]) / the group's retrain job: by job wall time, job CPU time and the jobs' own
+    ``time_s``."""
+    from pbu.registry import METHODS_NEEDING_FISHER  # torch-free
+
+    groups: dict[str, dict[str, dict[str, Any]]] = {}
+    for j in jobs:
+        if j["rule"] in ("unlearn", "retrain", "fisher"):
+            groups.setdefault(str(Path(j["path"]).parent), {})[j["name"]] = j
+    per: dict[str, dict[str, list[float]]] = {}
+    for g in groups.values():
+        oracle = g.get("retrain")
+        if oracle is None:
+            continue
+        for name, j in g.items():
+            if name in ("retrain", "fisher") or j["rule"] != "unlearn":
+                continue
+            parts = [j] + ([g["fisher"]] if name in METHODS_NEEDING_FISHER and "fisher" in g
+                           else [])
+            for key, field in (("job_wall", "s"), ("job_cpu", "cpu_time"), ("own", "time_s")):
+                vals = [p.get(field) for p in parts]
+                if all(v is not None for v in vals) and oracle.get(field):
+                    per.setdefault(name, {}).setdefault(key, []).append(sum(vals)
+                                                                        / oracle[field])
+    return {m: {k: statistics.fmean(v) for k, v in d.items()} | {"groups": len(d["job_wall"])}
+            for m, d in per.items() if "job_wall" in d}
 
 
 def print_results(rep: dict[str, Any]) -> None:
@@ -437,13 +480,26 @@ def print_results(rep: dict[str, Any]) -> None:
           f"(from file times; local rules download/track are not benchmarked); mean jobs in "
           f"parallel {rep['parallelism'] or float('nan'):.2f}")
     print(f"  {'rule':12s} {'jobs':>5s} {'total s':>9s} {'mean s':>8s} {'max s':>7s} "
-          f"{'max RSS MB':>10s} {'outside own time_s':>19s}")
+          f"{'CPU s':>8s} {'mean CPU':>8s} {'max RSS MB':>10s} {'outside own time_s':>19s}")
+    nan = float("nan")
     for rule, a in sorted(rep["per_rule"].items(), key=lambda kv: -kv[1]["total_s"]):
         frac = a.get("outside_own_time_frac")
         print(f"  {rule:12s} {a['jobs']:5d} {a['total_s']:9.1f} {a['mean_s']:8.2f} "
-              f"{a['max_s']:7.2f} {a['max_rss_mb'] or float('nan'):10.0f} "
+              f"{a['max_s']:7.2f} {_or(a['total_cpu_s'], nan):8.1f} "
+              f"{_or(a['mean_cpu_s'], nan):8.2f} {_or(a['max_rss_mb'], nan):10.0f} "
               + (f"{100 * frac:8.1f} % ({a['mean_outside_own_time_s']:.2f} s/job)"
                  if frac is not None else f"{'-':>19s}"))
+    if rep["ratios_vs_retrain"]:
+        print("  method / retrain job (PBU + its fisher job), mean over groups: "
+              "job wall, job CPU, own time_s")
+        for m, r in sorted(rep["ratios_vs_retrain"].items(), key=lambda kv: kv[1]["job_wall"]):
+            print(f"    {m:16s} {100 * r['job_wall']:7.1f} % "
+                  f"{100 * r.get('job_cpu', math.nan):7.1f} % "
+                  f"{100 * r.get('own', math.nan):7.1f} %   ({r['groups']} groups)")
+
+
+def _or(v: float | None, default: float) -> float:
+    return default if v is None else v
 
 
 def results_markdown(rep: dict[str, Any] | None, startup: dict[str, Any] | None,
@@ -460,24 +516,43 @@ def results_markdown(rep: dict[str, Any] | None, startup: dict[str, Any] | None,
             "\"Outside own time\" is the part of a job's wall time (Snakemake's `s`) not in the "
             "`time_s` the job recorded for its own work: interpreter and import start-up, loading "
             "data and checkpoints, saving, and for `unlearn` the harness's monitoring.", "",
-            "| rule | jobs | total s | mean s | max s | max RSS MB | outside own time |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "Wall seconds are Snakemake's `s`; CPU seconds its `cpu_time` (user + system of the "
+            "job's processes), which other jobs on a shared machine do not stretch.", "",
+            "| rule | jobs | total s | mean s | max s | total CPU s | mean CPU s | max RSS MB "
+            "| outside own time |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for rule, a in sorted(rep["per_rule"].items(), key=lambda kv: -kv[1]["total_s"]):
             frac = a.get("outside_own_time_frac")
             lines.append(
                 f"| {rule} | {a['jobs']} | {a['total_s']:.1f} | {a['mean_s']:.2f} | "
-                f"{a['max_s']:.2f} | {a['max_rss_mb'] or 0:.0f} | "
+                f"{a['max_s']:.2f} | {_or(a['total_cpu_s'], math.nan):.1f} | "
+                f"{_or(a['mean_cpu_s'], math.nan):.2f} | {a['max_rss_mb'] or 0:.0f} | "
                 + (f"{100 * frac:.0f} % ({a['mean_outside_own_time_s']:.2f} s/job) |"
                    if frac is not None else "- |"))
+        if rep["ratios_vs_retrain"]:
+            lines += ["", "### Method / retrain oracle, from the jobs of this run", "",
+                      "Per forget group, the method's job (PBU: plus its fisher job) divided by "
+                      "the group's retrain job; mean over groups. \"Own\" uses the `time_s` each "
+                      "job records for its work alone (start-up, I/O and monitoring excluded; the "
+                      "oracle's includes its per-epoch test evaluation).", "",
+                      "| method | groups | job wall | job CPU | own time_s |",
+                      "| --- | ---: | ---: | ---: | ---: |"]
+            for m, r in sorted(rep["ratios_vs_retrain"].items(),
+                               key=lambda kv: kv[1]["job_wall"]):
+                lines.append(f"| {m} | {r['groups']} | {100 * r['job_wall']:.1f} % | "
+                             f"{100 * r.get('job_cpu', math.nan):.1f} % | "
+                             f"{100 * r.get('own', math.nan):.1f} % |")
         if rep["per_method"]:
             lines += ["", "### unlearn, per method", "",
-                      "| method | jobs | mean s (job) | mean own time_s | max RSS MB |",
-                      "| --- | ---: | ---: | ---: | ---: |"]
+                      "| method | jobs | mean s (job) | mean CPU s (job) | mean own time_s "
+                      "| max RSS MB |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: |"]
             for m, a in sorted(rep["per_method"].items(), key=lambda kv: kv[1]["mean_s"]):
                 own = a.get("own_time_s")
                 lines.append(f"| {m} | {a['jobs']} | {a['mean_s']:.2f} | "
-                             f"{own / a['jobs'] if own is not None else float('nan'):.2f} | "
+                             f"{_or(a['mean_cpu_s'], math.nan):.2f} | "
+                             f"{own / a['jobs'] if own is not None else math.nan:.2f} | "
                              f"{a['max_rss_mb'] or 0:.0f} |")
         lines.append("")
     if startup is not None:
@@ -485,8 +560,10 @@ def results_markdown(rep: dict[str, Any] | None, startup: dict[str, Any] | None,
     if share:
         lines += ["Start-up (a fresh interpreter plus the command's imports) as a share of the "
                   "rule's mean job time in the run above:", "",
-                  "| rule | start-up / mean job |", "| --- | ---: |"]
-        lines += [f"| {r} | {100 * v:.0f} % |" for r, v in share.items()]
+                  "| rule | start-up / mean job (wall) | start-up / mean job (CPU) |",
+                  "| --- | ---: | ---: |"]
+        lines += [f"| {r} | {100 * v['wall']:.0f} % | {100 * v.get('cpu', math.nan):.0f} % |"
+                  for r, v in share.items()]
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -511,14 +588,20 @@ HEAVY = ("torch", "torchvision", "sklearn", "scipy", "pandas", "numpy", "mlflow"
          "seaborn", "mlxtend", "PIL", "yaml", "jsonschema", "tqdm")
 
 
-def _median_run(cmd: list[str], repeats: int) -> float:
-    times = []
+def _median_run(cmd: list[str], repeats: int) -> tuple[float, float]:
+    """Median wall and median CPU (user + system) seconds of ``cmd`` in a fresh process."""
+    import resource
+
+    walls, cpus = [], []
     for _ in range(repeats):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        cwd=ROOT)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - t0)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def importtime(code: str) -> dict[str, Any]:
@@ -562,25 +645,26 @@ def startup(repeats: int, commands: list[str] | None = None) -> dict[str, Any]:
     commands = list(COMMAND_IMPORTS) if commands is None else commands
     for name in commands:
         measures[f"pbu {name} imports"] = [py, "-c", COMMAND_IMPORTS[name]]
-    times = {}
+    times, cpu = {}, {}
     for name, cmd in measures.items():
-        times[name] = _median_run(cmd, repeats)
-        print(f"  {name:24s} {times[name]:6.2f} s", flush=True)
+        times[name], cpu[name] = _median_run(cmd, repeats)
+        print(f"  {name:24s} {times[name]:6.2f} s wall {cpu[name]:6.2f} s CPU", flush=True)
     imports = {name: importtime(COMMAND_IMPORTS[name]) for name in commands}
     imports["pbu.cli"] = importtime("import pbu.cli")
     imports["pbu --help"] = importtime(_CLI.rstrip("; "))
     for name, rec in imports.items():
         print(f"  imports of {name:10s}: " + ", ".join(f"{k} {v:.2f} s" for k, v in
                                                        rec["top_level_s"].items()))
-    return {"repeats": repeats, "median_s": times, "importtime": imports,
+    return {"repeats": repeats, "median_s": times, "median_cpu_s": cpu, "importtime": imports,
             "torch_share_of_help": times["import torch"] / times["pbu --help"]}
 
 
 def startup_markdown(st: dict[str, Any]) -> list[str]:
     lines = ["## Start-up cost per job", "",
              f"Median of {st['repeats']} fresh interpreters each, same machine, same run.", "",
-             "| what | s |", "| --- | ---: |"]
-    lines += [f"| `{k}` | {v:.2f} |" for k, v in st["median_s"].items()]
+             "| what | wall s | CPU s |", "| --- | ---: | ---: |"]
+    lines += [f"| `{k}` | {v:.2f} | {st['median_cpu_s'][k]:.2f} |"
+              for k, v in st["median_s"].items()]
     lines += ["", "Heavy packages each command imports (cumulative import time, "
               "`python -X importtime`, one run):", "",
               "| command | imports |", "| --- | --- |"]
@@ -591,16 +675,19 @@ def startup_markdown(st: dict[str, Any]) -> list[str]:
     return lines
 
 
-def startup_vs_jobs(st: dict[str, Any], rep: dict[str, Any]) -> dict[str, float]:
-    """Start-up (the command's imports) as a fraction of the rule's mean job time."""
-    out = {}
+def startup_vs_jobs(st: dict[str, Any], rep: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Start-up (a fresh interpreter + the command's imports) as a fraction of the rule's mean
+    job, in wall time and in CPU time."""
+    out: dict[str, dict[str, float]] = {}
     cmd_of_rule = {"pretrain": "pretrain", "retrain": "pretrain", "fisher": "fisher",
                    "unlearn": "unlearn", "evaluate": "evaluate", "aggregate": "aggregate",
                    "report": "report"}
     for rule, a in rep["per_rule"].items():
         key = f"pbu {cmd_of_rule.get(rule, '')} imports"
         if key in st["median_s"] and a["mean_s"]:
-            out[rule] = st["median_s"][key] / a["mean_s"]
+            out[rule] = {"wall": st["median_s"][key] / a["mean_s"]}
+            if a.get("mean_cpu_s"):
+                out[rule]["cpu"] = st["median_cpu_s"][key] / a["mean_cpu_s"]
     return out
 
 
@@ -663,8 +750,9 @@ def main(argv: list[str] | None = None) -> int:
             if rep is not None:
                 share = startup_vs_jobs(st, rep)
                 result["startup_share_of_mean_job"] = share
-                print("  start-up (imports) / mean job time: " + ", ".join(
-                    f"{r} {100 * v:.0f} %" for r, v in share.items()))
+                print("  start-up / mean job (wall, CPU): " + ", ".join(
+                    f"{r} {100 * v['wall']:.0f} %, {100 * v.get('cpu', math.nan):.0f} %"
+                    for r, v in share.items()))
         result["machine"] = machine_info()
         if args.out_md:
             Path(args.out_md).parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,11 @@ reported figure is the median epoch. Two diagnostics for the first variant of ea
 training step on one pre-made batch, no loader), which bound how much of a step the loader
 costs.
 
+On a CPU every figure is also given per process-CPU-second (``images_per_cpu_s``): on a shared
+machine other jobs stretch wall time but hardly the CPU time the work needs, so with
+``--threads 1`` the CPU-time ratios are the steadier ones (with more threads they count every
+thread's time, so they measure work, not speed). On CUDA only wall time means anything.
+
 Variants (``--variants``, comma-separated; default: ``fp32`` on CPU, the whole grid on CUDA)::
 
     fp32        the pipeline's default recipe (amp, channels_last and compile off)
@@ -84,6 +89,7 @@ VARIANTS: dict[str, tuple[bool, bool, bool, bool]] = {
     "bf16_compile": (True, False, True, True),
 }
 CPU_DEFAULT = ("fp32",)
+CPU_SIZES = {"resnet18": (32, 2), "small_cnn": (64, 20)}  # (batch, steps): ~a minute on 2 cores
 CUDA_DEFAULT = ("fp32", "cl", "bf16", "cl_bf16", "cl_bf16_compile", "cl_bf16_nondet")
 
 
@@ -146,21 +152,24 @@ def time_train_model(model_name: str, variant: str, data: TensorImages, args: ar
     recipe = recipe_for(variant, args.batch_size, 1 + args.repeats, args.optimizer, args.lr,
                         not args.no_augment)
     stamps: list[float] = []
+    cpu_stamps: list[float] = []
 
     def on_epoch(epoch: int, row: dict[str, float]) -> None:
         _sync(device)  # row["loss"] already came from a host read; be explicit anyway
         stamps.append(time.perf_counter())
+        cpu_stamps.append(time.process_time())
 
     pbu.train.seed_everything(args.seed)
     model = build_model(model_name, **MODELS[model_name][1])
     deterministic = VARIANTS[variant][3]
     ctx = contextlib.nullcontext() if deterministic else nondeterministic()
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with ctx:
         history = train_model(model, data, recipe, seed=args.seed, device=device,
                               progress=False, on_epoch=on_epoch)
     per_epoch = [b - a for a, b in zip([t0, *stamps[:-1]], stamps)]
+    cpu_per_epoch = [b - a for a, b in zip([c0, *cpu_stamps[:-1]], cpu_stamps)]
     imgs = args.steps * args.batch_size
     timed = per_epoch[1:]
     ips = [imgs / t for t in timed]
@@ -171,6 +180,8 @@ def time_train_model(model_name: str, variant: str, data: TensorImages, args: ar
         "timed_epochs": len(timed), "images_per_s": statistics.median(ips),
         "images_per_s_all": ips, "step_ms": 1000 * statistics.median(timed) / args.steps,
         "warmup_s": per_epoch[0], "final_loss": history[-1]["loss"],
+        # process CPU seconds: on a shared CPU the steadier measure (see the module docstring)
+        "images_per_cpu_s": statistics.median(imgs / max(t, 1e-9) for t in cpu_per_epoch[1:]),
     }
     if device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -186,18 +197,20 @@ def time_loader_only(model_name: str, data: TensorImages, args: argparse.Namespa
                          augment=not args.no_augment, device=device, drop_last=True)
     for _ in loader:  # warm-up epoch
         pass
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeats):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for x, _y in loader:
             pass
         _sync(device)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     n = len(loader) * args.batch_size
     return {"model": model_name, "variant": "loader_only", "what": "loader",
             "batch_size": args.batch_size, "steps": len(loader),
-            "images_per_s": statistics.median(n / t for t in times)}
+            "images_per_s": statistics.median(n / t for t in times),
+            "images_per_cpu_s": statistics.median(n / max(t, 1e-9) for t in cpu)}
 
 
 def time_fixed_batch(model_name: str, variant: str, data: TensorImages,
@@ -225,18 +238,20 @@ def time_fixed_batch(model_name: str, variant: str, data: TensorImages,
 
     for _ in range(min(args.steps, 3)):  # warm-up
         step()
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeats):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(args.steps):
             step()
         _sync(device)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     n = args.steps * args.batch_size
     return {"model": model_name, "variant": f"{variant}_fixed_batch", "what": "fixed_batch",
             "batch_size": args.batch_size, "steps": args.steps,
-            "images_per_s": statistics.median(n / t for t in times)}
+            "images_per_s": statistics.median(n / t for t in times),
+            "images_per_cpu_s": statistics.median(n / max(t, 1e-9) for t in cpu)}
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -264,9 +279,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true", help="single variant: channels_last")
     p.add_argument("--compile", action="store_true", help="single variant: torch.compile")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="default: 512 on CUDA, 32 on CPU")
+                   help="default: 512 on CUDA; on CPU 32 for resnet18, 64 for small_cnn")
     p.add_argument("--steps", type=int, default=None,
-                   help="steps per epoch, i.e. per timed repeat (default: 50 CUDA, 2 CPU)")
+                   help="steps per epoch, i.e. per timed repeat (default: 50 on CUDA; on CPU "
+                        "2 for resnet18, 20 for small_cnn)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed epochs after the warm-up epoch; the median is reported "
                         "(default: 3 CUDA, 2 CPU)")
@@ -282,13 +298,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
-    if args.batch_size is None:
-        args.batch_size = 512 if cuda else 32
-    if args.steps is None:
-        args.steps = 50 if cuda else 2
     if args.repeats is None:
         args.repeats = 3 if cuda else 2
-    if min(args.batch_size, args.steps, args.repeats) < 1:
+    if min(args.batch_size or 1, args.steps or 1, args.repeats) < 1:
         p.error("--batch-size, --steps and --repeats must be >= 1")
     args.models = [m for m in args.models.split(",") if m]
     for m in args.models:
@@ -315,9 +327,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_train: --device cuda but no CUDA device is available")
     rows: list[dict[str, Any]] = []
-    n = args.batch_size * args.steps
+    user_args = args
     for model_name in args.models:
-        data = random_images(model_name, n, args.seed)
+        args = argparse.Namespace(**vars(user_args))  # per-model defaults filled in below
+        default_batch, default_steps = (512, 50) if device.type == "cuda" else CPU_SIZES[model_name]
+        args.batch_size = args.batch_size or default_batch
+        args.steps = args.steps or default_steps
+        data = random_images(model_name, args.batch_size * args.steps, args.seed)
         if device.type == "cuda":
             data = data.to(device)  # resident once; every variant's loader reuses it
         params = count_parameters(build_model(model_name, **MODELS[model_name][1]))
@@ -325,8 +341,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row = time_train_model(model_name, variant, data, args, device)
             row["parameters"] = params
             rows.append(row)
+            cpu = (f", {row['images_per_cpu_s']:.1f} img/CPU-s" if device.type == "cpu"
+                   else "")
             print(f"{model_name:10s} {variant:18s} {row['images_per_s']:11.1f} img/s "
-                  f"({row['step_ms']:.1f} ms/step, warm-up epoch {row['warmup_s']:.1f} s)",
+                  f"({row['step_ms']:.1f} ms/step, warm-up epoch {row['warmup_s']:.1f} s{cpu})",
                   flush=True)
         if not args.no_diagnostics:
             for diag in (time_loader_only(model_name, data, args, device),
@@ -343,31 +361,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         s: dict[str, Any] = {"images_per_s": {v: mine[v]["images_per_s"] for v in args.variants}}
         best = max(args.variants, key=lambda v: mine[v]["images_per_s"])
         s["best_variant"], s["best_images_per_s"] = best, mine[best]["images_per_s"]
-        if "fp32" in mine:
-            s["speedup_vs_fp32"] = {v: mine[v]["images_per_s"] / mine["fp32"]["images_per_s"]
-                                    for v in args.variants}
+        clocks = [("", "images_per_s")]
+        if device.type == "cpu":
+            clocks.append(("_cpu", "images_per_cpu_s"))
+            s["images_per_cpu_s"] = {v: mine[v]["images_per_cpu_s"] for v in args.variants}
         first = args.variants[0]
-        if f"{first}_fixed_batch" in mine:
-            s["loop_vs_fixed_batch"] = (mine[first]["images_per_s"]
-                                        / mine[f"{first}_fixed_batch"]["images_per_s"])
-            s["loader_only_images_per_s"] = mine["loader_only"]["images_per_s"]
+        for suffix, key in clocks:
+            if "fp32" in mine:
+                s[f"speedup_vs_fp32{suffix}"] = {v: mine[v][key] / mine["fp32"][key]
+                                                 for v in args.variants}
+            if f"{first}_fixed_batch" in mine:
+                s[f"loop_vs_fixed_batch{suffix}"] = (mine[first][key]
+                                                     / mine[f"{first}_fixed_batch"][key])
+                s[f"loader_only_{key}"] = mine["loader_only"][key]
         if model_name == "resnet18" and device.type == "cuda":
             s["target_images_per_s"] = args.target
             s["target_met"] = s["best_images_per_s"] >= args.target
         summary[model_name] = s
     result = {"benchmark": "bench_train", "machine": machine(device),
-              "settings": {k: v for k, v in vars(args).items() if k != "out"},
+              "settings": {k: v for k, v in vars(user_args).items() if k != "out"},
               "rows": rows, "summary": summary}
 
     print("\nside by side (same run):")
     for model_name, s in summary.items():
-        if "speedup_vs_fp32" in s:
-            print(f"  {model_name}: " + ", ".join(f"{v} x{r:.2f}" for v, r in
-                                                  s["speedup_vs_fp32"].items()) + " vs fp32")
-        if "loop_vs_fixed_batch" in s:
-            print(f"  {model_name}: train_model loop = {s['loop_vs_fixed_batch']:.2f} x the "
-                  f"same step on a fixed batch; loader alone "
-                  f"{s['loader_only_images_per_s']:.0f} img/s")
+        for suffix, clock in (("", "wall"), ("_cpu", "CPU time")):
+            if f"speedup_vs_fp32{suffix}" in s:
+                print(f"  {model_name} ({clock}): " + ", ".join(
+                    f"{v} x{r:.2f}" for v, r in s[f"speedup_vs_fp32{suffix}"].items())
+                    + " vs fp32")
+            if f"loop_vs_fixed_batch{suffix}" in s:
+                print(f"  {model_name} ({clock}): train_model loop = "
+                      f"{s[f'loop_vs_fixed_batch{suffix}']:.2f} x the same step on a fixed "
+                      f"batch")
+        if "loader_only_images_per_s" in s:
+            print(f"  {model_name}: loader alone {s['loader_only_images_per_s']:.0f} img/s")
         if "target_met" in s:
             print(f"  {model_name}: best {s['best_variant']} {s['best_images_per_s']:.0f} img/s; "
                   f"target {args.target:.0f}: {'MET' if s['target_met'] else 'NOT met'}")

@@ -90,7 +90,8 @@ def test_gpu_paper_config_requests_a_gpu_per_compute_job(name):
     torchvision = {"resnet18", "resnet34", "resnet50", "densenet121", "convnext_large"}
     expected_weights = "imagenet" if set(config["archs"]) <= torchvision else "none"
     assert config["model"]["weights"] == expected_weights
-    assert config["pretrain"]["augment"] == (config["dataset"] in ("cifar10", "cifar100", "food101"))
+    augmented = config["dataset"] in ("cifar10", "cifar100", "food101")
+    assert config["pretrain"]["augment"] == augmented
 
 
 def test_fashion_mnist_config_runs_on_cpu_from_the_debian_files():

@@ -26,8 +26,8 @@ from snakemake.utils import update_config
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PIPELINE_TIMEOUT_S = 600
-FAIL_TIMEOUT_S = 240
+PIPELINE_TIMEOUT_S = 900  # measured 5.5-7.5 min on a 2-core machine shared with other work
+FAIL_TIMEOUT_S = 300
 # rules the SLURM executor submits; download, weights, track and track_report are localrules
 SUBMITTED = ("pretrain", "retrain", "fisher", "unlearn", "evaluate", "aggregate", "report")
 LOCAL = ("download", "track", "track_report")
@@ -43,7 +43,7 @@ pytestmark = [
 
 
 def sacct_works() -> bool:
-    """True on a cluster with accounting (slurmdbd), where the plugin's default sacct polling works."""
+    """True with accounting (slurmdbd): the plugin's default status polling (sacct) works."""
     try:
         return subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True,
                               timeout=30).returncode == 0
@@ -158,9 +158,7 @@ def test_pipeline_runs_through_slurm(repo_copy: Path, tmp_path: Path):
     logs = slurm_logs(repo_copy)
     n_methods = len(config["methods"])
     assert {r: len(v) for r, v in logs.items()} == {
-        "pretrain": 1, "retrain": 1, "fisher": 1, "unlearn": n_methods, "evaluate": 1,
-        "aggregate": 1, "report": 1,
-    }
+        rule: n_methods if rule == "unlearn" else 1 for rule in SUBMITTED}
     assert not set(LOCAL) & set(logs)
 
     # ... and slurmctld ran each one to completion, with the config's resources
