@@ -474,11 +474,29 @@ def ratios_vs_retrain(jobs: list[dict[str, Any]]) -> dict[str, dict[str, float]]
             for m, d in per.items() if "job_wall" in d}
 
 
+def read_snakemake_log(path: Path) -> dict[str, Any]:
+    """Total elapsed time and finished jobs from a Snakemake log (.snakemake/log/*.log)."""
+    import re
+
+    text = path.read_text(errors="replace")
+    out: dict[str, Any] = {"log": str(path), "finished_jobs": text.count("Finished job")}
+    m = re.search(r"Elapsed time: (?:(\d+) days?, )?(\d+):(\d+):(\d+(?:\.\d+)?)", text)
+    if m:
+        days, h, mi, sec = m.groups()
+        out["elapsed_s"] = int(days or 0) * 86400 + int(h) * 3600 + int(mi) * 60 + float(sec)
+    return out
+
+
 def print_results(rep: dict[str, Any]) -> None:
     print(f"\n{rep['results']}: {rep['jobs']} benchmarked jobs; sum of job times "
           f"{rep['sum_job_s']:.1f} s; span first start -> last end {rep['span_s']:.1f} s "
           f"(from file times; local rules download/track are not benchmarked); mean jobs in "
           f"parallel {rep['parallelism'] or float('nan'):.2f}")
+    if "snakemake_log" in rep and "elapsed_s" in rep["snakemake_log"]:
+        sl = rep["snakemake_log"]
+        print(f"  snakemake log: {sl['finished_jobs']} finished jobs, elapsed "
+              f"{sl['elapsed_s']:.1f} s; sum of benchmarked job times / elapsed = "
+              f"{rep['sum_job_s'] / sl['elapsed_s']:.2f}")
     print(f"  {'rule':12s} {'jobs':>5s} {'total s':>9s} {'mean s':>8s} {'max s':>7s} "
           f"{'CPU s':>8s} {'mean CPU':>8s} {'max RSS MB':>10s} {'outside own time_s':>19s}")
     nan = float("nan")
@@ -512,7 +530,11 @@ def results_markdown(rep: dict[str, Any] | None, startup: dict[str, Any] | None,
             f"{rep['jobs']} benchmarked jobs. Sum of job times {rep['sum_job_s']:.1f} s; span from "
             f"the first job's start to the last job's end {rep['span_s']:.1f} s (from the "
             f"benchmark files' times; the local rules download and track are not benchmarked), "
-            f"so on average {rep['parallelism'] or float('nan'):.2f} jobs ran at once.", "",
+            f"so on average {rep['parallelism'] or float('nan'):.2f} jobs ran at once."
+            + (f" Snakemake's log: {rep['snakemake_log']['finished_jobs']} finished jobs, "
+               f"elapsed {rep['snakemake_log']['elapsed_s']:.1f} s (sum of job times / elapsed "
+               f"= {rep['sum_job_s'] / rep['snakemake_log']['elapsed_s']:.2f})."
+               if "elapsed_s" in rep.get("snakemake_log", {}) else ""), "",
             "\"Outside own time\" is the part of a job's wall time (Snakemake's `s`) not in the "
             "`time_s` the job recorded for its own work: interpreter and import start-up, loading "
             "data and checkpoints, saving, and for `unlearn` the harness's monitoring.", "",
@@ -719,6 +741,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch CPU threads (default 1, as each pipeline job; 0: torch's default)")
     p.add_argument("--from-results", default=None, metavar="RESULTS",
                    help="report a finished run's per-rule breakdown instead of mode 1")
+    p.add_argument("--snakemake-log", default=None,
+                   help="with --from-results: that run's .snakemake/log/*.log (total elapsed)")
     p.add_argument("--startup", action="store_true", help="measure per-job start-up cost")
     p.add_argument("--startup-repeats", type=int, default=3)
     p.add_argument("--startup-commands", default=",".join(COMMAND_IMPORTS),
@@ -735,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
         rep = st = share = None
         if args.from_results:
             rep = read_results(Path(args.from_results))
+            if args.snakemake_log:
+                rep["snakemake_log"] = read_snakemake_log(Path(args.snakemake_log))
             print_results(rep)
             result["pipeline"] = {k: v for k, v in rep.items() if k != "job_list"}
             result["pipeline"]["job_list"] = rep["job_list"]

@@ -8,6 +8,7 @@ The oracle's own row is computed the same way, so every method's number sits bes
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,10 +83,10 @@ class EvalData:
 
 
 def model_outputs(model: nn.Module, data: EvalData, settings: EvalSettings,
-                  device: torch.device) -> dict[str, tuple[Tensor, Tensor]]:
-    """Logits and labels of ``model`` on each split."""
-    return {s: M.collect_outputs(model, getattr(data, s).loader(settings.batch_size,
-                                                                device=device))
+                  device: torch.device) -> dict[str, tuple[Tensor, Tensor, Tensor | None]]:
+    """Logits, labels and penultimate features of ``model`` on each split (one pass each)."""
+    return {s: M.outputs_and_features(model, getattr(data, s).loader(settings.batch_size,
+                                                                     device=device))
             for s in SPLITS}
 
 
@@ -100,25 +101,24 @@ def _relearn_steps(model: nn.Module, data: EvalData, settings: EvalSettings, see
                           threshold=settings.relearn_threshold, seed=seed)
 
 
-def _probe(model: nn.Module, data: EvalData, forget_class: int, settings: EvalSettings,
-           seed: int, device: torch.device) -> dict[str, float]:
+def _probe(out: dict[str, tuple[Tensor, Tensor, Tensor | None]], forget_class: int,
+           settings: EvalSettings, seed: int) -> dict[str, float]:
     """Linear probe on frozen penultimate features: forget class vs the rest.
 
-    Fitted on a class-balanced sample of the training split, scored on the whole test split.
+    Fitted on a class-balanced sample of the training split (``probe_train_per_class`` per
+    class), scored on the whole test split; features come from the evaluation pass.
     """
-    def feats(split: ImageData) -> tuple[Tensor, Tensor]:
-        f = M.penultimate_features(model, split.loader(settings.batch_size, device=device))
-        return f, split.labels.cpu() == forget_class
-
+    if any(out[s][2] is None for s in SPLITS):
+        return {"auc": math.nan, "acc": math.nan}
     k = settings.probe_train_per_class
-    f_tr = data.forget_train.subset(random_subset(len(data.forget_train), k, seed))
-    r_tr = data.retain_train.subset(stratified_subset(data.retain_train.labels.cpu(), k, seed))
-    a, ya = feats(f_tr)
-    b, yb = feats(r_tr)
-    c, yc = feats(data.forget_test)
-    d, yd = feats(data.retain_test)
-    return M.linear_probe(torch.cat([a, b]), torch.cat([ya, yb]), torch.cat([c, d]),
-                          torch.cat([yc, yd]), seed=seed)
+    f_idx = random_subset(len(out["forget_train"][1]), k, seed)
+    r_idx = stratified_subset(out["retain_train"][1], k, seed)
+    train_x = torch.cat([out["forget_train"][2][f_idx], out["retain_train"][2][r_idx]])
+    train_y = torch.cat([out["forget_train"][1][f_idx], out["retain_train"][1][r_idx]])
+    test_x = torch.cat([out["forget_test"][2], out["retain_test"][2]])
+    test_y = torch.cat([out["forget_test"][1], out["retain_test"][1]])
+    return M.linear_probe(train_x, train_y == forget_class, test_x, test_y == forget_class,
+                          seed=seed)
 
 
 def evaluate_models(models: dict[str, nn.Module], oracle: nn.Module, incompetent: nn.Module,
@@ -139,9 +139,9 @@ def evaluate_models(models: dict[str, nn.Module], oracle: nn.Module, incompetent
     rows: dict[str, dict[str, float]] = {}
     for name, m in everyone.items():
         out = outs[name]
-        (ftr, ftr_y), (rtr, rtr_y) = out["forget_train"], out["retain_train"]
-        (fte, fte_y), (rte, rte_y) = out["forget_test"], out["retain_test"]
-        row = {f"acc_{s}": M.accuracy_from_logits(*out[s]) for s in SPLITS}
+        (ftr, ftr_y, _), (rtr, rtr_y, _) = out["forget_train"], out["retain_train"]
+        (fte, fte_y, _), (rte, rte_y, _) = out["forget_test"], out["retain_test"]
+        row = {f"acc_{s}": M.accuracy_from_logits(*out[s][:2]) for s in SPLITS}
         # Member = retain-train, non-member = the test split WITHOUT the forget class.
         row["mia_entropy_svc"] = M.mia_entropy_svc(rtr, rte, ftr, seed=seed,
                                                    max_samples=settings.mia_max_samples)
@@ -161,7 +161,7 @@ def evaluate_models(models: dict[str, nn.Module], oracle: nn.Module, incompetent
             row["anamnesis_index"] = M.anamnesis_index(relearn[name].steps,
                                                        relearn["oracle"].steps)
         if settings.probe:
-            p = _probe(m, data, forget_class, settings, seed, device)
+            p = _probe(out, forget_class, settings, seed)
             row["probe_auc"], row["probe_acc"] = p["auc"], p["acc"]
         rows[name] = row
     return rows

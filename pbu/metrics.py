@@ -476,6 +476,30 @@ def penultimate_features(model: nn.Module, loader: Iterable[Batch]) -> Tensor:
     return torch.cat(captured)
 
 
+@torch.no_grad()
+def outputs_and_features(model: nn.Module, loader: Iterable[Batch],
+                         ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One pass: logits (as :func:`collect_outputs`), labels and penultimate features.
+
+    The features follow :func:`penultimate_features`' rule; they are ``None`` for a model without
+    an ``nn.Linear`` head (e.g. All-CNN, whose classifier is a 1x1 convolution).
+    """
+    captured: list[Tensor] = []
+    try:
+        head = _last_linear(model)
+    except ValueError:
+        head = None
+    handle = head.register_forward_hook(
+        lambda _m, inputs, _out: captured.append(inputs[0].detach().flatten(1).float().cpu())
+    ) if head is not None else None
+    try:
+        logits, labels = collect_outputs(model, loader)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return logits, labels, torch.cat(captured) if captured else None
+
+
 def linear_probe(train_features: ArrayLike, train_is_forget: ArrayLike,
                  test_features: ArrayLike, test_is_forget: ArrayLike,
                  seed: int) -> dict[str, float]:

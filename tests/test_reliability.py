@@ -71,8 +71,9 @@ def _copy_repo(wd: Path, override: dict) -> Path:
 
 
 def _snakemake_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile",
-            ".test/config.yaml", OVERRIDE, *args]
+    # --configfile takes every word after it: targets and options go first
+    return [sys.executable, "-m", "snakemake", "--cores", "2", *args, "--configfile",
+            ".test/config.yaml", OVERRIDE]
 
 
 def _snakemake(wd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
