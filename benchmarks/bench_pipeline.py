@@ -169,10 +169,21 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
         print(n)
     print(f"{cfg['dataset']} ({len(train)} train), {arch}, seeds {seeds}, forget {forget}, "
           f"device {device}, torch threads {torch.get_num_threads()}; recipe "
-          f"{recipe.epochs} epochs x batch {recipe.batch_size}", flush=True)
+          f"{recipe.epochs} epochs x batch {recipe.batch_size}, channels_last "
+          f"{recipe.channels_last}; methods and Fisher get the model as {args.memory_format}",
+          flush=True)
 
     def fresh_model() -> torch.nn.Module:
         return build_model(arch, weights=cfg["model"]["weights"], **model_args)
+
+    def as_loaded(model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of the original in the layout the fisher/unlearn jobs load it in
+        (``pbu ... --memory-format``, channels_last by default, convnets only)."""
+        model = copy.deepcopy(model)
+        if args.memory_format == "channels_last" and any(p.dim() == 4
+                                                          for p in model.parameters()):
+            model.to(memory_format=torch.channels_last)
+        return model
 
     runs: list[dict[str, Any]] = []
     originals: list[dict[str, Any]] = []
@@ -206,7 +217,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
             # the forget-set Fisher, exactly as `pbu fisher` computes it
             forget_data = train.subset(class_split(train.labels, c)[0])
             loader = forget_data.loader(fisher_cfg["batch_size"], device=device)
-            fmodel = copy.deepcopy(original)
+            fmodel = as_loaded(original)
             with Timer(device) as t:
                 fisher = fisher_diagonal(fmodel, loader, kind=fisher_cfg["kind"],
                                          bn_mode=fisher_cfg["bn_mode"],
@@ -219,7 +230,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
                 inputs = methods.build_inputs(mspec, train, c, spec.num_classes,
                                               retain_subset=cfg["retain_subset"], seed=seed,
                                               fisher=fisher if mspec.needs_fisher else None)
-                model = copy.deepcopy(original)
+                model = as_loaded(original)
                 seed_everything(seed)
                 with Timer(device) as t:
                     result, elapsed = methods.run(name, model, inputs, cfg["hparams"][name],
@@ -255,6 +266,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
                      "full_train_samples": full_train, "seeds": seeds, "forget": forget,
                      "methods": selected, "recipe": recipe.to_dict(), "fisher": fisher_cfg,
                      "retain_subset": cfg["retain_subset"], "device": str(device),
+                     "memory_format": args.memory_format,
                      "threads": torch.get_num_threads(),
                      "hparams": {m: cfg["hparams"][m] for m in selected}},
         "original": originals, "runs": runs, "summary": summary,
@@ -675,8 +687,8 @@ def startup(repeats: int, commands: list[str] | None = None) -> dict[str, Any]:
     imports["pbu.cli"] = importtime("import pbu.cli")
     imports["pbu --help"] = importtime(_CLI.rstrip("; "))
     for name, rec in imports.items():
-        print(f"  imports of {name:10s}: " + ", ".join(f"{k} {v:.2f} s" for k, v in
-                                                       rec["top_level_s"].items()))
+        print(f"  imports of {name:10s}: " + (", ".join(f"{k} {v:.2f} s" for k, v in
+                                                        rec["top_level_s"].items()) or "-"))
     return {"repeats": repeats, "median_s": times, "median_cpu_s": cpu, "importtime": imports,
             "torch_share_of_help": times["import torch"] / times["pbu --help"]}
 
@@ -691,8 +703,9 @@ def startup_markdown(st: dict[str, Any]) -> list[str]:
               "`python -X importtime`, one run):", "",
               "| command | imports |", "| --- | --- |"]
     for name, rec in st["importtime"].items():
-        lines.append(f"| {name} | " + ", ".join(f"{k} {v:.2f} s" for k, v in
-                                                 rec["top_level_s"].items()) + " |")
+        lines.append(f"| {name} | " + (", ".join(f"{k} {v:.2f} s" for k, v in
+                                                  rec["top_level_s"].items()) or "none of "
+                                        + ", ".join(HEAVY)) + " |")
     lines.append("")
     return lines
 
@@ -737,6 +750,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train on at most this many images per class (0: all)")
     p.add_argument("--epochs", type=int, default=None, help="override pretrain/oracle epochs")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--memory-format", default="channels_last",
+                   choices=("channels_last", "contiguous"),
+                   help="layout of the original model handed to the Fisher and the methods, as "
+                        "the pbu CLI's --memory-format (default channels_last, as there); the "
+                        "oracle follows the recipe's channels_last")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1, as each pipeline job; 0: torch's default)")
     p.add_argument("--from-results", default=None, metavar="RESULTS",

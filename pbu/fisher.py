@@ -3,11 +3,11 @@
 PBU's β-term weighs each parameter by the diagonal of the Fisher at θ* on the forget class. The
 authors computed the "true" (expected) Fisher with nngeometry; this module computes the same
 quantity without nngeometry, never NaN for confident models (nngeometry 0.4 returns NaN for about
-60% of the entries of a trained small CNN), more accurately in float32, and faster: on a 2-core
-CPU about 1.8x nngeometry's throughput on the small CNN and 3x on ResNet-18
-(``benchmarks/bench_fisher.py``). More is not available to any exact method: both need K−1
-backward passes per sample plus the per-sample weight products, and on ResNet-18 ours runs those
-at about the CPU's GEMM throughput.
+60% of the entries of a trained small CNN), more accurately in float32, and faster: on one CPU
+core about 1.7x nngeometry's throughput on the small CNN and 3x on ResNet-18
+(``benchmarks/bench_fisher.py``). Any exact method has little headroom beyond that: both need
+K−1 backward passes per sample plus the per-sample weight products, and on ResNet-18 ours already
+runs those near the CPU's GEMM throughput.
 
 Three kinds, N samples x with logits z(x) ∈ R^K and p = softmax(z):
 
@@ -20,7 +20,7 @@ J = ∂z/∂θ. For ``true``, Σ_k p_k (e_k−p)(e_k−p)ᵀ = diag(p) − ppᵀ
 with a Householder reflection into K−1 cotangent vectors c_j (``_true_cotangents``), so
 F_j = 1/N Σ_x Σ_{j<K} (Jᵀc_j)_j²: K−1 backward passes per sample, as few as possible, and with no
 cancellation even when p is one-hot to machine precision (nngeometry's Cholesky factor divides by
-1 − cumsum(p), which then rounds to 0, and returns NaN).
+1 − cumsum(p), which then rounds to 0 or below, and returns NaN).
 
 Two backends give the same numbers (tests check them against each other and a brute force):
 

@@ -188,6 +188,8 @@ def test_from_results_per_rule_numbers(fake_results):
     assert pr["pretrain"]["jobs"] == 2 and pr["pretrain"]["total_s"] == pytest.approx(22.0)
     assert pr["pretrain"]["mean_s"] == pytest.approx(11.0) and pr["pretrain"]["max_s"] == 12.0
     assert pr["pretrain"]["max_rss_mb"] == 320
+    assert pr["pretrain"]["total_cpu_s"] == pytest.approx(11.0)  # Snakemake's cpu_time column
+    assert pr["pretrain"]["mean_cpu_s"] == pytest.approx(5.5)
     # outside own time: (22 - 17) / 22 of the pretrain jobs' wall time, 2.5 s per job
     assert pr["pretrain"]["outside_own_time_frac"] == pytest.approx(5 / 22)
     assert pr["pretrain"]["mean_outside_own_time_s"] == pytest.approx(2.5)
@@ -196,6 +198,13 @@ def test_from_results_per_rule_numbers(fake_results):
     assert pr["unlearn"]["jobs"] == 2 and pr["unlearn"]["max_rss_mb"] == 400  # the job's own peak
     assert set(rep["per_method"]) == {"pbu", "finetune"}
     assert "outside_own_time_frac" not in pr["aggregate"]  # it records no time_s
+    # method / retrain per group; PBU's own cost includes its fisher job
+    ratios = rep["ratios_vs_retrain"]
+    assert ratios["pbu"]["job_wall"] == pytest.approx((5 + 4) / 9)
+    assert ratios["pbu"]["job_cpu"] == pytest.approx((2.5 + 2) / 4.5)
+    assert ratios["pbu"]["own"] == pytest.approx((0.5 + 1.0) / 7)
+    assert ratios["finetune"]["job_wall"] == pytest.approx(6 / 9)
+    assert ratios["finetune"]["own"] == pytest.approx(2 / 7) and ratios["finetune"]["groups"] == 1
     assert rep["sum_job_s"] == pytest.approx(56.0)
     # span: the first start (pretrain seed0 at t0 + 0) to the last end (t0 + 30)
     assert rep["span_s"] == pytest.approx(30.0)
@@ -207,11 +216,21 @@ def test_from_results_cli_writes_markdown_and_json(fake_results, tmp_path):
     proc = _run("bench_pipeline.py", "--from-results", str(fake_results), "--out-md", str(md),
                 "--out", str(out))
     text = md.read_text()
-    assert "| pretrain | 2 | 22.0 | 11.00 | 12.00 | 320 | 23 % (2.50 s/job) |" in text
+    assert ("| pretrain | 2 | 22.0 | 11.00 | 12.00 | 11.0 | 5.50 | 320 | 23 % (2.50 s/job) |"
+            in text)
+    assert "| pbu | 1 | 100.0 % | 100.0 % | 21.4 % |" in text
     assert "| pbu | 1 |" in text and "| finetune | 1 |" in text
     res = json.loads(out.read_text())
     assert res["pipeline"]["jobs"] == 8 and len(res["pipeline"]["job_list"]) == 8
     assert "pretrain" in proc.stdout
+
+
+def test_snakemake_log_elapsed(tmp_path):
+    log = tmp_path / "x.snakemake.log"
+    log.write_text("[Thu Nov 26 19:38:00 2026]\nFinished job 3.\nFinished job 1.\n"
+                   "Complete log(s): x\nElapsed time: 0:50:31.864855\n")
+    rec = bench_pipeline.read_snakemake_log(log)
+    assert rec["finished_jobs"] == 2 and rec["elapsed_s"] == pytest.approx(3031.864855)
 
 
 def test_from_results_without_benchmarks_fails_clearly(tmp_path):

@@ -40,8 +40,8 @@ class Tiny(nn.Module):
 
 class Odd(nn.Module):
     """Paths beyond Linear/Conv2d/BN: a grouped conv and GroupNorm (per-module torch.func), a
-    residual with an in-place ReLU on a layer input, Linear on [B, L, in], and a parameter owned
-    by the root module itself."""
+    residual with an in-place ReLU, Linear on [B, L, in], a conv with fewer inputs than outputs,
+    and a parameter owned by the root module itself."""
 
     def __init__(self, num_classes: int = 4) -> None:
         super().__init__()
@@ -55,7 +55,7 @@ class Odd(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv(x)  # [B, 8, 4, 4]
         h = h + self.gn(self.gconv(h))
-        h = F.relu(h, inplace=True)  # modifies seq's input-to-be in place before seq sees it
+        h = F.relu(h, inplace=True)
         h = self.seq(h.flatten(2).transpose(1, 2))  # [B, 16, 3]
         return self.head(h.flatten(1)) * self.temperature
 
@@ -341,6 +341,19 @@ def test_chunk_size_does_not_change_the_result(kind: str, backend: str) -> None:
     a = fisher_diagonal(model, [(x, y)], kind, chunk_size=1, backend=backend, **mc)
     b = fisher_diagonal(model, [(x, y)], kind, chunk_size=64, backend=backend, **mc)
     _assert_close(a, b, rtol=1e-10)  # mc too: labels come from per-batch uniforms
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last_model_gives_the_same_result(backend: str) -> None:
+    """The CLI may hand over a channels_last model and batches (faster convs on CPU)."""
+    torch.manual_seed(9)
+    x, y = _data(5, (2, 6, 6), 5)
+    model = _with_running_stats(Tiny(5).double(), x)
+    ref = fisher_diagonal(model, [(x, y)], "true", backend=backend)
+    model.to(memory_format=torch.channels_last)
+    ours = fisher_diagonal(model, [(x.contiguous(memory_format=torch.channels_last), y)], "true",
+                           backend=backend)
+    _assert_close(ours, ref, rtol=1e-10)
 
 
 def test_other_modules_match_brute_force() -> None:

@@ -470,9 +470,17 @@ sys.exit(pbu.cli.main(sys.argv[3:]))
 
 @pytest.mark.slow
 def test_simultaneous_track_processes_log_each_job_once(resumed, tmp_path):
-    """Two `pbu track` processes released at the same instant on a fresh store."""
+    """Two `pbu track` processes released at the same instant into one store.
+
+    The store and experiment exist, the runs do not (as when a pipeline grows): without a lock
+    both processes find every job missing and both log it.
+    """
+    from mlflow.tracking import MlflowClient
+
     metrics = [str(resumed.wd / GROUP / "metrics.json")]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(tracking_uri=uri).create_experiment(
+        "race", artifact_location=(tmp_path / "artifacts").as_uri())
     script = tmp_path / "track_at_a_signal.py"
     script.write_text(_TRACK_AT_A_SIGNAL)
     argvs = [["track", "--tracking-uri", uri, "--experiment", "race", "--out",
