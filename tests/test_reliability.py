@@ -452,8 +452,11 @@ def test_parallel_jobs_leave_the_store_intact(resumed, tracked, mlflow_server, s
     assert set(sqlite_tracked.dry) == {"track", "report", "track_report", "all"}, \
         sqlite_tracked.dry
     for db in (sqlite_tracked.db, mlflow_server.db):  # direct, and behind the server
-        with sqlite3.connect(db) as con:
+        con = sqlite3.connect(db)
+        try:
             assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)], db
+        finally:
+            con.close()
     _assert_one_run_per_job(_runs(f"sqlite:///{sqlite_tracked.db}"), METHODS)
 
 

@@ -99,8 +99,7 @@ def test_second_invocation_has_nothing_to_do(workdir):
 
 def test_retracking_never_duplicates(workdir):
     n = len(_runs(workdir))
-    (workdir / "results-test/mlflow/tracked.json").unlink()
-    proc = _snakemake(workdir)
+    proc = _snakemake(workdir, "--forcerun", "track")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(_runs(workdir)) == n
     summary = json.loads((workdir / "results-test/mlflow/tracked.json").read_text())
