@@ -21,7 +21,7 @@ machine other jobs stretch wall time but hardly the CPU time the work needs, so 
 ``--threads 1`` the CPU-time ratios are the steadier ones (with more threads they count every
 thread's time, so they measure work, not speed). On CUDA only wall time means anything.
 
-Variants (``--variants``, comma-separated; default: ``fp32`` on CPU, the whole grid on CUDA)::
+Variants (``--variants``, comma-separated; default: ``fp32,cl`` on CPU, the whole grid on CUDA)::
 
     fp32        the pipeline's default recipe (amp, channels_last and compile off)
     cl          channels_last
@@ -34,7 +34,7 @@ Variants (``--variants``, comma-separated; default: ``fp32`` on CPU, the whole g
 
 ``--amp``, ``--channels-last`` and ``--compile`` instead select the single variant they spell.
 
-    python benchmarks/bench_train.py                                 # CPU, about a minute
+    python benchmarks/bench_train.py --threads 1                     # CPU, about a minute
     python benchmarks/bench_train.py --device cuda --out results/bench_train.json   # GPU grid
     python benchmarks/bench_train.py --device cuda --models resnet18 --amp --channels-last
 
@@ -88,7 +88,7 @@ VARIANTS: dict[str, tuple[bool, bool, bool, bool]] = {
     "cl_compile": (False, True, True, True),
     "bf16_compile": (True, False, True, True),
 }
-CPU_DEFAULT = ("fp32",)
+CPU_DEFAULT = ("fp32", "cl")  # cl: the default config's pretrain.channels_last
 CPU_SIZES = {"resnet18": (32, 2), "small_cnn": (64, 20)}  # (batch, steps): ~a minute on 2 cores
 CUDA_DEFAULT = ("fp32", "cl", "bf16", "cl_bf16", "cl_bf16_compile", "cl_bf16_nondet")
 

@@ -106,6 +106,7 @@ def test_bench_pipeline_side_by_side_tiny(tmp_path):
          "--subset", "30", "--out", str(out), "--out-md", str(md))
     res = json.loads(out.read_text())
     assert res["settings"]["train_samples"] == 300 and res["settings"]["recipe"]["epochs"] == 1
+    assert res["settings"]["memory_format"] == "channels_last"  # as the pbu CLI loads models
     assert any("--subset 30" in n for n in res["notes"])
     assert len(res["runs"]) == 2
     for run in res["runs"]:
