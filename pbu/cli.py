@@ -114,10 +114,15 @@ def _model_args(spec) -> dict[str, Any]:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from pbu.data import load_dataset, save_prepared
+    from pbu.data import load_dataset, save_prepared, stratified_subset
 
     train, test = load_dataset(args.dataset, args.root, source=args.source,
                                download=not args.no_download)
+    # A class-stratified, seeded subset (CI-sized runs of large datasets).
+    if args.max_train_per_class:
+        train = train.subset(stratified_subset(train.labels, args.max_train_per_class, 0))
+    if args.max_test_per_class:
+        test = test.subset(stratified_subset(test.labels, args.max_test_per_class, 1))
     save_prepared(args.out, train, test)
     log.info("%s: %d train / %d test samples -> %s", args.dataset, len(train), len(test),
              args.out)
@@ -400,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--root", default="data", help="torchvision data root")
     sp.add_argument("--source", default=None, help="folder already holding the original files")
     sp.add_argument("--no-download", action="store_true", help="fail instead of downloading")
+    sp.add_argument("--max-train-per-class", type=int, default=None,
+                    help="keep at most N training images per class (seeded)")
+    sp.add_argument("--max-test-per-class", type=int, default=None,
+                    help="keep at most N test images per class (seeded)")
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_download)
 

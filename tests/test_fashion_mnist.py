@@ -74,3 +74,39 @@ def test_prepared_fashion_mnist_matches_the_debian_idx_files(prepared, split, pr
     labels = read_idx(SOURCE / f"{prefix}-labels-idx1-ubyte.gz")  # [N]
     assert torch.equal(data.images[:, 0], torch.from_numpy(images.copy()))
     assert torch.equal(data.labels, torch.from_numpy(labels.astype(np.int64)))
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_on_fashion_mnist_subset(tmp_path):
+    """The whole pipeline on a CI-sized, class-stratified subset of the real Debian files."""
+    import csv
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    for item in ("Snakefile", "workflow", "config", "envs"):
+        src = root / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
+    (tmp_path / "fm.yaml").write_text(f"""
+experiment: fm-e2e
+results: {tmp_path}/res
+dataset: fashion_mnist
+data: {{source: {SOURCE}, root: {tmp_path}/data, download: false,
+        max_train_per_class: 150, max_test_per_class: 50}}
+seeds: [0]
+forget: [8]
+methods: [pbu]
+pretrain: {{epochs: 3}}
+evaluation: {{relearn_max_steps: 10, mia_max_samples: 200}}
+mlflow: {{tracking_uri: "sqlite:///{tmp_path}/res/mlflow/mlflow.db", experiment: fm-e2e}}
+""")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile",
+                           "fm.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    train, test = load_prepared(tmp_path / "res/data/fashion_mnist.pt")
+    assert torch.bincount(train.labels).tolist() == [150] * 10
+    assert torch.bincount(test.labels).tolist() == [50] * 10
+    runs = {r["method"]: r for r in csv.DictReader(open(tmp_path / "res/aggregate/runs.csv"))}
+    assert float(runs["original"]["acc_retain_test"]) > 60.0  # a real classifier was trained
+    assert float(runs["pbu"]["acc_forget_test"]) < float(runs["original"]["acc_forget_test"])
+    assert float(runs["oracle"]["acc_forget_test"]) == 0.0
+    assert (tmp_path / "res/report.md").exists()

@@ -1,4 +1,4 @@
-"""`snakemake --workflow-profile slurm` against a real SLURM cluster.
+"""`snakemake --profile slurm` (typed so, from the repository root) against a real SLURM cluster.
 
 Needs a running cluster with a partition `debug` (CI: `bash .ci/slurm-ci.sh up`, then
 `PBU_SLURM=1 pytest -m slurm`); skipped otherwise. Each test works in a temporary copy of the
@@ -52,7 +52,7 @@ def sacct_works() -> bool:
 
 
 def cluster_args() -> list[str]:
-    args = ["--workflow-profile", "slurm",
+    args = ["--profile", "slurm",
             "--default-resources", "slurm_partition=debug",
             "--slurm-init-seconds-before-status-checks", "2",
             "--jobs", "2", "--latency-wait", "5"]
@@ -73,10 +73,12 @@ def repo_copy(tmp_path: Path) -> Path:
     """The workflow's files in a fresh folder (no results, no .snakemake state)."""
     root = tmp_path / "repo"
     root.mkdir()
-    for name in ("Snakefile", "workflow", "config", "profiles", "envs", ".test",
+    for name in ("Snakefile", "workflow", "config", "profiles", "slurm", "envs", ".test",
                  "tests/slurm_fail"):
         src = REPO / name
-        if src.is_dir():
+        if src.is_symlink():  # ./slurm -> profiles/slurm, so `--profile slurm` resolves
+            (root / name).symlink_to(os.readlink(src))
+        elif src.is_dir():
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, root / name)

@@ -17,11 +17,16 @@ rule download:
             else ""
         ),
         no_download="" if CONFIG["data"]["download"] else "--no-download",
+        subset=" ".join(
+            f"--{k.replace('_', '-')} {CONFIG['data'][k]}"
+            for k in ("max_train_per_class", "max_test_per_class")
+            if CONFIG["data"].get(k)
+        ),
     conda:
         CONDA_ENV
     shell:
         "pbu download --dataset {wildcards.dataset} --root {params.root} {params.source} "
-        "{params.no_download} --out {output} 2> {log}"
+        "{params.no_download} {params.subset} --out {output} 2> {log}"
 
 
 rule weights:
