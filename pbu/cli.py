@@ -240,8 +240,7 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
     """Run one unlearning method with exactly the data it declares (see pbu.methods)."""
     from pbu import methods
     from pbu.checkpoint import save_checkpoint, write_json
-    from pbu.data import stratified_subset
-    from pbu.evaluate import EvalData
+    from pbu.data import class_split, stratified_subset
     from pbu.train import evaluate_accuracy, seed_everything
 
     device = _device(args.device)
@@ -261,14 +260,17 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
                                   retain_subset=args.retain_subset, seed=args.seed,
                                   fisher=fisher)
     # The trajectory monitor lives here, in the harness: the method never sees these splits.
-    split = EvalData.build(train, test, args.forget)
-    ft = split.forget_test.loader(1024, device=device)
-    retain_test = split.retain_test
-    if args.monitor_retain and args.monitor_retain < len(retain_test):
-        retain_test = retain_test.subset(stratified_subset(
-            retain_test.labels.cpu(), -(-args.monitor_retain // (train.spec.num_classes - 1)), 0))
-    rt = retain_test.loader(1024, device=device)
+    # Only the test split is needed, and only when monitoring is on.
     trajectory: list[dict[str, float]] = []
+    if args.monitor_every:
+        f_te, r_te = class_split(test.labels, args.forget)
+        ft = test.subset(f_te).loader(1024, device=device)
+        retain_test = test.subset(r_te)
+        if args.monitor_retain and args.monitor_retain < len(retain_test):
+            per_class = -(-args.monitor_retain // (train.spec.num_classes - 1))
+            retain_test = retain_test.subset(stratified_subset(retain_test.labels.cpu(),
+                                                               per_class, 0))
+        rt = retain_test.loader(1024, device=device)
 
     def monitor(m, step: int) -> None:
         if args.monitor_every and step % args.monitor_every == 0:
