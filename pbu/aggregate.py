@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pbu.checkpoint import atomic_write
+from pbu.io import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import resource
 import sys
 import time
@@ -301,7 +300,7 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from pbu.checkpoint import load_checkpoint, write_json
+    from pbu.checkpoint import write_json
     from pbu.evaluate import UNITS, EvalData, EvalSettings, evaluate_models
     from pbu.models import build_model
     from pbu.train import seed_everything
@@ -399,8 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("channels_last", "contiguous"),
                         help="layout of loaded convnets (fisher, unlearn, evaluate)")
 
-    from pbu.data import DATASETS
-    from pbu.models import ARCHS, WEIGHTS
+    from pbu.registry import ARCHS, DATASETS, WEIGHTS
 
     sp = sub.add_parser("download", help="fetch a dataset and write the prepared file")
     sp.add_argument("--dataset", required=True, choices=sorted(DATASETS))
@@ -508,8 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    from pbu.checkpoint import CheckpointError
-    from pbu.data import DataUnavailableError
+    from pbu.errors import CheckpointError, DataUnavailableError
 
     try:
         _setup(args)

@@ -16,7 +16,7 @@ import gzip
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,15 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pbu.errors import DataUnavailableError  # noqa: F401 (re-exported)
 from pbu.registry import DATASETS, DatasetSpec, get_spec  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[Tensor, Tensor]
-
-
-class DataUnavailableError(RuntimeError):
-    """The dataset files are not there and cannot be downloaded."""
 
 
 # The files torchvision's loaders look for, used to adopt a local source folder.
@@ -128,6 +125,17 @@ def _to_device(t: Tensor, dev: torch.device) -> Tensor:
     if dev.type == "cuda":
         return t.pin_memory().to(dev, non_blocking=True)
     return t.to(dev)
+
+
+def cycle(loader: Iterable[Batch]) -> Iterator[Batch]:
+    """Endless batches: restart ``loader`` (a new shuffle) whenever it runs out."""
+    while True:
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ValueError("cannot cycle an empty loader")
 
 
 def augment_batch(x: Tensor, mode: str, generator: torch.Generator | None = None) -> Tensor:

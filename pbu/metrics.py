@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pbu.data import cycle
+
 log = logging.getLogger(__name__)
 
 Batch = tuple[Tensor, Tensor]
@@ -371,16 +373,6 @@ class RelearnResult:
     accuracies: list[float] = field(default_factory=list)
 
 
-def _cycle(loader: Iterable[Batch]) -> Iterable[Batch]:
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("relearn_time: the forget loader yielded no batches")
-
-
 def relearn_time(model: nn.Module, forget_loader: Iterable[Batch],
                  evaluate: Iterable[Batch] | Callable[[nn.Module], float], *, lr: float,
                  max_steps: int, threshold: float, optimizer: str = "adam",
@@ -415,7 +407,7 @@ def relearn_time(model: nn.Module, forget_loader: Iterable[Batch],
         accs = [forget_acc()]
         if accs[0] >= threshold:
             return RelearnResult(0, True, accs)
-        batches = iter(_cycle(forget_loader))
+        batches = iter(cycle(forget_loader))
         for step in range(1, max_steps + 1):
             x, y = next(batches)
             student.train()

@@ -12,11 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pbu.registry import ARCHS
+from pbu.registry import ARCHS, WEIGHTS
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = ("none", "imagenet")
 
 
 class SmallCNN(nn.Module):

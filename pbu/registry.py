@@ -64,6 +64,7 @@ ARCHS: dict[str, str] = {
     "convnext_tiny": "torchvision ConvNeXt-T (2x2 patchify below 64 px)",
     "convnext_large": "torchvision ConvNeXt-L (2x2 patchify below 64 px), the paper's ConvNeXt-L",
 }
+WEIGHTS = ("none", "imagenet")
 PRETRAINED_ARCHS = tuple(a for a in ARCHS if a not in ("small_cnn", "allcnn"))
 
 

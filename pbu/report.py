@@ -28,13 +28,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from pbu.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -463,19 +464,9 @@ def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through a temporary file in the same folder, then os.replace it into place, so a
-    reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """:func:`pbu.io.atomic_write` for writers that take a Path; returns ``path``."""
+    atomic_write(path, lambda tmp: write(Path(tmp)))
+    return Path(path)
 
 
 def _atomic_write_text(path: Path, text: str) -> Path:

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pbu.checkpoint import write_json
+from pbu.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def _existing(client, exp_id: str) -> dict[str, Any]:
 
 
 def _log_job(client, exp_id: str, job: _Job, parent_id: str | None, digest: str) -> str:
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     tags = dict(job.tags, **{"pbu.job": job.job, "pbu.digest": digest,
                              "mlflow.runName": job.name})

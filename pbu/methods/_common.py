@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pbu.data import ImageData, Loader
+from pbu.data import ImageData, Loader, cycle  # noqa: F401 (cycle re-exported for methods)
 from pbu.methods import Monitor
+from pbu.train import evaluate_accuracy as accuracy_on  # noqa: F401 (re-exported)
 
 Batch = tuple[Tensor, Tensor]
 
@@ -73,17 +74,6 @@ def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> to
 def adam(model: nn.Module, lr: float) -> torch.optim.Adam:
     """Adam over the trainable parameters."""
     return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-
-
-def cycle(loader: Iterable[Batch]) -> Iterator[Batch]:
-    """Endless batches: restart ``loader`` (a new shuffle) whenever it runs out."""
-    while True:
-        yielded = False
-        for batch in loader:
-            yielded = True
-            yield batch
-        if not yielded:
-            raise ValueError("cannot cycle an empty loader")
 
 
 def proportional_loaders(a: ImageData, b: ImageData, batch_size: int, *, seed: int,
@@ -177,16 +167,3 @@ def set_train_mode(model: nn.Module, bn_mode: str) -> None:
 
 
 STOP_RULES = ("forget_acc", "none")
-
-
-@torch.no_grad()
-def accuracy_on(model: nn.Module, loader: Iterable[Batch]) -> float:
-    """Top-1 accuracy (%) of ``model`` in eval mode on ``loader``; the mode is restored."""
-    was = model.training
-    model.eval()
-    correct = total = 0
-    for x, y in loader:
-        correct += int((model(x).argmax(1) == y).sum())
-        total += len(y)
-    model.train(was)
-    return 100.0 * correct / max(total, 1)
