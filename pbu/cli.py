@@ -64,10 +64,13 @@ def _setup(args: argparse.Namespace) -> None:
 
 
 def _resources(device) -> dict[str, float]:
-    """Peak RSS of this process (MB) and, on a GPU, peak allocated GPU memory (MB)."""
+    """Peak RSS (MB) and CPU seconds (user + system) of this process and, on a GPU, peak
+    allocated GPU memory (MB). Measured inside the job's own process, so they stay right when it
+    is a fork-server worker that Snakemake's benchmark cannot see (``pbu.forkserver``)."""
     import torch
 
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out = {"peak_rss_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime}
     if device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out

@@ -130,3 +130,40 @@ def parent_dir(key):
         return os.path.dirname(files[key])
 
     return get
+
+
+# A warm fork server for local runs (pbu/forkserver.py): every `pbu` job forks from one process
+# that imported torch once. Cluster jobs (and dry runs, which run no hooks) never use it.
+_SERVER = {}
+
+
+def start_fork_server():
+    if not CONFIG.get("fork_server", True):
+        return
+    if not workflow.local_exec or workflow.remote_exec or workflow.touch:
+        return
+    from pbu import forkserver
+
+    path, pid = forkserver.start(log_path("pbu-server.log"), watch_pid=os.getpid())
+    os.environ[forkserver.ENV_VAR] = path
+    _SERVER.update(path=path, pid=pid)
+
+
+def stop_fork_server():
+    if _SERVER:
+        from pbu import forkserver
+
+        os.environ.pop(forkserver.ENV_VAR, None)
+        forkserver.stop(_SERVER.pop("path"), _SERVER.pop("pid"))
+
+
+onstart:
+    start_fork_server()
+
+
+onsuccess:
+    stop_fork_server()
+
+
+onerror:
+    stop_fork_server()
