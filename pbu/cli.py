@@ -5,6 +5,8 @@
     pbu pretrain  ... --forget 2          # the retrain oracle: fresh model, retain data only
     pbu fisher    --data ... --model original.pt --forget 2 --kind true --out fisher.pt
     pbu unlearn   --data ... --model original.pt --forget 2 --method pbu --hparams '{...}' ...
+    pbu tune      --data ... --model original.pt --forget 0 --method neggrad --hparams '{...}' \
+                  --space '{"lr": [...]}' --budget 6 --val-fraction 0.2 --threshold 5 --out t.json
     pbu evaluate  --data ... --forget 2 --original ... --oracle ... --model pbu=path.pt ...
     pbu aggregate --out-dir results/aggregate results/**/metrics.json
     pbu track / pbu report / pbu methods
@@ -238,6 +240,72 @@ def _load_fisher(path: str, model) -> dict:
     return fisher
 
 
+def _tuned_hparams(args: argparse.Namespace, spec, base: dict[str, Any]):
+    """``base`` overridden by the hyperparameters a ``pbu tune`` record chose, and what to
+    record about it in info.json."""
+    from pbu import methods
+
+    try:
+        record = json.loads(Path(args.hparams_from).read_text())
+        chosen = record["chosen"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise UsageError(f"--hparams-from {args.hparams_from}: not a pbu tune record "
+                         f"({type(err).__name__}: {err})") from None
+    for key, want in (("method", args.method), ("forget", args.forget), ("seed", args.seed)):
+        if record.get(key) != want:
+            raise UsageError(f"--hparams-from {args.hparams_from}: tuned for {key} "
+                             f"{record.get(key)!r}, not {want!r}")
+    try:
+        hp = methods.check_hparams(spec, dict(base, **chosen["hparams"]))
+    except ValueError as err:
+        raise UsageError(f"--hparams-from {args.hparams_from}: {err}") from None
+    return hp, {"file": str(args.hparams_from), "trial": chosen.get("trial"),
+                "varied": chosen.get("varied"), "base_hparams": base}
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    """Tune one method blind: validation carved from the data it may see (see pbu.tune)."""
+    from pbu import methods
+    from pbu.checkpoint import write_json
+    from pbu.train import seed_everything
+    from pbu.tune import check_space, tune_method
+
+    device = _device(args.device)
+    try:
+        spec = methods.get_method(args.method)
+        hp = methods.check_hparams(spec, _json_arg(args.hparams, "hparams"))
+        space = _json_arg(args.space, "space")
+        check_space(args.method, spec.hparams, space, args.budget)
+    except (KeyError, ValueError) as err:
+        raise UsageError(str(err).strip("'\"")) from None
+    if not 0.0 < args.val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    fisher_settings = None
+    if spec.needs_fisher:
+        if not args.fisher_settings:
+            raise UsageError(f"method {args.method!r} needs the Fisher: give --fisher-settings "
+                             f"(JSON: kind, bn_mode, mc_samples, chunk_size, batch_size)")
+        fisher_settings = _json_arg(args.fisher_settings, "fisher-settings")
+        missing = {"kind", "bn_mode", "mc_samples", "chunk_size", "batch_size"} - set(
+            fisher_settings)
+        if missing:
+            raise UsageError(f"--fisher-settings lacks {', '.join(sorted(missing))}")
+    train, _test = _load_data(args.data, args.forget)  # the test split is never used
+    model, _info = _load_model(args.model, device, args.memory_format)
+    seed_everything(args.seed)
+    record = tune_method(args.method, model, train, args.forget, train.spec.num_classes,
+                         base_hparams=hp, space=space, budget=args.budget,
+                         val_fraction=args.val_fraction, threshold=args.threshold,
+                         retain_subset=args.retain_subset, seed=args.seed,
+                         fisher_settings=fisher_settings, device=device,
+                         progress=not args.quiet)
+    record.update(model=str(args.model), data=str(args.data), device=str(device),
+                  **_resources(device))
+    write_json(args.out, record)
+    log.info("%s: chose trial %d of %d %s -> %s", args.method, record["chosen"]["trial"],
+             len(record["trials"]), record["chosen"]["varied"], args.out)
+
+
 def cmd_unlearn(args: argparse.Namespace) -> None:
     """Run one unlearning method with exactly the data it declares (see pbu.methods)."""
     from pbu import methods
@@ -251,6 +319,9 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
         hp = methods.check_hparams(spec, _json_arg(args.hparams, "hparams"))
     except (KeyError, ValueError) as err:
         raise UsageError(str(err).strip("'\"")) from None
+    tuned = None
+    if args.hparams_from:
+        hp, tuned = _tuned_hparams(args, spec, hp)
     train, test = _load_data(args.data, args.forget)
     model, info = _load_model(args.model, device, args.memory_format)
     fisher = None
@@ -294,6 +365,7 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
     write_json(args.out_history, {"method": args.method, "history": history})
     write_json(args.out_info, {
         "method": args.method, "forget": args.forget, "seed": args.seed, "hparams": hp,
+        "hparams_from": tuned,
         "data_access": spec.access.label, "time_s": elapsed, "epochs": epochs,
         "time_per_epoch_s": elapsed / epochs if epochs > 0 else None,
         "info": result.info, "device": str(device), **_resources(device),
@@ -462,7 +534,33 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out-model", required=True)
     sp.add_argument("--out-history", required=True)
     sp.add_argument("--out-info", required=True)
+    sp.add_argument("--hparams-from", default=None, metavar="TUNE.json",
+                    help="override --hparams with the choice of a pbu tune record")
     sp.set_defaults(fn=cmd_unlearn)
+
+    sp = sub.add_parser("tune", help="tune one method blind, on a validation split of the data "
+                                     "it may see (pbu.tune)")
+    common(sp)
+    sp.add_argument("--model", required=True, help="the original model's checkpoint")
+    sp.add_argument("--forget", type=int, required=True)
+    sp.add_argument("--method", required=True)
+    sp.add_argument("--hparams", required=True,
+                    help="JSON object of the method's base hyperparameters (the space overrides)")
+    sp.add_argument("--retain-subset", type=_int_nonneg, default=0)
+    sp.add_argument("--seed", type=_int_nonneg, required=True)
+    sp.add_argument("--space", required=True,
+                    help='JSON search space, e.g. \'{"lr": [1e-3, 1e-2], "epochs": [1, 2]}\'')
+    sp.add_argument("--budget", type=int, required=True,
+                    help="trials (the same for every method); the space needs >= this many points")
+    sp.add_argument("--val-fraction", type=float, required=True,
+                    help="share of each part of the method's data held out for validation")
+    sp.add_argument("--threshold", type=float, required=True,
+                    help="forget-val accuracy (%%) at or below which a trial counts as forgotten")
+    sp.add_argument("--fisher-settings", default=None,
+                    help="JSON: kind, bn_mode, mc_samples, chunk_size, batch_size (methods that "
+                         "need the Fisher; computed on the fit part of the forget data)")
+    sp.add_argument("--out", required=True, help="the tuning record (JSON)")
+    sp.set_defaults(fn=cmd_tune)
 
     sp = sub.add_parser("evaluate", help="metrics of every model against the oracle")
     common(sp)

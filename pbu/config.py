@@ -64,6 +64,39 @@ def forget_classes(config: dict[str, Any]) -> list[int]:
     return list(range(k)) if config["forget"] == "all" else list(config["forget"])
 
 
+def check_tuning(config: dict[str, Any], schema_path: str | os.PathLike) -> None:
+    """Every tuned method has hyperparameters and a search space of its own declared names, with
+    values its hparams schema accepts and at least ``tuning.budget`` points (equal budgets)."""
+    import jsonschema
+
+    from pbu.tune import space_size
+
+    tuning = config["tuning"]
+    hp_schema = yaml.safe_load(Path(schema_path).read_text())["properties"]["hparams"]
+    for m in tuning["methods"]:
+        where = f"config key tuning.space.{m}"
+        if m not in config["hparams"]:
+            raise ConfigError(f"config key hparams.{m}: missing; tuning.methods lists {m!r}")
+        if m not in tuning["space"]:
+            raise ConfigError(f"{where}: missing; tuning.methods lists {m!r}, so it needs a "
+                              f"search space")
+        space = tuning["space"][m]
+        names = hp_schema["properties"][m]["properties"]
+        for k, values in space.items():
+            if k not in names:
+                raise ConfigError(f"{where}.{k}: not a hyperparameter of {m}; allowed: "
+                                  f"{', '.join(names)}")
+            for v in values:
+                err = jsonschema.exceptions.best_match(
+                    jsonschema.Draft202012Validator(names[k]).iter_errors(v))
+                if err is not None:
+                    raise ConfigError(f"{where}.{k}: {err.message}")
+        n = space_size(space)
+        if n < tuning["budget"]:
+            raise ConfigError(f"{where}: {n} point(s), fewer than tuning.budget "
+                              f"{tuning['budget']}; every method gets the same number of trials")
+
+
 def check_config(config: dict[str, Any], schema_path: str | os.PathLike, *,
                  check_results: bool = True) -> dict[str, Any]:
     """Validate ``config``; return it with ``forget`` resolved to a list of class indices."""
@@ -78,6 +111,7 @@ def check_config(config: dict[str, Any], schema_path: str | os.PathLike, *,
         if m not in config["hparams"]:
             raise ConfigError(f"config key hparams.{m}: missing; method {m!r} is selected in "
                               f"methods, so its hyperparameters must be given")
+    check_tuning(config, schema_path)
     if config["data"]["source"] is not None and not Path(config["data"]["source"]).is_dir():
         raise ConfigError(f"config key data.source: {config['data']['source']} is not a folder")
     if config["model"]["weights"] == "imagenet" and set(config["archs"]) & {"small_cnn", "allcnn"}:

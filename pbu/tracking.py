@@ -8,6 +8,10 @@ Results are files first; this step reads them and logs every job as one MLflow r
   original model. Every model's evaluation metrics are logged under the SAME names
   (``acc_forget_test``, ``mia_entropy_svc``, ``js_retain_test``, ...) on its own run, so the
   compare view lines methods up; per-epoch / per-step histories are logged with steps.
+- per method whose unlearn job used a blind tuning record (``pbu tune``, info.json's
+  ``hparams_from``), a child run ``tune`` of the same group (budget, rule, choice, the record as
+  artifact) with one child ``tune_trial`` run per trial (its hyperparameters as params; its
+  validation metrics, score and times as metrics).
 - ``report``: tables, figures and report.md as artifacts.
 
 Idempotent: each run carries a ``pbu.job`` tag (its identity) and a ``pbu.digest`` tag (a hash of
@@ -175,6 +179,57 @@ def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
             if (mdir / "model.pt").exists():
                 j.tags["pbu.checkpoint"] = str((mdir / "model.pt").resolve())
             jobs.append(j)
+            if info.get("hparams_from"):
+                jobs += plan_tune_jobs(_tune_file(group, method, info["hparams_from"]),
+                                       base | {"method": method}, f"{gid}/{method}", parent.job)
+    return jobs
+
+
+def _tune_file(group: Path, method: str, hparams_from: dict[str, Any]) -> Path:
+    """The tune record an unlearn job used: the pipeline's place for it, else the recorded path."""
+    canonical = group / "tune" / f"{method}.json"
+    return canonical if canonical.exists() else Path(str(hparams_from.get("file")))
+
+
+def plan_tune_jobs(path: Path, tags: dict[str, str], jid: str, parent: str | None) -> list[_Job]:
+    """A ``tune`` run (budget, rule, choice; the record as artifact) with one child run per trial
+    (params = the trial's hyperparameters, metrics = validation metrics, score, times)."""
+    rec = _read(path)
+    if rec is None:
+        log.warning("tune record %s is missing; not tracked", path)
+        return []
+    rule = rec.get("rule", {})
+    tune = _Job(f"tune/{jid}", f"tune {tags['method']}", tags | {"rule": "tune"}, parent)
+    tune.params = _flatten({"budget": rec.get("budget"), "sampling": rec.get("sampling"),
+                            "val_fraction": rec.get("val_fraction"),
+                            "threshold": rule.get("threshold"), "objective": rule.get("objective"),
+                            "forgetting_checked": rule.get("forgetting_checked"),
+                            "space": {k: json.dumps(v) for k, v in rec.get("space", {}).items()},
+                            "chosen": rec.get("chosen", {}).get("varied", {})})
+    tune.tags["rule_text"] = str(rule.get("text", ""))
+    chosen = rec.get("chosen", {})
+    tune.metrics = {k: float(v) for k, v in (chosen.get("metrics") or {}).items() if _finite(v)}
+    tune.metrics.update({k: float(v) for k, v in (("score", chosen.get("score")),
+                                                  ("chosen_trial", chosen.get("trial")),
+                                                  ("trials", len(rec.get("trials", []))),
+                                                  ("total_time_s", rec.get("total_time_s")))
+                         if _finite(v)})
+    tune.metrics.update({f"split_{k}": float(v) for k, v in rec.get("split", {}).items()
+                         if _finite(v)})
+    tune.artifacts = [path]
+    jobs = [tune]
+    for t in rec.get("trials", []):
+        j = _Job(f"{tune.job}/trial{t['trial']}", f"trial {t['trial']}",
+                 tags | {"rule": "tune_trial", "trial": str(t["trial"]),
+                         "chosen": str(t["trial"] == chosen.get("trial")).lower()}, tune.job)
+        j.params = _flatten({"hparams": t.get("hparams", {})})
+        j.metrics = {k: float(v) for k, v in (t.get("metrics") or {}).items() if _finite(v)}
+        j.metrics.update({k: float(t[k]) for k in ("score", "time_s", "eval_time_s", "rank")
+                          if _finite(t.get(k))})
+        j.metrics["feasible"] = float(bool(t.get("feasible")))
+        if t.get("error"):
+            j.tags["error"] = str(t["error"])[:500]
+        jobs.append(j)
     return jobs
 
 

@@ -1,6 +1,7 @@
 # Helpers: config validation, wildcard constraints, paths and input functions.
 import json
 import os
+import shlex
 
 from pbu.config import check_config
 from pbu.registry import METHODS_NEEDING_FISHER
@@ -77,11 +78,35 @@ def unlearn_inputs(wildcards):
     }
     if wildcards.method in METHODS_NEEDING_FISHER:
         inputs["fisher"] = group_path("fisher.pt").format(**wildcards)
+    if is_tuned(wildcards.method):
+        inputs["tune"] = tune_path(wildcards.method).format(**wildcards)
     return inputs
 
 
 def fisher_arg(wildcards, input):
     return f"--fisher {input.fisher}" if "fisher" in input.keys() else ""
+
+
+def is_tuned(method):
+    """Whether blind tuning (config tuning:) chooses this method's hyperparameters."""
+    return CONFIG["tuning"]["enabled"] and method in CONFIG["tuning"]["methods"]
+
+
+def tune_path(method="{method}"):
+    """results/{dataset}/{arch}/seed{seed}/forget{forget}/tune/{method}.json"""
+    return group_path("tune", f"{method}.json")
+
+
+def tuned_arg(wildcards, input):
+    return f"--hparams-from {input.tune}" if "tune" in input.keys() else ""
+
+
+def fisher_settings_arg(wildcards):
+    """The config's Fisher settings, for tune jobs of methods that need the Fisher only (so a
+    changed Fisher setting reruns just those)."""
+    if wildcards.method not in METHODS_NEEDING_FISHER:
+        return ""
+    return f"--fisher-settings {shlex.quote(as_json(CONFIG['fisher']))}"
 
 
 def evaluate_inputs(wildcards):

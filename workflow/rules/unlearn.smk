@@ -48,6 +48,7 @@ rule unlearn:
     params:
         hparams=lambda wildcards: as_json(CONFIG["hparams"][wildcards.method]),
         fisher=fisher_arg,
+        tuned=tuned_arg,
         retain_subset=CONFIG["retain_subset"],
         monitor_every=lambda wildcards: (
             CONFIG["monitor"]["every"]
@@ -65,7 +66,7 @@ rule unlearn:
         CONDA_ENV
     shell:
         "pbu unlearn --data {input.data} --model {input.model} --forget {wildcards.forget} "
-        "--method {wildcards.method} --hparams {params.hparams:q} {params.fisher} "
+        "--method {wildcards.method} --hparams {params.hparams:q} {params.fisher} {params.tuned} "
         "--retain-subset {params.retain_subset} --seed {wildcards.seed} "
         "--monitor-every {params.monitor_every} --monitor-retain {params.monitor_retain} "
         "--device {params.device} --threads {threads} "

@@ -1,0 +1,37 @@
+# Blind tuning (pbu/tune.py): one job per tuned method, on a validation split carved from the data
+# that method may see; the unlearn job of a tuned method reads the choice (unlearn_inputs).
+
+
+rule tune:
+    input:
+        data=results("data", "{dataset}.pt"),
+        model=seed_path("pretrain", "model.pt"),
+    output:
+        tune_path(),
+    log:
+        log_path(*GROUP_PARTS, "tune", "{method}.log"),
+    benchmark:
+        bench_path(*GROUP_PARTS, "tune", "{method}.tsv")
+    params:
+        hparams=lambda wildcards: as_json(CONFIG["hparams"][wildcards.method]),
+        space=lambda wildcards: as_json(CONFIG["tuning"]["space"][wildcards.method]),
+        budget=CONFIG["tuning"]["budget"],
+        val_fraction=CONFIG["tuning"]["val_fraction"],
+        threshold=CONFIG["tuning"]["threshold"],
+        fisher=fisher_settings_arg,
+        retain_subset=CONFIG["retain_subset"],
+        device=CONFIG["device"],
+    threads: res("tune", "threads")
+    resources:
+        mem_mb=res("tune", "mem_mb"),
+        runtime=res("tune", "runtime"),
+        gpu=res("tune", "gpu"),
+    conda:
+        CONDA_ENV
+    shell:
+        "pbu tune --data {input.data} --model {input.model} --forget {wildcards.forget} "
+        "--method {wildcards.method} --hparams {params.hparams:q} --space {params.space:q} "
+        "--budget {params.budget} --val-fraction {params.val_fraction} "
+        "--threshold {params.threshold} {params.fisher} "
+        "--retain-subset {params.retain_subset} --seed {wildcards.seed} "
+        "--device {params.device} --threads {threads} --quiet --out {output} 2> {log}"
