@@ -366,6 +366,53 @@ def test_other_modules_match_brute_force() -> None:
         _assert_close(ours, ref, rtol=1e-6)
 
 
+class Folded(nn.Module):
+    """A first conv and a first Linear feeding BatchNorms whose backward the layer backend cuts
+    (their inputs need no gradient): the conv's output is also used by a residual (a second
+    consumer; it has more outputs than inputs per position, so a channels_last gradient is used
+    as a strided view), the Linear's BN has a frozen γ."""
+
+    def __init__(self, num_classes: int = 4, residual: bool = True) -> None:
+        super().__init__()
+        self.residual = residual
+        self.conv = nn.Conv2d(2, 24, 3, padding=1)  # I = 18 < 24 outputs
+        self.bn = nn.BatchNorm2d(24)
+        self.lin = nn.Linear(2 * 4 * 4, 5)
+        self.bn1d = nn.BatchNorm1d(5)
+        self.head = nn.Linear(24 * 16 + 5, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.conv(x)  # [B, 24, 4, 4]
+        h = torch.relu(self.bn(c)) + 0.5 * c if self.residual else torch.relu(self.bn(c))
+        z = torch.tanh(self.bn1d(self.lin(x.flatten(1))))  # [B, 5]
+        return self.head(torch.cat([h.flatten(1), z], 1))
+
+
+@pytest.mark.parametrize("residual", [True, False], ids=["two_consumers", "bn_only"])
+def test_cut_batchnorm_backward_matches_brute_force(residual: bool) -> None:
+    from pbu.fisher import _LayerPlan
+
+    torch.manual_seed(10)
+    x, y = _data(6, (2, 4, 4), 4)
+    model = _with_running_stats(Folded(4, residual).double(), x)
+    model.bn1d.weight.requires_grad_(False)
+    plan = _LayerPlan(model, {n: p for n, p in model.named_parameters() if p.requires_grad})
+    try:
+        plan.forward(model, x)
+        folds = {n: r.fold[0] for n, r in plan.records.items() if r.fold is not None}
+    finally:
+        plan.remove()
+    assert folds == {"conv": "bn", "lin": "bn1d"}  # both BN backwards are cut here
+    ref = _brute(model, x, _true_weights(model, x))
+    for backend in BACKENDS:
+        ours = fisher_diagonal(model, _batches(x, y, 4), "true", chunk_size=3, backend=backend)
+        _assert_close(ours, ref, rtol=1e-6)
+    model.to(memory_format=torch.channels_last)
+    ours = fisher_diagonal(model, [(x.contiguous(memory_format=torch.channels_last), y)],
+                           "true", backend="layers")
+    _assert_close(ours, ref, rtol=1e-6)
+
+
 class Shared(nn.Module):
     """One Linear applied twice: per-layer structure does not hold, generic must be used."""
 
