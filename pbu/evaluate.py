@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from pbu import metrics as M
 from pbu.data import ImageData, class_split, random_subset, stratified_subset
+from pbu.models import fuse_for_inference
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,9 @@ class EvalData:
 
 def model_outputs(model: nn.Module, data: EvalData, settings: EvalSettings,
                   device: torch.device) -> dict[str, tuple[Tensor, Tensor, Tensor | None]]:
-    """Logits, labels and penultimate features of ``model`` on each split (one pass each)."""
+    """Logits, labels and penultimate features of ``model`` on each split (one pass each), from
+    an inference copy with BatchNorm folded into the convolutions (the same eval-mode map)."""
+    model = fuse_for_inference(model)
     return {s: M.outputs_and_features(model, getattr(data, s).loader(settings.batch_size,
                                                                      device=device))
             for s in SPLITS}

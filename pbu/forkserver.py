@@ -42,7 +42,7 @@ from typing import Any
 
 ENV_VAR = "PBU_SERVER"
 _HEADER = struct.Struct("!Q")  # payload length, sent along with the three file descriptors
-PRELOAD = ("torch", "torch.nn.functional", "torch.func", "numpy", "pbu.cli", "pbu.data",
+PRELOAD = ("torch", "torch._dynamo", "torch._inductor", "torch.nn.functional", "torch.func", "numpy", "pbu.cli", "pbu.data",
            "pbu.models", "pbu.train", "pbu.checkpoint", "pbu.fisher", "pbu.methods",
            "pbu.metrics", "pbu.evaluate", "sklearn.svm", "sklearn.linear_model",
            "sklearn.pipeline", "sklearn.preprocessing")

@@ -6,6 +6,8 @@ torchvision is imported only for its architectures, so the small CNN path stays 
 
 from __future__ import annotations
 
+import copy
+
 import logging
 from typing import Any
 
@@ -135,6 +137,29 @@ def build_model(name: str, *, num_classes: int, in_channels: int, image_size: in
             raise ValueError("allcnn has no pretrained weights; use weights: none")
         return AllCNN(num_classes, in_channels, image_size, **kwargs)
     return _torchvision_model(name, num_classes, in_channels, image_size, weights)
+
+
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """An eval-mode copy with each Conv2d -> BatchNorm2d pair of an ``nn.Sequential`` folded
+    into one convolution (the same affine map, so outputs agree to float rounding: ~1e-6 on the
+    small CNN's logits). Measured ~1.4x faster inference of the small CNN on CPU
+    (``benchmarks/bench_pipeline.py`` notes). The model itself is not touched."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(model).eval()
+    channels_last = any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+                        and not p.is_contiguous() for p in model.parameters())
+    for seq in fused.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+                    and bn.track_running_stats and bn.running_mean is not None):
+                seq[i], seq[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()
+    if channels_last:
+        fused.to(memory_format=torch.channels_last)
+    return fused
 
 
 def count_parameters(model: nn.Module) -> int:

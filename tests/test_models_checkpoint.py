@@ -115,3 +115,34 @@ def test_state_dict_of_another_arch_is_a_clear_error(tmp_path):
                     model_args={"num_classes": 7, "in_channels": 1, "image_size": 28})
     with pytest.raises(CheckpointError, match="does not fit small_cnn"):
         load_checkpoint(p)
+
+
+@pytest.mark.parametrize("arch,c,size", [("small_cnn", 1, 28), ("allcnn", 3, 32)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fuse_for_inference_is_the_same_map(arch, c, size, channels_last):
+    from pbu.models import fuse_for_inference
+
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=10, in_channels=c, image_size=size)
+    for m in model.modules():  # non-trivial running statistics and affine parameters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-1, 1)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fuse_for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert model.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    convs = [m.weight for m in fused.modules() if isinstance(m, torch.nn.Conv2d)]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert convs and all(w.is_contiguous(memory_format=fmt) for w in convs)
+    x = torch.randn(6, c, size, size)
+    model.eval()
+    with torch.no_grad():
+        ref, out = model(x), fused(x)
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())

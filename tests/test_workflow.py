@@ -67,6 +67,16 @@ def test_tables_figures_report(workdir):
     assert sum(float(r["stopped"] or 0) for r in hist) == 1
 
 
+def test_local_jobs_ran_in_the_fork_server_and_it_stopped(workdir):
+    log = (workdir / "results-test/logs/pbu-server.log").read_text()
+    served = re.findall(r"worker \d+: pbu (\w+)", log)
+    # every compute job of the tiny config: download, pretrain, oracle, fisher, 2 methods, evaluate
+    for cmd, n in (("pretrain", 2), ("fisher", 1), ("unlearn", 2), ("evaluate", 1)):
+        assert served.count(cmd) >= n, (cmd, served)
+    socket_path = re.search(r"listening on (\S+)", log).group(1)
+    assert not Path(socket_path).exists(), "onsuccess must stop the server"
+
+
 def test_mlflow_one_run_per_job_with_tags(workdir):
     runs = _runs(workdir)
     by_rule: dict[str, int] = {}
