@@ -8,6 +8,8 @@ entries nngeometry returns as NaN.
 
     python benchmarks/bench_fisher.py --models small_cnn --n 512
     python benchmarks/bench_fisher.py --models small_cnn --n 512 --trained   # confident model
+    python benchmarks/bench_fisher.py --models small_cnn --n 400 --batch-size 256 --threads 1 \
+        --channels-last                                     # the pipeline's Fisher job, mnist5k
     python benchmarks/bench_fisher.py --models resnet18 --n 16 --batch-size 16
     python benchmarks/bench_fisher.py --device cuda --models small_cnn,resnet18 --n 1024 \
         --out results/bench_fisher.json
@@ -165,6 +167,10 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
     model.eval()
     x, y, source = _data(arch, args.n, args.seed)
     info["data"] = source
+    if args.channels_last:  # as the pbu CLI loads models for the fisher job
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    info["channels_last"] = args.channels_last
     # One DataLoader for everybody: nngeometry needs one (it reads len(loader.sampler)).
     loader = DataLoader(TensorDataset(x.to(device), y.to(device)), batch_size=args.batch_size)
     w = min(args.batch_size, 8)  # a few images start every code path (kernels, allocator)
@@ -225,6 +231,7 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
 def _print(info: dict[str, Any], device: torch.device) -> None:
     head = (f"== {info['model']} ({info['params']:,} params) on {device}, n={info['n']}, "
             f"batch {info['batch_size']}, chunk {info['chunk_size']}, data: {info['data']}, "
+            f"{'channels_last' if info['channels_last'] else 'contiguous'}, "
             f"{'trained' if info['trained'] else 'untrained'}")
     if info["trained"]:
         head += f" (train acc {info['train_accuracy']:.3f})"
@@ -261,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64, help="loader batch size (both)")
     ap.add_argument("--chunk-size", type=int, default=64, help="our chunk_size")
     ap.add_argument("--trained", action="store_true", help="train small_cnn first (confident)")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="model and images in channels_last (the pipeline's layout)")
     ap.add_argument("--epochs", type=int, default=3,
                     help="training epochs for --trained (3 makes nngeometry return NaN)")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per method (median)")

@@ -4,10 +4,20 @@ PBU's β-term weighs each parameter by the diagonal of the Fisher at θ* on the 
 authors computed the "true" (expected) Fisher with nngeometry; this module computes the same
 quantity without nngeometry, never NaN for confident models (nngeometry 0.4 returns NaN for about
 60% of the entries of a trained small CNN), more accurately in float32, and faster: on one CPU
-core about 1.7x nngeometry's throughput on the small CNN and 3x on ResNet-18
-(``benchmarks/bench_fisher.py``). Any exact method has little headroom beyond that: both need
-K−1 backward passes per sample plus the per-sample weight products, and on ResNet-18 ours already
-runs those near the CPU's GEMM throughput.
+core about 2x nngeometry's throughput on the small CNN and 3-4x on ResNet-18; the ``mc`` kind
+with one sample about 9x on the small CNN (``benchmarks/bench_fisher.py``; numbers and commands
+in benchmarks/README.md).
+
+Headroom, measured (one thread, the 2-core AMD EPYC VM of benchmarks/README.md, whose fp32 GEMM
+peaks at ~45-47 GMAC/s): an exact ``true`` Fisher needs at least a forward, K−1 backward passes
+to the layer outputs and K−1 per-sample weight products per image, i.e. 19.4 M multiply-adds
+per small-CNN image (forward 1.1, backward 9.0, products 9.3) and 10.5 G per ResNet-18 32x32
+image (0.56, 4.98, 4.93). ResNet-18 runs at ~39 GMAC/s here, ~85 % of the GEMM peak; the small
+CNN at ~14-15 GMAC/s (400 images in 0.50-0.55 s CPU), where the rest is memory-bound elementwise work on
+the 28x28 maps (max-pool/ReLU backward, BatchNorm sums) and small GEMMs. Even at the GEMM peak
+with nothing else, 400 small-CNN images take 0.17 s, while 10x nngeometry's throughput (1.2-1.3 s
+CPU for those images) means 0.12-0.13 s; on ResNet-18 it would take ~2.5x the GEMM peak. 10x is
+out of reach for any exact method with this decomposition on this CPU, on either model.
 
 Three kinds, N samples x with logits z(x) ∈ R^K and p = softmax(z):
 
@@ -32,7 +42,12 @@ Two backends give the same numbers (tests check them against each other and a br
   per-sample squared gradients layer by layer without materialising them where the structure
   allows: Linear is (g²)ᵀ(x²), Conv2d goes through unfold and either a batched GEMM or, for small
   feature maps, Gram matrices that sum over samples inside one GEMM; BatchNorm is elementwise
-  (and its backward is replaced by the equivalent per-channel multiply, same values).
+  (and its backward is replaced by the equivalent per-channel multiply, same values, or skipped
+  altogether after a first layer whose input needs no gradient, see ``_LayerPlan._hook``).
+  Measured and rejected (no gain on CPU): one backward for all K−1 cotangents
+  (``is_grads_batched``, i.e. vmap over the vjp: 2x slower), stacking the K−1 gradients into one
+  GEMM per sample, a grouped convolution (groups = batch) instead of unfold + GEMM, and other
+  chunk sizes (16-64 within noise; smaller ones pay per-op overhead).
   Any other parameter-owning module gets per-sample ``torch.func`` gradients of that module alone.
   It needs every parameter-owning module to be called once per forward with one tensor input;
   otherwise ``auto`` falls back to ``generic``.
