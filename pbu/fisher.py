@@ -12,9 +12,10 @@ Headroom, measured (one thread, the 2-core AMD EPYC VM of benchmarks/README.md, 
 peaks at ~45-47 GMAC/s): an exact ``true`` Fisher needs at least a forward, K−1 backward passes
 to the layer outputs and K−1 per-sample weight products per image, i.e. 19.4 M multiply-adds
 per small-CNN image (forward 1.1, backward 9.0, products 9.3) and 10.5 G per ResNet-18 32x32
-image (0.56, 4.98, 4.93). ResNet-18 runs at ~39 GMAC/s here, ~85 % of the GEMM peak; the small
-CNN at ~14-15 GMAC/s (400 images in 0.50-0.55 s CPU), where the rest is memory-bound elementwise work on
-the 28x28 maps (max-pool/ReLU backward, BatchNorm sums) and small GEMMs. Even at the GEMM peak
+image (0.56, 4.98, 4.93). ResNet-18 runs at ~36-39 GMAC/s here, 80-85 % of the GEMM peak; the
+small CNN at ~14-15 GMAC/s (400 images in 0.50-0.55 s CPU), where the rest is memory-bound
+elementwise work on the 28x28 maps (max-pool/ReLU backward, BatchNorm sums) and small GEMMs
+(profile in benchmarks/README.md). Even at the GEMM peak
 with nothing else, 400 small-CNN images take 0.17 s, while 10x nngeometry's throughput (1.2-1.3 s
 CPU for those images) means 0.12-0.13 s; on ResNet-18 it would take ~2.5x the GEMM peak. 10x is
 out of reach for any exact method with this decomposition on this CPU, on either model.
