@@ -14,7 +14,7 @@ from pbu.data import class_split
 from pbu.methods.pbu import PBUConfig, pbu_loss_terms, unlearn_pbu
 
 CFG = dict(alpha=631.0, beta=100.0, gamma=4001.0, lr=1e-3, batch_size=8, epochs=2,
-           bn_mode="train", stop_rule="none", stop_threshold=5.0, check_every=1)
+           bn_mode="train", stop_rule="none", stop_threshold=5.0, check_every=1, check_samples=0)
 
 
 def _tiny_model():
@@ -77,6 +77,26 @@ def test_pbu_declares_forget_only_and_gets_nothing_else(tiny_data):
     inputs = methods.build_inputs(spec, tiny_data, 1, 3, retain_subset=10, seed=0, fisher=fisher)
     assert inputs.retain is None
     assert sorted(set(inputs.forget.labels.tolist())) == [1] and len(inputs.forget) == 20
+
+
+@pytest.mark.parametrize("check_samples,expected", [(0, 20), (7, 7), (50, 20)])
+def test_stop_rule_measures_a_fixed_sample_of_the_forget_set(tiny_data, check_samples, expected):
+    """check_samples bounds the images each check evaluates; always the same images."""
+    model = _tiny_model()
+    spec = methods.get_method("pbu")
+    fisher = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    inputs = methods.build_inputs(spec, tiny_data, 1, 3, retain_subset=0, seed=0, fisher=fisher)
+    seen: list[torch.Tensor] = []
+    model.register_forward_hook(
+        lambda m, args, _out: None if m.training else seen.append(args[0].sum((1, 2, 3))))
+    hp = {**CFG, "stop_rule": "forget_ce", "stop_threshold": 1e9, "epochs": 1,
+          "check_samples": check_samples}
+    result, _ = methods.run("pbu", model, inputs, hp, seed=0)
+    checks = result.info["steps"]
+    assert checks == 3  # 20 forget images, batch 8; a CE of 1e9 nats is never reached
+    per_check = torch.cat(seen).reshape(checks, -1)  # one loader pass per check
+    assert per_check.shape[1] == expected
+    assert all(torch.equal(per_check[0], row) for row in per_check)  # a fixed sample
 
 
 @pytest.fixture(scope="module")
