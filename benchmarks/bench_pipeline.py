@@ -411,6 +411,11 @@ def read_results(results: Path) -> dict[str, Any]:
             except json.JSONDecodeError:
                 rec = {}
             job["time_s"] = _num(rec.get("time_s"))
+            if rec.get("fork_server") and _num(rec.get("cpu_s")) is not None:
+                # A fork-server worker is not the benchmarked process's child: Snakemake saw
+                # only the thin `pbu` client, so add the CPU the worker measured itself.
+                job["cpu_time"] = (job["cpu_time"] or 0.0) + _num(rec["cpu_s"])
+                job["fork_server"] = True
             job["peak_rss_mb"] = _num(rec.get("peak_rss_mb"))
             job["peak_gpu_mb"] = _num(rec.get("peak_gpu_mb"))
         jobs.append(job)
@@ -451,10 +456,29 @@ def read_results(results: Path) -> dict[str, Any]:
     starts = [j["end"] - j["s"] for j in jobs if j["s"] is not None]
     span = max(j["end"] for j in jobs) - min(starts)
     total = sum(j["s"] for j in jobs if j["s"] is not None)
+    server = fork_server_startup(results)
     return {"results": str(results), "jobs": len(jobs), "per_rule": per_rule,
+            "fork_server": server,
             "per_method": per_method_agg, "sum_job_s": total, "span_s": span,
             "parallelism": total / span if span > 0 else None, "ratios_vs_retrain": ratios,
             "job_list": jobs}
+
+
+def fork_server_startup(results: Path) -> dict[str, Any] | None:
+    """The fork server's one-time start-up (wall, CPU) and how many jobs it served, from its
+    log (``results/logs/pbu-server.log``); None when the run did not use one."""
+    import re
+
+    log = results / "logs" / "pbu-server.log"
+    if not log.exists():
+        return None
+    text = log.read_text(errors="replace")
+    starts = re.findall(r"preloaded \d+ modules in ([\d.]+) s \(([\d.]+) s CPU\)", text)
+    if not starts:
+        return None
+    wall, cpu = (float(v) for v in starts[-1])
+    return {"startup_s": wall, "startup_cpu_s": cpu, "starts": len(starts),
+            "jobs_served": len(re.findall(r"worker \d+: pbu ", text))}
 
 
 def ratios_vs_retrain(jobs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -509,6 +533,11 @@ def print_results(rep: dict[str, Any]) -> None:
         print(f"  snakemake log: {sl['finished_jobs']} finished jobs, elapsed "
               f"{sl['elapsed_s']:.1f} s; sum of benchmarked job times / elapsed = "
               f"{rep['sum_job_s'] / sl['elapsed_s']:.2f}")
+    if rep.get("fork_server"):
+        fs = rep["fork_server"]
+        print(f"  fork server: started {fs['starts']}x, {fs['startup_s']:.1f} s "
+              f"({fs['startup_cpu_s']:.1f} s CPU) to preload, then served {fs['jobs_served']} "
+              f"jobs; their CPU seconds are the workers' own (cpu_s in the job records)")
     print(f"  {'rule':12s} {'jobs':>5s} {'total s':>9s} {'mean s':>8s} {'max s':>7s} "
           f"{'CPU s':>8s} {'mean CPU':>8s} {'max RSS MB':>10s} {'outside own time_s':>19s}")
     nan = float("nan")
@@ -552,6 +581,14 @@ def results_markdown(rep: dict[str, Any] | None, startup: dict[str, Any] | None,
             "data and checkpoints, saving, and for `unlearn` the harness's monitoring.", "",
             "Wall seconds are Snakemake's `s`; CPU seconds its `cpu_time` (user + system of the "
             "job's processes), which other jobs on a shared machine do not stretch.", "",
+            *([f"Fork server (pbu/forkserver.py): started {rep['fork_server']['starts']}x, "
+               f"{rep['fork_server']['startup_s']:.1f} s ({rep['fork_server']['startup_cpu_s']:.1f}"
+               f" s CPU) to preload torch and pbu once, then served "
+               f"{rep['fork_server']['jobs_served']} jobs. A served job's CPU seconds are "
+               "Snakemake's `cpu_time` of the thin `pbu` client plus the `cpu_s` its worker "
+               "measured itself (the worker is the server's child, which Snakemake's benchmark "
+               "does not see); its wall time is Snakemake's, unchanged.", ""]
+              if rep.get("fork_server") else []),
             "| rule | jobs | total s | mean s | max s | total CPU s | mean CPU s | max RSS MB "
             "| outside own time |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

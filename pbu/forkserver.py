@@ -41,6 +41,7 @@ import time
 from typing import Any
 
 ENV_VAR = "PBU_SERVER"
+WORKER_VAR = "PBU_FORK_WORKER"
 _HEADER = struct.Struct("!Q")  # payload length, sent along with the three file descriptors
 PRELOAD = ("torch", "torch._dynamo", "torch._inductor", "torch.nn.functional", "torch.func", "numpy", "pbu.cli", "pbu.data",
            "pbu.models", "pbu.train", "pbu.checkpoint", "pbu.fisher", "pbu.methods",
@@ -158,6 +159,7 @@ def _become_job(conn: socket.socket, fds: list[int], request: dict[str, Any]) ->
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        os.environ[WORKER_VAR] = "1"  # job records say so (pbu.cli._resources)
         os.umask(int(request["umask"]))
         import random
 
