@@ -155,6 +155,8 @@ def test_pipeline_runs_through_slurm(repo_copy: Path, tmp_path: Path):
     assert (results / "report.md").stat().st_size > 0
     assert (group / "metrics.json").stat().st_size > 0
     assert (results / "mlflow" / "mlflow.db").stat().st_size > 0
+    # the local fork server (pbu/forkserver.py) is never started for a cluster executor
+    assert not (results / "logs" / "pbu-server.log").exists()
 
     # every compute job went through sbatch (one kept SLURM log each); localrules did not
     logs = slurm_logs(repo_copy)
