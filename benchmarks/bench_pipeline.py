@@ -387,6 +387,7 @@ def read_results(results: Path) -> dict[str, Any]:
     bench = results / "benchmarks"
     if not bench.is_dir():
         raise SystemExit(f"bench_pipeline: {bench} does not exist (no finished pipeline run)")
+    server = fork_server_startup(results)
     jobs = []
     for tsv in sorted(bench.rglob("*.tsv")):
         rel = tsv.relative_to(bench)
@@ -405,6 +406,9 @@ def read_results(results: Path) -> dict[str, Any]:
             "end": tsv.stat().st_mtime,
         }
         own = _job_json(results, rel)
+        if server and not own.exists():
+            # served by a worker Snakemake cannot see, and no own record of CPU or memory
+            job["cpu_time"] = job["max_rss_mb"] = None
         if own.exists():
             try:
                 rec = json.loads(own.read_text())
@@ -456,7 +460,6 @@ def read_results(results: Path) -> dict[str, Any]:
     starts = [j["end"] - j["s"] for j in jobs if j["s"] is not None]
     span = max(j["end"] for j in jobs) - min(starts)
     total = sum(j["s"] for j in jobs if j["s"] is not None)
-    server = fork_server_startup(results)
     return {"results": str(results), "jobs": len(jobs), "per_rule": per_rule,
             "fork_server": server,
             "per_method": per_method_agg, "sum_job_s": total, "span_s": span,
@@ -598,7 +601,7 @@ def results_markdown(rep: dict[str, Any] | None, startup: dict[str, Any] | None,
             lines.append(
                 f"| {rule} | {a['jobs']} | {a['total_s']:.1f} | {a['mean_s']:.2f} | "
                 f"{a['max_s']:.2f} | {_or(a['total_cpu_s'], math.nan):.1f} | "
-                f"{_or(a['mean_cpu_s'], math.nan):.2f} | {a['max_rss_mb'] or 0:.0f} | "
+                f"{_or(a['mean_cpu_s'], math.nan):.2f} | {_or(a['max_rss_mb'], math.nan):.0f} | "
                 + (f"{100 * frac:.0f} % ({a['mean_outside_own_time_s']:.2f} s/job) |"
                    if frac is not None else "- |"))
         if rep["ratios_vs_retrain"]:
@@ -624,7 +627,7 @@ def results_markdown(rep: dict[str, Any] | None, startup: dict[str, Any] | None,
                 lines.append(f"| {m} | {a['jobs']} | {a['mean_s']:.2f} | "
                              f"{_or(a['mean_cpu_s'], math.nan):.2f} | "
                              f"{own / a['jobs'] if own is not None else math.nan:.2f} | "
-                             f"{a['max_rss_mb'] or 0:.0f} |")
+                             f"{_or(a['max_rss_mb'], math.nan):.0f} |")
         lines.append("")
     if startup is not None:
         lines += startup_markdown(startup)
