@@ -16,7 +16,8 @@ start-up was about 40 % of the whole run's CPU time. So, for local Snakemake run
 
 Nothing changes for the user: without ``PBU_SERVER``, inside a SLURM job (``SLURM_JOB_ID`` is
 set: the server lives on the submitting host), or when the socket cannot be reached, ``pbu``
-runs in-process as before. Signals sent to the command (Ctrl-C, Snakemake cancelling a job) are
+runs in-process as before. The hook starts no server for cluster executors or for
+``--sdm conda``/``apptainer`` runs, whose jobs must run in their own environment. Signals sent to the command (Ctrl-C, Snakemake cancelling a job) are
 forwarded to its worker, and a worker whose command died (even by SIGKILL) terminates itself, so
 no orphan keeps computing.
 

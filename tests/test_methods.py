@@ -417,7 +417,8 @@ def test_neggrad_plus_ascent_term_raises_the_forget_loss(square_data, model):
     ce = {}
     for a in (1.0, 0.5):
         res, _ = methods.run("neggrad_plus", copy.deepcopy(model), inputs,
-                             _hp("neggrad_plus", epochs=2, batch_size=4, alpha=a), seed=0)
+                             _hp("neggrad_plus", epochs=2, batch_size=4, alpha=a, lr=0.01),
+                             seed=0)
         ce[a] = _ce(res.model, inputs.forget), _ce(res.model, inputs.retain)
         assert res.info["steps"] == 2 * RETAIN_SUBSET // 4  # epochs are over the retain subset
     assert ce[0.5][0] > 2 * ce[1.0][0]

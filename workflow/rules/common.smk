@@ -158,7 +158,8 @@ def parent_dir(key):
 
 
 # A warm fork server for local runs (pbu/forkserver.py): every `pbu` job forks from one process
-# that imported torch once. Cluster jobs (and dry runs, which run no hooks) never use it.
+# that imported torch once. Cluster jobs, --sdm conda/apptainer runs and dry runs (which run no
+# hooks) never use it.
 _SERVER = {}
 
 
@@ -167,6 +168,8 @@ def start_fork_server():
         return
     if not workflow.local_exec or workflow.remote_exec or workflow.touch:
         return
+    if workflow.deployment_settings.deployment_method:  # --sdm conda/apptainer: jobs must run
+        return  # in their own environment, not in a fork of Snakemake's
     from pbu import forkserver
 
     path, pid = forkserver.start(log_path("pbu-server.log"), watch_pid=os.getpid())
