@@ -10,6 +10,8 @@ entries nngeometry returns as NaN.
     python benchmarks/bench_fisher.py --models small_cnn --n 512 --trained   # confident model
     python benchmarks/bench_fisher.py --models small_cnn --n 400 --batch-size 256 --threads 1 \
         --channels-last                                     # the pipeline's Fisher job, mnist5k
+    python benchmarks/bench_fisher.py --models small_cnn --n 400 --batch-size 256 --threads 1 \
+        --channels-last --skip-nngeometry --plain --repeats 9   # pooled shortcut on vs off
     python benchmarks/bench_fisher.py --models resnet18 --n 16 --batch-size 16
     python benchmarks/bench_fisher.py --device cuda --models small_cnn,resnet18 --n 1024 \
         --out results/bench_fisher.json
@@ -20,7 +22,9 @@ RGB images. ``--trained`` first trains the small CNN for ``--epochs`` epochs on 
 is confident, the case where nngeometry's Cholesky factor divides by 1 − cumsum(p), which rounds
 to 0 or below in float32, and returns NaN. Each method runs once on a few images as a warm-up before
 it is timed; ``--repeats`` > 1 interleaves the methods and reports the median, which helps on a
-shared machine. ``--fp64-ref`` adds our float64 result as a judge of both float32 results.
+shared machine. ``--plain`` adds our "true" Fisher with the pooled Conv→BN→ReLU→MaxPool shortcut
+of the layer backend switched off (``ours_true_plain``), interleaved with the rest, to measure the
+shortcut side by side. ``--fp64-ref`` adds our float64 result as a judge of both float32 results.
 Times are wall-clock (perf_counter, with CUDA synchronisation) and, as a second view that a busy
 machine disturbs less, this process's CPU time (process_time).
 """
@@ -43,6 +47,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+import pbu.fisher  # noqa: E402
 from pbu.fisher import fisher_diagonal  # noqa: E402
 from pbu.models import build_model  # noqa: E402
 
@@ -190,6 +195,17 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
         "ours_mc1": lambda d: ours("mc", d),
         "ours_empirical": lambda d: ours("empirical", d),
     }
+    if args.plain:
+        def plain(data: DataLoader) -> Callable[[], dict[str, Tensor]]:
+            def run() -> dict[str, Tensor]:
+                pbu.fisher._POOL_SHORTCUT = False
+                try:
+                    return ours("true", data)()
+                finally:
+                    pbu.fisher._POOL_SHORTCUT = True
+            return run
+
+        methods["ours_true_plain"] = plain
     if not args.skip_nngeometry:
         methods["nngeometry_true"] = lambda d: (lambda: _nngeometry(model, d, device))
     for name, make in methods.items():  # warm-up: one batch each
@@ -217,13 +233,18 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
                               batch_size=args.batch_size)
         ref64 = fisher_diagonal(model64, loader64, "true", chunk_size=args.chunk_size)
         info["vs_fp64"] = {name: _compare(results[name], ref64)
-                           for name in ("ours_true", "nngeometry_true") if name in results}
+                           for name in ("ours_true", "ours_true_plain", "nngeometry_true")
+                           if name in results}
     if "nngeometry_true" in rows:
         ref, cref = (rows["nngeometry_true"][k] for k in ("images_per_s", "images_per_cpu_s"))
         for name, row in rows.items():
             row["ratio_vs_nngeometry"] = row["images_per_s"] / ref
             row["cpu_ratio_vs_nngeometry"] = row["images_per_cpu_s"] / cref
         info["vs_nngeometry"] = _compare(results["ours_true"], results["nngeometry_true"])
+    if "ours_true_plain" in rows:
+        info["plain_over_shortcut_cpu"] = rows["ours_true_plain"]["cpu_seconds"] / \
+            rows["ours_true"]["cpu_seconds"]
+        info["vs_plain"] = _compare(results["ours_true"], results["ours_true_plain"])
     info["methods"] = rows
     return info
 
@@ -253,6 +274,10 @@ def _print(info: dict[str, Any], device: torch.device) -> None:
               f"{cmp['max_rel_diff_tensor']:.2e}")
         print(f"   nngeometry NaN entries: {cmp['ref_nan']:,} of {cmp['entries']:,} "
               f"(inf: {cmp['ref_inf']:,}); ours non-finite: {cmp['test_nonfinite']:,}")
+    if "vs_plain" in info:
+        print(f"   pooled shortcut: plain / shortcut CPU time "
+              f"{info['plain_over_shortcut_cpu']:.3f}; max relative diff per tensor "
+              f"{info['vs_plain']['max_rel_diff_tensor']:.2e}")
     for name, c in info.get("vs_fp64", {}).items():
         print(f"   {name} (float32) vs our float64 result, where finite: max relative diff "
               f"per entry {c['max_rel_diff_entry']:.2e}, per tensor "
@@ -275,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per method (median)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--skip-nngeometry", action="store_true")
+    ap.add_argument("--plain", action="store_true",
+                    help="also time our true Fisher without the pooled-chain shortcut")
     ap.add_argument("--fp64-ref", action="store_true",
                     help="also compute our true Fisher in float64 and compare both float32 results")
     ap.add_argument("--seed", type=int, default=0)

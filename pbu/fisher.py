@@ -4,21 +4,25 @@ PBU's β-term weighs each parameter by the diagonal of the Fisher at θ* on the 
 authors computed the "true" (expected) Fisher with nngeometry; this module computes the same
 quantity without nngeometry, never NaN for confident models (nngeometry 0.4 returns NaN for about
 60% of the entries of a trained small CNN), more accurately in float32, and faster: on one CPU
-core about 2x nngeometry's throughput on the small CNN and 3-4x on ResNet-18; the ``mc`` kind
-with one sample about 9x on the small CNN (``benchmarks/bench_fisher.py``; numbers and commands
-in benchmarks/README.md).
+core about 2.3-2.4x nngeometry's throughput on the small CNN and 3-4x on ResNet-18; the ``mc``
+kind with one sample about 9x on the small CNN (``benchmarks/bench_fisher.py``; numbers and
+commands in benchmarks/README.md).
 
 Headroom, measured (one thread, the 2-core AMD EPYC VM of benchmarks/README.md, whose fp32 GEMM
 peaks at ~45-47 GMAC/s): an exact ``true`` Fisher needs at least a forward, K−1 backward passes
 to the layer outputs and K−1 per-sample weight products per image, i.e. 19.4 M multiply-adds
 per small-CNN image (forward 1.1, backward 9.0, products 9.3) and 10.5 G per ResNet-18 32x32
 image (0.56, 4.98, 4.93). ResNet-18 runs at ~36-39 GMAC/s here, 80-85 % of the GEMM peak; the
-small CNN at ~14-15 GMAC/s (400 images in 0.50-0.55 s CPU), where the rest is memory-bound
+small CNN took 0.50-0.55 s CPU for 400 images (~14-15 GMAC/s), the rest being memory-bound
 elementwise work on the 28x28 maps (max-pool/ReLU backward, BatchNorm sums) and small GEMMs
-(profile in benchmarks/README.md). Even at the GEMM peak
-with nothing else, 400 small-CNN images take 0.17 s, while 10x nngeometry's throughput (1.2-1.3 s
-CPU for those images) means 0.12-0.13 s; on ResNet-18 it would take ~2.5x the GEMM peak. 10x is
-out of reach for any exact method with this decomposition on this CPU, on either model.
+(profile in benchmarks/README.md); the pooled shortcut for its first conv block
+(``_PooledChainAcc``: no backward or per-sample work at 28x28 any more, and the first conv's
+products on a quarter of the positions) brought that to 0.42-0.45 s, 10-13 % less than the plain
+layer path measured side by side (0.44 vs 0.50 s channels_last, 0.45 vs 0.51 s contiguous). Even
+at the GEMM peak with nothing else, 400 small-CNN images take 0.17 s, while 10x nngeometry's
+throughput (1.0-1.3 s CPU for those images, by machine load) means 0.10-0.13 s; on ResNet-18
+it would take ~2.5x the GEMM peak. 10x is out of reach for any exact method with this
+decomposition on this CPU, on either model.
 
 Three kinds, N samples x with logits z(x) ∈ R^K and p = softmax(z):
 
@@ -45,6 +49,14 @@ Two backends give the same numbers (tests check them against each other and a br
   feature maps, Gram matrices that sum over samples inside one GEMM; BatchNorm is elementwise
   (and its backward is replaced by the equivalent per-channel multiply, same values, or skipped
   altogether after a first layer whose input needs no gradient, see ``_LayerPlan._hook``).
+  A first Conv2d→BatchNorm2d→ReLU→MaxPool2d in an ``nn.Sequential`` (the small CNN's first block)
+  is cut at the pool's output: its conv and BN blocks come from the pooled gradient at each
+  window's argmax, gathered once per chunk (``_PooledChainAcc``), when there are at least
+  ``_POOL_MIN_RANK`` cotangents per sample (below that its gathers cost more than it saves).
+  Measured and dropped: taking the BN sums of a later such block (whose input needs a gradient)
+  at the pooled resolution too (no gain with ``true``, 13-21 % slower with ``mc``). Not built:
+  gathering a later block's conv inputs per argmax (4x fewer multiply-adds, but micro-benchmarks
+  put the gather of its [B, C, I, Q] columns at about the cost of the dense GEMM it replaces).
   Measured and rejected (no gain on CPU): one backward for all K−1 cotangents
   (``is_grads_batched``, i.e. vmap over the vjp: 2x slower), stacking the K−1 gradients into one
   GEMM per sample, a grouped convolution (groups = batch) instead of unfold + GEMM, and other
@@ -92,6 +104,15 @@ BACKENDS = ("auto", "layers", "generic")
 _BLOCK_FLOATS = 1 << 20
 _CACHE_FLOATS = 1 << 27
 _VMAP_FLOATS = 1 << 25
+
+# Private switch for the pooled shortcut of a first Conv2d→BatchNorm2d→ReLU→MaxPool2d chain
+# (``_PooledChainAcc``); tests and benchmarks/bench_fisher.py turn it off to compare with the
+# plain layer path. Read when a plan is built. Its gathers cost a fixed amount per chunk and it
+# saves a fixed amount per cotangent: measured break-even at ~3 cotangents per sample on the
+# small CNN (mc with 1 sample: 16-18 % slower; mc with 5: 5-6 % faster; true, 9: 10-15 %
+# faster), so it is used from _POOL_MIN_RANK cotangents on.
+_POOL_SHORTCUT = True
+_POOL_MIN_RANK = 3
 
 
 class _Unsupported(Exception):
@@ -515,6 +536,100 @@ class _ModuleAcc(_Acc):
         return self.res
 
 
+@dataclass
+class _Pooled:
+    """A first Conv2d→BatchNorm2d→ReLU→MaxPool2d chain cut at the pool's output (see
+    ``_PooledChainAcc``): the owners' names, the probe on the pooled output, the pool's argmax
+    indices into each conv output plane and the pooled values, both [B, C, h, w]."""
+
+    conv: str
+    bn: str
+    probe: Tensor
+    idx: Tensor
+    vals: Tensor
+
+
+class _PooledChainAcc:
+    """Fisher blocks of a first conv and its BatchNorm (fixed statistics: running ones, or the
+    batch ones of bn_mode="train") from the gradient at the output of the ReLU→MaxPool2d that
+    follows them, never at the conv's resolution.
+
+    With y = a·conv(x) + b (the BN with fixed statistics), r = relu(y) and max pooling, the
+    gradient at the conv output is a·(pooled gradient G) at each window's argmax (the index
+    max_pool2d returns, the one autograd scatters to), times the ReLU mask there, which is
+    (pooled value > 0) exactly as autograd's ReLU backward (zero where its output is <= 0), and
+    zero elsewhere. So per sample, for channel c and pooled position q, with p = idx[c, q]:
+    conv weight  a_c Σ_q G[c,q] m[c,q] unfold(x)[:, p],   conv bias / BN β  (a_c) Σ_q G m,
+    BN γ  Σ_q G[c,q] m[c,q] x̂[c,p].
+    The conv weight's is one batched GEMM per chunk for all R cotangents, [I, Q] @ [Q, R] per
+    sample and channel, on im2col columns gathered once per chunk (Q = pooled positions, a
+    quarter of the conv's for 2x2 pooling); the backward passes stop at the pooled tensor: no
+    max-pool, ReLU or BN backward at full resolution.
+    """
+
+    def __init__(self, conv: _Owner, conv_rec: _Record, bn: _Owner, bn_rec: _Record,
+                 pooled: _Pooled, R: int) -> None:
+        self.conv, self.conv_rec, self.bn, self.bn_rec = conv, conv_rec, bn, bn_rec
+        self.pooled = pooled
+        B, C, h, w = pooled.idx.shape
+        self.B, self.C, self.Q = B, C, h * w
+        self.R = R
+        self.buf: Tensor | None = None  # [R, B, C, h, w], each r in the gradient's own layout
+        self.r = 0
+
+    def add(self, g: Tensor) -> None:
+        """g [B, C, h, w]: gradient at the pooled output for one cotangent, copied as it is laid
+        out (a plain memcpy; reordering it r by r was ~3x slower)."""
+        if self.buf is None:
+            B, C, h, w = g.shape
+            if g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous():
+                self.buf = g.new_empty(self.R, B, h, w, C).permute(0, 1, 4, 2, 3)
+            else:
+                self.buf = g.new_empty(self.R, B, C, h, w)
+        self.buf[self.r].copy_(g)
+        self.r += 1
+
+    def result(self) -> dict[str, Tensor]:
+        """{full parameter name: Σ_b Σ_r (per-sample gradient)²} for the conv and the BN."""
+        if self.r == 0:
+            return {}
+        conv, bn, rec = self.conv, self.bn, self.bn_rec
+        B, C, Q = self.B, self.C, self.Q
+        assert self.buf is not None
+        # ReLU at the argmax: 1 where the pooled value is > 0, as autograd's ReLU backward
+        mask = (self.pooled.vals > 0).to(self.buf.dtype).reshape(B, C, 1, Q)
+        g = torch.empty(B, C, self.r, Q, dtype=self.buf.dtype, device=self.buf.device)
+        torch.mul(self.buf[:self.r].permute(1, 2, 0, 3, 4).flatten(3), mask, out=g)  # [B,C,R,Q]
+        self.buf = None
+        flat = self.pooled.idx.reshape(B, C * Q)  # [B, C*Q] into each conv output plane
+        out: dict[str, Tensor] = {}
+        if "bias" in bn.params or "bias" in conv.params:
+            beta = g.sum(3).square_().sum((0, 2))  # [C]
+            if "bias" in bn.params:
+                out[bn.params["bias"]] = beta
+            if "bias" in conv.params:
+                out[conv.params["bias"]] = beta * self.conv_rec.fold[1].square()
+        if "weight" in bn.params:
+            mean, var, eps = rec.extra
+            c_sel = rec.x.flatten(2).gather(2, flat.view(B, C, Q))  # [B, C, Q] conv outputs
+            xhat = (c_sel - mean.view(1, -1, 1)) * torch.rsqrt(var.view(1, -1, 1) + eps)
+            out[bn.params["weight"]] = (g * xhat[:, :, None, :]).sum(3).square_().sum((0, 2))
+        if "weight" in conv.params:
+            mod = conv.module
+            u = F.unfold(self.conv_rec.x, mod.kernel_size, mod.dilation, mod.padding,
+                         mod.stride)  # [B, I, L]
+            I = u.shape[1]
+            # The im2col columns of the argmax positions, per channel: [B, C, I, Q] (Q innermost:
+            # measured ~2x faster in the batched GEMM below than [B, C, Q, I]).
+            u_sel = u.gather(2, flat[:, None, :].expand(B, I, C * Q)).view(B, I, C, Q) \
+                .transpose(1, 2).contiguous()
+            w = torch.matmul(u_sel, g.transpose(2, 3))  # [B, C, I, R] per-sample gradients / a
+            a2 = self.conv_rec.fold[1].square()  # [C]: conv output gradient = a ⊙ BN's
+            out[conv.params["weight"]] = \
+                (w.square_().sum((0, 3)) * a2[:, None]).view_as(mod.weight)
+        return out
+
+
 class _LayerPlan:
     """Hooks that add probes to parameter-owning modules, and their Fisher accumulators."""
 
@@ -539,6 +654,33 @@ class _LayerPlan:
         self.recording = False
         self.handles = [o.module.register_forward_hook(self._hook, with_kwargs=True)
                         for o in owners.values()]
+        # Conv2d→BatchNorm2d→ReLU→MaxPool2d as consecutive children of a plain nn.Sequential,
+        # each module used once in the model: the intermediate tensors are then seen by the next
+        # module only, so the chain can be cut at the pool's output (``_pool_hook`` checks at
+        # run time that the tensors really flow that way, and the conv's input needs no grad).
+        self.chains: dict[nn.Module, tuple[str, str, nn.Module]] = {}  # pool -> conv, bn, relu
+        self.links: dict[nn.Module, tuple[Tensor, Tensor]] = {}  # relu -> (input, output)
+        self.pooled: dict[nn.Module, _Pooled] = {}
+        self.rank: int | None = None  # cotangents per sample, when known (None: assume many)
+        if _POOL_SHORTCUT:
+            uses: dict[int, int] = {}
+            for _, m in model.named_modules(remove_duplicate=False):
+                uses[id(m)] = uses.get(id(m), 0) + 1
+            for seq in model.modules():
+                if not isinstance(seq, nn.Sequential) or type(seq).forward is not \
+                        nn.Sequential.forward:
+                    continue
+                kids = list(seq.children())
+                for conv, bn, relu, pool in zip(kids, kids[1:], kids[2:], kids[3:]):
+                    oc, ob = self.by_module.get(conv), self.by_module.get(bn)
+                    if (oc is not None and oc.kind == "conv2d" and ob is not None
+                            and ob.kind == "bn" and isinstance(bn, nn.BatchNorm2d)
+                            and type(relu) is nn.ReLU and type(pool) is nn.MaxPool2d
+                            and not pool.return_indices
+                            and all(uses[id(m)] == 1 for m in (conv, bn, relu, pool))):
+                        self.chains[pool] = (oc.name, ob.name, relu)
+                        self.handles.append(relu.register_forward_hook(self._relu_hook))
+                        self.handles.append(pool.register_forward_hook(self._pool_hook))
 
     @staticmethod
     def _kind(mod: nn.Module) -> str:
@@ -611,16 +753,43 @@ class _LayerPlan:
         self.by_out[id(out)] = owner.name
         return out
 
+    def _relu_hook(self, mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        if self.recording and len(args) == 1:
+            self.links[mod] = (args[0], out)
+
+    def _pool_hook(self, mod: nn.Module, args: tuple[Any, ...], out: Any) -> Tensor | None:
+        """Cut a Conv2d→BN→ReLU→MaxPool2d chain at the pool's output when the conv's input needs
+        no gradient (its BN backward is cut already) and the tensors flowed through the chain
+        (see ``_PooledChainAcc``); otherwise leave the plain path alone."""
+        if not self.recording or mod in self.pooled \
+                or (self.rank is not None and self.rank < _POOL_MIN_RANK):
+            return None
+        conv, bn, relu = self.chains[mod]
+        crec, brec, link = self.records.get(conv), self.records.get(bn), self.links.get(relu)
+        if (crec is None or brec is None or link is None or crec.fold is None
+                or crec.fold[0] != bn or brec.out is None or link[0] is not brec.out
+                or len(args) != 1 or link[1] is not args[0] or not isinstance(out, Tensor)
+                or out.dim() != 4):
+            return None
+        vals, idx = F.max_pool2d(args[0].detach(), mod.kernel_size, mod.stride, mod.padding,
+                                 mod.dilation, ceil_mode=mod.ceil_mode, return_indices=True)
+        if not torch.equal(vals, out):  # the same kernel, so the same values (and argmaxes)
+            return None
+        probe = torch.zeros((), dtype=out.dtype, device=out.device,
+                            requires_grad=True).expand_as(out)
+        self.pooled[mod] = _Pooled(conv, bn, probe, idx, vals)
+        return out.detach() + probe
+
     def forward(self, model: nn.Module, x: Tensor) -> Tensor:
         """Forward with a probe on every owner's output and its input recorded."""
-        self.records, self.by_out = {}, {}
+        self.records, self.by_out, self.pooled = {}, {}, {}
         self.recording = True
         try:
             with torch.enable_grad():
                 logits = model(x)
         finally:
             self.recording = False
-            self.by_out = {}
+            self.by_out, self.links = {}, {}
         for name, rec in self.records.items():
             if rec.x._version != rec.version:  # autograd would refuse this model too
                 raise _Unsupported(f"the input of {name!r} is modified in place after use")
@@ -648,9 +817,14 @@ class _LayerPlan:
         cot = cot_of(logits).to(logits.dtype)  # [B, R, K]
         R = cot.shape[1]
         cache = [_CACHE_FLOATS]  # floats of im2col inputs kept across the R backward passes
-        names = list(self.records)
+        pooled = list(self.pooled.values())
+        cut = [n for p in pooled for n in (p.conv, p.bn)]  # their probes must stay unreached
+        names = [n for n in self.records if n not in cut]
         accs = [self._acc(self.owners[n], self.records[n], R, cache) for n in names]
+        chains = [_PooledChainAcc(self.owners[p.conv], self.records[p.conv], self.owners[p.bn],
+                                  self.records[p.bn], p, R) for p in pooled]
         probes = [self.records[n].probe for n in names]
+        probes += [p.probe for p in pooled] + [self.records[n].probe for n in cut]
         index = {n: i for i, n in enumerate(names)}
         folds = []  # (acc, index of the BN probe, a) for outputs feeding a cut BatchNorm
         for acc, n in zip(accs, names):
@@ -663,6 +837,11 @@ class _LayerPlan:
                                         allow_unused=True)
             for acc, g in zip(accs, grads):
                 if g is not None and id(acc) not in folded:  # None: does not reach the logits
+                    acc.add(g)
+            if any(g is not None for g in grads[len(names) + len(pooled):]):
+                raise _Unsupported("a conv/BN output of a pooled chain is used elsewhere")
+            for acc, g in zip(chains, grads[len(names):]):
+                if g is not None:
                     acc.add(g)
             for acc, i, a in folds:
                 own, g_bn = grads[index[acc.owner.name]], grads[i]
@@ -678,7 +857,9 @@ class _LayerPlan:
         for n, acc in zip(names, accs):
             for attr, val in acc.result().items():
                 out[self.owners[n].params[attr]] = val
-        self.records = {}
+        for chain in chains:
+            out.update(chain.result())
+        self.records, self.pooled = {}, {}
         return out
 
 
@@ -732,6 +913,8 @@ def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], k
             if backend == "layers":
                 raise ValueError(f"backend 'layers' cannot handle this model: {err}") from err
             log.info("Fisher: layer backend unsupported (%s); using torch.func generic", err)
+    if plan is not None:  # cotangents per sample (true: K−1, set once K is known)
+        plan.rank = {"empirical": 1, "mc": mc_samples}.get(kind)
     params = {n: p.detach() for n, p in trainable.items()}
     acc = {n: torch.zeros(p.shape, dtype=torch.float64, device=p.device)
            for n, p in trainable.items()}
@@ -762,6 +945,8 @@ def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], k
                             n_classes = logits.shape[1]
                             if n_classes < 2:
                                 raise ValueError(f"need >= 2 classes, model returns {n_classes}")
+                            if plan is not None and kind == "true":
+                                plan.rank = n_classes - 1
                         return _cotangents(logits, yc, kind, uc)
 
                     part: dict[str, Tensor] | None = None

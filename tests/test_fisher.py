@@ -444,3 +444,108 @@ def test_rejects_bad_arguments() -> None:
             fisher_diagonal(model, [(x, y)], **kwargs)
     with pytest.raises(ValueError, match="no samples"):
         fisher_diagonal(model, [], "true")
+
+
+class PoolNet(nn.Module):
+    """Conv2d→BatchNorm2d→ReLU→MaxPool2d twice in an nn.Sequential (the small CNN's pattern):
+    the first block's conv input needs no gradient, so the layer backend cuts it at the pool's
+    output (``_PooledChainAcc``); the second block's input does, so it takes the plain path."""
+
+    def __init__(self, num_classes: int = 5, bias: bool = True, inplace: bool = False) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1, bias=bias), nn.BatchNorm2d(4), nn.ReLU(inplace),
+            nn.MaxPool2d(2),  # [B, 4, 8, 8] -> [B, 4, 4, 4]
+            nn.Conv2d(4, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+            nn.MaxPool2d(2),  # -> [B, 6, 2, 2]
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(24, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def _pool_net(bias: bool, inplace: bool) -> tuple[nn.Module, Tensor, Tensor]:
+    """A PoolNet and images with ties in the first max-pool windows: at positive values with
+    equal patches (constant regions) and with different patches (channel 1 sees only the centre
+    pixel, and row 6 repeats each value twice: which tied position autograd picks changes that
+    channel's weight gradient), and at exactly 0 (zero patches whose BN output is exactly 0 in
+    channel 0); negative pre-activations elsewhere."""
+    torch.manual_seed(11)
+    x, y = _data(8, (2, 8, 8), 5)
+    x[:4, :, 1:7, 1:7] = torch.arange(1.0, 5.0, dtype=x.dtype).view(4, 1, 1, 1)  # constant
+    x[4:, :, :5, :5] = 0.0  # zero patches
+    x[4:, :, 6] = (3.0 + torch.arange(4, dtype=x.dtype) / 10).repeat_interleave(2)  # pairs
+    model = PoolNet(5, bias, inplace).double()
+    conv, bn = model.features[0], model.features[1]
+    with torch.no_grad():  # channel 1 = centre pixels (+ bias): equal on each pair of row 6
+        conv.weight[1] = 0.0
+        conv.weight[1, :, 1, 1] = 1.0
+    model = _with_running_stats(model, x)
+    with torch.no_grad():  # channel 0: BN(conv(0)) = γ·(0 − 0)/σ + 0 = 0 exactly
+        if conv.bias is not None:
+            conv.bias[0] = 0.0
+        bn.running_mean[0] = 0.0
+        bn.bias[0] = 0.0
+        h = torch.relu(bn(conv(x)))  # [8, 4, 8, 8], the first pool's input
+        win = h.unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)  # [8, 4, 4, 4, 2x2 window]
+        top = win.max(-1, keepdim=True).values
+        ties = ((win == top).sum(-1) > 1) & (top[..., 0] > 0)
+        zero_max = top[..., 0] == 0
+        touched_zero = (bn(conv(x)) == 0).any()
+    assert ties.sum() >= 8 and zero_max.sum() >= 8 and touched_zero  # the test is not vacuous
+    return model, x, y
+
+
+@pytest.mark.parametrize("bias,inplace", [(True, False), (False, True)],
+                         ids=["bias", "no_bias_inplace_relu"])
+def test_pooled_chain_shortcut_matches_brute_force(bias: bool, inplace: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import pbu.fisher as fisher
+    from pbu.fisher import _LayerPlan
+
+    model, x, y = _pool_net(bias, inplace)
+    plan = _LayerPlan(model, {n: p for n, p in model.named_parameters() if p.requires_grad})
+    try:
+        plan.forward(model, x)
+        taken = [(p.conv, p.bn) for p in plan.pooled.values()]
+    finally:
+        plan.remove()
+    assert taken == [("features.0", "features.1")]  # the first block only
+    ref = _brute(model, x, _true_weights(model, x))
+    ours = fisher_diagonal(model, _batches(x, y, 5), "true", chunk_size=3, backend="layers")
+    _assert_close(ours, ref, rtol=1e-6)
+    monkeypatch.setattr(fisher, "_POOL_SHORTCUT", False)  # the plain layer path agrees
+    _assert_close(fisher_diagonal(model, _batches(x, y, 5), "true", chunk_size=3,
+                                  backend="layers"), ours, rtol=1e-10)
+    monkeypatch.setattr(fisher, "_POOL_SHORTCUT", True)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    _assert_close(fisher_diagonal(model_cl, [(xl, y)], "true", backend="layers"), ref, rtol=1e-6)
+    # float32, channels_last and contiguous, against the float64 brute force
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        model32 = copy.deepcopy(model).float().to(memory_format=fmt)
+        ours32 = fisher_diagonal(model32, [(x.float().contiguous(memory_format=fmt), y)], "true")
+        for n, r in ref.items():
+            err = ((ours32[n].double() - r).abs().max() / r.abs().max()).item()
+            assert err < 1e-5, (fmt, n, err)
+
+
+def test_pooled_chain_shortcut_in_bn_train_mode_and_few_cotangents(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """BN train mode (batch statistics held fixed) takes the shortcut too; with fewer than
+    _POOL_MIN_RANK cotangents per sample (empirical, mc with 1 label) it is skipped. Same
+    numbers either way as the plain layer path and the generic backend."""
+    import pbu.fisher as fisher
+
+    model, x, y = _pool_net(True, False)
+    cases = [("true", {}, "train"), ("empirical", {}, "eval"), ("mc", {"mc_samples": 4}, "eval")]
+    for kind, extra, bn_mode in cases:
+        args = dict(kind=kind, bn_mode=bn_mode, chunk_size=3, **extra)
+        ref = fisher_diagonal(model, _batches(x, y, 4), backend="generic", **args)
+        ours = fisher_diagonal(model, _batches(x, y, 4), backend="layers", **args)
+        _assert_close(ours, ref, rtol=1e-10)
+        monkeypatch.setattr(fisher, "_POOL_SHORTCUT", False)
+        _assert_close(fisher_diagonal(model, _batches(x, y, 4), backend="layers", **args),
+                      ref, rtol=1e-10)
+        monkeypatch.setattr(fisher, "_POOL_SHORTCUT", True)
