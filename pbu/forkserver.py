@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import selectors
 import signal
@@ -41,6 +42,7 @@ import threading
 import time
 from typing import Any
 
+log = logging.getLogger(__name__)
 ENV_VAR = "PBU_SERVER"
 WORKER_VAR = "PBU_FORK_WORKER"
 _HEADER = struct.Struct("!Q")  # payload length, sent along with the three file descriptors
@@ -226,9 +228,8 @@ def serve(path: str, *, watch_pid: int | None = None, idle_timeout: float = 3600
         from pbu.methods import available
 
         available()  # import every method module
-    print(f"pbu server: preloaded {len(preload)} modules in {time.perf_counter() - t0:.1f} s "
-          f"({time.process_time() - c0:.1f} s CPU); listening on {path}", file=sys.stderr,
-          flush=True)
+    log.info("preloaded %d modules in %.1f s (%.1f s CPU); listening on %s", len(preload),
+             time.perf_counter() - t0, time.process_time() - c0, path)
 
     stop = False
     children: set[int] = set()
@@ -267,7 +268,7 @@ def serve(path: str, *, watch_pid: int | None = None, idle_timeout: float = 3600
                         raise ConnectionError("malformed request")
                     request = json.loads(_recv_exact(conn, _HEADER.unpack(msg)[0]))
                 except (OSError, ValueError, ConnectionError) as err:
-                    print(f"pbu server: bad request: {err}", file=sys.stderr, flush=True)
+                    log.warning("bad request: %s", err)
                     conn.close()
                     continue
                 sys.stdout.flush()
@@ -281,8 +282,7 @@ def serve(path: str, *, watch_pid: int | None = None, idle_timeout: float = 3600
                     os.close(wake_w)
                     _become_job(conn, fds, request)  # never returns
                 children.add(pid)
-                print(f"pbu server: worker {pid}: pbu {' '.join(request['argv'])[:200]}",
-                      file=sys.stderr, flush=True)
+                log.info("worker %d: pbu %s", pid, " ".join(request["argv"])[:200])
                 conn.close()
                 for fd in fds:
                     os.close(fd)
@@ -298,10 +298,10 @@ def serve(path: str, *, watch_pid: int | None = None, idle_timeout: float = 3600
             if children:
                 last_work = time.monotonic()
             if watch_pid is not None and not _alive(watch_pid):
-                print(f"pbu server: process {watch_pid} is gone; stopping", file=sys.stderr)
+                log.info("process %d is gone; stopping", watch_pid)
                 break
             if time.monotonic() - last_work > idle_timeout:
-                print(f"pbu server: idle for {idle_timeout:.0f} s; stopping", file=sys.stderr)
+                log.info("idle for %.0f s; stopping", idle_timeout)
                 break
     finally:
         sel.close()
@@ -373,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--idle-timeout", type=float, default=3600.0,
                     help="stop after this many seconds without work")
     args = parser.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)  # the server's log file (see start())
+    handler.setFormatter(logging.Formatter("%(asctime)s pbu server: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # a worker's own logging (pbu.cli) configures the root logger afresh
     serve(args.socket, watch_pid=args.watch_pid, idle_timeout=args.idle_timeout)
     return 0
 

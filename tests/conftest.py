@@ -44,3 +44,25 @@ def tiny_data():
     images = torch.randint(0, 256, (60, 1, 28, 28), generator=g, dtype=torch.uint8)
     labels = torch.arange(60) % 3
     return TensorImages(spec, images, labels)
+
+
+def _square_images(num_classes: int, per_class: int, seed: int = 0):
+    """``num_classes * per_class`` noisy 1x28x28 uint8 images; class c has a bright 7x7 square at
+    its own place. Classes are interleaved in a random order, so subsets are not slices."""
+    from pbu.data import TensorImages
+    from pbu.registry import DATASETS
+
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    images = torch.randint(0, 80, (len(labels), 1, 28, 28), generator=g, dtype=torch.uint8)
+    for c in range(num_classes):
+        r, col = 7 * (c // 2) + 3, 7 * (c % 2) + 10
+        images[labels == c, :, r:r + 7, col:col + 7] = 255
+    order = torch.randperm(len(labels), generator=g)
+    return TensorImages(DATASETS["mnist5k"], images[order].contiguous(), labels[order])
+
+
+@pytest.fixture(scope="session")
+def square_images():
+    """Factory ``square_images(num_classes, per_class, seed=0)`` of learnable toy images."""
+    return _square_images

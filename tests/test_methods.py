@@ -18,7 +18,7 @@ import yaml
 from torch import nn
 
 from pbu import methods
-from pbu.data import DATASETS, TensorImages, class_split
+from pbu.data import TensorImages, class_split
 from pbu.methods import REGISTRY, build_inputs, check_hparams
 from pbu.models import SmallCNN
 from pbu.train import TrainRecipe, train_model
@@ -35,24 +35,9 @@ CONFIG = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").r
 # ------------------------------------------------------------------------------------------
 
 
-def _square_data(seed: int = 0) -> TensorImages:
-    """``K * N_PER_CLASS`` noisy 1x28x28 images; class c has a bright 7x7 square at place c.
-
-    Classes are interleaved in a random order so that subsets are not contiguous slices.
-    """
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(K).repeat_interleave(N_PER_CLASS)
-    images = torch.randint(0, 80, (len(labels), 1, 28, 28), generator=g, dtype=torch.uint8)
-    for c in range(K):
-        r, col = 7 * (c // 2) + 3, 7 * (c % 2) + 10
-        images[labels == c, :, r:r + 7, col:col + 7] = 255
-    order = torch.randperm(len(labels), generator=g)
-    return TensorImages(DATASETS["mnist5k"], images[order].contiguous(), labels[order])
-
-
 @pytest.fixture(scope="module")
-def square_data() -> TensorImages:
-    return _square_data()
+def square_data(square_images) -> TensorImages:
+    return square_images(K, N_PER_CLASS)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from torch import nn
 from pbu import methods
 from pbu.checkpoint import save_checkpoint
 from pbu.cli import main
-from pbu.data import DATASETS, TensorImages, save_prepared
+from pbu.data import TensorImages, save_prepared
 from pbu.models import SmallCNN
 from pbu.train import TrainRecipe, train_model
 from pbu.tune import (carve_validation, grid, plan_trials, rank_trials, score_trial, space_size,
@@ -33,21 +33,9 @@ FISHER = {"kind": "true", "bn_mode": "eval", "mc_samples": 1, "chunk_size": 16, 
 MODEL_ARGS = {"num_classes": K, "in_channels": 1, "image_size": 28, "width": 4, "hidden": 16}
 
 
-def _square_data(seed: int = 0) -> TensorImages:
-    """Noisy 1x28x28 images; class c has a bright 7x7 square at its own place; shuffled."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(K).repeat_interleave(N_PER_CLASS)
-    images = torch.randint(0, 80, (len(labels), 1, 28, 28), generator=g, dtype=torch.uint8)
-    for c in range(K):
-        r, col = 7 * (c // 2) + 3, 7 * (c % 2) + 10
-        images[labels == c, :, r:r + 7, col:col + 7] = 255
-    order = torch.randperm(len(labels), generator=g)
-    return TensorImages(DATASETS["mnist5k"], images[order].contiguous(), labels[order])
-
-
 @pytest.fixture(scope="module")
-def data() -> TensorImages:
-    return _square_data()
+def data(square_images) -> TensorImages:
+    return square_images(K, N_PER_CLASS)
 
 
 @pytest.fixture(scope="module")
