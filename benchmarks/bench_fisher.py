@@ -99,12 +99,19 @@ def _train_small_cnn(model: nn.Module, device: torch.device, epochs: int, seed: 
 
 def _nngeometry(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, Tensor]:
     """nngeometry's FIM PMatDiag classif_logits, cut into per-parameter tensors."""
-    from nngeometry.layercollection import LayerCollection
     from nngeometry.metrics import FIM
     from nngeometry.object import PMatDiag
 
     flat = FIM(model=model, loader=loader, representation=PMatDiag, variant="classif_logits",
                device=str(device)).get_diag()
+    return nngeometry_per_parameter(model, flat)
+
+
+def nngeometry_per_parameter(model: nn.Module, flat: Tensor) -> dict[str, Tensor]:
+    """nngeometry's flat diagonal cut per parameter by its own layer positions (also used by
+    tests/test_fisher.py)."""
+    from nngeometry.layercollection import LayerCollection
+
     lc = LayerCollection.from_model(model)
     modules = dict(model.named_modules())
     out: dict[str, Tensor] = {}

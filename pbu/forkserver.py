@@ -106,8 +106,9 @@ def run_remote(path: str, argv: list[str]) -> int | None:
     done = _recv_line(sock, buf)
     sock.close()
     if done is None or "rc" not in done:
-        print(f"pbu: error: the pbu server's worker (pid {pid}) ended without an exit status "
-              "(killed?)", file=sys.stderr)
+        # no logging configured in this thin client: the last-resort handler prints to stderr
+        log.error("pbu: error: the pbu server's worker (pid %d) ended without an exit status "
+                  "(killed?)", pid)
         return 1
     return int(done["rc"])
 
@@ -174,10 +175,10 @@ def _become_job(conn: socket.socket, fds: list[int], request: dict[str, Any]) ->
 
         try:
             rc = main(list(request["argv"]))
-        except SystemExit as err:
+        except SystemExit as err:  # a message code means status 1, as in the interpreter
             rc = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
             if not isinstance(err.code, int) and err.code is not None:
-                print(err.code, file=sys.stderr)
+                log.error("%s", err.code)
         except KeyboardInterrupt:
             rc = 130
         except BaseException:  # as a fresh interpreter would: traceback, status 1

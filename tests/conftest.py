@@ -66,3 +66,22 @@ def _square_images(num_classes: int, per_class: int, seed: int = 0):
 def square_images():
     """Factory ``square_images(num_classes, per_class, seed=0)`` of learnable toy images."""
     return _square_images
+
+
+def _square_cnn(data, num_classes: int):
+    """A narrow SmallCNN (BatchNorm included) trained on ``square_images`` data, in eval mode.
+    Not trained to saturation (mean CE ~0.1), so gradient-based methods have gradients."""
+    from pbu.models import SmallCNN
+    from pbu.train import TrainRecipe, train_model
+
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes, 1, 28, width=4, hidden=16)
+    train_model(model, data, TrainRecipe(epochs=5, batch_size=30, optimizer="adam", lr=3e-3,
+                                         weight_decay=0.0), seed=0, progress=False)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def square_cnn():
+    """Factory ``square_cnn(data, num_classes)`` of the model trained on ``square_images``."""
+    return _square_cnn

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pbu.fisher import _sample_labels, _true_cotangents, fisher_diagonal
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_fisher  # noqa: E402  (nngeometry's diagonal cut per parameter, shared)
 
 BACKENDS = ("generic", "layers")
 
@@ -182,16 +187,8 @@ def _nng_dict(model: nn.Module, flat: Tensor) -> dict[str, Tensor]:
     """nngeometry's flat diagonal, cut per parameter by its own layer positions."""
     from nngeometry.layercollection import LayerCollection
 
+    out = bench_fisher.nngeometry_per_parameter(model, flat)
     lc = LayerCollection.from_model(model)
-    modules = dict(model.named_modules())
-    out: dict[str, Tensor] = {}
-    for layer_id in lc.layers:
-        start = lc.p_pos[layer_id]
-        for attr in ("weight", "bias"):
-            p = getattr(modules[layer_id], attr, None)
-            if p is not None:
-                out[f"{layer_id}.{attr}"] = flat[start:start + p.numel()].view_as(p)
-                start += p.numel()
     assert sum(v.numel() for v in out.values()) == lc.numel() == flat.numel()
     return out
 

@@ -20,8 +20,6 @@ from torch import nn
 from pbu import methods
 from pbu.data import TensorImages, class_split
 from pbu.methods import REGISTRY, build_inputs, check_hparams
-from pbu.models import SmallCNN
-from pbu.train import TrainRecipe, train_model
 
 K = 4  # classes
 FORGET = 1
@@ -41,16 +39,9 @@ def square_data(square_images) -> TensorImages:
 
 
 @pytest.fixture(scope="module")
-def trained(square_data) -> nn.Module:
+def trained(square_data, square_cnn) -> nn.Module:
     """A narrow SmallCNN (BatchNorm included) that classifies the squares perfectly."""
-    torch.manual_seed(0)
-    model = SmallCNN(K, 1, 28, width=4, hidden=16)
-    # Not trained to saturation (mean CE ~0.1), so gradient-based methods have gradients.
-    train_model(model, square_data, TrainRecipe(epochs=5, batch_size=30, optimizer="adam",
-                                                 lr=3e-3, weight_decay=0.0),
-                seed=0, progress=False)
-    model.eval()
-    return model
+    return square_cnn(square_data, K)
 
 
 @pytest.fixture

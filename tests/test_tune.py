@@ -20,8 +20,6 @@ from pbu import methods
 from pbu.checkpoint import save_checkpoint
 from pbu.cli import main
 from pbu.data import TensorImages, save_prepared
-from pbu.models import SmallCNN
-from pbu.train import TrainRecipe, train_model
 from pbu.tune import (carve_validation, grid, plan_trials, rank_trials, score_trial, space_size,
                       split_inputs, tune_method)
 
@@ -39,12 +37,8 @@ def data(square_images) -> TensorImages:
 
 
 @pytest.fixture(scope="module")
-def trained(data) -> nn.Module:
-    torch.manual_seed(0)
-    model = SmallCNN(**MODEL_ARGS)
-    train_model(model, data, TrainRecipe(epochs=5, batch_size=30, optimizer="adam", lr=3e-3,
-                                         weight_decay=0.0), seed=0, progress=False)
-    return model.eval()
+def trained(data, square_cnn) -> nn.Module:
+    return square_cnn(data, K)
 
 
 def _rows(images: torch.Tensor) -> set[bytes]:
