@@ -22,6 +22,7 @@ sys.path.insert(0, str(BENCH))
 
 import bench_pipeline  # noqa: E402
 import bench_train  # noqa: E402
+import gpu_check  # noqa: E402
 
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -260,3 +261,157 @@ def test_startup_mode_with_results(fake_results, tmp_path):
     assert set(res["startup_share_of_mean_job"]) == {"unlearn", "aggregate"}
     assert "pbu pretrain imports" not in times
     assert "## Start-up cost per job" in md.read_text()
+
+
+# ------------------------------------------------------------------------------------------
+# gpu_check.sh: the one command for a session lent a GPU (its logic, here in CPU mode)
+# ------------------------------------------------------------------------------------------
+
+
+def _gpu_check(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, dict, Path]:
+    out = tmp_path / "gpu"
+    full = {**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(out), "TMPDIR": str(tmp_path),
+            "PYTHON": sys.executable, **env}
+    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh")], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=600)
+    return proc, json.loads((out / "gpu_check.json").read_text()), out
+
+
+def test_gpu_check_cpu_mode_writes_the_promised_files(tmp_path):
+    """The script end to end in CPU mode on the steps that take seconds (all of them take
+    ~95 s here: the pytest and rules steps are covered by their own tests)."""
+    proc, res, out = _gpu_check(tmp_path, GPU_CHECK_DEVICE="cpu",
+                                GPU_CHECK_STEPS="env,train,fisher_small,pipeline,train_compile")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "== all steps passed" in proc.stdout
+    steps = {s["step"]: s for s in res["steps"]}
+    assert list(steps) == ["env", "train", "fisher_small", "pipeline", "train_compile"]
+    assert all(steps[s]["status"] == "passed" and steps[s]["rc"] == 0
+               for s in ("env", "train", "fisher_small", "pipeline"))
+    assert steps["train_compile"]["status"] == "skipped"  # torch.compile: CUDA only
+    assert res["all_passed"] and res["finished"] and res["device"] == "cpu"
+    assert res["env"]["torch"] and res["env"]["imports"]["pbu.fisher"] == "ok"
+    # at most 8 files come back from the device, no folders
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["bench_fisher.json", "bench_pipeline.json", "bench_train.json",
+                     "gpu_check.json", "gpu_check.log"]
+    assert all((out / f).is_file() for f in files)
+    h = res["headline"]
+    for model in ("resnet18", "small_cnn"):
+        t = h["train_images_per_s"][model]
+        assert _positive(t["fp32"]["images_per_s"]) and _positive(t["cl"]["images_per_s"])
+        assert t["best"]["images_per_s"] == max(t["fp32"]["images_per_s"],
+                                                t["cl"]["images_per_s"])
+    assert "target_met" not in h["train_images_per_s"]["resnet18"]["best"]  # judged on CUDA
+    fisher = json.loads((out / "bench_fisher.json").read_text())
+    assert [r["model"] for r in fisher["results"]] == ["small_cnn"]
+    f = h["fisher"]["small_cnn"]
+    assert _positive(f["ours_true_images_per_s"]) and _positive(f["ours_true_over_nngeometry"])
+    assert f["vs_nngeometry_test_nonfinite"] == 0 and f["trained"]
+    p = h["pbu_over_oracle"]
+    assert _positive(p["pbu_over_oracle_wall"]) and p["device"] == "cpu"
+    log = (out / "gpu_check.log").read_text()
+    for step in ("env", "train", "fisher_small", "pipeline"):
+        assert f"== {step}: passed" in log
+    assert "wrote" in log  # the benchmarks' own output is in the log
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_gpu_check_goes_on_after_a_failed_step_and_exits_nonzero(tmp_path):
+    """CUDA mode on a machine without CUDA: each step fails, the next still runs."""
+    proc, res, out = _gpu_check(tmp_path, GPU_CHECK_DEVICE="cuda", GPU_CHECK_STEPS="env,train")
+    assert proc.returncode == 1
+    assert [(s["step"], s["status"]) for s in res["steps"]] == [("env", "failed"),
+                                                                ("train", "failed")]
+    assert not res["all_passed"] and res["finished"]
+    assert "no .whl/" in proc.stdout or list((ROOT / ".whl").glob("*.whl"))
+    assert "NOT all steps passed: env=failed train=failed" in proc.stdout
+
+
+def test_gpu_check_budget_limits_every_step(tmp_path):
+    """Each step gets at most what is left of GPU_CHECK_BUDGET; under 15 s none starts."""
+    proc, res, _ = _gpu_check(tmp_path, GPU_CHECK_DEVICE="cpu", GPU_CHECK_BUDGET="10")
+    assert proc.returncode == 1
+    assert {s["step"]: s["status"] for s in res["steps"]} == {
+        "env": "no_time", "pytest": "no_time", "train": "no_time", "fisher_small": "no_time",
+        "fisher_resnet": "no_time", "pipeline": "no_time", "rules": "no_time",
+        "train_compile": "skipped"}
+    assert not res["all_passed"]
+
+
+def test_gpu_check_rules_records_every_rule(tmp_path, monkeypatch):
+    """The rules step's bookkeeping, with each pbu job run in this process (the script runs
+    each as a fresh process, as Snakemake does)."""
+    from pbu.cli import main
+
+    def in_process(argv, log):
+        log.write(f"$ pbu {' '.join(argv)}\n")
+        return main(argv), 0.5
+
+    monkeypatch.setattr(gpu_check, "_pbu", in_process)
+    out = tmp_path / "rules.json"
+    rc = gpu_check.main(["rules", "--device", "cpu", "--work", str(tmp_path / "w"), "--out",
+                         str(out), "--methods", "pbu,random_labels", "--max-train-per-class",
+                         "20", "--epochs", "1", "--eval-settings",
+                         '{"relearn": false, "probe": false, "mia_max_samples": 40}'])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["all_ok"] and res["methods"] == ["pbu", "random_labels"]
+    assert [j["job"] for j in res["jobs"]] == ["download", "pretrain", "retrain", "fisher",
+                                               "unlearn_pbu", "unlearn_random_labels",
+                                               "evaluate"]
+    assert set(res["per_rule"]) == {"download", "pretrain", "retrain", "fisher", "unlearn",
+                                    "evaluate"}
+    assert res["per_rule"]["unlearn"]["jobs"] == 2
+    by = {j["job"]: j for j in res["jobs"]}
+    for job in ("pretrain", "retrain", "fisher", "unlearn_pbu", "evaluate"):
+        assert _positive(by[job]["time_s"]) and _positive(by[job]["peak_rss_mb"]), job
+        assert by[job].get("device", "cpu") == "cpu", job  # evaluate records no device
+        assert "peak_gpu_mb" not in by[job], job  # CPU: no GPU record
+    assert res["per_rule"]["unlearn"]["max_time_s"] == max(by["unlearn_pbu"]["time_s"],
+                                                           by["unlearn_random_labels"]["time_s"])
+    assert res["pbu_own_time_over_retrain_own_time"] == pytest.approx(
+        (by["fisher"]["time_s"] + by["unlearn_pbu"]["time_s"]) / by["retrain"]["time_s"])
+    assert set(res["accuracies"]) == {"oracle", "original", "pbu", "random_labels"}
+    assert res["recipe"]["epochs"] == 1 and res["fisher"]["kind"] == "true"
+
+
+def test_gpu_check_summary_merges_fisher_runs_and_counts_tests(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir(), work.mkdir()
+    head = {"device": "cuda", "device_name": "NVIDIA H100", "torch": "2.11"}
+    for model, ratio in (("small_cnn", 2.0), ("resnet18", 3.0)):
+        (work / f"bench_fisher_{model}.json").write_text(json.dumps({**head, "results": [{
+            "model": model, "n": 8, "trained": False, "data": "random",
+            "methods": {"ours_true": {"images_per_s": 10 * ratio, "ratio_vs_nngeometry": ratio},
+                        "nngeometry_true": {"images_per_s": 10.0, "ratio_vs_nngeometry": 1.0}},
+            "vs_nngeometry": {"max_rel_diff_tensor": 1e-6, "ref_nan": 3,
+                              "test_nonfinite": 0, "entries": 100}}]}))
+    (out / "bench_train.json").write_text(json.dumps({"machine": {"device": "cuda"}, "rows": [
+        {"model": "resnet18", "variant": "fp32", "what": "train_model", "images_per_s": 9000.0,
+         "peak_gpu_mb": 900.0},
+        {"model": "resnet18", "variant": "loader_only", "what": "loader", "images_per_s": 1e6}]}))
+    (out / "bench_train_compile.json").write_text(json.dumps({"machine": {"device": "cuda"},
+        "rows": [{"model": "resnet18", "variant": "cl_bf16_compile", "what": "train_model",
+                  "images_per_s": 30000.0}]}))
+    (work / "pytest.xml").write_text(
+        '<testsuites><testsuite name="pytest" tests="14" failures="1" errors="0" skipped="2">'
+        "</testsuite></testsuites>")
+    steps = work / "steps.tsv"
+    steps.write_text("env\tpassed\t0\t3\t60\ntrain\ttimeout\t124\t150\t150\n")
+    assert gpu_check.main(["summary", "--steps", str(steps), "--out-dir", str(out),
+                           "--work", str(work), "--device", "cuda"]) == 0
+    res = json.loads((out / "gpu_check.json").read_text())
+    assert not res["all_passed"] and [s["status"] for s in res["steps"]] == ["passed", "timeout"]
+    h = res["headline"]
+    best = h["train_images_per_s"]["resnet18"]["best"]
+    assert best == {"variant": "cl_bf16_compile", "images_per_s": 30000.0,
+                    "target_images_per_s": 25000.0, "target_met": True}
+    assert h["train_images_per_s"]["resnet18"]["fp32"]["peak_gpu_mb"] == 900.0
+    assert "loader_only" not in h["train_images_per_s"]["resnet18"]
+    merged = json.loads((out / "bench_fisher.json").read_text())
+    assert merged["device_name"] == "NVIDIA H100"
+    assert sorted(r["model"] for r in merged["results"]) == ["resnet18", "small_cnn"]
+    assert h["fisher"]["resnet18"]["ours_true_over_nngeometry"] == 3.0
+    assert h["fisher"]["small_cnn"]["vs_nngeometry_ref_nan"] == 3
+    assert h["pytest"] == {"tests": 14, "failures": 1, "errors": 0, "skipped": 2, "passed": 11}
