@@ -4,7 +4,8 @@ Three subcommands, each usable alone:
 
     python benchmarks/gpu_check.py env --device cuda --out env.json
         torch, CUDA and the device; whether the carried packages (nngeometry, mlxtend,
-        jsonschema) import. Fails when --device cuda finds no CUDA device.
+        jsonschema) import. Fails when one of them does not, or --device cuda finds no CUDA
+        device.
 
     python benchmarks/gpu_check.py rules --device cuda --work DIR --out rules.json
         The pipeline's compute rules as the Snakefile runs them, one fresh ``pbu`` process each
@@ -67,7 +68,7 @@ def env(args: argparse.Namespace) -> int:
         except Exception as err:  # noqa: BLE001 - report, do not stop
             imports[mod] = f"{type(err).__name__}: {err}"
     info["imports"] = imports
-    ok = True
+    ok = all(v == "ok" for v in imports.values())  # a missing .whl/ shows here first
     if torch.cuda.is_available():
         dev = torch.device("cuda")
         p = torch.cuda.get_device_properties(dev)
@@ -353,11 +354,23 @@ def summary(args: argparse.Namespace) -> int:
               "headline": headline(out_dir, work, args.device),
               "files": sorted(p.name for p in out_dir.iterdir() if p.is_file())}
     (out_dir / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    if args.final:
-        print(json.dumps({"steps": {s["step"]: f"{s['status']} ({s['seconds']:.0f} s)"
-                                    for s in steps},
-                          "headline": result["headline"]}, indent=1, default=str))
+    if args.final:  # compact: the device's reply keeps only the output's last 12,000 chars
+        print("steps: " + ", ".join(f"{s['step']} {s['status']} ({s['seconds']:.0f} s)"
+                                    for s in steps))
+        for key, value in result["headline"].items():
+            print(f"{key}: {json.dumps(_round(value), default=str)}")
     return 0
+
+
+def _round(x: Any) -> Any:
+    """Floats to 4 significant digits, for printing."""
+    if isinstance(x, float):
+        return float(f"{x:.4g}")
+    if isinstance(x, dict):
+        return {k: _round(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_round(v) for v in x]
+    return x
 
 
 # ------------------------------------------------------------------------------------------

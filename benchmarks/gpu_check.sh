@@ -74,9 +74,15 @@ else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-summary() {  # rewrite gpu_check.json from what is there now
-  "$PY" benchmarks/gpu_check.py summary --steps "$STEPS" --out-dir "$OUT_DIR" --work "$WORK" \
-    --device "$DEVICE" "$@" >> "$LOG" 2>&1 || say "!! summary failed"
+summary() {  # rewrite gpu_check.json from what is there now (--final: print the headline too)
+  if [ "${1:-}" = --final ]; then
+    "$PY" benchmarks/gpu_check.py summary --steps "$STEPS" --out-dir "$OUT_DIR" --work "$WORK" \
+      --device "$DEVICE" --final 2>&1 | tee -a "$LOG"
+    [ "${PIPESTATUS[0]}" = 0 ] || say "!! summary failed"
+  else
+    "$PY" benchmarks/gpu_check.py summary --steps "$STEPS" --out-dir "$OUT_DIR" --work "$WORK" \
+      --device "$DEVICE" >> "$LOG" 2>&1 || say "!! summary failed"
+  fi
 }
 
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$STEPS"; }

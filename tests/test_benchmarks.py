@@ -271,7 +271,7 @@ def test_startup_mode_with_results(fake_results, tmp_path):
 def _gpu_check(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, dict, Path]:
     out = tmp_path / "gpu"
     full = {**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(out), "TMPDIR": str(tmp_path),
-            "PYTHON": sys.executable, **env}
+            "PYTHON": sys.executable, "GPU_CHECK_SITE": str(tmp_path / "site"), **env}
     proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh")], cwd=ROOT, env=full,
                           capture_output=True, text=True, timeout=600)
     return proc, json.loads((out / "gpu_check.json").read_text()), out
