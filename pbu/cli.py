@@ -59,6 +59,9 @@ def _device(name: str):
     return torch.device(name)
 
 
+_MALLOC = ["default"]  # the allocator mode main() put in effect (pbu.allocator)
+
+
 def _setup(args: argparse.Namespace) -> None:
     import torch
 
@@ -74,6 +77,7 @@ def _resources(device) -> dict[str, float]:
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out = {"peak_rss_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime,
+           "minor_faults": usage.ru_minflt, "malloc": _MALLOC[0],
            "fork_server": os.environ.get("PBU_FORK_WORKER") == "1"}
     if device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -609,9 +613,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    from pbu.allocator import apply_from_env
     from pbu.errors import CheckpointError, DataUnavailableError
 
     try:
+        try:
+            _MALLOC[0] = apply_from_env()
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         _setup(args)
         args.fn(args)
     except (UsageError, CheckpointError, DataUnavailableError) as err:

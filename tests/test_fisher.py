@@ -363,6 +363,56 @@ def test_other_modules_match_brute_force() -> None:
         _assert_close(ours, ref, rtol=1e-6)
 
 
+class Geometry(nn.Module):
+    """Convs with at least ``_NHWC_MIN_CHANNELS`` inputs (their im2col is the NHWC view) and odd
+    geometry: rectangular kernels, strides, dilation, asymmetric padding, a flipped GEMM
+    (fewer columns than outputs) and a Gram-form one (few output pixels)."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(5, 6, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2))
+        self.conv2 = nn.Conv2d(6, 40, 1, bias=False)  # 6 columns < 40 outputs: flipped GEMM
+        self.conv3 = nn.Conv2d(40, 7, 3, stride=2, padding=1)  # few pixels: Gram form
+        self.head = nn.Linear(7 * 2 * 2, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.conv2(torch.tanh(self.conv1(x))))  # [B, 40, 4, 3]
+        return self.head(torch.tanh(self.conv3(h)).flatten(1))
+
+
+def test_nhwc_im2col_is_unfold_with_reordered_columns() -> None:
+    from pbu.fisher import _conv_columns, _unfold_nhwc
+
+    torch.manual_seed(3)
+    for mod in (nn.Conv2d(5, 3, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+                nn.Conv2d(4, 2, 3, padding=1), nn.Conv2d(6, 2, 1, stride=2)):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(3, mod.in_channels, 7, 6).contiguous(memory_format=fmt)
+            ours = _unfold_nhwc(x, mod)  # [B, L, kh·kw·C]
+            ref = F.unfold(x, mod.kernel_size, mod.dilation, mod.padding, mod.stride)
+            assert ours.is_contiguous() and ours.shape == ref.transpose(1, 2).shape
+            # the same columns: a per-column weight vector maps back to the weight's layout
+            w = torch.randn(1, ours.shape[2])
+            torch.testing.assert_close(ours @ w[0], ref.transpose(1, 2)
+                                       @ _conv_columns(w, mod).reshape(-1))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_conv_geometry_matches_brute_force(channels_last: bool) -> None:
+    from pbu.fisher import _NHWC_MIN_CHANNELS
+
+    assert _NHWC_MIN_CHANNELS <= 5  # conv1 really takes the NHWC path
+    torch.manual_seed(11)
+    x, y = _data(5, (5, 7, 6), 4)
+    model = Geometry(4).double().eval()
+    ref = _brute(model, x, _true_weights(model, x))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    ours = fisher_diagonal(model, _batches(x, y, 3), "true", chunk_size=2, backend="layers")
+    _assert_close(ours, ref, rtol=1e-6)
+
+
 class Folded(nn.Module):
     """A first conv and a first Linear feeding BatchNorms whose backward the layer backend cuts
     (their inputs need no gradient): the conv's output is also used by a residual (a second
