@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 import pbu.fisher  # noqa: E402
+from pbu.allocator import apply_from_env  # noqa: E402
 from pbu.fisher import fisher_diagonal  # noqa: E402
 from pbu.models import build_model  # noqa: E402
 
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    malloc = apply_from_env()  # as every pbu command (PBU_MALLOC=default: glibc's own)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -328,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "results": []}
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "malloc": malloc,
+        "results": []}
+    print(f"allocator: {malloc} (pbu.allocator; PBU_MALLOC=default for glibc's own)")
     for arch in archs:
         info = bench_model(arch, args, device)
         _print(info, device)
