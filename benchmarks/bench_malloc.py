@@ -20,6 +20,7 @@ hits both alike. It prints the median CPU time, wall time and minor page faults 
 workload's span per mode, and the ratios default / tuned.
 
     python benchmarks/bench_malloc.py --repeats 3 --out results/bench_malloc.json   # ~3 min
+    python benchmarks/bench_malloc.py --jobs in-process --repeats 3   # as SLURM jobs run
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ def _as_job_loads(ctx: dict[str, Any], model: Any) -> Any:
     return model.eval()
 
 
-def child(mode: str, workload: str, work: Path, forget: int,
-          epochs: int | None) -> dict[str, Any]:
+def child(mode: str, workload: str, work: Path, forget: int, epochs: int | None,
+          preload: bool = True) -> dict[str, Any]:
     """One fresh process doing one job's work once, cold, as a pipeline job does: set the
     allocator, load what the job loads, time the work."""
     from pbu.allocator import keep_freed_memory
@@ -126,8 +127,9 @@ def child(mode: str, workload: str, work: Path, forget: int,
 
     from pbu.forkserver import PRELOAD
 
-    for name in PRELOAD:  # what a fork-server worker has imported already (torch's lazy
-        importlib.import_module(name)  # imports, e.g. sympy on the first backward, 0.6 s)
+    if preload:  # what a fork-server worker has imported already (torch's lazy imports,
+        for name in PRELOAD:  # e.g. sympy on the first backward, 0.6 s); a SLURM job has not
+            importlib.import_module(name)
 
     from pbu import methods
     from pbu.checkpoint import load_checkpoint, load_tensors
@@ -170,6 +172,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--forget", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=None,
                     help="pretrain epochs for the train workload (default: the config's)")
+    ap.add_argument("--jobs", choices=("fork-server", "in-process"), default="fork-server",
+                    help="fork-server: each process first imports what the fork server "
+                         "preloads (the local pipeline); in-process: it does not (SLURM jobs)")
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
@@ -213,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         prepare(args.work, args.forget, args.epochs)
         return 0
     if args.child:
-        run = child(args.child, args.workloads[0], args.work, args.forget, args.epochs)
+        run = child(args.child, args.workloads[0], args.work, args.forget, args.epochs,
+                    preload=args.jobs == "fork-server")
         print(json.dumps(run))
         return 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -221,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench_malloc_") as tmp:
         base = [sys.executable, str(Path(__file__).resolve()), "--forget", str(args.forget),
-                "--work", tmp]
+                "--work", tmp, "--jobs", args.jobs]
         if args.epochs is not None:
             base += ["--epochs", str(args.epochs)]
         t0 = time.perf_counter()
@@ -238,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                           flush=True)
     summary = summarise(runs, args.workloads)
     print(f"\nmedian of {args.repeats} fresh processes per mode and workload (one thread; "
-          f"each workload's span, cold, as in a pipeline job):")
+          f"each workload's span, cold, as in a pipeline job; jobs {args.jobs}):")
     print(f"{'workload':10s} {'default CPU s':>14s} {'tuned CPU s':>12s} {'default/tuned':>14s} "
           f"{'(wall)':>7s} {'faults default':>15s} {'faults tuned':>13s}")
     for w, row in summary.items():
@@ -247,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['default']['minor_faults']:15.0f} {row['tuned']['minor_faults']:13.0f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"runs": runs, "summary": summary,
+        args.out.write_text(json.dumps({"runs": runs, "summary": summary, "jobs": args.jobs,
                                         "repeats": args.repeats}, indent=2))
     return 0
 
