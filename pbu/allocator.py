@@ -70,6 +70,11 @@ def keep_freed_memory() -> bool:
     return True
 
 
+def active() -> str:
+    """The mode in effect in this process: "tuned" once :func:`keep_freed_memory` applied."""
+    return "tuned" if _applied else "default"
+
+
 def apply_from_env() -> str:
     """What ``pbu`` commands call: tune unless ``PBU_MALLOC=default``. Returns the mode in
     effect ("tuned" or "default"; "default" too where tuning is unavailable)."""

@@ -59,9 +59,6 @@ def _device(name: str):
     return torch.device(name)
 
 
-_MALLOC = ["default"]  # the allocator mode main() put in effect (pbu.allocator)
-
-
 def _setup(args: argparse.Namespace) -> None:
     import torch
 
@@ -75,9 +72,11 @@ def _resources(device) -> dict[str, float]:
     is a fork-server worker that Snakemake's benchmark cannot see (``pbu.forkserver``)."""
     import torch
 
+    from pbu.allocator import active
+
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out = {"peak_rss_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime,
-           "minor_faults": usage.ru_minflt, "malloc": _MALLOC[0],
+           "minor_faults": usage.ru_minflt, "malloc": active(),
            "fork_server": os.environ.get("PBU_FORK_WORKER") == "1"}
     if device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -618,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         try:
-            _MALLOC[0] = apply_from_env()
+            apply_from_env()
         except ValueError as err:
             raise UsageError(str(err)) from None
         _setup(args)

@@ -49,6 +49,9 @@ def test_unlearn_runs_and_writes_outputs(files):
     info = json.loads((files / "i.json").read_text())
     assert info["method"] == "finetune" and info["time_s"] > 0
     assert info["data_access"] == "class id + all retain"
+    # the job's own resource record (pbu.cli._resources), with the allocator main() set up
+    assert info["cpu_s"] > 0 and info["peak_rss_mb"] > 0 and info["minor_faults"] >= 0
+    assert info["malloc"] == ("tuned" if sys.platform.startswith("linux") else "default")
 
 
 @pytest.mark.parametrize("over,match", [
