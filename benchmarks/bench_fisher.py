@@ -206,14 +206,25 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
     if args.plain:
         def plain(data: DataLoader) -> Callable[[], dict[str, Tensor]]:
             def run() -> dict[str, Tensor]:
-                pbu.fisher._POOL_SHORTCUT = False
+                pbu.fisher._POOL_SHORTCUT = pbu.fisher._CHAIN = False
                 try:
                     return ours("true", data)()
                 finally:
-                    pbu.fisher._POOL_SHORTCUT = True
+                    pbu.fisher._POOL_SHORTCUT = pbu.fisher._CHAIN = True
             return run
 
         methods["ours_true_plain"] = plain
+    if args.layers:
+        def layers(data: DataLoader) -> Callable[[], dict[str, Tensor]]:
+            def run() -> dict[str, Tensor]:
+                pbu.fisher._CHAIN = False
+                try:
+                    return ours("true", data)()
+                finally:
+                    pbu.fisher._CHAIN = True
+            return run
+
+        methods["ours_true_layers"] = layers
     if not args.skip_nngeometry:
         methods["nngeometry_true"] = lambda d: (lambda: _nngeometry(model, d, device))
     for name, make in methods.items():  # warm-up: one batch each
@@ -241,7 +252,8 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
                               batch_size=args.batch_size)
         ref64 = fisher_diagonal(model64, loader64, "true", chunk_size=args.chunk_size)
         info["vs_fp64"] = {name: _compare(results[name], ref64)
-                           for name in ("ours_true", "ours_true_plain", "nngeometry_true")
+                           for name in ("ours_true", "ours_true_plain", "ours_true_layers",
+                                        "nngeometry_true")
                            if name in results}
     if "nngeometry_true" in rows:
         ref, cref = (rows["nngeometry_true"][k] for k in ("images_per_s", "images_per_cpu_s"))
@@ -253,6 +265,10 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
         info["plain_over_shortcut_cpu"] = rows["ours_true_plain"]["cpu_seconds"] / \
             rows["ours_true"]["cpu_seconds"]
         info["vs_plain"] = _compare(results["ours_true"], results["ours_true_plain"])
+    if "ours_true_layers" in rows:
+        info["layers_over_default_cpu"] = rows["ours_true_layers"]["cpu_seconds"] / \
+            rows["ours_true"]["cpu_seconds"]
+        info["vs_layers"] = _compare(results["ours_true"], results["ours_true_layers"])
     info["methods"] = rows
     return info
 
@@ -283,9 +299,13 @@ def _print(info: dict[str, Any], device: torch.device) -> None:
         print(f"   nngeometry NaN entries: {cmp['ref_nan']:,} of {cmp['entries']:,} "
               f"(inf: {cmp['ref_inf']:,}); ours non-finite: {cmp['test_nonfinite']:,}")
     if "vs_plain" in info:
-        print(f"   pooled shortcut: plain / shortcut CPU time "
+        print(f"   plain layer path / ours_true CPU time "
               f"{info['plain_over_shortcut_cpu']:.3f}; max relative diff per tensor "
               f"{info['vs_plain']['max_rel_diff_tensor']:.2e}")
+    if "vs_layers" in info:
+        print(f"   layer path (chain backend off) / ours_true CPU time "
+              f"{info['layers_over_default_cpu']:.3f}; max relative diff per entry "
+              f"{info['vs_layers']['max_rel_diff_entry']:.2e}")
     for name, c in info.get("vs_fp64", {}).items():
         print(f"   {name} (float32) vs our float64 result, where finite: max relative diff "
               f"per entry {c['max_rel_diff_entry']:.2e}, per tensor "
@@ -309,7 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--skip-nngeometry", action="store_true")
     ap.add_argument("--plain", action="store_true",
-                    help="also time our true Fisher without the pooled-chain shortcut")
+                    help="also time our true Fisher on the layer path without the pooled-chain "
+                         "shortcut (chain backend off too)")
+    ap.add_argument("--layers", action="store_true",
+                    help="also time our true Fisher on the probe-and-autograd layer path, "
+                         "with the chain backend off")
     ap.add_argument("--fp64-ref", action="store_true",
                     help="also compute our true Fisher in float64 and compare both float32 results")
     ap.add_argument("--seed", type=int, default=0)

@@ -4,8 +4,8 @@ PBU's β-term weighs each parameter by the diagonal of the Fisher at θ* on the 
 authors computed the "true" (expected) Fisher with nngeometry; this module computes the same
 quantity without nngeometry, never NaN for confident models (nngeometry 0.4 returns NaN for about
 60% of the entries of a trained small CNN), more accurately in float32, and faster: on one CPU
-core about 2.3-2.4x nngeometry's throughput on the small CNN and 3-4x on ResNet-18; the ``mc``
-kind with one sample about 9x on the small CNN (``benchmarks/bench_fisher.py``; numbers and
+core about 2.9-3.0x nngeometry's throughput on the small CNN and 3-4x on ResNet-18; the ``mc``
+kind with one sample about 9-10x on the small CNN (``benchmarks/bench_fisher.py``; numbers and
 commands in benchmarks/README.md).
 
 Headroom, measured (one thread, the 2-core AMD EPYC VM of benchmarks/README.md, whose fp32 GEMM
@@ -18,8 +18,9 @@ elementwise work on the 28x28 maps (max-pool/ReLU backward, BatchNorm sums) and 
 (profile in benchmarks/README.md); the pooled shortcut for its first conv block
 (``_PooledChainAcc``: no backward or per-sample work at 28x28 any more, and the first conv's
 products on a quarter of the positions) brought that to 0.42-0.45 s, 10-13 % less than the plain
-layer path measured side by side (0.44 vs 0.50 s channels_last, 0.45 vs 0.51 s contiguous). Even
-at the GEMM peak with nothing else, 400 small-CNN images take 0.17 s, while 10x nngeometry's
+layer path measured side by side (0.44 vs 0.50 s channels_last, 0.45 vs 0.51 s contiguous),
+and the chain path (``_Chain``, below) to 0.35 s. Even at the GEMM peak with nothing else,
+400 small-CNN images take 0.17 s, while 10x nngeometry's
 throughput (1.0-1.3 s CPU for those images, by machine load) means 0.10-0.13 s; on ResNet-18
 it would take ~2.5x the GEMM peak. 10x is out of reach for any exact method with this
 decomposition on this CPU, on either model.
@@ -37,7 +38,8 @@ F_j = 1/N Σ_x Σ_{j<K} (Jᵀc_j)_j²: K−1 backward passes per sample, as few 
 cancellation even when p is one-hot to machine precision (nngeometry's Cholesky factor divides by
 1 − cumsum(p), which then rounds to 0 or below, and returns NaN).
 
-Two backends give the same numbers (tests check them against each other and a brute force):
+Two backends give the same numbers (tests check them against each other and a brute force),
+and the layer one has a faster path for chains:
 
 - ``generic``: per-sample gradients with ``torch.func`` (functional_call + vjp + vmap) over any
   model; memory ~ b × R × n_params floats (R cotangents per sample, b ≤ chunk_size samples at a
@@ -66,6 +68,12 @@ Two backends give the same numbers (tests check them against each other and a br
   Any other parameter-owning module gets per-sample ``torch.func`` gradients of that module alone.
   It needs every parameter-owning module to be called once per forward with one tensor input;
   otherwise ``auto`` falls back to ``generic``.
+- the chain path of ``layers`` (``_Chain``): when the forward is one chain of standard layers
+  (Conv2d, BatchNorm, ReLU, non-overlapping MaxPool2d, Flatten, Linear, Dropout, Identity; the
+  small CNN), the backward is written out by hand for all R cotangents at once, with no autograd
+  graph, probes or layout conversions, and each Conv2d→BatchNorm2d→ReLU→MaxPool2d block's BN
+  sums run at the pooled resolution. 1.26-1.29x the probe path on the small CNN (interleaved in
+  one process, ``bench_fisher.py --layers``); any other model takes the probe path.
 
 BatchNorm (``bn_mode``): "eval" (default, the authors' choice) normalises with the running
 statistics, so each sample's gradient is well defined. "train" normalises each loader batch with
@@ -924,6 +932,281 @@ class _LayerPlan:
 
 
 # --------------------------------------------------------------------------------------------
+# Chain backend: a model that is one chain of standard layers, all cotangents at once.
+# --------------------------------------------------------------------------------------------
+
+# Private switch: tests and benchmarks/bench_fisher.py (--plain) turn it off to compare with the
+# probe-and-autograd layer path. Read when fisher_diagonal starts.
+_CHAIN = True
+
+
+def _non_overlapping(pool: nn.Module) -> bool:
+    """A MaxPool2d whose windows never overlap: its backward is a scatter to the argmaxes."""
+    pair = nn.modules.utils._pair
+    return (type(pool) is nn.MaxPool2d and not pool.return_indices and not pool.ceil_mode
+            and pair(pool.kernel_size) == pair(pool.stride or pool.kernel_size)
+            and pair(pool.padding) == (0, 0) and pair(pool.dilation) == (1, 1))
+
+
+def _bn_scale(bn: _BatchNorm) -> Tensor:
+    """a = γ/√(var + ε) per channel: with fixed statistics (the running ones, which
+    ``_swap_bn_stats`` replaces by batch statistics in bn_mode="train") BatchNorm's backward is a
+    multiply by a."""
+    a = torch.rsqrt(bn.running_var + bn.eps)
+    return (a * bn.weight if bn.weight is not None else a).detach()
+
+
+class _Chain:
+    """Models whose forward is one chain of leaf layers, each consuming the previous one's
+    output: Conv2d (groups 1, zero padding), BatchNorm2d/1d, ReLU, non-overlapping MaxPool2d,
+    Flatten, Linear (on [B, in]), Dropout and Identity (the small CNN and All-CNN-style nets).
+
+    One forward records what the backward needs; the backward is written out by hand for all R
+    cotangents at once (tensors [R, B, ...]), so there is no autograd graph, no probe, and no
+    layout conversion between the R passes. A Conv2d→BatchNorm2d→ReLU→MaxPool2d block is taken
+    at the pooled resolution: the gradient at the conv output is the pooled gradient at each
+    window's argmax (where the pooled value is > 0, as the ReLU's backward), so the BN sums run
+    on a quarter of the positions, and the first such block (input needing no gradient) also
+    gets its conv products from the im2col rows of the argmaxes, never at full resolution.
+    ``build`` returns None for any other model, which then takes the layer path.
+    """
+
+    def __init__(self, steps: list[tuple[str, tuple[nn.Module, ...]]],
+                 names: dict[int, str]) -> None:
+        self.steps, self.names = steps, names  # names: id(parameter) -> full name
+
+    @staticmethod
+    def build(model: nn.Module, trainable: dict[str, Tensor], x: Tensor) -> _Chain | None:
+        """Trace one forward on ``x`` and check that it is a supported chain."""
+        leaves = [m for m in model.modules() if next(m.children(), None) is None]
+        calls: list[tuple[nn.Module, tuple[Any, ...], Any]] = []
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            calls.append((mod, args, out))
+
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        try:
+            with torch.no_grad():
+                logits = model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        if not calls or logits is not calls[-1][2]:
+            return None
+        prev: Any = x
+        for mod, args, out in calls:
+            if len(args) != 1 or args[0] is not prev or not isinstance(out, Tensor):
+                return None
+            prev = out
+        mods = [m for m, _, _ in calls]
+        if len({id(m) for m in mods}) != len(mods):
+            return None
+        owned = {id(p) for m in mods for p in m.parameters(recurse=False)}
+        if any(id(p) not in owned for p in model.parameters()):
+            return None  # a parameter used outside the chain's layers
+        steps: list[tuple[str, tuple[nn.Module, ...]]] = []
+        i = 0
+        while i < len(mods):
+            m = mods[i]
+            quad = mods[i:i + 4]
+            if (len(quad) == 4 and type(quad[0]) is nn.Conv2d
+                    and type(quad[1]) is nn.BatchNorm2d and type(quad[2]) is nn.ReLU
+                    and _non_overlapping(quad[3])):
+                steps.append(("block", tuple(quad)))
+                i += 4
+                continue
+            kind = {nn.Conv2d: "conv", nn.BatchNorm2d: "bn", nn.BatchNorm1d: "bn",
+                    nn.ReLU: "relu", nn.Flatten: "flatten", nn.Linear: "linear",
+                    nn.Dropout: "skip", nn.Identity: "skip"}.get(type(m))
+            if kind is None and _non_overlapping(m):
+                kind = "pool"
+            if kind is None:
+                return None
+            steps.append((kind, (m,)))
+            i += 1
+        for kind, ms in steps:
+            m = ms[0]
+            if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros"
+                                             or isinstance(m.padding, str)):
+                return None
+            if kind == "flatten" and (m.start_dim != 1 or m.end_dim != -1):
+                return None
+            for bn in ms:
+                if isinstance(bn, _BatchNorm) and bn.running_mean is None:
+                    return None
+        for mod, args, _ in calls:
+            if isinstance(mod, nn.Linear) and args[0].dim() != 2:
+                return None
+            if isinstance(mod, nn.BatchNorm1d) and args[0].dim() != 2:
+                return None
+        names = {id(p): n for n, p in trainable.items()}
+        return _Chain(steps, names)
+
+    def _put(self, out: dict[str, Tensor], p: Tensor | None, val: Tensor) -> None:
+        name = None if p is None else self.names.get(id(p))
+        if name is not None:
+            out[name] = out[name] + val if name in out else val
+
+    def _want(self, p: Tensor | None) -> bool:
+        return p is not None and id(p) in self.names
+
+    @torch.no_grad()
+    def chunk(self, x: Tensor, cot_of: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
+        """Σ over the chunk's samples and cotangents of squared per-sample gradients."""
+        recs: list[dict[str, Any]] = []
+        h = x
+        # The forward calls the model's own modules on the model's own layout, so activations
+        # round exactly as in model(x) (a BN written out as (x − mean)·a + β differs in the last
+        # bits, and near-zero activations then move the float32 Fisher by 1e-3 relative); what
+        # the backward reads is kept contiguous.
+        for kind, ms in self.steps:
+            m = ms[0]
+            rec: dict[str, Any] = {"in": h}
+            if kind == "block":
+                conv, bn, relu, pool = ms
+                c = conv(h)
+                r = relu(bn(c))
+                vals, idx = F.max_pool2d(r, pool.kernel_size, pool.stride, return_indices=True)
+                rec.update(c=c.contiguous(), a=_bn_scale(bn), idx=idx.flatten(2),
+                           vals=vals.flatten(2))
+                h = vals
+            elif kind == "bn":
+                rec["a"] = _bn_scale(m)
+                h = m(h)
+            elif kind == "relu":
+                h = m(h)
+                rec["live"] = (h > 0).contiguous()
+            elif kind == "pool":
+                h, idx = F.max_pool2d(h, m.kernel_size, m.stride, return_indices=True)
+                rec["idx"] = idx.flatten(2)
+            else:  # conv, flatten, linear, skip
+                h = m(h)
+            recs.append(rec)
+        logits = h
+        if logits.dim() != 2:
+            raise ValueError(f"model must return logits [B, K], got shape {tuple(logits.shape)}")
+        g = cot_of(logits).to(logits.dtype).transpose(0, 1).contiguous()  # [R, B, K]
+        out: dict[str, Tensor] = {}
+        first = 0
+        while first < len(self.steps) and self.steps[first][0] == "skip":
+            first += 1
+        for i in range(len(self.steps) - 1, -1, -1):
+            kind, ms = self.steps[i]
+            rec, m = recs[i], ms[0]
+            need_in = i > first  # the chain's input needs no gradient
+            R, B = g.shape[0], g.shape[1]
+            if kind == "linear":
+                x_in = rec["in"]
+                g2 = g.square().sum(0)  # [B, out]: Σ_r g², then one GEMM with x²
+                if self._want(m.weight):
+                    self._put(out, m.weight, g2.T @ x_in.square())
+                if self._want(m.bias):
+                    self._put(out, m.bias, g2.sum(0))
+                if need_in:
+                    g = g @ m.weight
+            elif kind == "relu":
+                g = g * rec["live"]
+            elif kind == "flatten":
+                g = g.reshape(R, *rec["in"].shape)
+            elif kind == "pool":
+                g = self._scatter(g, rec["idx"], rec["in"].shape)
+            elif kind == "bn":
+                self._bn(out, m, rec["in"], g)
+                if need_in:
+                    g = g * rec["a"].view([1, 1, -1] + [1] * (g.dim() - 3))
+            elif kind == "conv":
+                self._conv(out, m, rec["in"], g)
+                if need_in:
+                    g = self._conv_input(m, rec["in"], g)
+            elif kind == "block":
+                g = self._block(out, ms, rec, g, need_in)
+        return out
+
+    @staticmethod
+    def _scatter(g: Tensor, idx: Tensor, shape: torch.Size) -> Tensor:
+        """Max-pool backward for non-overlapping windows: g [R, B, C, h, w] at the argmaxes
+        idx [B, C, Q] of planes of ``shape`` [B, C, H, W] -> [R, B, C, H, W]."""
+        R, B, C = g.shape[0], g.shape[1], g.shape[2]
+        full = g.new_zeros(R, B, C, shape[2] * shape[3])
+        full.scatter_(3, idx.expand(R, *idx.shape), g.reshape(R, B, C, -1))
+        return full.view(R, B, C, shape[2], shape[3])
+
+    def _bn(self, out: dict[str, Tensor], bn: _BatchNorm, x: Tensor, g: Tensor) -> None:
+        dims = tuple(range(3, g.dim()))  # positions, summed per sample
+        if self._want(bn.weight):
+            shape = [1, -1] + [1] * (x.dim() - 2)
+            xhat = (x - bn.running_mean.view(shape)) * torch.rsqrt(bn.running_var.view(shape)
+                                                                  + bn.eps)
+            t = g * xhat
+            self._put(out, bn.weight, (t.sum(dims) if dims else t).square().sum((0, 1)))
+        if self._want(bn.bias):
+            self._put(out, bn.bias, (g.sum(dims) if dims else g).square().sum((0, 1)))
+
+    def _conv(self, out: dict[str, Tensor], conv: nn.Conv2d, x: Tensor, g: Tensor,
+              bias: bool = True) -> None:
+        """Per-sample products of a conv from its output gradient g [R, B, O, H, W]."""
+        R, B, O = g.shape[0], g.shape[1], g.shape[2]
+        gl = g.reshape(R, B, O, -1)  # [R, B, O, L]
+        if bias and self._want(conv.bias):
+            self._put(out, conv.bias, gl.sum(3).square().sum((0, 1)))
+        if not self._want(conv.weight):
+            return
+        nhwc = conv.in_channels >= _NHWC_MIN_CHANNELS
+        u = _unfold_nhwc(x, conv) if nhwc else F.unfold(
+            x, conv.kernel_size, conv.dilation, conv.padding, conv.stride).transpose(1, 2)
+        L = u.shape[1]
+        if _use_gram(L, R):
+            w = _gram_sq_sum(gl.transpose(0, 1), u)
+        else:
+            w = sum(_direct_sq_sum(gl[r], u) for r in range(R))
+        self._put(out, conv.weight, _conv_columns(w, conv) if nhwc else w.view_as(conv.weight))
+
+    @staticmethod
+    def _conv_input(conv: nn.Conv2d, x: Tensor, g: Tensor) -> Tensor:
+        """The gradient at a conv's input, g [R, B, O, H, W] -> [R, B, C, H_in, W_in], one
+        convolution backward per cotangent (one call over R·B images was ~1.5x slower here)."""
+        w = conv.weight.contiguous()
+        return torch.stack([torch.nn.grad.conv2d_input(x.shape, w, g[r], conv.stride,
+                                                       conv.padding, conv.dilation)
+                            for r in range(g.shape[0])])
+
+    def _block(self, out: dict[str, Tensor], ms: tuple[nn.Module, ...], rec: dict[str, Any],
+               g: Tensor, need_in: bool) -> Tensor:
+        """Conv2d→BatchNorm2d→ReLU→MaxPool2d from the gradient g [R, B, C, h, w] at the pool's
+        output; returns the gradient at the conv's input if ``need_in``."""
+        conv, bn = ms[0], ms[1]
+        R, B, C = g.shape[0], g.shape[1], g.shape[2]
+        idx, c = rec["idx"], rec["c"]  # [B, C, Q]; the conv output [B, C, H, W]
+        gm = g.reshape(R, B, C, -1) * (rec["vals"] > 0)  # [R, B, C, Q] at the argmaxes
+        if self._want(bn.weight):
+            mean, var = bn.running_mean.view(1, -1, 1), bn.running_var.view(1, -1, 1)
+            xhat = (c.flatten(2).gather(2, idx) - mean) * torch.rsqrt(var + bn.eps)
+            self._put(out, bn.weight, (gm * xhat).sum(3).square().sum((0, 1)))
+        if self._want(bn.bias):
+            self._put(out, bn.bias, gm.sum(3).square().sum((0, 1)))
+        gc = gm * rec["a"].view(1, 1, -1, 1)  # the gradient at the conv output, at the argmaxes
+        if self._want(conv.bias):
+            self._put(out, conv.bias, gc.sum(3).square().sum((0, 1)))
+        if need_in:  # back to full resolution: the conv's products and its input gradient
+            full = self._scatter(gc, idx, c.shape)
+            self._conv(out, conv, rec["in"], full, bias=False)  # its bias is counted above
+            return self._conv_input(conv, rec["in"], full)
+        if self._want(conv.weight):  # im2col rows of the argmaxes only, one batched GEMM
+            x = rec["in"]
+            nhwc = conv.in_channels >= _NHWC_MIN_CHANNELS
+            u = _unfold_nhwc(x, conv) if nhwc else F.unfold(
+                x, conv.kernel_size, conv.dilation, conv.padding, conv.stride).transpose(1, 2)
+            L, I, Q = u.shape[1], u.shape[2], idx.shape[2]
+            rows = idx + torch.arange(B, device=idx.device).view(B, 1, 1) * L  # [B, C, Q]
+            u_sel = u.reshape(B * L, I).index_select(0, rows.reshape(-1)).view(B * C, Q, I)
+            g_t = gc.permute(1, 2, 0, 3).reshape(B * C, R, Q)
+            w = torch.bmm(g_t, u_sel).square_().view(B, C, R, I).sum((0, 2))  # [C, I]
+            self._put(out, conv.weight, _conv_columns(w, conv) if nhwc else
+                      w.reshape(conv.weight.shape).contiguous())
+        return g
+
+
+# --------------------------------------------------------------------------------------------
 # Public entry point.
 # --------------------------------------------------------------------------------------------
 
@@ -975,6 +1258,8 @@ def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], k
             log.info("Fisher: layer backend unsupported (%s); using torch.func generic", err)
     if plan is not None:  # cotangents per sample (true: K−1, set once K is known)
         plan.rank = {"empirical": 1, "mc": mc_samples}.get(kind)
+    chain: _Chain | None = None
+    try_chain = backend != "generic" and _CHAIN
     params = {n: p.detach() for n, p in trainable.items()}
     acc = {n: torch.zeros(p.shape, dtype=torch.float64, device=p.device)
            for n, p in trainable.items()}
@@ -1010,7 +1295,15 @@ def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], k
                         return _cotangents(logits, yc, kind, uc)
 
                     part: dict[str, Tensor] | None = None
-                    if plan is not None:
+                    if try_chain:  # decided once, on the first chunk's first sample
+                        try_chain = False
+                        chain = _Chain.build(model, trainable, xc[:1])
+                        if chain is not None and plan is not None:
+                            plan.remove()
+                            plan = None
+                    if chain is not None:
+                        part = chain.chunk(xc, cot_of)
+                    elif plan is not None:
                         try:
                             part = plan.chunk(model, xc, cot_of)
                         except _Unsupported as err:
@@ -1036,6 +1329,7 @@ def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], k
     if n_seen == 0:
         raise ValueError("loader yielded no samples")
     log.info("Fisher (%s, bn %s, %s backend): %d samples, %d classes, %.2fs", kind, bn_mode,
-             "layers" if plan is not None else "generic", n_seen, n_classes,
+             "chain" if chain is not None else "layers" if plan is not None else "generic",
+             n_seen, n_classes,
              time.perf_counter() - t0)
     return {n: (acc[n] / n_seen).to(p.dtype) for n, p in trainable.items()}

@@ -449,3 +449,16 @@ def test_bench_malloc_rejects_unknown_workloads():
         bench_malloc.parse_args(["--workloads", "fisher,lunch"])
     with pytest.raises(SystemExit):
         bench_malloc.parse_args(["--repeats", "0"])
+
+
+def test_bench_fisher_compares_the_chain_with_the_layer_paths(tmp_path):
+    out = tmp_path / "f.json"
+    _run("bench_fisher.py", "--models", "small_cnn", "--n", "24", "--batch-size", "8",
+         "--chunk-size", "8", "--threads", "1", "--skip-nngeometry", "--layers", "--plain",
+         "--out", str(out))
+    info = json.loads(out.read_text())["results"][0]
+    assert {"ours_true", "ours_true_layers", "ours_true_plain"} <= set(info["methods"])
+    assert _positive(info["layers_over_default_cpu"]) and _positive(info["plain_over_shortcut_cpu"])
+    # three code paths, one Fisher
+    assert info["vs_layers"]["max_rel_diff_entry"] < 1e-4
+    assert info["vs_plain"]["max_rel_diff_tensor"] < 1e-5

@@ -596,3 +596,144 @@ def test_pooled_chain_shortcut_in_bn_train_mode_and_few_cotangents(
         _assert_close(fisher_diagonal(model, _batches(x, y, 4), backend="layers", **args),
                       ref, rtol=1e-10)
         monkeypatch.setattr(fisher, "_POOL_SHORTCUT", True)
+
+
+# ------------------------------------------------------------------------------------------
+# The chain backend (pbu.fisher._Chain): models that are one chain of standard layers.
+# ------------------------------------------------------------------------------------------
+
+
+def _chain_net(k: int, *, bias: bool, inplace: bool) -> nn.Sequential:
+    """Every step the chain knows: a first Conv→BN→ReLU→MaxPool block (input needs no
+    gradient), a later one (it does), a bare Conv→ReLU→MaxPool, a Conv with >= 4 inputs and a
+    stride (NHWC im2col) followed by a standalone BatchNorm2d, Flatten, Dropout, Identity,
+    Linear, BatchNorm1d."""
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, bias=bias), nn.BatchNorm2d(4), nn.ReLU(inplace),
+        nn.MaxPool2d(2),                                          # [B, 4, 6, 6]
+        nn.Conv2d(4, 5, 3, padding=1, bias=not bias), nn.BatchNorm2d(5), nn.ReLU(),
+        nn.MaxPool2d(2),                                          # [B, 5, 3, 3]
+        nn.Conv2d(5, 6, 2, stride=1, padding=1), nn.ReLU(inplace), nn.MaxPool2d(2),  # [B, 6, 2, 2]
+        nn.Conv2d(6, 6, 2, stride=2, bias=bias), nn.BatchNorm2d(6),  # [B, 6, 1, 1]
+        nn.Flatten(), nn.Dropout(0.5), nn.Linear(6, 7), nn.BatchNorm1d(7), nn.ReLU(),
+        nn.Identity(), nn.Linear(7, k))
+
+
+@pytest.fixture
+def chain_spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the chunks the chain backend computed."""
+    from pbu import fisher
+
+    calls: list[int] = []
+    real = fisher._Chain.chunk
+
+    def spy(self, x, cot_of):  # noqa: ANN001, ANN202
+        calls.append(x.shape[0])
+        return real(self, x, cot_of)
+
+    monkeypatch.setattr(fisher._Chain, "chunk", spy)
+    return calls
+
+
+@pytest.mark.parametrize("bias,inplace", [(True, False), (False, True)],
+                         ids=["bias", "nobias_inplace"])
+@pytest.mark.parametrize("kind", ["true", "empirical"])
+def test_chain_matches_brute_force(bias: bool, inplace: bool, kind: str,
+                                   chain_spy: list[int]) -> None:
+    torch.manual_seed(5)
+    k = 4
+    x, y = _data(7, (2, 12, 12), k)
+    model = _with_running_stats(_chain_net(k, bias=bias, inplace=inplace).double(), x)
+    weights = _true_weights(model, x) if kind == "true" else F.one_hot(y, k).double()
+    ref = _brute(model, x, weights)
+    ours = fisher_diagonal(model, _batches(x, y, 4), kind, chunk_size=3, backend="layers")
+    assert sum(chain_spy) == len(x)  # every sample went through the chain
+    _assert_close(ours, ref, rtol=1e-6)
+
+
+def test_chain_with_frozen_parameters_and_bn_train_mode(chain_spy: list[int]) -> None:
+    from pbu import fisher
+
+    torch.manual_seed(6)
+    x, y = _data(8, (2, 12, 12), 3)
+    model = _with_running_stats(_chain_net(3, bias=True, inplace=False).double(), x)
+    for name, p in model.named_parameters():
+        if name.startswith(("0.", "5.", "16.")):  # a first conv, a block BN, a BatchNorm1d
+            p.requires_grad_(False)
+    ref = _brute(model, x, _true_weights(model, x))
+    ours = fisher_diagonal(model, _batches(x, y, 4), "true", chunk_size=4, backend="layers")
+    assert chain_spy and set(ours) == set(ref)
+    _assert_close(ours, ref, rtol=1e-6)
+    # bn_mode="train": the chain reads the swapped-in batch statistics like the layer path
+    chained = fisher_diagonal(model, _batches(x, y, 4), "true", bn_mode="train")
+    fisher._CHAIN = False
+    try:
+        plain = fisher_diagonal(model, _batches(x, y, 4), "true", bn_mode="train")
+    finally:
+        fisher._CHAIN = True
+    _assert_close(chained, plain, rtol=1e-10)
+
+
+def test_chain_agrees_with_the_layer_path_on_the_small_cnn(chain_spy: list[int]) -> None:
+    """float32, channels_last, as the pipeline's fisher job runs it."""
+    from pbu import fisher
+    from pbu.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", num_classes=10, in_channels=1, image_size=28)
+    x, y = _data(40, (1, 28, 28), 10, dtype=torch.float32)
+    model = _with_running_stats(model, x).to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    for kind in ("true", "mc"):
+        chained = fisher_diagonal(model, _batches(x, y, 16), kind, chunk_size=8, seed=3)
+        fisher._CHAIN = False
+        try:
+            plain = fisher_diagonal(model, _batches(x, y, 16), kind, chunk_size=8, seed=3)
+        finally:
+            fisher._CHAIN = True
+        _assert_close(chained, plain, rtol=1e-5)
+    assert chain_spy
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        return self.head(self.b(h) + h)
+
+
+class _Functional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.tanh(self.a(x)))  # a functional op between two layers
+
+
+class _Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.a(self.a(x)))
+
+
+@pytest.mark.parametrize("model", [_Residual(), _Functional(), _Twice(),
+                                   nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3)),
+                                   nn.Sequential(nn.Linear(4, 4), nn.MaxPool1d(1),
+                                                 nn.Linear(4, 3))],
+                         ids=["residual", "functional", "twice", "unknown_layer", "pool1d"])
+def test_models_that_are_not_chains_take_the_other_paths(model: nn.Module) -> None:
+    from pbu.fisher import _Chain
+
+    model = model.double().eval()
+    x, y = _data(5, (4,), 3)
+    trainable = {n: p for n, p in model.named_parameters()}
+    assert _Chain.build(model, trainable, x[:1]) is None
+    ref = _brute(model, x, _true_weights(model, x))
+    _assert_close(fisher_diagonal(model, _batches(x, y, 2), "true"), ref, rtol=1e-6)
