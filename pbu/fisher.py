@@ -941,6 +941,10 @@ class _LayerPlan:
 # Private switch: tests and benchmarks/bench_fisher.py (--plain) turn it off to compare with the
 # probe-and-autograd layer path. Read when fisher_diagonal starts.
 _CHAIN = True
+# The chain holds all R cotangents' gradients at once, R times the probe path's: chunks shrink
+# so that one such [R, B, ...] tensor stays under this many floats (the small CNN's largest,
+# 9 x 64 x 16 x 28 x 28 = 7 M, is far below).
+_CHAIN_FLOATS = 1 << 26
 
 
 def _non_overlapping(pool: nn.Module) -> bool:
@@ -977,6 +981,7 @@ class _Chain:
     def __init__(self, steps: list[tuple[str, tuple[nn.Module, ...]]],
                  names: dict[int, str]) -> None:
         self.steps, self.names = steps, names  # names: id(parameter) -> full name
+        self.sample_floats, self.classes = 1, 2  # set by build
 
     @staticmethod
     def build(model: nn.Module, trainable: dict[str, Tensor], x: Tensor) -> _Chain | None:
@@ -1043,7 +1048,15 @@ class _Chain:
             if isinstance(mod, nn.BatchNorm1d) and args[0].dim() != 2:
                 return None
         names = {id(p): n for n, p in trainable.items()}
-        return _Chain(steps, names)
+        chain = _Chain(steps, names)
+        # floats per sample of the largest activation: each [R, B, ...] gradient is R·B times it
+        chain.sample_floats = max(max(a[0].numel(), o.numel()) for _, a, o in calls) // len(x)
+        chain.classes = logits.shape[1]
+        return chain
+
+    def max_chunk(self, rank: int) -> int:
+        """Samples per chunk that keep each [R, B, ...] gradient under ``_CHAIN_FLOATS``."""
+        return max(1, _CHAIN_FLOATS // max(1, rank * self.sample_floats))
 
     def _put(self, out: dict[str, Tensor], p: Tensor | None, val: Tensor) -> None:
         name = None if p is None else self.names.get(id(p))
@@ -1263,6 +1276,7 @@ def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], k
         plan.rank = {"empirical": 1, "mc": mc_samples}.get(kind)
     chain: _Chain | None = None
     try_chain = backend != "generic" and _CHAIN
+    step = chunk_size  # samples per chunk (fewer for a chain whose activations are large)
     params = {n: p.detach() for n, p in trainable.items()}
     acc = {n: torch.zeros(p.shape, dtype=torch.float64, device=p.device)
            for n, p in trainable.items()}
@@ -1282,10 +1296,20 @@ def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], k
                 uniform = torch.rand(x.shape[0], mc_samples, generator=generator,
                                      device=x.device, dtype=torch.float64)
             stats = _batch_stats(model, bns, x) if bn_mode == "train" and bns else {}
+            if try_chain:  # decided once, on the first sample
+                try_chain = False
+                with _swap_bn_stats(bns, stats):
+                    chain = _Chain.build(model, trainable, x[:1])
+                if chain is not None:
+                    if plan is not None:
+                        plan.remove()
+                        plan = None
+                    rank = {"true": chain.classes - 1, "empirical": 1}.get(kind, mc_samples)
+                    step = min(chunk_size, chain.max_chunk(rank))
             with _swap_bn_stats(bns, stats):
-                for s in range(0, x.shape[0], chunk_size):
-                    xc, yc = x[s:s + chunk_size], y[s:s + chunk_size]
-                    uc = None if uniform is None else uniform[s:s + chunk_size]
+                for s in range(0, x.shape[0], step):
+                    xc, yc = x[s:s + step], y[s:s + step]
+                    uc = None if uniform is None else uniform[s:s + step]
 
                     def cot_of(logits: Tensor) -> Tensor:
                         nonlocal n_classes
@@ -1298,12 +1322,6 @@ def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], k
                         return _cotangents(logits, yc, kind, uc)
 
                     part: dict[str, Tensor] | None = None
-                    if try_chain:  # decided once, on the first chunk's first sample
-                        try_chain = False
-                        chain = _Chain.build(model, trainable, xc[:1])
-                        if chain is not None and plan is not None:
-                            plan.remove()
-                            plan = None
                     if chain is not None:
                         part = chain.chunk(xc, cot_of)
                     elif plan is not None:

@@ -737,3 +737,22 @@ def test_models_that_are_not_chains_take_the_other_paths(model: nn.Module) -> No
     assert _Chain.build(model, trainable, x[:1]) is None
     ref = _brute(model, x, _true_weights(model, x))
     _assert_close(fisher_diagonal(model, _batches(x, y, 2), "true"), ref, rtol=1e-6)
+
+
+def test_chain_chunks_shrink_to_bound_the_gradients_it_holds(
+        chain_spy: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """All K−1 gradients are held at once: chunks shrink so one [R, B, ...] tensor stays under
+    _CHAIN_FLOATS; the result does not change."""
+    from pbu import fisher
+
+    torch.manual_seed(5)
+    x, y = _data(9, (2, 12, 12), 4)
+    model = _with_running_stats(_chain_net(4, bias=True, inplace=False).double(), x)
+    ref = fisher_diagonal(model, _batches(x, y, 9), "true", chunk_size=9)
+    assert chain_spy[0] == 9
+    largest = 4 * 12 * 12  # floats per sample of the largest activation (the first conv's)
+    monkeypatch.setattr(fisher, "_CHAIN_FLOATS", 3 * 2 * largest)  # R = 3: two samples
+    chain_spy.clear()
+    ours = fisher_diagonal(model, _batches(x, y, 9), "true", chunk_size=9)
+    assert chain_spy == [2, 2, 2, 2, 1]
+    _assert_close(ours, ref, rtol=1e-10)
