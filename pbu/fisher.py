@@ -966,7 +966,8 @@ def _bn_scale(bn: _BatchNorm) -> Tensor:
 class _Chain:
     """Models whose forward is one chain of leaf layers, each consuming the previous one's
     output: Conv2d (groups 1, zero padding), BatchNorm2d/1d, ReLU, non-overlapping MaxPool2d,
-    Flatten, Linear (on [B, in]), Dropout and Identity (the small CNN and All-CNN-style nets).
+    Flatten, Linear (on [B, in]), Dropout and Identity (the small CNN; All-CNN's global average
+    pooling is left out on purpose, see the module docstring).
 
     One forward records what the backward needs; the backward is written out by hand for all R
     cotangents at once (tensors [R, B, ...]), so there is no autograd graph, no probe, and no
@@ -1009,8 +1010,10 @@ class _Chain:
         mods = [m for m, _, _ in calls]
         if len({id(m) for m in mods}) != len(mods):
             return None
-        owned = {id(p) for m in mods for p in m.parameters(recurse=False)}
-        if any(id(p) not in owned for p in model.parameters()):
+        own = [id(p) for m in mods for p in m.parameters(recurse=False)]
+        if len(set(own)) != len(own):
+            return None  # a parameter shared by two layers: its per-sample gradient is a sum
+        if any(id(p) not in set(own) for p in model.parameters()):
             return None  # a parameter used outside the chain's layers
         steps: list[tuple[str, tuple[nn.Module, ...]]] = []
         i = 0

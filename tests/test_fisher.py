@@ -723,11 +723,18 @@ class _Twice(nn.Module):
         return self.head(self.a(self.a(x)))
 
 
-@pytest.mark.parametrize("model", [_Residual(), _Functional(), _Twice(),
+def _tied() -> nn.Sequential:
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+    net[2].weight = net[0].weight  # one parameter, two layers
+    return net
+
+
+@pytest.mark.parametrize("model", [_Residual(), _Functional(), _Twice(), _tied(),
                                    nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3)),
                                    nn.Sequential(nn.Linear(4, 4), nn.MaxPool1d(1),
                                                  nn.Linear(4, 3))],
-                         ids=["residual", "functional", "twice", "unknown_layer", "pool1d"])
+                         ids=["residual", "functional", "twice", "tied", "unknown_layer",
+                              "pool1d"])
 def test_models_that_are_not_chains_take_the_other_paths(model: nn.Module) -> None:
     from pbu.fisher import _Chain
 
