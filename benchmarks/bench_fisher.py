@@ -203,28 +203,24 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
         "ours_mc1": lambda d: ours("mc", d),
         "ours_empirical": lambda d: ours("empirical", d),
     }
-    if args.plain:
-        def plain(data: DataLoader) -> Callable[[], dict[str, Tensor]]:
+    def switched_off(*flags: str) -> Callable[[DataLoader], Callable[[], dict[str, Tensor]]]:
+        """Our true Fisher with private pbu.fisher switches turned off for the call."""
+        def make(data: DataLoader) -> Callable[[], dict[str, Tensor]]:
             def run() -> dict[str, Tensor]:
-                pbu.fisher._POOL_SHORTCUT = pbu.fisher._CHAIN = False
+                for f in flags:
+                    setattr(pbu.fisher, f, False)
                 try:
                     return ours("true", data)()
                 finally:
-                    pbu.fisher._POOL_SHORTCUT = pbu.fisher._CHAIN = True
+                    for f in flags:
+                        setattr(pbu.fisher, f, True)
             return run
+        return make
 
-        methods["ours_true_plain"] = plain
-    if args.layers:
-        def layers(data: DataLoader) -> Callable[[], dict[str, Tensor]]:
-            def run() -> dict[str, Tensor]:
-                pbu.fisher._CHAIN = False
-                try:
-                    return ours("true", data)()
-                finally:
-                    pbu.fisher._CHAIN = True
-            return run
-
-        methods["ours_true_layers"] = layers
+    if args.plain:  # the probe path without the pooled shortcut
+        methods["ours_true_plain"] = switched_off("_POOL_SHORTCUT", "_CHAIN")
+    if args.layers:  # the probe path
+        methods["ours_true_layers"] = switched_off("_CHAIN")
     if not args.skip_nngeometry:
         methods["nngeometry_true"] = lambda d: (lambda: _nngeometry(model, d, device))
     for name, make in methods.items():  # warm-up: one batch each

@@ -100,17 +100,16 @@ def prepare(work: Path, forget: int, epochs: int | None) -> None:
     model = build_model(ctx["arch"], weights=ctx["cfg"]["model"]["weights"], **ctx["model_args"])
     train_model(model, ctx["train"], ctx["recipe"], seed=0, progress=False)
     save_checkpoint(work / "original.pt", model, arch=ctx["arch"], model_args=ctx["model_args"])
-    save_tensors(work / "fisher.pt", _fisher(ctx, _as_job_loads(ctx, load_checkpoint(
+    save_tensors(work / "fisher.pt", _fisher(ctx, _as_job_loads(load_checkpoint(
         work / "original.pt"))))
 
 
-def _as_job_loads(ctx: dict[str, Any], model: Any) -> Any:
-    """The layout the fisher/unlearn/evaluate jobs load a model in (channels_last convnets)."""
-    import torch
+def _as_job_loads(model: Any) -> Any:
+    """The layout the fisher/unlearn/evaluate jobs load a model in (their default
+    ``--memory-format channels_last``, through the CLI's own helper)."""
+    from pbu.cli import _memory_format
 
-    if ctx["recipe"].channels_last and any(p.dim() == 4 for p in model.parameters()):
-        model.to(memory_format=torch.channels_last)
-    return model.eval()
+    return _memory_format(model, "channels_last").eval()
 
 
 def child(mode: str, workload: str, work: Path, forget: int, epochs: int | None,
@@ -145,7 +144,7 @@ def child(mode: str, workload: str, work: Path, forget: int, epochs: int | None,
         def fn() -> None:
             train_model(model, train, ctx["recipe"], seed=1, progress=False)
     else:
-        model = _as_job_loads(ctx, load_checkpoint(work / "original.pt"))
+        model = _as_job_loads(load_checkpoint(work / "original.pt"))
         if workload == "fisher":
             def fn() -> None:
                 _fisher(ctx, model)

@@ -179,11 +179,9 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
     def as_loaded(model: torch.nn.Module) -> torch.nn.Module:
         """A copy of the original in the layout the fisher/unlearn jobs load it in
         (``pbu ... --memory-format``, channels_last by default, convnets only)."""
-        model = copy.deepcopy(model)
-        if args.memory_format == "channels_last" and any(p.dim() == 4
-                                                          for p in model.parameters()):
-            model.to(memory_format=torch.channels_last)
-        return model
+        from pbu.cli import _memory_format
+
+        return _memory_format(copy.deepcopy(model), args.memory_format)
 
     runs: list[dict[str, Any]] = []
     originals: list[dict[str, Any]] = []
