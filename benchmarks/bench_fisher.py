@@ -203,24 +203,27 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
         "ours_mc1": lambda d: ours("mc", d),
         "ours_empirical": lambda d: ours("empirical", d),
     }
-    def switched_off(*flags: str) -> Callable[[DataLoader], Callable[[], dict[str, Tensor]]]:
-        """Our true Fisher with private pbu.fisher switches turned off for the call."""
+    def switched(**values: Any) -> Callable[[DataLoader], Callable[[], dict[str, Tensor]]]:
+        """Our true Fisher with private pbu.fisher knobs set to ``values`` for the call."""
         def make(data: DataLoader) -> Callable[[], dict[str, Tensor]]:
             def run() -> dict[str, Tensor]:
-                for f in flags:
-                    setattr(pbu.fisher, f, False)
+                saved = {k: getattr(pbu.fisher, k) for k in values}
+                for k, v in values.items():
+                    setattr(pbu.fisher, k, v)
                 try:
                     return ours("true", data)()
                 finally:
-                    for f in flags:
-                        setattr(pbu.fisher, f, True)
+                    for k, v in saved.items():
+                        setattr(pbu.fisher, k, v)
             return run
         return make
 
     if args.plain:  # the probe path without the pooled shortcut
-        methods["ours_true_plain"] = switched_off("_POOL_SHORTCUT", "_CHAIN")
+        methods["ours_true_plain"] = switched(_POOL_SHORTCUT=False, _CHAIN=False)
     if args.layers:  # the probe path
-        methods["ours_true_layers"] = switched_off("_CHAIN")
+        methods["ours_true_layers"] = switched(_CHAIN=False)
+    if args.cpu_blocks:  # the CPU's cache-sized blocks of per-sample products, on the GPU
+        methods["ours_true_cpu_blocks"] = switched(_BLOCK_FLOATS_GPU=pbu.fisher._BLOCK_FLOATS)
     if not args.skip_nngeometry:
         methods["nngeometry_true"] = lambda d: (lambda: _nngeometry(model, d, device))
     for name, make in methods.items():  # warm-up: one batch each
@@ -265,6 +268,10 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
         info["layers_over_default_cpu"] = rows["ours_true_layers"]["cpu_seconds"] / \
             rows["ours_true"]["cpu_seconds"]
         info["vs_layers"] = _compare(results["ours_true"], results["ours_true_layers"])
+    if "ours_true_cpu_blocks" in rows:
+        info["cpu_blocks_over_default_wall"] = rows["ours_true_cpu_blocks"]["seconds"] / \
+            rows["ours_true"]["seconds"]
+        info["vs_cpu_blocks"] = _compare(results["ours_true"], results["ours_true_cpu_blocks"])
     info["methods"] = rows
     return info
 
@@ -279,13 +286,13 @@ def _print(info: dict[str, Any], device: torch.device) -> None:
     print(head)
     print(f"   1 - p_max: median {info['median_1_minus_p_max']:.2e}, below float32 eps for "
           f"{info['frac_1_minus_p_max_below_fp32_eps']:.0%} of the images")
-    print(f"   {'method':<18}{'wall s':>9}{'images/s':>10}{'ours/nngeometry':>17}"
+    print(f"   {'method':<22}{'wall s':>9}{'images/s':>10}{'ours/nngeometry':>17}"
           f"{'cpu s':>9}{'images/cpu-s':>14}{'ours/nngeometry':>17}")
     for name, row in info["methods"].items():
         ratio, cratio = row.get("ratio_vs_nngeometry"), row.get("cpu_ratio_vs_nngeometry")
         r1 = f"{'-':>17}" if ratio is None else f"{ratio:>16.2f}x"
         r2 = f"{'-':>17}" if cratio is None else f"{cratio:>16.2f}x"
-        print(f"   {name:<18}{row['seconds']:>9.3f}{row['images_per_s']:>10.1f}{r1}"
+        print(f"   {name:<22}{row['seconds']:>9.3f}{row['images_per_s']:>10.1f}{r1}"
               f"{row['cpu_seconds']:>9.3f}{row['images_per_cpu_s']:>14.1f}{r2}")
     cmp = info.get("vs_nngeometry")
     if cmp:
@@ -302,6 +309,10 @@ def _print(info: dict[str, Any], device: torch.device) -> None:
         print(f"   layer path (chain backend off) / ours_true CPU time "
               f"{info['layers_over_default_cpu']:.3f}; max relative diff per entry "
               f"{info['vs_layers']['max_rel_diff_entry']:.2e}")
+    if "vs_cpu_blocks" in info:
+        print(f"   CPU-sized blocks / ours_true wall time "
+              f"{info['cpu_blocks_over_default_wall']:.3f}; max relative diff per tensor "
+              f"{info['vs_cpu_blocks']['max_rel_diff_tensor']:.2e}")
     for name, c in info.get("vs_fp64", {}).items():
         print(f"   {name} (float32) vs our float64 result, where finite: max relative diff "
               f"per entry {c['max_rel_diff_entry']:.2e}, per tensor "
@@ -332,6 +343,13 @@ def main(argv: list[str] | None = None) -> int:
                          "with the chain backend off")
     ap.add_argument("--fp64-ref", action="store_true",
                     help="also compute our true Fisher in float64 and compare both float32 results")
+    ap.add_argument("--cpu-blocks", action="store_true",
+                    help="CUDA: also time our true Fisher with the CPU's block size for "
+                         "per-sample products (the code before GPU-sized blocks)")
+    ap.add_argument("--tf32", action="store_true",
+                    help="CUDA: leave PyTorch's TF32 default for cuDNN convolutions on while "
+                         "nngeometry runs (ours always turns TF32 off for its own run); by "
+                         "default TF32 is off for both, so both are float32 to the last bit")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = ap.parse_args(argv)
@@ -342,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch.cuda.is_available() is False")
+    if device.type == "cuda" and not args.tf32:  # nngeometry too: float32, not TF32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     archs = [a.strip() for a in args.models.split(",") if a.strip()]
     unknown = [a for a in archs if a not in MODELS]
     if unknown:
@@ -351,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "malloc": malloc,
+        "tf32_cudnn_for_nngeometry": bool(device.type == "cuda"
+                                          and torch.backends.cudnn.allow_tf32),
         "results": []}
     print(f"allocator: {malloc} (pbu.allocator; PBU_MALLOC=default for glibc's own)")
     for arch in archs:

@@ -152,10 +152,10 @@ else
   run_step train 150 "$PY" $BT --device "$DEVICE" --models resnet18,small_cnn \
     --variants fp32,cl,bf16,cl_bf16,cl_bf16_nondet --out "$OUT_DIR/bench_train.json"
   run_step fisher_small 90 "$PY" $BF --device cuda --models small_cnn --n 1024 \
-    --batch-size 256 --chunk-size 64 --trained --channels-last --repeats 3 --fp64-ref \
-    --out "$WORK/bench_fisher_small_cnn.json"
+    --batch-size 256 --chunk-size 256 --trained --channels-last --repeats 3 --fp64-ref \
+    --layers --cpu-blocks --out "$WORK/bench_fisher_small_cnn.json"
   run_step fisher_resnet 120 "$PY" $BF --device cuda --models resnet18 --n 512 \
-    --batch-size 128 --chunk-size 64 --channels-last --repeats 3 \
+    --batch-size 128 --chunk-size 64 --channels-last --repeats 3 --fp64-ref --cpu-blocks \
     --out "$WORK/bench_fisher_resnet18.json"
   run_step pipeline 120 "$PY" $BP --device "$DEVICE" --methods pbu \
     --out "$OUT_DIR/bench_pipeline.json"

@@ -117,6 +117,34 @@ BACKENDS = ("auto", "layers", "generic")
 _BLOCK_FLOATS = 1 << 20
 _CACHE_FLOATS = 1 << 27
 _VMAP_FLOATS = 1 << 25
+# On a GPU the cache argument does not hold and each block is a few kernel launches: with the
+# CPU block a ResNet-18 layer1 conv took one batched GEMM per sample and cotangent, and the whole
+# Fisher was launch-bound (0.39x nngeometry on an H100, benchmarks/README.md). 256 MiB of float32.
+_BLOCK_FLOATS_GPU = 1 << 26
+
+
+def _block_floats(t: Tensor) -> int:
+    """Floats per block of per-sample products on ``t``'s device."""
+    return _BLOCK_FLOATS if t.device.type == "cpu" else _BLOCK_FLOATS_GPU
+
+
+@contextlib.contextmanager
+def _full_fp32(device: torch.device) -> Iterator[None]:
+    """TF32 off for CUDA convolutions and matmuls while the Fisher runs, restored after.
+
+    PyTorch lets cuDNN use TF32 (10-bit mantissa) for float32 convolutions by default; the
+    Fisher squares and sums gradients whose entries span many orders of magnitude, and with TF32
+    on an H100 ours came out 2.5e-3 (per tensor) from the float64 result instead of ~1e-6.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 # Private switch for the pooled shortcut of a first Conv2d→BatchNorm2d→ReLU→MaxPool2d chain
 # (``_PooledChainAcc``); tests and benchmarks/bench_fisher.py turn it off to compare with the
@@ -291,7 +319,7 @@ def _direct_sq_sum(g: Tensor, u: Tensor) -> Tensor:
     I = u.shape[2]
     flip = I < O  # GEMM orientation: [I, L] @ [L, O] is faster on CPU when I is the small side
     out = g.new_zeros(I, O) if flip else g.new_zeros(O, I)
-    step = max(1, _BLOCK_FLOATS // max(1, O * I + L * (O + I)))
+    step = max(1, _block_floats(g) // max(1, O * I + L * (O + I)))
     for s in range(0, B, step):
         gb, ub = g[s:s + step], u[s:s + step]
         if flip:
@@ -315,7 +343,7 @@ def _gram_sq_sum(g: Tensor, u: Tensor) -> Tensor:
     tri = iu.shape[1]
     wts = torch.where(iu[0] == iu[1], 1.0, 2.0).to(g.dtype)  # [T]
     out = g.new_zeros(O, I)
-    step = max(1, _BLOCK_FLOATS // max(1, O * L * L + tri * (O + I)))
+    step = max(1, _block_floats(g) // max(1, O * L * L + tri * (O + I)))
     for s in range(0, B, step):
         gb, ub = g[s:s + step], u[s:s + step]  # [b, R, O, L], [b, L, I]
         b = gb.shape[0]
@@ -1282,6 +1310,8 @@ def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], k
     n_seen, n_classes = 0, None
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     t0 = time.perf_counter()
+    fp32 = contextlib.ExitStack()  # TF32 off on CUDA until the finally below
+    fp32.enter_context(_full_fp32(next(iter(trainable.values())).device))
     try:
         from tqdm.auto import tqdm
 
@@ -1341,6 +1371,7 @@ def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], k
                         acc[n] += v
                     n_seen += xc.shape[0]
     finally:
+        fp32.close()
         if plan is not None:
             plan.remove()
         for m, mode in modes.items():

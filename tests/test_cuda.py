@@ -44,12 +44,13 @@ def _cifar_like(n: int, side: int = 32, seed: int = 0) -> TensorImages:
 
 
 @contextlib.contextmanager
-def exact_fp32():
-    """Plain float32 on the GPU: no TF32 in matmuls or cuDNN convolutions (cuDNN allows TF32
-    by default, ~1e-3 relative error, which would hide a real disagreement at 1e-4)."""
+def tf32(on: bool):
+    """TF32 in matmuls and cuDNN convolutions set to ``on`` for the block, restored after.
+    PyTorch's default lets cuDNN use TF32 (~1e-3 relative error), which would hide a real
+    disagreement at 1e-4; the Fisher must switch it off for itself, the rest of a program keeps
+    whatever it chose."""
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
     try:
         yield
     finally:
@@ -183,8 +184,9 @@ def check_fisher_matches_cpu(device: str, arch: str, channels_last: bool) -> Non
     model = model.to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    with exact_fp32():
+    with tf32(True):  # the program's TF32 choice is on; the Fisher turns it off for itself
         got = fisher_diagonal(model, _batches(x, y, dev, channels_last), "true", chunk_size=4)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     ref32 = fisher_diagonal(ref_model, _batches(x, y, "cpu", False), "true", chunk_size=4)
     ref64 = fisher_diagonal(copy.deepcopy(ref_model).double(),
                             _batches(x, y, "cpu", False, dtype=torch.float64), "true",

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import pbu.fisher
 from pbu.fisher import _sample_labels, _true_cotangents, fisher_diagonal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -338,6 +339,48 @@ def test_chunk_size_does_not_change_the_result(kind: str, backend: str) -> None:
     a = fisher_diagonal(model, [(x, y)], kind, chunk_size=1, backend=backend, **mc)
     b = fisher_diagonal(model, [(x, y)], kind, chunk_size=64, backend=backend, **mc)
     _assert_close(a, b, rtol=1e-10)  # mc too: labels come from per-batch uniforms
+
+
+@pytest.mark.parametrize("block", [1, 1 << 30])
+def test_block_size_of_per_sample_products_does_not_change_the_result(monkeypatch,
+                                                                      block: int) -> None:
+    """One sample per block (the floor) and every sample in one block (what a GPU gets) give
+    the numbers of the default CPU blocks, on both conv forms (direct GEMM and Gram)."""
+    torch.manual_seed(6)
+    x, y = _data(7, (2, 6, 6), 5)
+    model = _with_running_stats(Tiny(5).double(), x)
+    ref = fisher_diagonal(model, [(x, y)], "true", backend="layers")
+    monkeypatch.setattr(pbu.fisher, "_BLOCK_FLOATS", block)
+    got = fisher_diagonal(model, [(x, y)], "true", backend="layers")
+    _assert_close(got, ref, rtol=1e-10)
+
+
+def test_blocks_are_cache_sized_on_the_cpu_and_large_on_other_devices() -> None:
+    cpu, meta = torch.empty(0), torch.empty(0, device="meta")
+    assert pbu.fisher._block_floats(cpu) == pbu.fisher._BLOCK_FLOATS
+    assert pbu.fisher._block_floats(meta) == pbu.fisher._BLOCK_FLOATS_GPU
+    assert pbu.fisher._BLOCK_FLOATS_GPU >= 32 * pbu.fisher._BLOCK_FLOATS
+
+
+@pytest.mark.parametrize("device, switched", [("cpu", False), ("cuda", True)])
+def test_tf32_is_off_while_the_fisher_runs_on_cuda_and_restored_after(device: str,
+                                                                      switched: bool) -> None:
+    """Only the flags are touched, so this runs without a GPU; tests/test_cuda.py checks the
+    numbers on one with TF32 left on by the caller."""
+    flags = lambda: (torch.backends.cudnn.allow_tf32,  # noqa: E731
+                     torch.backends.cuda.matmul.allow_tf32)
+    saved = flags()
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        with pbu.fisher._full_fp32(torch.device(device)):
+            assert flags() == ((False, False) if switched else (True, True))
+        assert flags() == (True, True)
+        with pytest.raises(RuntimeError, match="boom"):
+            with pbu.fisher._full_fp32(torch.device(device)):
+                raise RuntimeError("boom")
+        assert flags() == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
