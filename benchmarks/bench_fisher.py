@@ -222,6 +222,8 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
         methods["ours_true_plain"] = switched(_POOL_SHORTCUT=False, _CHAIN=False)
     if args.layers:  # the probe path
         methods["ours_true_layers"] = switched(_CHAIN=False)
+    if args.unstacked:  # the chain's per-cotangent loops, as on the CPU
+        methods["ours_true_unstacked"] = switched(_STACK_DEVICE_TYPES=frozenset())
     if args.cpu_blocks:  # the CPU's cache-sized blocks of per-sample products, on the GPU
         methods["ours_true_cpu_blocks"] = switched(_BLOCK_FLOATS_GPU=pbu.fisher._BLOCK_FLOATS)
     if not args.skip_nngeometry:
@@ -268,6 +270,10 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
         info["layers_over_default_cpu"] = rows["ours_true_layers"]["cpu_seconds"] / \
             rows["ours_true"]["cpu_seconds"]
         info["vs_layers"] = _compare(results["ours_true"], results["ours_true_layers"])
+    if "ours_true_unstacked" in rows:
+        info["unstacked_over_default_wall"] = rows["ours_true_unstacked"]["seconds"] / \
+            rows["ours_true"]["seconds"]
+        info["vs_unstacked"] = _compare(results["ours_true"], results["ours_true_unstacked"])
     if "ours_true_cpu_blocks" in rows:
         info["cpu_blocks_over_default_wall"] = rows["ours_true_cpu_blocks"]["seconds"] / \
             rows["ours_true"]["seconds"]
@@ -309,6 +315,10 @@ def _print(info: dict[str, Any], device: torch.device) -> None:
         print(f"   layer path (chain backend off) / ours_true CPU time "
               f"{info['layers_over_default_cpu']:.3f}; max relative diff per entry "
               f"{info['vs_layers']['max_rel_diff_entry']:.2e}")
+    if "vs_unstacked" in info:
+        print(f"   per-cotangent loops / ours_true wall time "
+              f"{info['unstacked_over_default_wall']:.3f}; max relative diff per tensor "
+              f"{info['vs_unstacked']['max_rel_diff_tensor']:.2e}")
     if "vs_cpu_blocks" in info:
         print(f"   CPU-sized blocks / ours_true wall time "
               f"{info['cpu_blocks_over_default_wall']:.3f}; max relative diff per tensor "
@@ -343,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
                          "with the chain backend off")
     ap.add_argument("--fp64-ref", action="store_true",
                     help="also compute our true Fisher in float64 and compare both float32 results")
+    ap.add_argument("--unstacked", action="store_true",
+                    help="CUDA: also time our true Fisher with the chain backend's per-cotangent "
+                         "loops (the CPU's form) instead of one kernel for all cotangents")
     ap.add_argument("--cpu-blocks", action="store_true",
                     help="CUDA: also time our true Fisher with the CPU's block size for "
                          "per-sample products (the code before GPU-sized blocks)")

@@ -153,7 +153,7 @@ else
     --variants fp32,cl,bf16,cl_bf16,cl_bf16_nondet --out "$OUT_DIR/bench_train.json"
   run_step fisher_small 90 "$PY" $BF --device cuda --models small_cnn --n 1024 \
     --batch-size 256 --chunk-size 256 --trained --channels-last --repeats 3 --fp64-ref \
-    --layers --cpu-blocks --out "$WORK/bench_fisher_small_cnn.json"
+    --layers --cpu-blocks --unstacked --out "$WORK/bench_fisher_small_cnn.json"
   run_step fisher_resnet 120 "$PY" $BF --device cuda --models resnet18 --n 512 \
     --batch-size 128 --chunk-size 64 --channels-last --repeats 3 --fp64-ref --cpu-blocks \
     --out "$WORK/bench_fisher_resnet18.json"

@@ -123,6 +123,18 @@ _VMAP_FLOATS = 1 << 25
 _BLOCK_FLOATS_GPU = 1 << 26
 
 
+# Device types on which the chain backend stacks its R cotangents into one kernel where the CPU
+# runs one per cotangent: the conv's per-sample products as one GEMM with R·O output rows, and
+# the conv input gradient as one convolution backward over R·B images. On the CPU both were
+# slower or no faster (1.5x slower for the convolution backward, module docstring); on a GPU the
+# per-cotangent loop is a string of small launches. bench_fisher.py --unstacked measures it.
+_STACK_DEVICE_TYPES = frozenset({"cuda"})
+
+
+def _stacked(t: Tensor) -> bool:
+    return t.device.type in _STACK_DEVICE_TYPES
+
+
 def _block_floats(t: Tensor) -> int:
     """Floats per block of per-sample products on ``t``'s device."""
     return _BLOCK_FLOATS if t.device.type == "cpu" else _BLOCK_FLOATS_GPU
@@ -1208,15 +1220,26 @@ class _Chain:
         u = _im2col(x, conv)
         if _use_gram(u.shape[1], R):
             w = _gram_sq_sum(gl.transpose(0, 1), u)
+        elif _stacked(gl):  # one GEMM per sample with the R cotangents' rows stacked: [R·O, I]
+            L = gl.shape[3]
+            w = _direct_sq_sum(gl.transpose(0, 1).reshape(B, R * O, L), u)
+            w = w.reshape(R, O, -1).sum(0)
         else:
             w = sum(_direct_sq_sum(gl[r], u) for r in range(R))
         self._put(out, conv.weight, _as_weight(w, conv))
 
     @staticmethod
     def _conv_input(conv: nn.Conv2d, x: Tensor, g: Tensor) -> Tensor:
-        """The gradient at a conv's input, g [R, B, O, H, W] -> [R, B, C, H_in, W_in], one
-        convolution backward per cotangent (one call over R·B images was ~1.5x slower here)."""
+        """The gradient at a conv's input, g [R, B, O, H, W] -> [R, B, C, H_in, W_in]: on the
+        CPU one convolution backward per cotangent (one call over R·B images was ~1.5x slower
+        there), stacked on the devices of ``_STACK_DEVICE_TYPES``."""
         w = conv.weight.contiguous()
+        if _stacked(g):  # one convolution backward over all R·B images
+            R, B = g.shape[0], g.shape[1]
+            gi = torch.nn.grad.conv2d_input((R * B, *x.shape[1:]), w,
+                                            g.reshape(R * B, *g.shape[2:]), conv.stride,
+                                            conv.padding, conv.dilation)
+            return gi.view(R, B, *x.shape[1:])
         return torch.stack([torch.nn.grad.conv2d_input(x.shape, w, g[r], conv.stride,
                                                        conv.padding, conv.dilation)
                             for r in range(g.shape[0])])

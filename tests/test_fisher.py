@@ -681,8 +681,13 @@ def chain_spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 @pytest.mark.parametrize("bias,inplace", [(True, False), (False, True)],
                          ids=["bias", "nobias_inplace"])
 @pytest.mark.parametrize("kind", ["true", "empirical"])
-def test_chain_matches_brute_force(bias: bool, inplace: bool, kind: str,
-                                   chain_spy: list[int]) -> None:
+@pytest.mark.parametrize("stacked", [False, True], ids=["per_cotangent", "stacked"])
+def test_chain_matches_brute_force(bias: bool, inplace: bool, kind: str, stacked: bool,
+                                   chain_spy: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``stacked``: the GPU's form of the conv products and input gradients (all R cotangents
+    in one kernel), forced onto the CPU here."""
+    if stacked:
+        monkeypatch.setattr(pbu.fisher, "_STACK_DEVICE_TYPES", frozenset({"cpu"}))
     torch.manual_seed(5)
     k = 4
     x, y = _data(7, (2, 12, 12), k)
