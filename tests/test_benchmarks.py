@@ -455,10 +455,17 @@ def test_bench_fisher_compares_the_chain_with_the_layer_paths(tmp_path):
     out = tmp_path / "f.json"
     _run("bench_fisher.py", "--models", "small_cnn", "--n", "24", "--batch-size", "8",
          "--chunk-size", "8", "--threads", "1", "--skip-nngeometry", "--layers", "--plain",
-         "--out", str(out))
-    info = json.loads(out.read_text())["results"][0]
-    assert {"ours_true", "ours_true_layers", "ours_true_plain"} <= set(info["methods"])
+         "--unstacked", "--cpu-blocks", "--out", str(out))
+    report = json.loads(out.read_text())
+    info = report["results"][0]
+    assert {"ours_true", "ours_true_layers", "ours_true_plain", "ours_true_unstacked",
+            "ours_true_cpu_blocks"} <= set(info["methods"])
     assert _positive(info["layers_over_default_cpu"]) and _positive(info["plain_over_shortcut_cpu"])
-    # three code paths, one Fisher
+    assert _positive(info["unstacked_over_default_wall"])
+    assert _positive(info["cpu_blocks_over_default_wall"])
+    # three code paths, one Fisher; the GPU-only knobs leave a CPU run's numbers as they are
     assert info["vs_layers"]["max_rel_diff_entry"] < 1e-4
     assert info["vs_plain"]["max_rel_diff_tensor"] < 1e-5
+    assert info["vs_unstacked"]["max_rel_diff_entry"] == 0
+    assert info["vs_cpu_blocks"]["max_rel_diff_entry"] == 0
+    assert report["tf32_cudnn_for_nngeometry"] is False  # a CPU run: no TF32 anywhere
