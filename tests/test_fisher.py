@@ -722,10 +722,17 @@ def test_chain_with_frozen_parameters_and_bn_train_mode(chain_spy: list[int]) ->
     _assert_close(chained, plain, rtol=1e-10)
 
 
-def test_chain_agrees_with_the_layer_path_on_the_small_cnn(chain_spy: list[int]) -> None:
-    """float32, channels_last, as the pipeline's fisher job runs it."""
+@pytest.mark.parametrize("stacked", [False, True], ids=["per_cotangent", "stacked"])
+def test_chain_agrees_with_the_layer_path_on_the_small_cnn(chain_spy: list[int], stacked: bool,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32, channels_last, as the pipeline's fisher job runs it; ``stacked``: the GPU's
+    form forced onto the CPU (its conv2 GEMM has R·O = 288 rows against 144 columns, the
+    flipped orientation)."""
     from pbu import fisher
     from pbu.models import build_model
+
+    if stacked:
+        monkeypatch.setattr(fisher, "_STACK_DEVICE_TYPES", frozenset({"cpu"}))
 
     torch.manual_seed(0)
     model = build_model("small_cnn", num_classes=10, in_channels=1, image_size=28)
