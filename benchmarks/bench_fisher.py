@@ -262,22 +262,16 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
             row["ratio_vs_nngeometry"] = row["images_per_s"] / ref
             row["cpu_ratio_vs_nngeometry"] = row["images_per_cpu_s"] / cref
         info["vs_nngeometry"] = _compare(results["ours_true"], results["nngeometry_true"])
-    if "ours_true_plain" in rows:
-        info["plain_over_shortcut_cpu"] = rows["ours_true_plain"]["cpu_seconds"] / \
-            rows["ours_true"]["cpu_seconds"]
-        info["vs_plain"] = _compare(results["ours_true"], results["ours_true_plain"])
-    if "ours_true_layers" in rows:
-        info["layers_over_default_cpu"] = rows["ours_true_layers"]["cpu_seconds"] / \
-            rows["ours_true"]["cpu_seconds"]
-        info["vs_layers"] = _compare(results["ours_true"], results["ours_true_layers"])
-    if "ours_true_unstacked" in rows:
-        info["unstacked_over_default_wall"] = rows["ours_true_unstacked"]["seconds"] / \
-            rows["ours_true"]["seconds"]
-        info["vs_unstacked"] = _compare(results["ours_true"], results["ours_true_unstacked"])
-    if "ours_true_cpu_blocks" in rows:
-        info["cpu_blocks_over_default_wall"] = rows["ours_true_cpu_blocks"]["seconds"] / \
-            rows["ours_true"]["seconds"]
-        info["vs_cpu_blocks"] = _compare(results["ours_true"], results["ours_true_cpu_blocks"])
+    # each variant of our true Fisher against the default: time ratio (key, clock) and numbers
+    variants = {"plain": ("plain_over_shortcut_cpu", "cpu_seconds"),
+                "layers": ("layers_over_default_cpu", "cpu_seconds"),
+                "unstacked": ("unstacked_over_default_wall", "seconds"),
+                "cpu_blocks": ("cpu_blocks_over_default_wall", "seconds")}
+    for variant, (key, clock) in variants.items():
+        name = f"ours_true_{variant}"
+        if name in rows:
+            info[key] = rows[name][clock] / rows["ours_true"][clock]
+            info[f"vs_{variant}"] = _compare(results["ours_true"], results[name])
     info["methods"] = rows
     return info
 
