@@ -1,8 +1,10 @@
 """pbu.fisher against independent computations.
 
-- a brute force: float64, plain ``torch.autograd.grad`` looped over samples and classes;
+- a brute force (``pbu.fisher.reference.brute_force``): float64, plain ``torch.autograd.grad``
+  looped over samples and classes;
 - nngeometry's ``FIM(..., PMatDiag, variant="classif_logits")``, the authors' tool;
-- the two backends of ``fisher_diagonal`` (generic torch.func, layer-structured) against each other.
+- the three backends of ``fisher_diagonal`` (func, probe, chain) against each other, each chosen
+  by its ``backend`` argument, and their knobs by ``settings``.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import pbu.fisher
-from pbu.fisher import _sample_labels, _true_cotangents, fisher_diagonal
+from pbu.fisher import FisherSettings, fisher_diagonal
+from pbu.fisher.checks import Unsupported
+from pbu.fisher.cotangents import sample_labels, true_cotangents
+from pbu.fisher.probe import ProbePlan
+from pbu.fisher.reference import brute_force
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_fisher  # noqa: E402  (nngeometry's diagonal cut per parameter, shared)
 
-BACKENDS = ("generic", "layers")
+BACKENDS = ("func", "probe")  # every model; "chain" only for chains (below)
 
 
 class Tiny(nn.Module):
@@ -86,21 +91,6 @@ def _batches(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
     return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
 
 
-def _brute(model: nn.Module, x: Tensor, weights: Tensor) -> dict[str, Tensor]:
-    """1/N Σ_x Σ_k weights[x, k] (∂ log p(k|x)/∂θ)², one autograd.grad per (sample, class)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    out = {n: torch.zeros_like(p) for n, p in named}
-    for i in range(len(x)):
-        logp = torch.log_softmax(model(x[i:i + 1]), dim=1)[0]  # [K]
-        for k in range(logp.shape[0]):
-            if weights[i, k] == 0:
-                continue
-            grads = torch.autograd.grad(logp[k], [p for _, p in named], retain_graph=True)
-            for (n, _), g in zip(named, grads):
-                out[n] += weights[i, k] * g.square()
-    return {n: v / len(x) for n, v in out.items()}
-
-
 def _true_weights(model: nn.Module, x: Tensor) -> Tensor:
     with torch.no_grad():
         return torch.softmax(model(x), dim=1)
@@ -127,7 +117,7 @@ def tiny(request: pytest.FixtureRequest) -> tuple[nn.Module, Tensor, Tensor]:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_true_matches_brute_force(tiny: tuple[nn.Module, Tensor, Tensor], backend: str) -> None:
     model, x, y = tiny
-    ref = _brute(model, x, _true_weights(model, x))
+    ref = brute_force(model, x, _true_weights(model, x))
     ours = fisher_diagonal(model, _batches(x, y, 4), "true", chunk_size=3, backend=backend)
     _assert_close(ours, ref, rtol=1e-6)
 
@@ -137,7 +127,7 @@ def test_empirical_matches_brute_force(tiny: tuple[nn.Module, Tensor, Tensor],
                                        backend: str) -> None:
     model, x, y = tiny
     k = model.fc2.out_features
-    ref = _brute(model, x, F.one_hot(y, k).double())
+    ref = brute_force(model, x, F.one_hot(y, k).double())
     ours = fisher_diagonal(model, _batches(x, y, 4), "empirical", chunk_size=3, backend=backend)
     _assert_close(ours, ref, rtol=1e-6)
 
@@ -150,9 +140,9 @@ def test_mc_matches_brute_force_on_the_same_labels(tiny: tuple[nn.Module, Tensor
     with torch.no_grad():  # one loader batch: uniforms [N, S] from a generator seeded with 7
         uniform = torch.rand(len(x), s, generator=torch.Generator().manual_seed(7),
                              dtype=torch.float64)
-        labels = _sample_labels(torch.log_softmax(model(x), 1), uniform)  # [N, S]
+        labels = sample_labels(torch.log_softmax(model(x), 1), uniform)  # [N, S]
     counts = F.one_hot(labels, k).sum(1).double() / s  # [N, K] weight of each class
-    ref = _brute(model, x, counts)
+    ref = brute_force(model, x, counts)
     ours = fisher_diagonal(model, [(x, y)], "mc", mc_samples=s, seed=7, chunk_size=4,
                            backend=backend)
     _assert_close(ours, ref, rtol=1e-6)
@@ -162,8 +152,8 @@ def test_mc_matches_brute_force_on_the_same_labels(tiny: tuple[nn.Module, Tensor
 
 def test_mc_converges_to_true(tiny: tuple[nn.Module, Tensor, Tensor]) -> None:
     model, x, y = tiny
-    true = fisher_diagonal(model, [(x, y)], "true", backend="generic")
-    mc = fisher_diagonal(model, [(x, y)], "mc", mc_samples=3000, backend="generic")
+    true = fisher_diagonal(model, [(x, y)], "true", backend="func")
+    mc = fisher_diagonal(model, [(x, y)], "mc", mc_samples=3000, backend="func")
     for n in true:  # total Fisher per tensor; Monte-Carlo error here is a few percent at most
         rel = abs(mc[n].sum().item() / true[n].sum().item() - 1)
         assert rel < 0.1, (n, rel)
@@ -175,7 +165,7 @@ def test_true_cotangents_factor_the_softmax_covariance() -> None:
                            [-3.0, 50.0, 49.0, -60.0]], dtype=torch.float64)
     logp = torch.log_softmax(logits, 1)
     p = logp.exp()
-    c = _true_cotangents(logp)  # [B, K-1, K]
+    c = true_cotangents(logp)  # [B, K-1, K]
     assert c.shape == (3, 3, 4)
     got = torch.einsum("bjk,bjl->bkl", c, c)
     off = 1 - torch.eye(4, dtype=torch.float64)
@@ -205,7 +195,7 @@ def _nngeometry_fim(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]
     return _nng_dict(model, fim.get_diag())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, "chain"])
 def test_true_matches_nngeometry(backend: str) -> None:
     pytest.importorskip("nngeometry")
     from pbu.models import build_model
@@ -319,7 +309,7 @@ def test_bn_train_mode_uses_each_batch_statistics(backend: str) -> None:
     x, y = _data(8, (2, 6, 6), 5)
     model = _with_running_stats(Tiny(5).double(), x * 3 + 1)  # running stats far from batch
     halves = _batches(x, y, 4)
-    ref = {n: sum(_brute(_batch_stat_model(model, xb), xb,
+    ref = {n: sum(brute_force(_batch_stat_model(model, xb), xb,
                          _true_weights(_batch_stat_model(model, xb), xb))[n] for xb, _ in halves)
            / len(halves) for n, _ in model.named_parameters()}
     ours = fisher_diagonal(model, halves, "true", bn_mode="train", chunk_size=3,
@@ -342,24 +332,24 @@ def test_chunk_size_does_not_change_the_result(kind: str, backend: str) -> None:
 
 
 @pytest.mark.parametrize("block", [1, 1 << 30])
-def test_block_size_of_per_sample_products_does_not_change_the_result(monkeypatch,
-                                                                      block: int) -> None:
+def test_block_size_of_per_sample_products_does_not_change_the_result(block: int) -> None:
     """One sample per block (the floor) and every sample in one block (what a GPU gets) give
     the numbers of the default CPU blocks, on both conv forms (direct GEMM and Gram)."""
     torch.manual_seed(6)
     x, y = _data(7, (2, 6, 6), 5)
     model = _with_running_stats(Tiny(5).double(), x)
-    ref = fisher_diagonal(model, [(x, y)], "true", backend="layers")
-    monkeypatch.setattr(pbu.fisher, "_BLOCK_FLOATS", block)
-    got = fisher_diagonal(model, [(x, y)], "true", backend="layers")
+    ref = fisher_diagonal(model, [(x, y)], "true", backend="probe")
+    got = fisher_diagonal(model, [(x, y)], "true", backend="probe",
+                          settings=FisherSettings(block_floats_cpu=block))
     _assert_close(got, ref, rtol=1e-10)
 
 
 def test_blocks_are_cache_sized_on_the_cpu_and_large_on_other_devices() -> None:
-    cpu, meta = torch.empty(0), torch.empty(0, device="meta")
-    assert pbu.fisher._block_floats(cpu) == pbu.fisher._BLOCK_FLOATS
-    assert pbu.fisher._block_floats(meta) == pbu.fisher._BLOCK_FLOATS_GPU
-    assert pbu.fisher._BLOCK_FLOATS_GPU >= 32 * pbu.fisher._BLOCK_FLOATS
+    s = FisherSettings()
+    assert s.block_floats(torch.device("cpu")) == s.block_floats_cpu
+    assert s.block_floats(torch.device("meta")) == s.block_floats_gpu
+    assert s.block_floats_gpu >= 32 * s.block_floats_cpu
+    assert s.stacked(torch.device("cuda")) and not s.stacked(torch.device("cpu"))
 
 
 @pytest.mark.parametrize("device, switched", [("cpu", False), ("cuda", True)])
@@ -367,16 +357,18 @@ def test_tf32_is_off_while_the_fisher_runs_on_cuda_and_restored_after(device: st
                                                                       switched: bool) -> None:
     """Only the flags are touched, so this runs without a GPU; tests/test_cuda.py checks the
     numbers on one with TF32 left on by the caller."""
+    from pbu.fisher.settings import full_fp32
+
     flags = lambda: (torch.backends.cudnn.allow_tf32,  # noqa: E731
                      torch.backends.cuda.matmul.allow_tf32)
     saved = flags()
     try:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-        with pbu.fisher._full_fp32(torch.device(device)):
+        with full_fp32(torch.device(device)):
             assert flags() == ((False, False) if switched else (True, True))
         assert flags() == (True, True)
         with pytest.raises(RuntimeError, match="boom"):
-            with pbu.fisher._full_fp32(torch.device(device)):
+            with full_fp32(torch.device(device)):
                 raise RuntimeError("boom")
         assert flags() == (True, True)
     finally:
@@ -400,14 +392,14 @@ def test_other_modules_match_brute_force() -> None:
     torch.manual_seed(7)
     x, y = _data(5, (2, 4, 4), 4)
     model = Odd(4).double().eval()
-    ref = _brute(model, x, _true_weights(model, x))
+    ref = brute_force(model, x, _true_weights(model, x))
     for backend in BACKENDS:
         ours = fisher_diagonal(model, _batches(x, y, 3), "true", chunk_size=2, backend=backend)
         _assert_close(ours, ref, rtol=1e-6)
 
 
 class Geometry(nn.Module):
-    """Convs with at least ``_NHWC_MIN_CHANNELS`` inputs (their im2col is the NHWC view) and odd
+    """Convs with at least ``NHWC_MIN_CHANNELS`` inputs (their im2col is the NHWC view) and odd
     geometry: rectangular kernels, strides, dilation, asymmetric padding, a flipped GEMM
     (fewer columns than outputs) and a Gram-form one (few output pixels)."""
 
@@ -424,35 +416,35 @@ class Geometry(nn.Module):
 
 
 def test_nhwc_im2col_is_unfold_with_reordered_columns() -> None:
-    from pbu.fisher import _conv_columns, _unfold_nhwc
+    from pbu.fisher.conv import conv_columns, unfold_nhwc
 
     torch.manual_seed(3)
     for mod in (nn.Conv2d(5, 3, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
                 nn.Conv2d(4, 2, 3, padding=1), nn.Conv2d(6, 2, 1, stride=2)):
         for fmt in (torch.contiguous_format, torch.channels_last):
             x = torch.randn(3, mod.in_channels, 7, 6).contiguous(memory_format=fmt)
-            ours = _unfold_nhwc(x, mod)  # [B, L, kh·kw·C]
+            ours = unfold_nhwc(x, mod)  # [B, L, kh·kw·C]
             ref = F.unfold(x, mod.kernel_size, mod.dilation, mod.padding, mod.stride)
             assert ours.is_contiguous() and ours.shape == ref.transpose(1, 2).shape
             # the same columns: a per-column weight vector maps back to the weight's layout
             w = torch.randn(1, ours.shape[2])
             torch.testing.assert_close(ours @ w[0], ref.transpose(1, 2)
-                                       @ _conv_columns(w, mod).reshape(-1))
+                                       @ conv_columns(w, mod).reshape(-1))
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_conv_geometry_matches_brute_force(channels_last: bool) -> None:
-    from pbu.fisher import _NHWC_MIN_CHANNELS
+    from pbu.fisher.conv import NHWC_MIN_CHANNELS
 
-    assert _NHWC_MIN_CHANNELS <= 5  # conv1 really takes the NHWC path
+    assert NHWC_MIN_CHANNELS <= 5  # conv1 really takes the NHWC path
     torch.manual_seed(11)
     x, y = _data(5, (5, 7, 6), 4)
     model = Geometry(4).double().eval()
-    ref = _brute(model, x, _true_weights(model, x))
+    ref = brute_force(model, x, _true_weights(model, x))
     if channels_last:
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    ours = fisher_diagonal(model, _batches(x, y, 3), "true", chunk_size=2, backend="layers")
+    ours = fisher_diagonal(model, _batches(x, y, 3), "true", chunk_size=2, backend="probe")
     _assert_close(ours, ref, rtol=1e-6)
 
 
@@ -480,31 +472,30 @@ class Folded(nn.Module):
 
 @pytest.mark.parametrize("residual", [True, False], ids=["two_consumers", "bn_only"])
 def test_cut_batchnorm_backward_matches_brute_force(residual: bool) -> None:
-    from pbu.fisher import _LayerPlan
-
     torch.manual_seed(10)
     x, y = _data(6, (2, 4, 4), 4)
     model = _with_running_stats(Folded(4, residual).double(), x)
     model.bn1d.weight.requires_grad_(False)
-    plan = _LayerPlan(model, {n: p for n, p in model.named_parameters() if p.requires_grad})
+    plan = ProbePlan(model, {n: p for n, p in model.named_parameters() if p.requires_grad},
+                     FisherSettings())
     try:
         plan.forward(model, x)
         folds = {n: r.fold[0] for n, r in plan.records.items() if r.fold is not None}
     finally:
         plan.remove()
     assert folds == {"conv": "bn", "lin": "bn1d"}  # both BN backwards are cut here
-    ref = _brute(model, x, _true_weights(model, x))
+    ref = brute_force(model, x, _true_weights(model, x))
     for backend in BACKENDS:
         ours = fisher_diagonal(model, _batches(x, y, 4), "true", chunk_size=3, backend=backend)
         _assert_close(ours, ref, rtol=1e-6)
     model.to(memory_format=torch.channels_last)
     ours = fisher_diagonal(model, [(x.contiguous(memory_format=torch.channels_last), y)],
-                           "true", backend="layers")
+                           "true", backend="probe")
     _assert_close(ours, ref, rtol=1e-6)
 
 
 class Shared(nn.Module):
-    """One Linear applied twice: per-layer structure does not hold, generic must be used."""
+    """One Linear applied twice: per-layer structure does not hold, func must be used."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -515,23 +506,33 @@ class Shared(nn.Module):
         return self.out(torch.tanh(self.inp(torch.tanh(self.inp(x)))))
 
 
-def test_module_called_twice_falls_back_to_generic() -> None:
+def test_module_called_twice_falls_back_to_func() -> None:
     torch.manual_seed(8)
     x, y = _data(6, (5,), 3)
     model = Shared().double()
-    ref = _brute(model, x, _true_weights(model, x))
+    ref = brute_force(model, x, _true_weights(model, x))
     _assert_close(fisher_diagonal(model, [(x, y)], "true"), ref, rtol=1e-6)  # auto
-    with pytest.raises(ValueError, match="called more than once"):
-        fisher_diagonal(model, [(x, y)], "true", backend="layers")
+    with pytest.raises(ValueError, match="backend 'probe' cannot handle.*called more than once"):
+        fisher_diagonal(model, [(x, y)], "true", backend="probe")
 
 
 def test_rejects_bad_arguments() -> None:
     model = Tiny(3).double().eval()
     x, y = _data(2, (2, 6, 6), 3)
-    for kwargs in ({"kind": "fisher"}, {"bn_mode": "batch"}, {"backend": "fast"},
-                   {"kind": "mc", "mc_samples": 0}, {"chunk_size": 0}):
-        with pytest.raises(ValueError):
+    for kwargs, match in (({"kind": "fisher"}, "unknown Fisher kind 'fisher'"),
+                          ({"bn_mode": "batch"}, "unknown bn_mode 'batch'"),
+                          ({"backend": "layers"}, "unknown backend 'layers'; allowed: auto, "
+                                                  "chain, probe, func"),
+                          ({"kind": "mc", "mc_samples": 0}, "mc_samples must be >= 1"),
+                          ({"chunk_size": 0}, "chunk_size must be >= 1")):
+        with pytest.raises(ValueError, match=match):
             fisher_diagonal(model, [(x, y)], **kwargs)
+    with pytest.raises(TypeError, match="settings must be a pbu.fisher.FisherSettings"):
+        fisher_diagonal(model, [(x, y)], settings={"chain_floats": 1})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="FisherSettings.chain_floats must be >= 0"):
+        FisherSettings(chain_floats=-1)
+    with pytest.raises(TypeError, match="FisherSettings.block_floats_gpu must be an int"):
+        FisherSettings(block_floats_gpu=2.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no samples"):
         fisher_diagonal(model, [], "true")
 
@@ -589,60 +590,55 @@ def _pool_net(bias: bool, inplace: bool) -> tuple[nn.Module, Tensor, Tensor]:
 
 @pytest.mark.parametrize("bias,inplace", [(True, False), (False, True)],
                          ids=["bias", "no_bias_inplace_relu"])
-def test_pooled_chain_shortcut_matches_brute_force(bias: bool, inplace: bool,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import pbu.fisher as fisher
-    from pbu.fisher import _LayerPlan
-
+def test_pooled_chain_shortcut_matches_brute_force(bias: bool, inplace: bool) -> None:
+    """On the probe backend (PoolNet is also a chain, which ``auto`` would take)."""
     model, x, y = _pool_net(bias, inplace)
-    plan = _LayerPlan(model, {n: p for n, p in model.named_parameters() if p.requires_grad})
+    plan = ProbePlan(model, {n: p for n, p in model.named_parameters() if p.requires_grad},
+                     FisherSettings())
     try:
         plan.forward(model, x)
         taken = [(p.conv, p.bn) for p in plan.pooled.values()]
     finally:
         plan.remove()
     assert taken == [("features.0", "features.1")]  # the first block only
-    ref = _brute(model, x, _true_weights(model, x))
-    ours = fisher_diagonal(model, _batches(x, y, 5), "true", chunk_size=3, backend="layers")
+    ref = brute_force(model, x, _true_weights(model, x))
+    ours = fisher_diagonal(model, _batches(x, y, 5), "true", chunk_size=3, backend="probe")
     _assert_close(ours, ref, rtol=1e-6)
-    monkeypatch.setattr(fisher, "_POOL_SHORTCUT", False)  # the plain layer path agrees
+    plain = FisherSettings(pool_shortcut=False)  # the plain probe path agrees
     _assert_close(fisher_diagonal(model, _batches(x, y, 5), "true", chunk_size=3,
-                                  backend="layers"), ours, rtol=1e-10)
-    monkeypatch.setattr(fisher, "_POOL_SHORTCUT", True)
+                                  backend="probe", settings=plain), ours, rtol=1e-10)
     xl = x.contiguous(memory_format=torch.channels_last)
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    _assert_close(fisher_diagonal(model_cl, [(xl, y)], "true", backend="layers"), ref, rtol=1e-6)
-    # float32, channels_last and contiguous, against the float64 brute force
+    _assert_close(fisher_diagonal(model_cl, [(xl, y)], "true", backend="probe"), ref, rtol=1e-6)
+    # float32, channels_last and contiguous, against the float64 brute force, on every backend
     for fmt in (torch.channels_last, torch.contiguous_format):
         model32 = copy.deepcopy(model).float().to(memory_format=fmt)
-        ours32 = fisher_diagonal(model32, [(x.float().contiguous(memory_format=fmt), y)], "true")
-        for n, r in ref.items():
-            err = ((ours32[n].double() - r).abs().max() / r.abs().max()).item()
-            assert err < 1e-5, (fmt, n, err)
+        for backend in ("auto", "probe"):
+            ours32 = fisher_diagonal(model32, [(x.float().contiguous(memory_format=fmt), y)],
+                                     "true", backend=backend)
+            for n, r in ref.items():
+                err = ((ours32[n].double() - r).abs().max() / r.abs().max()).item()
+                assert err < 1e-5, (fmt, backend, n, err)
 
 
-def test_pooled_chain_shortcut_in_bn_train_mode_and_few_cotangents(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pooled_chain_shortcut_in_bn_train_mode_and_few_cotangents() -> None:
     """BN train mode (batch statistics held fixed) takes the shortcut too; with fewer than
-    _POOL_MIN_RANK cotangents per sample (empirical, mc with 1 label) it is skipped. Same
-    numbers either way as the plain layer path and the generic backend."""
-    import pbu.fisher as fisher
-
+    ``pool_min_rank`` cotangents per sample (empirical, mc with 1 label) it is skipped. Same
+    numbers either way as the plain probe path, the func and the chain backends."""
     model, x, y = _pool_net(True, False)
     cases = [("true", {}, "train"), ("empirical", {}, "eval"), ("mc", {"mc_samples": 4}, "eval")]
     for kind, extra, bn_mode in cases:
         args = dict(kind=kind, bn_mode=bn_mode, chunk_size=3, **extra)
-        ref = fisher_diagonal(model, _batches(x, y, 4), backend="generic", **args)
-        ours = fisher_diagonal(model, _batches(x, y, 4), backend="layers", **args)
-        _assert_close(ours, ref, rtol=1e-10)
-        monkeypatch.setattr(fisher, "_POOL_SHORTCUT", False)
-        _assert_close(fisher_diagonal(model, _batches(x, y, 4), backend="layers", **args),
-                      ref, rtol=1e-10)
-        monkeypatch.setattr(fisher, "_POOL_SHORTCUT", True)
+        ref = fisher_diagonal(model, _batches(x, y, 4), backend="func", **args)
+        for backend, settings in (("probe", None), ("probe", FisherSettings(pool_shortcut=False)),
+                                  ("chain", None)):
+            ours = fisher_diagonal(model, _batches(x, y, 4), backend=backend, settings=settings,
+                                   **args)
+            _assert_close(ours, ref, rtol=1e-10)
 
 
 # ------------------------------------------------------------------------------------------
-# The chain backend (pbu.fisher._Chain): models that are one chain of standard layers.
+# The chain backend (pbu.fisher.chain): models that are one chain of standard layers.
 # ------------------------------------------------------------------------------------------
 
 
@@ -664,17 +660,17 @@ def _chain_net(k: int, *, bias: bool, inplace: bool) -> nn.Sequential:
 
 @pytest.fixture
 def chain_spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the chunks the chain backend computed."""
-    from pbu import fisher
+    """Counts the chunks the chain backend computed (a spy: it changes no code path)."""
+    from pbu.fisher.chain import Chain
 
     calls: list[int] = []
-    real = fisher._Chain.chunk
+    real = Chain.chunk
 
     def spy(self, x, cot_of):  # noqa: ANN001, ANN202
         calls.append(x.shape[0])
         return real(self, x, cot_of)
 
-    monkeypatch.setattr(fisher._Chain, "chunk", spy)
+    monkeypatch.setattr(Chain, "chunk", spy)
     return calls
 
 
@@ -683,69 +679,58 @@ def chain_spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 @pytest.mark.parametrize("kind", ["true", "empirical"])
 @pytest.mark.parametrize("stacked", [False, True], ids=["per_cotangent", "stacked"])
 def test_chain_matches_brute_force(bias: bool, inplace: bool, kind: str, stacked: bool,
-                                   chain_spy: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+                                   chain_spy: list[int]) -> None:
     """``stacked``: the GPU's form of the conv products and input gradients (all R cotangents
     in one kernel), forced onto the CPU here."""
-    if stacked:
-        monkeypatch.setattr(pbu.fisher, "_STACK_DEVICE_TYPES", frozenset({"cpu"}))
+    settings = FisherSettings(stack_device_types=frozenset({"cpu"})) if stacked else None
     torch.manual_seed(5)
     k = 4
     x, y = _data(7, (2, 12, 12), k)
     model = _with_running_stats(_chain_net(k, bias=bias, inplace=inplace).double(), x)
     weights = _true_weights(model, x) if kind == "true" else F.one_hot(y, k).double()
-    ref = _brute(model, x, weights)
-    ours = fisher_diagonal(model, _batches(x, y, 4), kind, chunk_size=3, backend="layers")
+    ref = brute_force(model, x, weights)
+    ours = fisher_diagonal(model, _batches(x, y, 4), kind, chunk_size=3, backend="chain",
+                           settings=settings)
     assert sum(chain_spy) == len(x)  # every sample went through the chain
     _assert_close(ours, ref, rtol=1e-6)
 
 
 def test_chain_with_frozen_parameters_and_bn_train_mode(chain_spy: list[int]) -> None:
-    from pbu import fisher
-
     torch.manual_seed(6)
     x, y = _data(8, (2, 12, 12), 3)
     model = _with_running_stats(_chain_net(3, bias=True, inplace=False).double(), x)
     for name, p in model.named_parameters():
         if name.startswith(("0.", "5.", "16.")):  # a first conv, a block BN, a BatchNorm1d
             p.requires_grad_(False)
-    ref = _brute(model, x, _true_weights(model, x))
-    ours = fisher_diagonal(model, _batches(x, y, 4), "true", chunk_size=4, backend="layers")
+    ref = brute_force(model, x, _true_weights(model, x))
+    ours = fisher_diagonal(model, _batches(x, y, 4), "true", chunk_size=4, backend="chain")
     assert chain_spy and set(ours) == set(ref)
     _assert_close(ours, ref, rtol=1e-6)
-    # bn_mode="train": the chain reads the swapped-in batch statistics like the layer path
-    chained = fisher_diagonal(model, _batches(x, y, 4), "true", bn_mode="train")
-    fisher._CHAIN = False
-    try:
-        plain = fisher_diagonal(model, _batches(x, y, 4), "true", bn_mode="train")
-    finally:
-        fisher._CHAIN = True
+    # bn_mode="train": the chain reads the swapped-in batch statistics like the probe path
+    chained = fisher_diagonal(model, _batches(x, y, 4), "true", bn_mode="train")  # auto: chain
+    plain = fisher_diagonal(model, _batches(x, y, 4), "true", bn_mode="train", backend="probe")
     _assert_close(chained, plain, rtol=1e-10)
 
 
 @pytest.mark.parametrize("stacked", [False, True], ids=["per_cotangent", "stacked"])
-def test_chain_agrees_with_the_layer_path_on_the_small_cnn(chain_spy: list[int], stacked: bool,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chain_agrees_with_the_probe_path_on_the_small_cnn(chain_spy: list[int],
+                                                           stacked: bool) -> None:
     """float32, channels_last, as the pipeline's fisher job runs it; ``stacked``: the GPU's
     form forced onto the CPU (its conv2 GEMM has R·O = 288 rows against 144 columns, the
     flipped orientation)."""
-    from pbu import fisher
     from pbu.models import build_model
 
-    if stacked:
-        monkeypatch.setattr(fisher, "_STACK_DEVICE_TYPES", frozenset({"cpu"}))
-
+    settings = FisherSettings(stack_device_types=frozenset({"cpu"})) if stacked else None
     torch.manual_seed(0)
     model = build_model("small_cnn", num_classes=10, in_channels=1, image_size=28)
     x, y = _data(40, (1, 28, 28), 10, dtype=torch.float32)
     model = _with_running_stats(model, x).to(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
     for kind in ("true", "mc"):
-        chained = fisher_diagonal(model, _batches(x, y, 16), kind, chunk_size=8, seed=3)
-        fisher._CHAIN = False
-        try:
-            plain = fisher_diagonal(model, _batches(x, y, 16), kind, chunk_size=8, seed=3)
-        finally:
-            fisher._CHAIN = True
+        chained = fisher_diagonal(model, _batches(x, y, 16), kind, chunk_size=8, seed=3,
+                                  settings=settings)  # auto: the chain
+        plain = fisher_diagonal(model, _batches(x, y, 16), kind, chunk_size=8, seed=3,
+                                backend="probe", settings=settings)
         _assert_close(chained, plain, rtol=1e-5)
     assert chain_spy
 
@@ -784,37 +769,53 @@ def _tied() -> nn.Sequential:
     return net
 
 
-@pytest.mark.parametrize("model", [_Residual(), _Functional(), _Twice(), _tied(),
-                                   nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3)),
-                                   nn.Sequential(nn.Linear(4, 4), nn.MaxPool1d(1),
-                                                 nn.Linear(4, 3))],
-                         ids=["residual", "functional", "twice", "tied", "unknown_layer",
-                              "pool1d"])
-def test_models_that_are_not_chains_take_the_other_paths(model: nn.Module) -> None:
-    from pbu.fisher import _Chain
+@pytest.mark.parametrize("model,why", [
+    (_Residual(), "layer 'head' does not take the previous layer's output"),
+    (_Functional(), "layer 'head' does not take the previous layer's output"),
+    (_Twice(), "a layer is called more than once"),
+    (_tied(), "a parameter is shared by two layers"),
+    (nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3)),
+     r"layer '1' \(Tanh\) is not one the chain knows"),
+    (nn.Sequential(nn.Linear(4, 4), nn.MaxPool1d(1), nn.Linear(4, 3)),
+     r"layer '1' \(MaxPool1d\) is not one the chain knows")],
+    ids=["residual", "functional", "twice", "tied", "unknown_layer", "pool1d"])
+def test_models_that_are_not_chains_take_the_other_paths(model: nn.Module, why: str) -> None:
+    """``auto`` falls back to the other paths; ``backend="chain"`` says why it cannot."""
+    from pbu.fisher.chain import Chain
 
     model = model.double().eval()
     x, y = _data(5, (4,), 3)
     trainable = {n: p for n, p in model.named_parameters()}
-    assert _Chain.build(model, trainable, x[:1]) is None
-    ref = _brute(model, x, _true_weights(model, x))
+    with pytest.raises(Unsupported, match=why):
+        Chain.build(model, trainable, x[:1], FisherSettings())
+    ref = brute_force(model, x, _true_weights(model, x))
     _assert_close(fisher_diagonal(model, _batches(x, y, 2), "true"), ref, rtol=1e-6)
+    with pytest.raises(ValueError, match=f"backend 'chain' cannot handle this model: {why}"):
+        fisher_diagonal(model, _batches(x, y, 2), "true", backend="chain")
 
 
-def test_chain_chunks_shrink_to_bound_the_gradients_it_holds(
-        chain_spy: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_probe_backend_says_why_it_cannot() -> None:
+    """A parameter shared by two modules: ``auto`` computes it with func, ``probe`` refuses."""
+    model = _tied().double().eval()
+    x, y = _data(5, (4,), 3)
+    ref = brute_force(model, x, _true_weights(model, x))
+    _assert_close(fisher_diagonal(model, [(x, y)], "true"), ref, rtol=1e-6)
+    with pytest.raises(ValueError, match="backend 'probe' cannot handle this model: parameter "
+                                         "shared by 0.weight and 2.weight"):
+        fisher_diagonal(model, [(x, y)], "true", backend="probe")
+
+
+def test_chain_chunks_shrink_to_bound_the_gradients_it_holds(chain_spy: list[int]) -> None:
     """All K−1 gradients are held at once: chunks shrink so one [R, B, ...] tensor stays under
-    _CHAIN_FLOATS; the result does not change."""
-    from pbu import fisher
-
+    ``FisherSettings.chain_floats``; the result does not change."""
     torch.manual_seed(5)
     x, y = _data(9, (2, 12, 12), 4)
     model = _with_running_stats(_chain_net(4, bias=True, inplace=False).double(), x)
     ref = fisher_diagonal(model, _batches(x, y, 9), "true", chunk_size=9)
     assert chain_spy[0] == 9
     largest = 4 * 12 * 12  # floats per sample of the largest activation (the first conv's)
-    monkeypatch.setattr(fisher, "_CHAIN_FLOATS", 3 * 2 * largest)  # R = 3: two samples
     chain_spy.clear()
-    ours = fisher_diagonal(model, _batches(x, y, 9), "true", chunk_size=9)
+    small = FisherSettings(chain_floats=3 * 2 * largest)  # R = 3: two samples
+    ours = fisher_diagonal(model, _batches(x, y, 9), "true", chunk_size=9, settings=small)
     assert chain_spy == [2, 2, 2, 2, 1]
     _assert_close(ours, ref, rtol=1e-10)
