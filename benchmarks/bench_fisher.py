@@ -22,9 +22,11 @@ RGB images. ``--trained`` first trains the small CNN for ``--epochs`` epochs on 
 is confident, the case where nngeometry's Cholesky factor divides by 1 − cumsum(p), which rounds
 to 0 or below in float32, and returns NaN. Each method runs once on a few images as a warm-up before
 it is timed; ``--repeats`` > 1 interleaves the methods and reports the median, which helps on a
-shared machine. ``--plain`` adds our "true" Fisher with the pooled Conv→BN→ReLU→MaxPool shortcut
-of the layer backend switched off (``ours_true_plain``), interleaved with the rest, to measure the
-shortcut side by side. ``--fp64-ref`` adds our float64 result as a judge of both float32 results.
+shared machine. The variants of our "true" Fisher are chosen through ``fisher_diagonal``'s own
+``backend`` and ``settings`` arguments, interleaved with the rest: ``--layers`` the probe backend
+(``ours_true_layers``), ``--plain`` the probe backend with its pooled Conv→BN→ReLU→MaxPool
+shortcut off (``ours_true_plain``), ``--unstacked`` and ``--cpu-blocks`` the CPU's forms of two
+GPU knobs. ``--fp64-ref`` adds our float64 result as a judge of both float32 results.
 Times are wall-clock (perf_counter, with CUDA synchronisation) and, as a second view that a busy
 machine disturbs less, this process's CPU time (process_time).
 """
@@ -47,9 +49,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-import pbu.fisher  # noqa: E402
-from pbu.allocator import apply_from_env  # noqa: E402
-from pbu.fisher import fisher_diagonal  # noqa: E402
+from pbu.fisher import FisherSettings, fisher_diagonal  # noqa: E402
+from pbu.fisher.reference import float64_fisher  # noqa: E402
 from pbu.models import build_model  # noqa: E402
 
 log = logging.getLogger("bench_fisher")
@@ -195,37 +196,25 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
     info["frac_1_minus_p_max_below_fp32_eps"] = (gap < torch.finfo(torch.float32).eps).float() \
         .mean().item()
 
-    def ours(kind: str, data: DataLoader) -> Callable[[], dict[str, Tensor]]:
-        return lambda: fisher_diagonal(model, data, kind, mc_samples=1, chunk_size=args.chunk_size)
+    def ours(kind: str, backend: str = "auto", **knobs: Any
+             ) -> Callable[[DataLoader], Callable[[], dict[str, Tensor]]]:
+        """Our Fisher of ``kind`` on the given backend, with FisherSettings(**knobs)."""
+        settings = FisherSettings(**knobs)
+        return lambda data: lambda: fisher_diagonal(model, data, kind, mc_samples=1,
+                                                    chunk_size=args.chunk_size, backend=backend,
+                                                    settings=settings)
 
-    methods: dict[str, Callable[[DataLoader], Callable[[], dict[str, Tensor]]]] = {
-        "ours_true": lambda d: ours("true", d),
-        "ours_mc1": lambda d: ours("mc", d),
-        "ours_empirical": lambda d: ours("empirical", d),
-    }
-    def switched(**values: Any) -> Callable[[DataLoader], Callable[[], dict[str, Tensor]]]:
-        """Our true Fisher with private pbu.fisher knobs set to ``values`` for the call."""
-        def make(data: DataLoader) -> Callable[[], dict[str, Tensor]]:
-            def run() -> dict[str, Tensor]:
-                saved = {k: getattr(pbu.fisher, k) for k in values}
-                for k, v in values.items():
-                    setattr(pbu.fisher, k, v)
-                try:
-                    return ours("true", data)()
-                finally:
-                    for k, v in saved.items():
-                        setattr(pbu.fisher, k, v)
-            return run
-        return make
-
+    methods = {"ours_true": ours("true"), "ours_mc1": ours("mc"),
+               "ours_empirical": ours("empirical")}
     if args.plain:  # the probe path without the pooled shortcut
-        methods["ours_true_plain"] = switched(_POOL_SHORTCUT=False, _CHAIN=False)
+        methods["ours_true_plain"] = ours("true", "probe", pool_shortcut=False)
     if args.layers:  # the probe path
-        methods["ours_true_layers"] = switched(_CHAIN=False)
+        methods["ours_true_layers"] = ours("true", "probe")
     if args.unstacked:  # the chain's per-cotangent loops, as on the CPU
-        methods["ours_true_unstacked"] = switched(_STACK_DEVICE_TYPES=frozenset())
+        methods["ours_true_unstacked"] = ours("true", stack_device_types=frozenset())
     if args.cpu_blocks:  # the CPU's cache-sized blocks of per-sample products, on the GPU
-        methods["ours_true_cpu_blocks"] = switched(_BLOCK_FLOATS_GPU=pbu.fisher._BLOCK_FLOATS)
+        methods["ours_true_cpu_blocks"] = ours(
+            "true", block_floats_gpu=FisherSettings().block_floats_cpu)
     if not args.skip_nngeometry:
         methods["nngeometry_true"] = lambda d: (lambda: _nngeometry(model, d, device))
     for name, make in methods.items():  # warm-up: one batch each
@@ -246,12 +235,7 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
                       "cpu_seconds": csec, "images_per_cpu_s": args.n / csec,
                       "all_cpu_seconds": cpu[name]}
     if args.fp64_ref:  # who is right where the two float32 results differ
-        import copy
-
-        model64 = copy.deepcopy(model).double()
-        loader64 = DataLoader(TensorDataset(x.double().to(device), y.to(device)),
-                              batch_size=args.batch_size)
-        ref64 = fisher_diagonal(model64, loader64, "true", chunk_size=args.chunk_size)
+        ref64 = float64_fisher(model, loader, "true", chunk_size=args.chunk_size)
         info["vs_fp64"] = {name: _compare(results[name], ref64)
                            for name in ("ours_true", "ours_true_plain", "ours_true_layers",
                                         "nngeometry_true")
@@ -340,11 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--skip-nngeometry", action="store_true")
     ap.add_argument("--plain", action="store_true",
-                    help="also time our true Fisher on the layer path without the pooled-chain "
-                         "shortcut (chain backend off too)")
+                    help="also time our true Fisher on the probe backend without its "
+                         "pooled-chain shortcut")
     ap.add_argument("--layers", action="store_true",
-                    help="also time our true Fisher on the probe-and-autograd layer path, "
-                         "with the chain backend off")
+                    help="also time our true Fisher on the probe backend (autograd to probes "
+                         "on each layer's output) instead of the default path")
     ap.add_argument("--fp64-ref", action="store_true",
                     help="also compute our true Fisher in float64 and compare both float32 results")
     ap.add_argument("--unstacked", action="store_true",
@@ -361,7 +345,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    malloc = apply_from_env()  # as every pbu command (PBU_MALLOC=default: glibc's own)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -377,11 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "malloc": malloc,
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
         "tf32_cudnn_for_nngeometry": bool(device.type == "cuda"
                                           and torch.backends.cudnn.allow_tf32),
         "results": []}
-    print(f"allocator: {malloc} (pbu.allocator; PBU_MALLOC=default for glibc's own)")
     for arch in archs:
         info = bench_model(arch, args, device)
         _print(info, device)

@@ -25,6 +25,7 @@ import pbu.data
 from pbu import methods
 from pbu.data import DATASETS, TensorImages, class_split, save_prepared
 from pbu.fisher import fisher_diagonal
+from pbu.fisher.reference import float64_fisher
 from pbu.models import build_model
 from pbu.train import TrainRecipe, evaluate_accuracy, train_model
 
@@ -171,13 +172,15 @@ def _fisher_case(arch: str, seed: int = 0) -> tuple[torch.nn.Module, torch.Tenso
     return model.eval(), x, torch.randint(0, 10, (len(x),), generator=g)
 
 
-def _batches(x, y, dev, channels_last, size=8, dtype=torch.float32):
+def _batches(x, y, dev, channels_last, size=8):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    return [(xb.to(dev, dtype), yb.to(dev)) for xb, yb in zip(x.split(size), y.split(size))]
+    return [(xb.to(dev), yb.to(dev)) for xb, yb in zip(x.split(size), y.split(size))]
 
 
-def check_fisher_matches_cpu(device: str, arch: str, channels_last: bool) -> None:
+def check_fisher_matches_cpu(device: str, arch: str, channels_last: bool,
+                             backend: str = "auto") -> None:
+    """``backend`` on the device; the CPU references take the default path."""
     dev = torch.device(device)
     model, x, y = _fisher_case(arch)
     ref_model = copy.deepcopy(model)
@@ -185,12 +188,11 @@ def check_fisher_matches_cpu(device: str, arch: str, channels_last: bool) -> Non
     if channels_last:
         model.to(memory_format=torch.channels_last)
     with tf32(True):  # the program's TF32 choice is on; the Fisher turns it off for itself
-        got = fisher_diagonal(model, _batches(x, y, dev, channels_last), "true", chunk_size=4)
+        got = fisher_diagonal(model, _batches(x, y, dev, channels_last), "true", chunk_size=4,
+                              backend=backend)
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     ref32 = fisher_diagonal(ref_model, _batches(x, y, "cpu", False), "true", chunk_size=4)
-    ref64 = fisher_diagonal(copy.deepcopy(ref_model).double(),
-                            _batches(x, y, "cpu", False, dtype=torch.float64), "true",
-                            chunk_size=4)
+    ref64 = float64_fisher(ref_model, _batches(x, y, "cpu", False), "true", chunk_size=4)
     names = [n for n, p in ref_model.named_parameters() if p.requires_grad]
     assert list(got) == names and list(ref32) == names
     worst = {}
@@ -205,10 +207,11 @@ def check_fisher_matches_cpu(device: str, arch: str, channels_last: bool) -> Non
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("arch,channels_last", [("small_cnn", False), ("small_cnn", True),
-                                                ("resnet18", True)])
-def test_fisher_on_device_matches_cpu(device, arch, channels_last):
-    check_fisher_matches_cpu(device, arch, channels_last)
+@pytest.mark.parametrize("arch,channels_last,backend", [
+    ("small_cnn", False, "auto"), ("small_cnn", True, "auto"),  # auto: the chain
+    ("small_cnn", True, "probe"), ("resnet18", True, "auto")])  # resnet18: the probe path
+def test_fisher_on_device_matches_cpu(device, arch, channels_last, backend):
+    check_fisher_matches_cpu(device, arch, channels_last, backend)
 
 
 # ------------------------------------------------------------------------------------------
