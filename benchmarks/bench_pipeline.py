@@ -841,12 +841,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out_md).write_text(results_markdown(rep, st, share))
             print(f"wrote {args.out_md}")
     else:
-        from pbu.allocator import apply_from_env
-
-        malloc = apply_from_env()  # as every pbu command (PBU_MALLOC=default: glibc's own)
-        print(f"allocator: {malloc} (pbu.allocator; PBU_MALLOC=default for glibc's own)")
         result = side_by_side(args)
-        result["malloc"] = malloc
         if args.out_md:
             Path(args.out_md).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out_md).write_text(side_by_side_markdown(result))

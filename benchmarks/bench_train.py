@@ -321,10 +321,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from pbu.allocator import apply_from_env
-
-    malloc = apply_from_env()  # as every pbu command (PBU_MALLOC=default: glibc's own)
-    print(f"allocator: {malloc} (pbu.allocator; PBU_MALLOC=default for glibc's own)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -384,7 +380,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         summary[model_name] = s
     result = {"benchmark": "bench_train", "machine": machine(device),
               "settings": {k: v for k, v in vars(user_args).items() if k != "out"},
-              "malloc": malloc, "rows": rows, "summary": summary}
+              "rows": rows, "summary": summary}
 
     print("\nside by side (same run):")
     for model_name, s in summary.items():

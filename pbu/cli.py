@@ -72,11 +72,11 @@ def _resources(device) -> dict[str, float]:
     is a fork-server worker that Snakemake's benchmark cannot see (``pbu.forkserver``)."""
     import torch
 
-    from pbu.allocator import active
-
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out = {"peak_rss_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime,
-           "minor_faults": usage.ru_minflt, "malloc": active(),
+           "minor_faults": usage.ru_minflt,
+           # glibc allocator settings from the environment (the SLURM profile sets two)
+           "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
            "fork_server": os.environ.get("PBU_FORK_WORKER") == "1"}
     if device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -612,14 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    from pbu.allocator import apply_from_env
     from pbu.errors import CheckpointError, DataUnavailableError
 
     try:
-        try:
-            apply_from_env()
-        except ValueError as err:
-            raise UsageError(str(err)) from None
         _setup(args)
         args.fn(args)
     except (UsageError, CheckpointError, DataUnavailableError) as err:

@@ -417,40 +417,6 @@ def test_gpu_check_summary_merges_fisher_runs_and_counts_tests(tmp_path):
     assert h["pytest"] == {"tests": 14, "failures": 1, "errors": 0, "skipped": 2, "passed": 11}
 
 
-# ------------------------------------------------------------------------------------------
-# bench_malloc.py
-# ------------------------------------------------------------------------------------------
-
-
-def test_bench_malloc_job_processes_and_summary(tmp_path):
-    import bench_malloc
-
-    bench_malloc.prepare(tmp_path, forget=2, epochs=1)
-    assert (tmp_path / "original.pt").is_file() and (tmp_path / "fisher.pt").is_file()
-    run = bench_malloc.child("default", "evaluate", tmp_path, forget=2, epochs=1,
-                             preload=False)  # "tuned" would change this process's allocator
-    assert run["mode"] == "default" and run["workload"] == "evaluate" and not run["applied"]
-    assert _positive(run["cpu_s"]) and _positive(run["wall_s"]) and run["minor_faults"] >= 0
-
-    runs = [{"mode": m, "workload": "fisher", "cpu_s": c, "wall_s": w, "minor_faults": f}
-            for m, c, w, f in [("default", 1.0, 1.1, 10), ("tuned", 0.5, 0.6, 2),
-                               ("default", 3.0, 3.3, 30), ("tuned", 1.5, 1.4, 4),
-                               ("default", 2.0, 2.2, 20), ("tuned", 1.0, 1.0, 3)]]
-    s = bench_malloc.summarise(runs, ["fisher"])["fisher"]
-    assert s["default"] == {"cpu_s": 2.0, "wall_s": 2.2, "minor_faults": 20}
-    assert s["tuned"] == {"cpu_s": 1.0, "wall_s": 1.0, "minor_faults": 3}
-    assert s["cpu_ratio"] == pytest.approx(2.0) and s["wall_ratio"] == pytest.approx(2.2)
-
-
-def test_bench_malloc_rejects_unknown_workloads():
-    import bench_malloc
-
-    with pytest.raises(SystemExit):
-        bench_malloc.parse_args(["--workloads", "fisher,lunch"])
-    with pytest.raises(SystemExit):
-        bench_malloc.parse_args(["--repeats", "0"])
-
-
 def test_bench_fisher_compares_the_chain_with_the_layer_paths(tmp_path):
     out = tmp_path / "f.json"
     _run("bench_fisher.py", "--models", "small_cnn", "--n", "24", "--batch-size", "8",

@@ -13,6 +13,7 @@ slurmdbd: the plugin would otherwise poll sacct in vain and snakemake would wait
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -157,6 +158,10 @@ def test_pipeline_runs_through_slurm(repo_copy: Path, tmp_path: Path):
     assert (results / "mlflow" / "mlflow.db").stat().st_size > 0
     # the local fork server (pbu/forkserver.py) is never started for a cluster executor
     assert not (results / "logs" / "pbu-server.log").exists()
+    # the profile's glibc allocator settings (its precommand) reached the job's process
+    malloc_env = json.loads((group / "fisher.json").read_text())["malloc_env"]
+    assert malloc_env.items() >= {"MALLOC_MMAP_MAX_": "0",
+                                  "MALLOC_TRIM_THRESHOLD_": "1073741824"}.items(), malloc_env
 
     # every compute job went through sbatch (one kept SLURM log each); localrules did not
     logs = slurm_logs(repo_copy)
