@@ -39,7 +39,7 @@ class Record:
 
     ``out`` is the tensor the hook returned (the owner's output plus its probe) and ``x_grad``
     whether the owner's input needed a gradient. ``fold`` = (BN name, a [C]) when the owner's
-    output goes straight into a BatchNorm whose backward we skip (see ``LayerPlan._hook``): the
+    output goes straight into a BatchNorm whose backward we skip (see ``ProbePlan._hook``): the
     gradient at this owner's output is then a ⊙ (gradient at the BN's output), plus whatever
     autograd brings from any other consumer.
     """
