@@ -246,8 +246,9 @@ def mia_entropy_svc_bad_teaching(retain_train_logits: ArrayLike, retain_test_log
     Bad Teaching's ``get_membership_attack_prob(retain, forget, test, model)`` takes one "test"
     loader, and the harness that reuses it for class forgetting (SSD, Foster et al., AAAI 2024:
     ``get_metric_scores`` passes ``valid_dl``) hands it the WHOLE test split, the forgotten
-    class included: here ``retain_test_logits`` and ``forget_test_logits`` together. A model that still recognises the forgotten class gives its test images low
-    entropy, so they pull the non-member side towards the forget-train targets. Members are
+    class included: here ``retain_test_logits`` and ``forget_test_logits`` together. A model
+    that still recognises the forgotten class gives its test images low entropy, so they pull
+    the non-member side towards the forget-train targets. Members are
     the retained classes' training samples, targets the forget class's; ``max_samples`` as in
     :func:`mia_entropy_svc` (the ratio of the full sets is kept).
     """
