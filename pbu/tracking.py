@@ -6,8 +6,13 @@ Results are files first; this step reads them and logs every job as one MLflow r
 - per forget class, a parent run ``evaluate`` holding the group, with child runs
   ``retrain`` (the oracle), ``fisher``, ``unlearn`` (one per method) and ``evaluate`` for the
   original model. Every model's evaluation metrics are logged under the SAME names
-  (``acc_forget_test``, ``mia_entropy_svc``, ``js_retain_test``, ...) on its own run, so the
-  compare view lines methods up; per-epoch / per-step histories are logged with steps.
+  (``acc_forget_test``, ``mia_entropy_svc``, ``js_retain_test``, ...) on its own run, with its
+  times as ``runs.csv`` has them (``time_s``, the headline ``total_time_s``), so the compare
+  view lines methods up and agrees with the tables; per-epoch / per-step histories are logged
+  with steps as ``trajectory/<name>``.
+- every run starts and ends when its job did (the record's ``started_at`` / ``ended_at``), has
+  the prepared dataset as its input (name, digest, split sizes), and the experiment carries a
+  description of what it holds.
 - per method whose unlearn job used a blind tuning record (``pbu tune``, info.json's
   ``hparams_from``), a child run ``tune`` of the same group (budget, rule, choice, the record as
   artifact) with one child ``tune_trial`` run per trial (its hyperparameters as params; its
