@@ -435,6 +435,10 @@ def method_summary(runs: pd.DataFrame) -> pd.DataFrame:
         row["gap_A_Df"], row["gap_A_Dr"] = grp["gap_A_Df"].mean(), grp["gap_A_Dr"].mean()
         gaps = [g for g in (row["gap_A_Df"], row["gap_A_Dr"]) if pd.notna(g)]
         row["acc_gap_to_oracle"] = float(np.mean(gaps)) if gaps else float("nan")
+        if "relearn_reached" in grp.columns and grp["relearn_reached"].notna().any():
+            # runs whose relearn count reached the Anamnesis target (the others are lower
+            # bounds at relearn_max_steps + 1)
+            row["n_relearned"] = int((grp["relearn_reached"] == 1).sum())
         rows.append(row)
     summary = pd.DataFrame(rows)
     if summary.empty:
@@ -535,8 +539,9 @@ def main_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def depth_table(summary: pd.DataFrame) -> pd.DataFrame:
     """The "depth of forgetting" table: ZRF, activation distance to the oracle (forget and
-    retain test), relearn steps and the Anamnesis Index, the linear probe's AUC; mean ± std over
-    forget classes × seeds, rows in the order of :func:`main_table`."""
+    retain test), relearn steps with how many runs relearned within the budget (``k/n``; the
+    others count ``max_steps + 1``, a lower bound) and the Anamnesis Index, the linear probe's
+    AUC; mean ± std over forget classes × seeds, rows in the order of :func:`main_table`."""
     if summary.empty:
         return pd.DataFrame()
     summary = _reading_order(summary)
@@ -544,6 +549,10 @@ def depth_table(summary: pd.DataFrame) -> pd.DataFrame:
                         "method": summary["method"]})
     for label, cells in _formatted(summary, DEPTH_METRICS).items():
         out[label] = cells
+        if label == RUN_METRICS["relearn_steps"][0] and "n_relearned" in summary.columns:
+            # how many runs relearned within the step budget: the rest count as lower bounds
+            out["relearned"] = [None if pd.isna(k) else f"{int(k)}/{int(n)}"
+                                for k, n in zip(summary["n_relearned"], summary["n_runs"])]
     return out.reset_index(drop=True)
 
 
@@ -933,10 +942,10 @@ def _fig_mia(runs: pd.DataFrame) -> Any | None:
             else:
                 oracle_line = ax.axvline(oracle_vals.mean(), color="black", linestyle="--",
                                          linewidth=1.0)
-            ax.set_xlabel(f"{RUN_METRICS[col][0]}")
+            ax.set_xlabel(RUN_METRICS[col][0].replace(" (", "\n("))  # narrow panels
             ax.set_ylabel("" if c else f"{dataset} / {arch}")
     if oracle_line is not None:
-        fig.legend([oracle_line], ["retrain (oracle), mean over runs"],
+        fig.legend([oracle_line], ["oracle (retrained without the class), mean over runs"],
                    loc="outside lower center", frameon=False)
     return fig
 
@@ -1210,7 +1219,8 @@ def _summary_section(runs: pd.DataFrame, settings: Mapping[str, Any]) -> list[st
               "the oracle's; relearn steps: Adam steps on forget-class images until the "
               f"forget-test accuracy is back {within} of the original model's, and AIN "
               "(Anamnesis Index) those steps over the oracle's (about 1 = forgotten as deeply as "
-              "retraining); probe AUC: a linear probe on frozen penultimate features telling the "
+              "retraining; relearned: runs that got there within the step budget, the others "
+              "count as the budget + 1, a lower bound); probe AUC: a linear probe on frozen penultimate features telling the "
               "forget class from the rest. `tables/method_summary.*` has every metric, "
               "`README.md` (Metrics) their sources.", ""]
     return lines

@@ -58,6 +58,7 @@ def make_runs(dataset: str = "mnist5k", arch: str = "small_cnn", forgets=FORGETS
                     act_dist_forget_test=0.0 if oracle else 0.1 * (m_idx + 1),
                     act_dist_retain_test=0.0 if oracle else 0.01 * (m_idx + 1),
                     relearn_steps=float(3 * m_idx + s),
+                    relearn_reached=0.0 if (method == "unsir" and s == 2) else 1.0,
                     anamnesis_index=float(3 * m_idx + s) / (3.0 + s),
                     probe_auc=0.6 + 0.05 * m_idx + rng.normal(0, 0.01),
                     parameters=PARAMETERS,
@@ -377,7 +378,11 @@ def test_main_and_depth_tables(runs):
         "MIA entropy-SVC (Bad Teaching's sets)", "JS to oracle", "|ΔA_Df|", "|ΔA_Dr|",
         "time (s)", "method time (s)", "rank"]
     assert list(depth.columns) == ["dataset", "arch", "method", "ZRF", "act. dist. forget",
-                                   "act. dist. retain", "relearn steps", "AIN", "probe AUC"]
+                                   "act. dist. retain", "relearn steps", "relearned", "AIN",
+                                   "probe AUC"]
+    # runs whose relearn count is only a lower bound are counted out: unsir's seed 2, 2 classes
+    assert depth.loc[depth["method"] == "unsir", "relearned"].item() == "4/6"
+    assert depth.loc[depth["method"] == "pbu", "relearned"].item() == "6/6"
     pbu = main[main["method"] == "pbu"].iloc[0]
     pbu_runs = runs[runs["method"] == "pbu"]
     # The headline time is the total (Fisher included); the method alone has its own column.
