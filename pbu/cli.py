@@ -175,12 +175,13 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     seed_everything(args.seed)
     model = build_model(args.arch, weights=args.weights, **model_args)
     t0 = time.perf_counter()
+    timings: dict[str, float] = {}
     history = train_model(model, train, recipe, seed=args.seed, test=test, device=device,
-                          progress=not args.quiet)
+                          progress=not args.quiet, timings=timings)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     # Training alone, like every method's time: the per-epoch test pass is timed apart.
-    eval_s = sum(row.get("eval_time_s", 0.0) for row in history)
+    eval_s = timings.get("eval_time_s", 0.0)
     elapsed = time.perf_counter() - t0 - eval_s
     role = "oracle" if args.forget is not None else "original"
     save_checkpoint(args.out_model, model, arch=args.arch, model_args=model_args,

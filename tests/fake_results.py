@@ -47,7 +47,7 @@ def make_results(root: Path, forget: int = 2, seed: int = 0) -> Path:
     _write(seed_dir / "pretrain" / "info.json", {
         "role": "original", "time_s": PRETRAIN_S, "eval_time_s": 0.6, "epochs": 6,
         "time_per_epoch_s": PRETRAIN_S / 6, "parameters": PARAMETERS, "recipe": {"epochs": 6},
-        "history": [{"epoch": 1, "loss": 0.3, "test_acc": 95.0, "eval_time_s": 0.1}],
+        "history": [{"epoch": 1, "loss": 0.3, "test_acc": 95.0}],
         **span(0, PRETRAIN_S + 0.6)})
     _write(group / "oracle" / "info.json", {
         "role": "oracle", "time_s": ORACLE_S, "eval_time_s": 0.5, "epochs": 6,

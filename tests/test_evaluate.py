@@ -14,7 +14,11 @@ from torch import nn
 from pbu import metrics as M
 
 # The module, not the function ``pbu.evaluate`` that the package exports under the same name.
+# Loading the submodule binds it as the package attribute ``pbu.evaluate``, hiding the function
+# from every later test (the name collision of issue 16): unbind it again, so the package's lazy
+# lookup returns the function as before.
 E = importlib.import_module("pbu.evaluate")
+vars(importlib.import_module("pbu")).pop("evaluate", None)
 
 K = 10
 NO_DEPTH = E.EvalSettings(batch_size=64, mia_max_samples=None, relearn=False, probe=False)
