@@ -10,6 +10,13 @@ Layout read (one directory level per wildcard)::
 
 Written: ``runs.csv`` (one row per dataset/arch/seed/forget/method), ``history.csv`` (per-step
 trajectories) and ``timings.csv`` (wall time of every compute job, including Fisher).
+
+Times (seconds): ``time_s`` is a job's own timed work, as its record states it (a method alone,
+evaluation excluded; the oracle's and the original model's training without their per-epoch
+test pass). ``total_time_s`` is the headline: everything a model needs from θ*, its
+prerequisites included -- PBU's Fisher (``fisher_time_s``) and, when tuning chose the
+hyperparameters, the tuning (``tune_time_s``). ``total_time_per_epoch_s`` divides it by the
+epochs the method ran.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pbu.io import atomic_write
+from pbu.registry import METHODS_NEEDING_FISHER
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +68,49 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, write)
 
 
-def _timing(key: dict[str, Any], method: str, info: dict[str, Any]) -> dict[str, Any]:
+def _timing(key: dict[str, Any], method: str, info: dict[str, Any],
+            total: dict[str, Any] | None = None) -> dict[str, Any]:
     return {**key, "method": method, "time_s": info.get("time_s"),
             "epochs": info.get("epochs"), "time_per_epoch_s": info.get("time_per_epoch_s"),
+            **(total or {}),
             "peak_rss_mb": info.get("peak_rss_mb"), "peak_gpu_mb": info.get("peak_gpu_mb")}
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def total_time(method: str, info: dict[str, Any], fisher: dict[str, Any],
+               tune: dict[str, Any] | None) -> dict[str, Any]:
+    """The headline time of one model and its parts (see the module docstring).
+
+    PBU (any method whose job took a Fisher file, or that :data:`METHODS_NEEDING_FISHER` lists)
+    adds the Fisher job's time; a tuned method adds its tuning record's ``total_time_s``. None
+    when the model's own time is unknown.
+    """
+    own = _num(info.get("time_s"))
+    out: dict[str, Any] = {}
+    parts = [own]
+    if info.get("fisher") or method in METHODS_NEEDING_FISHER:
+        out["fisher_time_s"] = _num(fisher.get("time_s"))
+        parts.append(out["fisher_time_s"])
+    if tune is not None:
+        out["tune_time_s"] = _num(tune.get("total_time_s"))
+        parts.append(out["tune_time_s"])
+    total = None if any(p is None for p in parts) else sum(parts)  # type: ignore[arg-type]
+    epochs = _num(info.get("epochs"))
+    out["total_time_s"] = total
+    out["total_time_per_epoch_s"] = (total / epochs if total is not None and epochs else None)
+    return out
+
+
+def tune_record(group: Path, method: str, info: dict[str, Any]) -> dict[str, Any] | None:
+    """The tuning record an unlearn job took its hyperparameters from, if any."""
+    src = info.get("hparams_from")
+    if not src:
+        return None
+    canonical = group / "tune" / f"{method}.json"
+    return _read(canonical) or _read(Path(str(src.get("file")))) or {}
 
 
 def collect(results: str | os.PathLike | None, metrics_files: list[str] | None = None,
@@ -95,16 +142,17 @@ def collect(results: str | os.PathLike | None, metrics_files: list[str] | None =
             if method == "original":
                 info = pre
                 row["data_access"] = "-"
+                total = total_time(method, info, fisher, None)
             else:
                 info = _read(group / method / "info.json") or {}
                 row["data_access"] = info.get("data_access", "-")
-                timings.append(_timing(key, method, info))
+                total = total_time(method, info, fisher, tune_record(group, method, info))
+                timings.append(_timing(key, method, info, total))
             row.update(metrics)
             for k in ("time_s", "epochs", "time_per_epoch_s", "peak_rss_mb", "peak_gpu_mb"):
                 row[k] = info.get(k)
-            if method == "pbu" and fisher:
-                row["fisher_time_s"] = fisher.get("time_s")
-                row["time_with_fisher_s"] = (info.get("time_s") or 0) + (fisher.get("time_s") or 0)
+            row.update(total)
+            row["parameters"] = pre.get("parameters")
             stop = (info.get("info") or {})
             for k in ("stop_step", "steps", "stop_reason"):
                 if k in stop:

@@ -66,10 +66,16 @@ def _setup(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
+#: Wall-clock time (Unix seconds) when :func:`main` began this job; None outside ``main``.
+_JOB_STARTED: float | None = None
+
+
 def _resources(device) -> dict[str, float]:
     """Peak RSS (MB) and CPU seconds (user + system) of this process and, on a GPU, peak
     allocated GPU memory (MB). Measured inside the job's own process, so they stay right when it
-    is a fork-server worker that Snakemake's benchmark cannot see (``pbu.forkserver``)."""
+    is a fork-server worker that Snakemake's benchmark cannot see (``pbu.forkserver``). Also the
+    job's own span, ``started_at`` / ``ended_at`` (Unix seconds): MLflow shows them as the run's
+    start and duration."""
     import torch
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -77,7 +83,8 @@ def _resources(device) -> dict[str, float]:
            "minor_faults": usage.ru_minflt,
            # glibc allocator settings from the environment (the SLURM profile sets two)
            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
-           "fork_server": os.environ.get("PBU_FORK_WORKER") == "1"}
+           "fork_server": os.environ.get("PBU_FORK_WORKER") == "1",
+           "started_at": _JOB_STARTED, "ended_at": time.time()}
     if device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
@@ -168,11 +175,14 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     seed_everything(args.seed)
     model = build_model(args.arch, weights=args.weights, **model_args)
     t0 = time.perf_counter()
+    timings: dict[str, float] = {}
     history = train_model(model, train, recipe, seed=args.seed, test=test, device=device,
-                          progress=not args.quiet)
+                          progress=not args.quiet, timings=timings)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - t0
+    # Training alone, like every method's time: the per-epoch test pass is timed apart.
+    eval_s = timings.get("eval_time_s", 0.0)
+    elapsed = time.perf_counter() - t0 - eval_s
     role = "oracle" if args.forget is not None else "original"
     save_checkpoint(args.out_model, model, arch=args.arch, model_args=model_args,
                     hparams={"recipe": recipe.to_dict(), "weights": args.weights}, seed=args.seed,
@@ -180,11 +190,13 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     write_json(args.out_info, {
         "role": role, "dataset": spec.name, "arch": args.arch, "seed": args.seed,
         "forget": args.forget, "recipe": recipe.to_dict(), "weights": args.weights,
-        "history": history, "time_s": elapsed, "epochs": recipe.epochs,
+        "history": history, "time_s": elapsed, "eval_time_s": eval_s, "epochs": recipe.epochs,
         "time_per_epoch_s": elapsed / max(recipe.epochs, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
         "final_test_acc": history[-1]["test_acc"] if history else None,
         "train_samples": len(train), "device": str(device), **_resources(device),
-        "units": {"time_s": "s", "test_acc": "%", "peak_rss_mb": "MB"},
+        "units": {"time_s": "s (training alone; the per-epoch test pass is eval_time_s)",
+                  "test_acc": "%", "peak_rss_mb": "MB", "started_at": "Unix s"},
     })
 
 
@@ -370,7 +382,7 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
     write_json(args.out_history, {"method": args.method, "history": history})
     write_json(args.out_info, {
         "method": args.method, "forget": args.forget, "seed": args.seed, "hparams": hp,
-        "hparams_from": tuned,
+        "hparams_from": tuned, "fisher": args.fisher if spec.needs_fisher else None,
         "data_access": spec.access.label, "time_s": elapsed, "epochs": epochs,
         "time_per_epoch_s": elapsed / epochs if epochs > 0 else None,
         "info": result.info, "device": str(device), **_resources(device),
@@ -381,7 +393,7 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from pbu.checkpoint import write_json
-    from pbu.evaluate import UNITS, EvalData, EvalSettings, evaluate_models
+    from pbu.evaluate import UNITS, EvalData, EvalSettings, data_record, evaluate_models
     from pbu.models import build_model
     from pbu.train import seed_everything
 
@@ -407,6 +419,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                            seed=args.seed, device=device)
     write_json(args.out, {"forget": args.forget, "seed": args.seed, "settings":
                           settings.__dict__, "metrics": rows, "units": UNITS,
+                          "data": data_record(args.data, train, test, args.forget),
                           "time_s": time.perf_counter() - t0, **_resources(device)})
 
 
@@ -607,6 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _JOB_STARTED
+    _JOB_STARTED = time.time()  # the job's own start, recorded with its results
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

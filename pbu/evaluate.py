@@ -7,9 +7,11 @@ The oracle's own row is computed the same way, so every method's number sits bes
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +29,10 @@ SPLITS = ("forget_train", "retain_train", "forget_test", "retain_test")
 UNITS: dict[str, str] = {
     "acc_forget_test": "%", "acc_retain_test": "%", "acc_forget_train": "%",
     "acc_retain_train": "%",
-    "mia_entropy_svc": "fraction of forget-train predicted member (Bad Teaching / PBU paper)",
+    "mia_entropy_svc": "fraction of forget-train predicted member; attack fitted on retain-train "
+                       "vs test without the forget class (Bad Teaching's attack, PBU paper)",
+    "mia_entropy_svc_bad_teaching": "fraction of forget-train predicted member; attack fitted on "
+                                    "retain-train vs the whole test split (Bad Teaching's sets)",
     "mia_efficacy_salun": "fraction of forget-train predicted non-member (SalUn)",
     "mia_loss_acc": "CV accuracy, forget-train vs forget-test (0.5 = no leakage)",
     "mia_loss_auc": "CV ROC AUC, forget-train vs forget-test (0.5 = no leakage)",
@@ -35,8 +40,13 @@ UNITS: dict[str, str] = {
     "act_dist_forget_test": "L2 between softmax outputs", "act_dist_retain_test": "L2",
     "zrf_forget_test": "1 - mean JS to an incompetent model (Chundawat et al.)",
     "zrf_forget_test_as_coded": "ZRF as coded by Bad Teaching / SSD (reversed KL, / classes)",
-    "relearn_steps": "Adam steps on a forget sample until forget-test accuracy >= threshold",
-    "anamnesis_index": "relearn_steps / oracle relearn_steps",
+    "anamnesis_target": "% forget-test accuracy: within anamnesis_alpha % of the original's",
+    "relearn_steps": "Adam steps on forget samples until forget-test accuracy >= anamnesis_target",
+    "relearn_reached": "1 if relearn_steps reached the target, 0 if it is a lower bound",
+    "anamnesis_index": "relearn_steps / oracle relearn_steps (Chundawat et al., zero-shot)",
+    "relearn_steps_fixed": "Adam steps until forget-test accuracy >= relearn_threshold %",
+    "relearn_fixed_reached": "1 if relearn_steps_fixed reached its threshold, 0 if a lower bound",
+    "relearn_ratio_fixed": "relearn_steps_fixed / oracle relearn_steps_fixed",
     "probe_auc": "ROC AUC of a linear probe (forget vs rest) on penultimate features",
     "probe_acc": "balanced accuracy of that probe",
 }
@@ -47,12 +57,15 @@ class EvalSettings:
     """Engineering knobs of the evaluation (sizes, not hyperparameters of any method)."""
 
     batch_size: int = 1024
-    mia_max_samples: int = 1000  # per side of the SVC attacks (fit is quadratic)
+    # Samples an SVC attack is fitted on, members and non-members together; the ratio of the
+    # full sets is kept (pbu.metrics.mia_fit_sizes). None: all (the fit grows ~quadratically).
+    mia_max_samples: int | None = 1000
     relearn_samples: int = 64  # forget-train samples used to relearn
     relearn_batch_size: int = 16
     relearn_lr: float = 1e-3
     relearn_max_steps: int = 100
-    relearn_threshold: float = 50.0  # percent forget-test accuracy to count as relearned
+    anamnesis_alpha: float = 5.0  # Anamnesis Index: within alpha % of the original's accuracy
+    relearn_threshold: float = 50.0  # fixed target (%) of relearn_steps_fixed
     probe_train_per_class: int = 100
     probe: bool = True
     relearn: bool = True
@@ -93,15 +106,47 @@ def model_outputs(model: nn.Module, data: EvalData, settings: EvalSettings,
             for s in SPLITS}
 
 
-def _relearn_steps(model: nn.Module, data: EvalData, settings: EvalSettings, seed: int,
-                   device: torch.device) -> M.RelearnResult:
+def _relearn(model: nn.Module, data: EvalData, settings: EvalSettings, seed: int,
+             device: torch.device, threshold: float) -> M.RelearnResult:
+    """Relearn trajectory of ``model`` on a seeded forget-train sample, run until the forget-test
+    accuracy reaches ``threshold`` (or ``relearn_max_steps``)."""
     idx = random_subset(len(data.forget_train), settings.relearn_samples, seed)
     sample = data.forget_train.subset(idx)
     loader = sample.loader(settings.relearn_batch_size, shuffle=True, seed=seed, device=device)
     return M.relearn_time(model, loader, data.forget_test.loader(settings.batch_size,
                                                                  device=device),
                           lr=settings.relearn_lr, max_steps=settings.relearn_max_steps,
-                          threshold=settings.relearn_threshold, seed=seed)
+                          threshold=threshold, seed=seed)
+
+
+def _relearn_metrics(trajectories: dict[str, M.RelearnResult], target: float,
+                     settings: EvalSettings) -> dict[str, dict[str, float]]:
+    """Per model: steps to the Anamnesis target and to the fixed threshold, read off one
+    trajectory each, and their ratios to the oracle's (``max_steps + 1`` = never reached)."""
+    never = settings.relearn_max_steps + 1
+    counts: dict[str, dict[str, float]] = {}
+    for name, res in trajectories.items():
+        counts[name] = {"anamnesis_target": target}
+        for key, reached, goal in (("relearn_steps", "relearn_reached", target),
+                                   ("relearn_steps_fixed", "relearn_fixed_reached",
+                                    settings.relearn_threshold)):
+            steps = None if math.isnan(goal) else M.steps_to_reach(res.accuracies, goal)
+            counts[name][key] = (math.nan if math.isnan(goal)
+                                 else float(never if steps is None else steps))
+            counts[name][reached] = math.nan if math.isnan(goal) else float(steps is not None)
+    oracle = counts.get("oracle")
+    for steps, reached, ratio in (("relearn_steps", "relearn_reached", "anamnesis_index"),
+                                  ("relearn_steps_fixed", "relearn_fixed_reached",
+                                   "relearn_ratio_fixed")):
+        # An oracle that never got there gives only a lower bound: no ratio can be stated.
+        defined = oracle is not None and oracle[reached] == 1.0
+        if oracle is not None and not defined and not math.isnan(oracle[steps]):
+            log.warning("the oracle did not relearn within %d steps: %s is undefined (raise "
+                        "evaluation.relearn_max_steps)", settings.relearn_max_steps, ratio)
+        for c in counts.values():
+            c[ratio] = (M.anamnesis_index(int(c[steps]), int(oracle[steps]))
+                        if defined and not math.isnan(c[steps]) else math.nan)
+    return counts
 
 
 def _probe(out: dict[str, tuple[Tensor, Tensor, Tensor | None]], forget_class: int,
@@ -130,24 +175,43 @@ def evaluate_models(models: dict[str, nn.Module], oracle: nn.Module, incompetent
     """Metrics for every model in ``models`` (plus ``"oracle"``), keyed by model name.
 
     ``incompetent`` is a randomly initialised model of the same architecture (for ZRF).
+    ``models["original"]``, the model before unlearning, sets the Anamnesis Index's target
+    (its forget-test accuracy); without it the relearn metrics other than the fixed-threshold
+    ones are NaN.
     """
     device = torch.device(device)
     everyone = {"oracle": oracle, **{k: v for k, v in models.items() if k != "oracle"}}
     outs = {name: model_outputs(m, data, settings, device) for name, m in everyone.items()}
     inc_forget = M.collect_outputs(incompetent, data.forget_test.loader(settings.batch_size,
                                                                         device=device))[0]
-    relearn = ({name: _relearn_steps(m, data, settings, seed, device)
-                for name, m in everyone.items()} if settings.relearn else {})
+    relearn: dict[str, dict[str, float]] = {}
+    if settings.relearn:
+        target = math.nan
+        if "original" in outs:
+            target = M.anamnesis_target(
+                M.accuracy_from_logits(*outs["original"]["forget_test"][:2]),
+                settings.anamnesis_alpha)
+        else:
+            log.warning("no 'original' model: the Anamnesis target is undefined")
+        # One trajectory per model, run until it reaches both targets (or the step limit).
+        threshold = (settings.relearn_threshold if math.isnan(target)
+                     else max(settings.relearn_threshold, target))
+        relearn = _relearn_metrics(
+            {name: _relearn(m, data, settings, seed, device, threshold)
+             for name, m in everyone.items()}, target, settings)
     o = outs["oracle"]
     rows: dict[str, dict[str, float]] = {}
-    for name, m in everyone.items():
+    for name in everyone:
         out = outs[name]
         (ftr, ftr_y, _), (rtr, rtr_y, _) = out["forget_train"], out["retain_train"]
         (fte, fte_y, _), (rte, rte_y, _) = out["forget_test"], out["retain_test"]
         row = {f"acc_{s}": M.accuracy_from_logits(*out[s][:2]) for s in SPLITS}
-        # Member = retain-train, non-member = the test split WITHOUT the forget class.
+        # Members = retain-train; non-members = the test split WITHOUT the forget class (ours)
+        # or the whole test split (Bad Teaching's sets); targets = forget-train.
         row["mia_entropy_svc"] = M.mia_entropy_svc(rtr, rte, ftr, seed=seed,
                                                    max_samples=settings.mia_max_samples)
+        row["mia_entropy_svc_bad_teaching"] = M.mia_entropy_svc_bad_teaching(
+            rtr, rte, fte, ftr, seed=seed, max_samples=settings.mia_max_samples)
         row["mia_efficacy_salun"] = M.mia_efficacy_salun(
             rtr, rtr_y, rte, rte_y, ftr, ftr_y, seed=seed, max_samples=settings.mia_max_samples)
         loss_mia = M.mia_loss_lr(ftr, ftr_y, fte, fte_y, seed=seed)
@@ -158,13 +222,27 @@ def evaluate_models(models: dict[str, nn.Module], oracle: nn.Module, incompetent
         row["act_dist_retain_test"] = M.activation_distance(rte, o["retain_test"][0])
         row["zrf_forget_test"] = M.zrf(fte, inc_forget)
         row["zrf_forget_test_as_coded"] = M.zrf_as_coded(fte, inc_forget)
-        if settings.relearn:
-            row["relearn_steps"] = float(relearn[name].steps)
-            row["relearn_reached"] = float(relearn[name].reached)
-            row["anamnesis_index"] = M.anamnesis_index(relearn[name].steps,
-                                                       relearn["oracle"].steps)
+        row.update(relearn.get(name, {}))
         if settings.probe:
             p = _probe(out, forget_class, settings, seed)
             row["probe_auc"], row["probe_acc"] = p["auc"], p["acc"]
         rows[name] = row
     return rows
+
+
+def data_record(path: str | Path, train: ImageData, test: ImageData,
+                forget_class: int) -> dict[str, Any]:
+    """What the evaluation ran on, for the MLflow dataset inputs: the dataset's name, a digest
+    of the prepared file's bytes (sha256, 16 hex digits), its class count and every split's
+    size."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    f_tr, r_tr = class_split(train.labels, forget_class)
+    f_te, r_te = class_split(test.labels, forget_class)
+    return {"name": train.spec.name, "file": str(path), "digest": digest.hexdigest()[:16],
+            "num_classes": train.spec.num_classes,
+            "splits": {"train": len(train), "test": len(test), "forget_train": len(f_tr),
+                       "retain_train": len(r_tr), "forget_test": len(f_te),
+                       "retain_test": len(r_te)}}

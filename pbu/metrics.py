@@ -9,7 +9,9 @@ Names say which published definition each number follows, because the unlearning
 
 - :func:`mia_entropy_svc` -- Bad Teaching's attack (Chundawat et al., AAAI 2023), the one the PBU
   paper reports: fraction of forget-class TRAIN samples predicted "member" (lower = less leakage;
-  compare with the retrain oracle's value).
+  compare with the retrain oracle's value). Non-members: the test split without the forget
+  class; :func:`mia_entropy_svc_bad_teaching` is the same attack with Bad Teaching's own
+  non-members, the whole test split.
 - :func:`mia_efficacy_salun` -- "MIA-efficacy" of l1-sparse (Jia et al., NeurIPS 2023) / SalUn
   (Fan et al., ICLR 2024), confidence feature: fraction of forget-class TRAIN samples predicted
   "non-member" (higher = more forgetting).
@@ -17,6 +19,9 @@ Names say which published definition each number follows, because the unlearning
   forget-class train vs forget-class test: accuracy/AUC, 0.5 = no leakage.
 - :func:`zrf` (the formula of the paper) and :func:`zrf_as_coded` (what the Bad Teaching / SSD
   code computes: KL reversed and element-averaged, i.e. divided by the class count).
+- :func:`anamnesis_index` -- the Anamnesis Index of Chundawat et al. (zero-shot unlearning):
+  relearn steps until within alpha % of the ORIGINAL model's forget accuracy
+  (:func:`anamnesis_target`), over the retrain oracle's steps to the same target.
 
 Everything that takes logits works in float64 on the CPU and in log space, so one-hot or extreme
 outputs give finite numbers instead of NaN.
@@ -158,6 +163,25 @@ def _subsample(x: np.ndarray, k: int | None, rng: np.random.Generator) -> np.nda
     return x[np.sort(rng.choice(len(x), size=k, replace=False))]
 
 
+def mia_fit_sizes(n_member: int, n_non_member: int, max_samples: int | None) -> tuple[int, int]:
+    """How many members and non-members an attack fits on when at most ``max_samples`` in all.
+
+    Both sides shrink by the same factor, so the member:non-member ratio of the full sets is
+    kept (to rounding; each side keeps at least one sample). An SVC fitted without class
+    weights leans towards the larger side, so its answers depend on that ratio: a cap that
+    changed it (e.g. 500:500 from 3,600:900) would change the attack, not just its cost.
+    ``None`` (or sets already small enough) keeps every sample.
+    """
+    total = n_member + n_non_member
+    if max_samples is None or total <= max_samples:
+        return n_member, n_non_member
+    if max_samples < 2:
+        raise ValueError(f"max_samples must be >= 2 (one member, one non-member), "
+                         f"got {max_samples}")
+    k_member = min(max(round(max_samples * n_member / total), 1), max_samples - 1)
+    return k_member, max_samples - k_member
+
+
 def _svc_member_rate(member: np.ndarray, non_member: np.ndarray, target: np.ndarray) -> float:
     """Fit the Bad Teaching / SalUn SVC on member (1) vs non-member (0); rate of 1 on target."""
     from sklearn.svm import SVC
@@ -185,26 +209,52 @@ def mia_entropy_svc(retain_train_logits: ArrayLike, test_logits: ArrayLike,
 
     - feature: entropy of the softmax output (one number per sample);
     - attacker: ``sklearn.svm.SVC(C=3, gamma='auto', kernel='rbf')`` fitted on the
-      retain-class TRAIN samples labelled 1 (member) and the TEST samples labelled 0
-      (non-member), without class balancing (as in the original);
-    - target: the forget-class TRAIN samples;
+      members (``retain_train_logits``, label 1) and the non-members (``test_logits``,
+      label 0), without class balancing (as in the original);
+    - target: ``forget_train_logits``, the forget-class TRAIN samples;
     - returned: the fraction of targets predicted "member", in [0, 1]. Lower means less leakage;
       the retrain oracle's value is the reference, not 0.
 
-    Recommended test set: the test split WITHOUT the forget class (what the pipeline passes), so
-    the non-member side is the same population of classes as the member side. The function only
-    sees arrays; the caller builds the sets (the authors' released code rebuilt every loader from
-    ``.dataset`` and so used the full test set for all three -- check that at the call site).
+    Which test samples are the non-members is the caller's choice, and it changes the number:
+    the pipeline reports this function twice, as ``mia_entropy_svc`` (non-members = the test
+    split WITHOUT the forget class, the same classes as the members) and, through
+    :func:`mia_entropy_svc_bad_teaching`, with Bad Teaching's own sets (the whole test split).
+    The function only sees arrays; the authors' released code rebuilt every loader from
+    ``.dataset`` and so used the full test set for all three -- the call site is tested.
 
-    ``max_samples`` (optional) caps each of the two training sides at that many samples, drawn
-    without replacement with ``seed``; an SVC fit is quadratic in the sample count, so this keeps
-    large retain sets tractable. ``None`` uses every sample, like the original.
+    ``max_samples`` (optional) caps the attack's TRAINING set, members and non-members
+    together; when the two sets hold more, both are subsampled (seeded, without replacement)
+    by the same factor, keeping their ratio (:func:`mia_fit_sizes`). An SVC fit grows faster
+    than quadratically with the sample count, so this keeps large retain sets tractable without
+    changing what the unbalanced attacker learns. ``None`` uses every sample, like the original.
+    The targets are never subsampled.
     """
     rng = np.random.default_rng(seed)
-    member = _subsample(softmax_entropy(retain_train_logits).numpy(), max_samples, rng)
-    non_member = _subsample(softmax_entropy(test_logits).numpy(), max_samples, rng)
+    member = softmax_entropy(retain_train_logits).numpy()
+    non_member = softmax_entropy(test_logits).numpy()
+    k_member, k_non = mia_fit_sizes(len(member), len(non_member), max_samples)
+    member, non_member = _subsample(member, k_member, rng), _subsample(non_member, k_non, rng)
     target = softmax_entropy(forget_train_logits).numpy()
     return _svc_member_rate(member, non_member, target)
+
+
+def mia_entropy_svc_bad_teaching(retain_train_logits: ArrayLike, retain_test_logits: ArrayLike,
+                                 forget_test_logits: ArrayLike, forget_train_logits: ArrayLike,
+                                 seed: int, *, max_samples: int | None = None) -> float:
+    """:func:`mia_entropy_svc` with the sets of Bad Teaching's own experiments.
+
+    Bad Teaching's ``get_membership_attack_prob(retain, forget, test, model)`` takes one "test"
+    loader, and the harness that reuses it for class forgetting (SSD, Foster et al., AAAI 2024:
+    ``get_metric_scores`` passes ``valid_dl``) hands it the WHOLE test split, the forgotten
+    class included: here ``retain_test_logits`` and ``forget_test_logits`` together. A model
+    that still recognises the forgotten class gives its test images low entropy, so they pull
+    the non-member side towards the forget-train targets. Members are
+    the retained classes' training samples, targets the forget class's; ``max_samples`` as in
+    :func:`mia_entropy_svc` (the ratio of the full sets is kept).
+    """
+    test = torch.cat([_as_tensor(retain_test_logits), _as_tensor(forget_test_logits)])
+    return mia_entropy_svc(retain_train_logits, test, forget_train_logits, seed,
+                           max_samples=max_samples)
 
 
 def mia_efficacy_salun(retain_train_logits: ArrayLike, retain_train_labels: ArrayLike,
@@ -227,7 +277,8 @@ def mia_efficacy_salun(retain_train_logits: ArrayLike, retain_train_labels: Arra
     - returned: the fraction of targets predicted NON-member, in [0, 1]; higher = more forgetting
       (``1 - mean(predict)`` in their code).
 
-    ``max_samples`` (optional) further caps both shadow sides at that many samples.
+    ``max_samples`` (optional) caps the two shadow sides together (at most ``max_samples // 2``
+    each), so the 1:1 ratio of their recipe is kept.
     """
     rng = np.random.default_rng(seed)
     member = true_class_confidence(retain_train_logits, retain_train_labels).numpy()
@@ -235,7 +286,7 @@ def mia_efficacy_salun(retain_train_logits: ArrayLike, retain_train_labels: Arra
     target = true_class_confidence(forget_train_logits, forget_train_labels).numpy()
     k = min(len(member), len(non_member))
     if max_samples is not None:
-        k = min(k, max_samples)
+        k = min(k, max(max_samples // 2, 1))
     member, non_member = _subsample(member, k, rng), _subsample(non_member, k, rng)
     return 1.0 - _svc_member_rate(member, non_member, target)
 
@@ -422,18 +473,45 @@ def relearn_time(model: nn.Module, forget_loader: Iterable[Batch],
     return RelearnResult(max_steps + 1, False, accs)
 
 
+def steps_to_reach(accuracies: list[float], threshold: float) -> int | None:
+    """First step ``t`` with ``accuracies[t] >= threshold`` (``accuracies[0]`` is before any
+    step, as in :class:`RelearnResult`), or None if the trajectory never gets there.
+
+    A :func:`relearn_time` run to the highest of several thresholds gives each lower one's count
+    as well: the trajectory up to its first crossing is the one a run stopping there would have
+    taken (same seed, same batches).
+    """
+    return next((t for t, acc in enumerate(accuracies) if acc >= threshold), None)
+
+
+def anamnesis_target(original_accuracy: float, alpha: float) -> float:
+    """Forget accuracy (%) a model must regain to count as relearned in the Anamnesis Index:
+    within ``alpha`` percent of the ORIGINAL model's forget accuracy, ``(1 - alpha/100) * acc``.
+
+    Chundawat et al., "Zero-shot machine unlearning" (IEEE TIFS 2023): r_t(M, M_orig, alpha)
+    counts the steps until M comes within alpha % of M_orig's accuracy on the forget class; the
+    authors' code (``metrics.ain``, ``error_range=0.05``) uses ``(1 - 0.05) * AccForget``, a
+    relative band, with alpha = 5 % by default.
+    """
+    if not 0.0 <= alpha < 100.0:
+        raise ValueError(f"alpha must be in [0, 100) percent, got {alpha}")
+    return (1.0 - alpha / 100.0) * original_accuracy
+
+
 def anamnesis_index(steps_model: int, steps_oracle: int) -> float:
     """Anamnesis Index (Chundawat et al., "Zero-shot machine unlearning", IEEE TIFS 2023).
 
-    Convention used here: ``AIN = steps_model / steps_oracle``, relearn time of the unlearned
-    model over that of the retrain oracle, both from :func:`relearn_time` with the same settings.
-    About 1 = as deeply forgotten as retraining; well below 1 = the forgotten knowledge comes
-    back quickly (shallow forgetting). NaN when the oracle needs 0 steps (ratio undefined).
+    ``AIN = r_t(M_u, M_orig, alpha) / r_t(M_s, M_orig, alpha)``: the relearn steps of the
+    unlearned model over those of the retrain oracle (trained from scratch without the class),
+    both counted by :func:`relearn_time` with the same data, seed and optimiser up to the same
+    target, :func:`anamnesis_target`. About 1 = as deeply forgotten as retraining; well below 1
+    = the forgotten class comes back quickly (shallow forgetting). NaN when the oracle needs 0
+    steps (ratio undefined).
     """
     if steps_model < 0 or steps_oracle < 0:
         raise ValueError(f"step counts must be >= 0, got {steps_model}, {steps_oracle}")
     if steps_oracle == 0:
-        log.warning("anamnesis_index: the oracle already reaches the threshold; AIN undefined")
+        log.warning("anamnesis_index: the oracle already reaches the target; AIN undefined")
         return math.nan
     return steps_model / steps_oracle
 

@@ -55,7 +55,7 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 ARCHS: dict[str, str] = {
-    "small_cnn": "conv16-conv32-fc64 with BatchNorm; the CPU default (~30k parameters)",
+    "small_cnn": "conv16-conv32-fc64 with BatchNorm; the CPU default",
     "allcnn": "All-CNN-C with BatchNorm",
     "resnet18": "torchvision ResNet-18 (small-image stem below 64 px)",
     "resnet34": "torchvision ResNet-34 (small-image stem below 64 px)",

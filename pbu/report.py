@@ -13,7 +13,10 @@ Conventions used everywhere below:
 
 - "mean ± std" uses the sample standard deviation (``ddof=1``), the spread one would report for
   a handful of seeds. With a single value the std is undefined and only the mean is printed.
-- Method order: ``original`` (the paper's "init"), ``oracle`` ("retrain"), ``finetune``, ``pbu``,
+- Methods are shown under our keys everywhere (``original`` is the model before unlearning,
+  ``oracle`` the model retrained without the class); the paper's labels ("init", "retrain",
+  "fastEffective", "badTeaching", ...) appear only in the report's "beside the paper" tables,
+  next to ours. Method order: ``original``, ``oracle``, ``finetune``, ``pbu``,
   then every other method alphabetically.
 - Nothing here queries MLflow or recomputes a metric from a model: numbers come from the files.
 
@@ -52,7 +55,12 @@ RUN_METRICS: dict[str, tuple[str, str, str]] = {
     "acc_retain_test": ("A_Dr", "{:.2f}", "% (retained classes, test)"),
     "acc_forget_train": ("A_Df train", "{:.2f}", "% (forget class, train)"),
     "acc_retain_train": ("A_Dr train", "{:.2f}", "% (retained classes, train)"),
-    "mia_entropy_svc": ("MIA entropy-SVC", "{:.3f}", "fraction of forget-train called member"),
+    "mia_entropy_svc": ("MIA entropy-SVC", "{:.3f}",
+                        "fraction of forget-train called member; non-members: test split "
+                        "without the forget class"),
+    "mia_entropy_svc_bad_teaching": ("MIA entropy-SVC (Bad Teaching's sets)", "{:.3f}",
+                                     "fraction of forget-train called member; non-members: "
+                                     "the whole test split"),
     "mia_efficacy_salun": ("MIA-efficacy (SalUn)", "{:.3f}", "fraction"),
     "mia_loss_acc": ("MIA loss (acc)", "{:.3f}", "fraction"),
     "mia_loss_auc": ("MIA loss (AUC)", "{:.3f}", "fraction"),
@@ -62,22 +70,41 @@ RUN_METRICS: dict[str, tuple[str, str, str]] = {
     "act_dist_retain_test": ("act. dist. retain", "{:.3f}", "activation distance to oracle"),
     "zrf_forget_test": ("ZRF", "{:.3f}", "zero-retrain forgetting score"),
     "zrf_forget_test_as_coded": ("ZRF (as coded)", "{:.3f}", "ZRF as the SSD code computes it"),
-    "relearn_steps": ("relearn steps", "{:.1f}", "steps"),
-    "anamnesis_index": ("AIN", "{:.3f}", "anamnesis index"),
+    "relearn_steps": ("relearn steps", "{:.1f}",
+                      "steps until within alpha % of the original's forget accuracy"),
+    "anamnesis_index": ("AIN", "{:.2f}", "Anamnesis Index: relearn steps / oracle's"),
+    "relearn_steps_fixed": ("relearn steps (fixed)", "{:.1f}",
+                            "steps until a fixed forget accuracy (relearn_threshold)"),
+    "relearn_ratio_fixed": ("relearn ratio (fixed)", "{:.2f}",
+                            "relearn steps (fixed) / oracle's"),
     "probe_auc": ("probe AUC", "{:.3f}", "fraction"),
-    "time_s": ("time (s)", "{:.1f}", "s, method only"),
+    "probe_acc": ("probe bal. acc.", "{:.3f}", "fraction"),
+    "total_time_s": ("time (s)", "{:.2f}", "s from θ*, prerequisites included (PBU: Fisher)"),
+    "time_s": ("method time (s)", "{:.2f}", "s, the method alone"),
     "epochs": ("epochs", "{:.2f}", "epochs"),
-    "time_per_epoch_s": ("time/epoch (s)", "{:.2f}", "s per epoch"),
+    "time_per_epoch_s": ("time/epoch (s)", "{:.2f}", "s per epoch, the method alone"),
+    "total_time_per_epoch_s": ("time/epoch (s)", "{:.2f}", "s per epoch, prerequisites included"),
     "peak_rss_mb": ("peak RSS (MB)", "{:.0f}", "MB"),
 }
 
 ACC_F, ACC_R = "acc_forget_test", "acc_retain_test"
-MIA_COLUMNS = ["mia_entropy_svc", "mia_efficacy_salun", "mia_loss_acc", "mia_loss_auc"]
+MIA_COLUMNS = ["mia_entropy_svc", "mia_entropy_svc_bad_teaching", "mia_efficacy_salun",
+               "mia_loss_acc", "mia_loss_auc"]
 JS_COLUMNS = ["js_forget_test", "js_retain_test"]
-#: Metrics shown in the per-method summary (when present).
-SUMMARY_METRICS = [ACC_F, ACC_R, *MIA_COLUMNS, *JS_COLUMNS, "time_s"]
+DEPTH_COLUMNS = ["zrf_forget_test", "zrf_forget_test_as_coded", "act_dist_forget_test",
+                 "act_dist_retain_test", "relearn_steps", "anamnesis_index",
+                 "relearn_steps_fixed", "relearn_ratio_fixed", "probe_auc", "probe_acc"]
+TIME_COLUMNS = ["total_time_s", "time_s"]
+#: Metrics in the per-method summary (when present): every score the evaluation writes.
+SUMMARY_METRICS = [ACC_F, ACC_R, *MIA_COLUMNS, *JS_COLUMNS, *DEPTH_COLUMNS, *TIME_COLUMNS]
+#: The main table: accuracy, MIA, distance to the oracle, time.
+MAIN_METRICS = [ACC_F, ACC_R, "mia_entropy_svc", "mia_entropy_svc_bad_teaching", *TIME_COLUMNS]
+#: The "depth of forgetting" table.
+DEPTH_METRICS = ["zrf_forget_test", "act_dist_forget_test", "act_dist_retain_test",
+                 "relearn_steps", "anamnesis_index", "probe_auc"]
 
-#: Our method name -> the paper's column prefix in reference.csv.
+#: Our method key -> the paper's label (its column prefix in reference.csv). Used only where our
+#: numbers stand beside the paper's; everywhere else a method is shown under our key.
 PAPER_NAMES: dict[str, str] = {
     "original": "init",
     "oracle": "retrain",
@@ -109,15 +136,11 @@ _PAPER_DATASETS = {
     "food101": "Food-101, 75,750 train / 25,250 test images, 101 classes",
 }
 _PAPER_PRETRAIN = (
-    "torchvision models started from ImageNet weights and trained on the dataset (authors' "
-    "notebook, ResNet-18 on MNIST: Adam lr 1e-4, batch 48, 10 epochs); their retrain baseline "
-    "also starts from ImageNet weights, so it is not trained from scratch"
+    "known only for the authors' released code, one notebook (ResNet-18 on MNIST): ImageNet "
+    "weights, Adam lr 1e-4, batch 48, 10 epochs, and a retrain baseline that also starts from "
+    "ImageNet weights (lr 1e-3), i.e. not from scratch; for the other models and datasets no code "
+    "was released"
 )
-
-
-def method_display(method: str) -> str:
-    """The name a method is shown under: the paper's column name where it has one."""
-    return PAPER_NAMES.get(method, method)
 
 
 def order_methods(methods: Iterable[str]) -> list[str]:
@@ -310,9 +333,9 @@ def paper_table_long(runs: pd.DataFrame) -> pd.DataFrame:
         for col in metrics:
             mean, std, n = _stats(grp[col])
             rows.append(dict(dataset=dataset, arch=arch, forget=int(forget), method=method,
-                             paper_name=method_display(method), metric=RUN_METRICS[col][0],
+                             metric=RUN_METRICS[col][0],
                              column=col, mean=mean, std=std, n=n))
-    cols = ["dataset", "arch", "forget", "method", "paper_name", "metric", "column", "mean",
+    cols = ["dataset", "arch", "forget", "method", "metric", "column", "mean",
             "std", "n"]
     long = pd.DataFrame(rows, columns=cols)
     if long.empty:
@@ -324,8 +347,8 @@ def paper_table_long(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def paper_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """The paper's layout: one row per (dataset, arch, forget); for each method (init, retrain,
-    finetune, PBU, then the others alphabetically) the columns ``"<name> A_Df"`` and
+    """The paper's layout: one row per (dataset, arch, forget); for each method (original,
+    oracle, finetune, pbu, then the others alphabetically) the columns ``"<method> A_Df"`` and
     ``"<name> A_Dr"`` holding "mean ± std" over seeds (accuracy on the test split, in %)."""
     long = paper_table_long(runs)
     keys = ["dataset", "arch", "forget"]
@@ -340,7 +363,7 @@ def paper_table(runs: pd.DataFrame) -> pd.DataFrame:
             part = long[(long["method"] == method) & (long["metric"] == metric)]
             if part.empty:
                 continue
-            name = f"{method_display(method)} {metric}"
+            name = f"{method} {metric}"
             table = table.merge(part[keys + ["cell"]].rename(columns={"cell": name}),
                                 on=keys, how="left")
     return table
@@ -395,7 +418,7 @@ def method_summary(runs: pd.DataFrame) -> pd.DataFrame:
     for (dataset, arch, method), grp in runs.groupby(["dataset", "arch", "method"], sort=True):
         access = sorted({str(a) for a in grp["data_access"].dropna()})
         row: dict[str, Any] = dict(
-            dataset=dataset, arch=arch, method=method, paper_name=method_display(method),
+            dataset=dataset, arch=arch, method=method,
             data_access="; ".join(access) if access else None, n_runs=len(grp),
             n_classes=grp["forget"].nunique(), n_seeds=grp["seed"].nunique())
         for col in metrics:
@@ -412,6 +435,10 @@ def method_summary(runs: pd.DataFrame) -> pd.DataFrame:
         row["gap_A_Df"], row["gap_A_Dr"] = grp["gap_A_Df"].mean(), grp["gap_A_Dr"].mean()
         gaps = [g for g in (row["gap_A_Df"], row["gap_A_Dr"]) if pd.notna(g)]
         row["acc_gap_to_oracle"] = float(np.mean(gaps)) if gaps else float("nan")
+        if "relearn_reached" in grp.columns and grp["relearn_reached"].notna().any():
+            # runs whose relearn count reached the Anamnesis target (the others are lower
+            # bounds at relearn_max_steps + 1)
+            row["n_relearned"] = int((grp["relearn_reached"] == 1).sum())
         rows.append(row)
     summary = pd.DataFrame(rows)
     if summary.empty:
@@ -435,27 +462,97 @@ def method_summary(runs: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
+def _formatted(summary: pd.DataFrame, metrics: Sequence[str]) -> dict[str, list[str | None]]:
+    """``label -> "mean ± std"`` cells for each metric of ``metrics`` present in ``summary``."""
+    cols: dict[str, list[str | None]] = {}
+    for col in metrics:
+        if f"{col}_mean" in summary.columns:
+            label, fmt, _ = RUN_METRICS[col]
+            cols[label] = [format_mean_std(m, s, fmt)
+                           for m, s in zip(summary[f"{col}_mean"], summary[f"{col}_std"])]
+    return cols
+
+
+def _fmt(series: pd.Series, fmt: str) -> list[str | None]:
+    return [None if pd.isna(v) else fmt.format(v) for v in series]
+
+
 def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
-    """The human-readable form of :func:`method_summary`: "mean ± std" strings, the worst
-    classes as "class (value)", distances to the oracle and the rank."""
+    """The human-readable form of :func:`method_summary`: "mean ± std" strings of every metric,
+    the worst classes as "class (value)", distances to the oracle and the rank."""
     if summary.empty:
         return pd.DataFrame()
     out = pd.DataFrame({"dataset": summary["dataset"], "arch": summary["arch"],
-                        "method": summary["paper_name"],
+                        "method": summary["method"],
                         "data needed": summary["data_access"].fillna(_MISSING)})
-    for col in SUMMARY_METRICS:
-        if f"{col}_mean" in summary.columns:
-            label, fmt, _ = RUN_METRICS[col]
-            out[label] = [format_mean_std(m, s, fmt)
-                          for m, s in zip(summary[f"{col}_mean"], summary[f"{col}_std"])]
+    for label, cells in _formatted(summary, SUMMARY_METRICS).items():
+        out[label] = cells
     for key, label in (("df", "A_Df"), ("dr", "A_Dr")):
         out[f"worst class ({label})"] = [
             None if pd.isna(c) else f"{int(c)} ({v:.2f})"
             for c, v in zip(summary[f"worst_forget_class_{key}"], summary[f"worst_{label}"])]
-    out["JS to oracle"] = summary["js_to_oracle"].map(lambda v: None if pd.isna(v) else f"{v:.4f}")
-    out["|ΔA_Df|"] = summary["gap_A_Df"].map(lambda v: None if pd.isna(v) else f"{v:.2f}")
-    out["|ΔA_Dr|"] = summary["gap_A_Dr"].map(lambda v: None if pd.isna(v) else f"{v:.2f}")
+    out["JS to oracle"] = _fmt(summary["js_to_oracle"], "{:.4f}")
+    out["|ΔA_Df|"] = _fmt(summary["gap_A_Df"], "{:.2f}")
+    out["|ΔA_Dr|"] = _fmt(summary["gap_A_Dr"], "{:.2f}")
     out["rank"] = summary["rank"].map(lambda v: None if pd.isna(v) else str(int(v)))
+    return out.reset_index(drop=True)
+
+
+def _reading_order(summary: pd.DataFrame) -> pd.DataFrame:
+    """The original model and the oracle first, then the methods by rank (unranked last, in
+    method order), within each (dataset, arch)."""
+    parts = []
+    for _, grp in summary.groupby(SETTING, sort=True):
+        pos = {m: i for i, m in enumerate(order_methods(grp["method"]))}
+        key = grp.assign(
+            _first=grp["method"].map({"original": 0, "oracle": 1}).fillna(2),
+            _rank=pd.to_numeric(grp["rank"], errors="coerce").astype(float),
+            _o=grp["method"].map(pos))
+        parts.append(key.sort_values(["_first", "_rank", "_o"], na_position="last")
+                     .drop(columns=["_first", "_rank", "_o"]))
+    return pd.concat(parts, ignore_index=True) if parts else summary
+
+
+def main_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The main table: per (dataset, arch) and method, accuracy, both entropy-SVC MIAs,
+    distance to the oracle, time (prerequisites included, then the method alone) and rank;
+    mean ± std over forget classes × seeds. The original model's and the oracle's rows first."""
+    if summary.empty:
+        return pd.DataFrame()
+    summary = _reading_order(summary)
+    out = pd.DataFrame({"dataset": summary["dataset"], "arch": summary["arch"],
+                        "method": summary["method"],
+                        "data needed": summary["data_access"].fillna(_MISSING)})
+    cells = _formatted(summary, MAIN_METRICS)
+    for col in (ACC_F, ACC_R, "mia_entropy_svc", "mia_entropy_svc_bad_teaching"):
+        if RUN_METRICS[col][0] in cells:
+            out[RUN_METRICS[col][0]] = cells[RUN_METRICS[col][0]]
+    out["JS to oracle"] = _fmt(summary["js_to_oracle"], "{:.4f}")
+    out["|ΔA_Df|"] = _fmt(summary["gap_A_Df"], "{:.2f}")
+    out["|ΔA_Dr|"] = _fmt(summary["gap_A_Dr"], "{:.2f}")
+    for col in TIME_COLUMNS:
+        if RUN_METRICS[col][0] in cells:
+            out[RUN_METRICS[col][0]] = cells[RUN_METRICS[col][0]]
+    out["rank"] = summary["rank"].map(lambda v: None if pd.isna(v) else str(int(v)))
+    return out.reset_index(drop=True)
+
+
+def depth_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The "depth of forgetting" table: ZRF, activation distance to the oracle (forget and
+    retain test), relearn steps with how many runs relearned within the budget (``k/n``; the
+    others count ``max_steps + 1``, a lower bound) and the Anamnesis Index, the linear probe's
+    AUC; mean ± std over forget classes × seeds, rows in the order of :func:`main_table`."""
+    if summary.empty:
+        return pd.DataFrame()
+    summary = _reading_order(summary)
+    out = pd.DataFrame({"dataset": summary["dataset"], "arch": summary["arch"],
+                        "method": summary["method"]})
+    for label, cells in _formatted(summary, DEPTH_METRICS).items():
+        out[label] = cells
+        if label == RUN_METRICS["relearn_steps"][0] and "n_relearned" in summary.columns:
+            # how many runs relearned within the step budget: the rest count as lower bounds
+            out["relearned"] = [None if pd.isna(k) else f"{int(k)}/{int(n)}"
+                                for k, n in zip(summary["n_relearned"], summary["n_runs"])]
     return out.reset_index(drop=True)
 
 
@@ -553,24 +650,32 @@ def _paper_table_latex(table: pd.DataFrame) -> str:
     return to_latex(table, groups=groups, sub_headers=subs)
 
 
+#: The tables :func:`write_tables` writes as CSV, Markdown and LaTeX, in the report's order.
+TABLE_NAMES = ["main_table", "depth_table", "paper_table", "method_summary"]
+
+
 def write_tables(runs: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
-    """Write the paper table and the method summary as CSV, Markdown and LaTeX (booktabs), plus
-    the numeric long forms as CSV, atomically into ``out_dir``. Returns the paths written:
-    ``paper_table.{csv,md,tex}``, ``paper_table_long.csv``, ``method_summary.{csv,md,tex}``,
-    ``method_summary_numeric.csv``."""
+    """Write the main table, the depth-of-forgetting table, the paper table and the full method
+    summary as CSV, Markdown and LaTeX (booktabs), plus the numeric long forms as CSV, atomically
+    into ``out_dir``. Returns the paths written: ``{main_table, depth_table, paper_table,
+    method_summary}.{csv,md,tex}``, ``paper_table_long.csv``, ``method_summary_numeric.csv``."""
     out = Path(out_dir)
-    table = paper_table(runs)
-    long = paper_table_long(runs)
     summary = method_summary(runs)
-    shown = summary_display(summary)
-    paths = [
-        _atomic_write(out / "paper_table.csv", lambda p: table.to_csv(p, index=False)),
-        _atomic_write_text(out / "paper_table.md", to_markdown(table)),
-        _atomic_write_text(out / "paper_table.tex", _paper_table_latex(table)),
+    table = paper_table(runs)
+    frames = {"main_table": main_table(summary), "depth_table": depth_table(summary),
+              "paper_table": table, "method_summary": summary_display(summary)}
+    latex = {"paper_table": _paper_table_latex}
+    paths: list[Path] = []
+    for name in TABLE_NAMES:
+        frame = frames[name]
+        paths += [
+            _atomic_write(out / f"{name}.csv", lambda p, f=frame: f.to_csv(p, index=False)),
+            _atomic_write_text(out / f"{name}.md", to_markdown(frame)),
+            _atomic_write_text(out / f"{name}.tex", latex.get(name, to_latex)(frame)),
+        ]
+    long = paper_table_long(runs)
+    paths += [
         _atomic_write(out / "paper_table_long.csv", lambda p: long.to_csv(p, index=False)),
-        _atomic_write(out / "method_summary.csv", lambda p: shown.to_csv(p, index=False)),
-        _atomic_write_text(out / "method_summary.md", to_markdown(shown)),
-        _atomic_write_text(out / "method_summary.tex", to_latex(shown)),
         _atomic_write(out / "method_summary_numeric.csv",
                       lambda p: summary.to_csv(p, index=False)),
     ]
@@ -598,7 +703,7 @@ def _palette(methods: Sequence[str]) -> dict[str, Any]:
 
     ordered = order_methods(methods)
     colors = sns.color_palette("tab20" if len(ordered) > 10 else "tab10", len(ordered))
-    return {method_display(m): c for m, c in zip(ordered, colors)}
+    return dict(zip(ordered, colors))
 
 
 def _enforce_min_font(fig: Any, min_pt: float = MIN_FONT_PT) -> None:
@@ -628,7 +733,7 @@ def _settings(df: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
-    return df.assign(label=df["method"].map(method_display))
+    return df.assign(label=df["method"])
 
 
 def _legend_below(fig: Any, axes: Iterable[Any], ncol: int = 6) -> None:
@@ -661,7 +766,7 @@ def _fig_accuracy(runs: pd.DataFrame) -> Any | None:
     for r, (dataset, arch) in enumerate(settings):
         sub = _with_labels(runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)])
         sub = sub.assign(forget_class=sub["forget"].astype(str))
-        hue_order = [method_display(m) for m in methods if m in set(sub["method"])]
+        hue_order = [m for m in methods if m in set(sub["method"])]
         for c, col in enumerate(metrics):
             ax = axes[r, c]
             sns.barplot(data=sub, x="forget_class", y=col, hue="label", hue_order=hue_order,
@@ -675,10 +780,12 @@ def _fig_accuracy(runs: pd.DataFrame) -> Any | None:
 
 
 def _time_per_epoch_frame(runs: pd.DataFrame, timings: pd.DataFrame | None) -> pd.DataFrame:
-    """Measured seconds per epoch per run. For each (dataset, arch, method) one source is used,
-    never a mix: timings.csv where it has that method, else runs.csv. ``time_s / epochs`` fills
-    in where the per-epoch column is absent. Pretraining and the untouched original model are not
-    unlearning methods and are left out."""
+    """Measured seconds per epoch per run, prerequisites included (PBU: its Fisher), as the
+    tables' headline time. For each (dataset, arch, method) one source is used, never a mix:
+    timings.csv where it has that method, else runs.csv. Per row the first available of
+    ``total_time_per_epoch_s``, ``total_time_s / epochs``, ``time_per_epoch_s`` and
+    ``time_s / epochs`` (files without the totals). Pretraining and the untouched original model
+    are not unlearning methods and are left out."""
     keys = [k for k in KEYS]
     frames = []
     for src, df in (("timings", timings), ("runs", runs)):
@@ -688,11 +795,15 @@ def _time_per_epoch_frame(runs: pd.DataFrame, timings: pd.DataFrame | None) -> p
         for k in ("seed", "forget"):
             if k not in df.columns:
                 df[k] = -1
-        tpe = df["time_per_epoch_s"] if "time_per_epoch_s" in df.columns else pd.Series(
-            np.nan, index=df.index)
-        if "time_s" in df.columns and "epochs" in df.columns:
-            derived = df["time_s"] / df["epochs"].where(df["epochs"] > 0)
-            tpe = tpe.fillna(derived)
+        tpe = pd.Series(np.nan, index=df.index)
+        epochs = (df["epochs"].where(df["epochs"] > 0) if "epochs" in df.columns
+                  else pd.Series(np.nan, index=df.index))
+        for per_epoch, total in (("total_time_per_epoch_s", "total_time_s"),
+                                 ("time_per_epoch_s", "time_s")):
+            if per_epoch in df.columns:
+                tpe = tpe.fillna(df[per_epoch])
+            if total in df.columns:
+                tpe = tpe.fillna(df[total] / epochs)
         frames.append(df[keys].assign(time_per_epoch_s=tpe, source=src))
     if not frames:
         return pd.DataFrame(columns=[*keys, "time_per_epoch_s"])
@@ -719,7 +830,7 @@ def _fig_time_per_epoch(runs: pd.DataFrame, timings: pd.DataFrame | None) -> Any
                              figsize=(FIG_WIDTH_IN, 3.0))
     for ax, dataset in zip(axes[0], datasets):
         sub = _with_labels(data[data["dataset"] == dataset])
-        hue_order = [method_display(m) for m in methods if m in set(sub["method"])]
+        hue_order = [m for m in methods if m in set(sub["method"])]
         means = sub.groupby(["arch", "method"])["time_per_epoch_s"].mean()
         log_y = bool(means.max() / means.min() > 100)  # more than two decades: log axis
         sns.barplot(data=sub, x="arch", y="time_per_epoch_s", hue="label", hue_order=hue_order,
@@ -728,7 +839,7 @@ def _fig_time_per_epoch(runs: pd.DataFrame, timings: pd.DataFrame | None) -> Any
         if log_y:
             ax.set_yscale("log")
         ax.set_xlabel("model")
-        ax.set_ylabel("time per epoch (s)" + (", log scale" if log_y else ""))
+        ax.set_ylabel("time per epoch (s), prerequisites incl." + (", log" if log_y else ""))
         ax.set_title(dataset)
     _legend_below(fig, axes.flat)
     return fig
@@ -819,7 +930,7 @@ def _fig_mia(runs: pd.DataFrame) -> Any | None:
     for r, (dataset, arch) in enumerate(settings):
         sub = _with_labels(runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)])
         bars = sub[sub["method"] != "oracle"]
-        order = [method_display(m) for m in methods if m != "oracle"]
+        order = [m for m in methods if m != "oracle"]
         for c, col in enumerate(variants):
             ax = axes[r, c]
             sns.barplot(data=bars, y="label", x=col, order=order, hue="label",
@@ -831,10 +942,10 @@ def _fig_mia(runs: pd.DataFrame) -> Any | None:
             else:
                 oracle_line = ax.axvline(oracle_vals.mean(), color="black", linestyle="--",
                                          linewidth=1.0)
-            ax.set_xlabel(f"{RUN_METRICS[col][0]}")
+            ax.set_xlabel(RUN_METRICS[col][0].replace(" (", "\n("))  # narrow panels
             ax.set_ylabel("" if c else f"{dataset} / {arch}")
     if oracle_line is not None:
-        fig.legend([oracle_line], ["retrain (oracle), mean over runs"],
+        fig.legend([oracle_line], ["oracle (retrained without the class), mean over runs"],
                    loc="outside lower center", frameon=False)
     return fig
 
@@ -870,7 +981,6 @@ def _fig_retain_gap(runs: pd.DataFrame) -> Any | None:
         sub = gap[(gap["dataset"] == dataset) & (gap["arch"] == arch)]
         grid = sub.pivot(index="method", columns="forget", values="gap")
         grid = grid.loc[[m for m in order_methods(grid.index)]]
-        grid.index = [method_display(m) for m in grid.index]
         sns.heatmap(grid, annot=True, fmt=".2f", cmap="vlag_r", center=0, vmin=-lim, vmax=lim,
                     annot_kws={"fontsize": 8}, cbar_kws={"label": "A_Dr − oracle A_Dr (pp)"},
                     linewidths=0.5, ax=ax)
@@ -913,18 +1023,18 @@ def write_figures(runs: pd.DataFrame, history: pd.DataFrame | None,
 # The report
 # --------------------------------------------------------------------------------------------
 
-def _describe(kind: str, name: str) -> str:
-    """Our dataset / arch description from the package registry (lazy: it imports torch)."""
-    try:
-        if kind == "dataset":
-            from pbu.data import DATASETS
+def _describe(kind: str, name: str, parameters: float | None = None) -> str:
+    """Our dataset / arch description from the (torch-free) registry; for an arch, with the
+    parameter count its pretraining job counted on the model itself, when known."""
+    from pbu.registry import ARCHS, DATASETS
 
-            return DATASETS[name].description.rstrip(". ")
-        from pbu.models import ARCHS
-
-        return ARCHS[name].rstrip(". ")
-    except Exception:  # registry unavailable or name unknown: the name is all we can say
-        return name
+    if kind == "dataset":
+        spec = DATASETS.get(name)
+        return spec.description.rstrip(". ") if spec else name
+    text = ARCHS.get(name, name).rstrip(". ")
+    if parameters is not None and pd.notna(parameters):
+        text += f"; {int(parameters):,} parameters (counted on the trained model)"
+    return text
 
 
 def _flatten(settings: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -960,7 +1070,7 @@ def _ours_vs_paper_rows(ours: pd.DataFrame, paper_row: pd.Series) -> pd.DataFram
             mean, std, _ = _stats(mine[col]) if col in mine.columns else (np.nan, np.nan, 0)
             cells[f"ours {metric}"] = format_mean_std(mean, std) or _MISSING
             cells[f"paper {metric}"] = _paper_cell(paper_row, prefix, metric)
-        rows.append({"method": prefix, "ours A_Df": cells["ours ADf"],
+        rows.append({"method": method, "paper's label": prefix, "ours A_Df": cells["ours ADf"],
                      "paper A_Df": cells["paper ADf"], "ours A_Dr": cells["ours ADr"],
                      "paper A_Dr": cells["paper ADr"]})
     return pd.DataFrame(rows)
@@ -974,7 +1084,7 @@ def _averages_vs_paper(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
             continue
         prefix = PAPER_NAMES[method]
         mine = ours[ours["method"] == method]
-        row = {"method": prefix}
+        row = {"method": method, "paper's label": prefix}
         for col, metric, label in ((ACC_F, "ADf", "A_Df"), (ACC_R, "ADr", "A_Dr")):
             mean, std, _ = _stats(mine[col]) if col in mine.columns else (np.nan, np.nan, 0)
             row[f"ours {label}"] = format_mean_std(mean, std) or _MISSING
@@ -990,8 +1100,9 @@ def _comparison_section(runs: pd.DataFrame, ref: pd.DataFrame,
     lines = ["## Beside the paper", "",
              "The paper's numbers come from `config/paper/reference.csv` (see "
              "`config/paper/reference.md`). A row is compared only where dataset, architecture "
-             "and forget class all match; our methods without a paper column are left out here.",
-             ""]
+             "and forget class all match; our methods without a paper column are left out here. "
+             "Each row gives our method's key and, beside it, the label the paper's table uses "
+             "for it.", ""]
     for dataset, arch in _settings(runs):
         sub = runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)]
         forgets = sorted(int(f) for f in sub["forget"].unique())
@@ -1036,26 +1147,38 @@ def _comparison_section(runs: pd.DataFrame, ref: pd.DataFrame,
                   "means):", "", to_markdown(_averages_vs_paper(sub[mask], cmp_rows))]
         paper_archs = ", ".join(sorted(cmp_rows["model"].unique()))
         paper_classes = ", ".join(str(f) for f in sorted(cmp_rows["forget"].unique()))
+        n_params = (sub["parameters"].dropna().iloc[0] if "parameters" in sub.columns
+                    and sub["parameters"].notna().any() else None)
         pretrain = settings.get("pretrain") or settings.get("pretraining")
         ours_pretrain = (", ".join(f"{k}={v}" for k, v in _flatten(pretrain))
                          if isinstance(pretrain, Mapping) else pretrain)
         lines += ["Differences between the two settings:", "",
                   f"- dataset: ours `{dataset}`: {_describe('dataset', dataset)}; the paper: "
                   f"{_PAPER_DATASETS[family]}.",
-                  f"- architecture: ours `{arch}`: {_describe('arch', arch)}; the paper: "
-                  f"{paper_archs}.",
+                  f"- architecture: ours `{arch}`: {_describe('arch', arch, n_params)}; the "
+                  f"paper: {paper_archs}.",
                   f"- pretraining recipe: ours: {ours_pretrain or 'see Settings below'}; the "
                   f"paper: {_PAPER_PRETRAIN}.",
                   f"- forget classes: ours {classes}; the paper: {paper_classes}.", ""]
     return lines
 
 
-def _summary_section(runs: pd.DataFrame) -> list[str]:
+#: The report's ranking rule, in one sentence (method_summary's docstring has the details).
+RANKING_RULE = ("Rank: unlearning methods (not the oracle, not the original model) ordered by "
+                "their mean Jensen-Shannon divergence to the oracle on forget-test and "
+                "retain-test outputs, lowest first, ties broken by the mean absolute accuracy gap "
+                "to the oracle.")
+
+
+def _summary_section(runs: pd.DataFrame, settings: Mapping[str, Any]) -> list[str]:
     summary = method_summary(runs)
+    evaluation = settings.get("evaluation")
+    alpha = evaluation.get("anamnesis_alpha") if isinstance(evaluation, Mapping) else None
+    within = f"within α = {alpha:g} %" if isinstance(alpha, (int, float)) else "within α %"
     lines = ["## Our numbers", ""]
     if summary.empty:
         return lines + ["No runs.", ""]
-    shown = summary_display(summary)
+    main, depth = main_table(summary), depth_table(summary)
     for (dataset, arch), grp in summary.groupby(SETTING, sort=True):
         n_cls, n_seeds = runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)][
             ["forget", "seed"]].nunique()
@@ -1068,27 +1191,38 @@ def _summary_section(runs: pd.DataFrame) -> list[str]:
             row = row.iloc[0]
             df_ = format_mean_std(row.get(f"{ACC_F}_mean"), row.get(f"{ACC_F}_std"))
             dr_ = format_mean_std(row.get(f"{ACC_R}_mean"), row.get(f"{ACC_R}_std"))
-            text = f"{method_display(method)}: A_Df {df_ or _MISSING} %, A_Dr {dr_ or _MISSING} %"
+            text = f"{method}: A_Df {df_ or _MISSING} %, A_Dr {dr_ or _MISSING} %"
             if method == "pbu" and pd.notna(row["rank"]):
                 n_ranked = int(grp["rank"].notna().sum())
                 text += f"; rank {int(row['rank'])} of {n_ranked} by distance to the oracle"
             facts.append(f"- {text}.")
         best = grp[grp["rank"] == 1]
         if not best.empty:
-            facts.append(f"- Closest to the oracle: {best.iloc[0]['paper_name']}.")
-        table = shown[(shown["dataset"] == dataset) & (shown["arch"] == arch)].drop(
-            columns=["dataset", "arch"])
-        lines += facts + ["", to_markdown(table)]
-    lines += ["Mean ± std over forget classes × seeds (sample std). A_Df / A_Dr: accuracy (%) on "
-              "the forgotten / retained classes, test split. The worst class is the one with the "
-              "highest A_Df (lowest A_Dr), averaged over seeds.", "",
-              "Ranking rule: methods are ordered by their mean Jensen-Shannon divergence to the "
-              "oracle (the mean of the forget-test and retain-test values), lowest first; ties "
-              "are broken by the mean absolute accuracy gap to the oracle, (|ΔA_Df| + |ΔA_Dr|)/2 "
-              "in percentage points, the oracle averaged over its seeds per forget class. "
-              "Methods without JS values come after those with them, ordered by that gap. Only "
-              "unlearning methods are ranked: not the oracle (the target), not the original "
-              "model (the starting point).", ""]
+            facts.append(f"- Closest to the oracle: {best.iloc[0]['method']}.")
+        here = (main["dataset"] == dataset) & (main["arch"] == arch)
+        lines += facts + ["", "Main table:", "",
+                          to_markdown(main[here].drop(columns=["dataset", "arch"])),
+                          "Depth of forgetting:", "",
+                          to_markdown(depth[(depth["dataset"] == dataset)
+                                            & (depth["arch"] == arch)]
+                                      .drop(columns=["dataset", "arch"]))]
+    lines += [RANKING_RULE, "",
+              "Mean ± std over forget classes × seeds (sample std). A_Df / A_Dr: accuracy (%) on "
+              "the forgotten / retained classes, test split. MIA entropy-SVC: the share of the "
+              "forget class's training images an entropy attack calls \"member\" when fitted on "
+              "retained training images against the test split without the forgotten class; "
+              "with Bad Teaching's sets, against the whole test split. time (s): everything the "
+              "model needs from θ*, prerequisites included (PBU: its Fisher; the oracle and the "
+              "original model: their training, without evaluation); method time: the method "
+              "alone. ZRF: 1 − JS divergence to a randomly initialised model on forget-test "
+              "(1 = behaves like it); act. dist.: L2 distance between its softmax outputs and "
+              "the oracle's; relearn steps: Adam steps on forget-class images until the "
+              f"forget-test accuracy is back {within} of the original model's, and AIN "
+              "(Anamnesis Index) those steps over the oracle's (about 1 = forgotten as deeply as "
+              "retraining; relearned: runs that got there within the step budget, the others "
+              "count as the budget + 1, a lower bound); probe AUC: a linear probe on frozen penultimate features telling the "
+              "forget class from the rest. `tables/method_summary.*` has every metric, "
+              "`README.md` (Metrics) their sources.", ""]
     return lines
 
 
@@ -1105,7 +1239,7 @@ def write_report(runs: pd.DataFrame, reference_csv: str | os.PathLike,
     lines = ["# PBU replication: results", "",
              "Partially Blinded Unlearning (Panda, Sourav, Prathosh, AAAI 2025), class "
              "unlearning. Everything below is computed from the pipeline's result files.", ""]
-    lines += _summary_section(runs)
+    lines += _summary_section(runs, settings)
     lines += _comparison_section(runs, ref, settings)
     lines += ["## Figures", ""]
     pngs = [Path(f) for f in figures if Path(f).suffix == ".png"]
@@ -1148,7 +1282,7 @@ def build_all(runs_csv: str | os.PathLike, history_csv: str | os.PathLike | None
 
 
 __all__ = [
-    "RUN_METRICS", "PAPER_NAMES", "FIGURE_NAMES", "method_display", "order_methods",
+    "RUN_METRICS", "PAPER_NAMES", "FIGURE_NAMES", "order_methods",
     "format_mean_std", "read_runs", "read_history", "read_timings", "data_gaps",
     "dataset_key", "arch_key", "parse_paper_table", "read_reference", "paper_table_long",
     "paper_table", "method_summary", "summary_display", "to_markdown", "to_latex",

@@ -6,8 +6,13 @@ Results are files first; this step reads them and logs every job as one MLflow r
 - per forget class, a parent run ``evaluate`` holding the group, with child runs
   ``retrain`` (the oracle), ``fisher``, ``unlearn`` (one per method) and ``evaluate`` for the
   original model. Every model's evaluation metrics are logged under the SAME names
-  (``acc_forget_test``, ``mia_entropy_svc``, ``js_retain_test``, ...) on its own run, so the
-  compare view lines methods up; per-epoch / per-step histories are logged with steps.
+  (``acc_forget_test``, ``mia_entropy_svc``, ``js_retain_test``, ...) on its own run, with its
+  times as ``runs.csv`` has them (``time_s``, the headline ``total_time_s``), so the compare
+  view lines methods up and agrees with the tables; per-epoch / per-step histories are logged
+  with steps as ``trajectory/<name>``.
+- every run starts and ends when its job did (the record's ``started_at`` / ``ended_at``), has
+  the prepared dataset as its input (name, digest, split sizes), and the experiment carries a
+  description of what it holds.
 - per method whose unlearn job used a blind tuning record (``pbu tune``, info.json's
   ``hparams_from``), a child run ``tune`` of the same group (budget, rule, choice, the record as
   artifact) with one child ``tune_trial`` run per trial (its hyperparameters as params; its
@@ -37,6 +42,10 @@ from typing import Any
 from pbu.io import write_json
 
 log = logging.getLogger(__name__)
+
+
+#: Prefix of per-step / per-epoch series (the UI groups them in a "trajectory" section).
+TRAJECTORY = "trajectory/"
 
 
 class TrackingError(RuntimeError):
@@ -80,7 +89,9 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 class _Job:
-    """One MLflow run to be: identity, tags, params, metrics (with steps), artifacts."""
+    """One MLflow run to be: identity, tags, params, metrics (with steps), artifacts, the job's
+    own start and end (ms since the epoch; None: unknown, MLflow then uses the logging time)
+    and the dataset it read (an input with a context)."""
 
     def __init__(self, job: str, name: str, tags: dict[str, str], parent: str | None = None):
         self.job, self.name, self.tags, self.parent = job, name, tags, parent
@@ -88,29 +99,60 @@ class _Job:
         self.metrics: dict[str, float] = {}
         self.series: list[tuple[str, float, int]] = []
         self.artifacts: list[Path] = []
+        self.start_ms: int | None = None
+        self.end_ms: int | None = None
+        self.dataset: dict[str, Any] | None = None
+        self.dataset_context: str = ""
+
+    def span_from(self, record: dict[str, Any] | None) -> None:
+        """Start and end from a job record's ``started_at`` / ``ended_at`` (Unix seconds)."""
+        record = record or {}
+        start, end = record.get("started_at"), record.get("ended_at")
+        if _finite(start) and _finite(end) and end >= start:
+            self.start_ms, self.end_ms = int(start * 1000), int(math.ceil(end * 1000))
 
     def add_history(self, rows: Iterable[dict[str, Any]], step_key: str) -> None:
+        """Per-step (or per-epoch) values as ``trajectory/<key>`` series. The prefix keeps
+        them apart from the run's final metrics: MLflow shows a metric's value at its highest
+        step, so a monitored ``acc_forget_test`` at step 40 would otherwise replace the
+        evaluation's ``acc_forget_test`` in the runs table and the compare view."""
         for r in rows:
             step = r.get(step_key)
             if not _finite(step):
                 continue
             for k, v in r.items():
                 if k not in (step_key,) and _finite(v):
-                    self.series.append((k, float(v), int(step)))
+                    self.series.append((f"{TRAJECTORY}{k}", float(v), int(step)))
 
     def digest(self) -> str:
         files = [(str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in self.artifacts
                  if p.exists()]
-        return _digest([self.tags, self.params, self.metrics, self.series, files, self.parent])
+        return _digest([self.tags, self.params, self.metrics, self.series, files, self.parent,
+                        self.start_ms, self.end_ms, self.dataset, self.dataset_context])
 
 
 def _read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _model_metrics(method: str, metrics: dict[str, Any], info: dict[str, Any],
+                   fisher: dict[str, Any], tune: dict[str, Any] | None) -> dict[str, float]:
+    """One model's metrics as runs.csv has them: its evaluation, its own times and the headline
+    ``total_time_s`` (prerequisites included; :func:`pbu.aggregate.total_time`)."""
+    from pbu.aggregate import total_time
+
+    out = {k: float(v) for k, v in metrics.items() if _finite(v)}
+    for k in ("time_s", "epochs", "time_per_epoch_s", "peak_rss_mb", "peak_gpu_mb"):
+        if _finite(info.get(k)):
+            out[k] = float(info[k])
+    out.update({k: float(v) for k, v in total_time(method, info, fisher, tune).items()
+                if _finite(v)})
+    return out
+
+
 def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
     """Turn result files into the runs to log (parents before children)."""
-    from pbu.aggregate import parse_group
+    from pbu.aggregate import tune_record, parse_group
 
     jobs: list[_Job] = []
     pretrain_done: set[Path] = set()
@@ -119,6 +161,8 @@ def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
         key = parse_group(group)
         base = {k: str(v) for k, v in key.items()}
         gid = f"{key['dataset']}/{key['arch']}/seed{key['seed']}/forget{key['forget']}"
+        ev = json.loads(mfile.read_text())
+        data = ev.get("data")
         pre_dir = group.parent / "pretrain"
         pre = _read(pre_dir / "info.json")
         if pre is not None and pre_dir not in pretrain_done:
@@ -128,18 +172,22 @@ def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
             j = _Job(f"pretrain/{key['dataset']}/{key['arch']}/seed{key['seed']}",
                      f"pretrain seed{key['seed']}", tags)
             j.params = _flatten({"recipe": pre.get("recipe", {}), "weights": pre.get("weights")})
-            j.metrics = {k: pre[k] for k in ("time_s", "time_per_epoch_s", "final_test_acc",
-                                              "peak_rss_mb", "peak_gpu_mb") if _finite(pre.get(k))}
+            j.metrics = {k: pre[k] for k in ("time_s", "eval_time_s", "time_per_epoch_s",
+                                              "final_test_acc", "parameters", "peak_rss_mb",
+                                              "peak_gpu_mb") if _finite(pre.get(k))}
             j.add_history(pre.get("history", []), "epoch")
             j.artifacts = [pre_dir / "info.json"]
             j.tags["pbu.checkpoint"] = str((pre_dir / "model.pt").resolve())
+            j.span_from(pre)
+            j.dataset, j.dataset_context = data, "train (all classes)"
             jobs.append(j)
-        ev = json.loads(mfile.read_text())
         parent = _Job(f"evaluate/{gid}", f"forget{key['forget']} seed{key['seed']}",
                       base | {"rule": "evaluate", "method": "all"})
         parent.params = _flatten({"evaluation": ev.get("settings", {})})
         parent.metrics = {k: ev[k] for k in ("time_s", "peak_rss_mb") if _finite(ev.get(k))}
         parent.artifacts = [mfile]
+        parent.span_from(ev)
+        parent.dataset, parent.dataset_context = data, "evaluation (all splits)"
         jobs.append(parent)
         fisher = _read(group / "fisher.json")
         if fisher is not None:
@@ -150,36 +198,43 @@ def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
                                                  "peak_rss_mb", "peak_gpu_mb")
                          if _finite(fisher.get(k))}
             j.artifacts = [group / "fisher.json"]
+            j.span_from(fisher)
+            j.dataset, j.dataset_context = data, "forget_train"
             jobs.append(j)
         for method, metrics in ev["metrics"].items():
             mdir = group / method
-            info = _read(mdir / "info.json") or {}
             rule = {"original": "evaluate", "oracle": "retrain"}.get(method, "unlearn")
+            # The original model's row: its time and span are those of the job that made it.
+            info = (pre or {}) if method == "original" else (_read(mdir / "info.json") or {})
+            tune = None if method in ("original", "oracle") else tune_record(group, method, info)
             j = _Job(f"{rule}/{gid}/{method}", method, base | {"rule": rule, "method": method},
                      parent.job)
             if method == "oracle":
                 j.params = _flatten({"recipe": info.get("recipe", {})})
                 j.add_history(info.get("history", []), "epoch")
-            elif method != "original":
+                j.dataset_context = "retain_train"
+            elif method == "original":
+                j.dataset_context = "train (all classes)"
+            else:
                 j.params = _flatten({"hparams": info.get("hparams", {})})
                 j.tags["data_access"] = str(info.get("data_access"))
                 hist = _read(mdir / "history.json") or {}
                 j.add_history(hist.get("history", []), "step")
                 if (mdir / "history.json").exists():
                     j.artifacts.append(mdir / "history.json")
-            j.metrics = {k: float(v) for k, v in metrics.items() if _finite(v)}
-            for k in ("time_s", "epochs", "time_per_epoch_s", "peak_rss_mb", "peak_gpu_mb"):
-                if _finite(info.get(k)):
-                    j.metrics[k] = float(info[k])
+                j.dataset_context = str(info.get("data_access") or "unknown")
+            j.metrics = _model_metrics(method, metrics, info, fisher or {}, tune)
             stop = info.get("info") or {}
             if _finite(stop.get("stop_step")):
                 j.metrics["stop_step"] = float(stop["stop_step"])
-            if (mdir / "info.json").exists():
+            if method != "original" and (mdir / "info.json").exists():
                 j.artifacts.append(mdir / "info.json")
             if (mdir / "model.pt").exists():
                 j.tags["pbu.checkpoint"] = str((mdir / "model.pt").resolve())
+            j.span_from(info)
+            j.dataset = data
             jobs.append(j)
-            if info.get("hparams_from"):
+            if info.get("hparams_from") and method not in ("original", "oracle"):
                 jobs += plan_tune_jobs(_tune_file(group, method, info["hparams_from"]),
                                        base | {"method": method}, f"{gid}/{method}", parent.job)
     return jobs
@@ -217,6 +272,7 @@ def plan_tune_jobs(path: Path, tags: dict[str, str], jid: str, parent: str | Non
     tune.metrics.update({f"split_{k}": float(v) for k, v in rec.get("split", {}).items()
                          if _finite(v)})
     tune.artifacts = [path]
+    tune.span_from(rec)
     jobs = [tune]
     for t in rec.get("trials", []):
         j = _Job(f"{tune.job}/trial{t['trial']}", f"trial {t['trial']}",
@@ -229,6 +285,8 @@ def plan_tune_jobs(path: Path, tags: dict[str, str], jid: str, parent: str | Non
         j.metrics["feasible"] = float(bool(t.get("feasible")))
         if t.get("error"):
             j.tags["error"] = str(t["error"])[:500]
+        # A trial has no record of its own: it ran within the tune job, whose span it shows.
+        j.start_ms, j.end_ms = tune.start_ms, tune.end_ms
         jobs.append(j)
     return jobs
 
@@ -268,6 +326,19 @@ def _existing(client, exp_id: str) -> dict[str, Any]:
             return out
 
 
+def _dataset_input(data: dict[str, Any], context: str):
+    """The prepared dataset file as an MLflow dataset input: name, digest of the file, its
+    location, and every split's size as the profile (the UI's Dataset column and popover)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    profile = {"num_classes": data.get("num_classes"), **(data.get("splits") or {})}
+    entity = Dataset(name=str(data.get("name")), digest=str(data.get("digest"))[:36],
+                     source_type="local",
+                     source=json.dumps({"uri": Path(str(data.get("file"))).resolve().as_uri()}),
+                     profile=json.dumps(profile))
+    return DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])
+
+
 def _log_job(client, exp_id: str, job: _Job, parent_id: str | None, digest: str) -> str:
     from mlflow.entities import Metric, Param
 
@@ -275,25 +346,55 @@ def _log_job(client, exp_id: str, job: _Job, parent_id: str | None, digest: str)
                              "mlflow.runName": job.name})
     if parent_id:
         tags["mlflow.parentRunId"] = parent_id
-    run = client.create_run(exp_id, tags=tags, run_name=job.name)
+    # The job's own start (from its record), so the UI's Created / Duration are the job's.
+    run = client.create_run(exp_id, start_time=job.start_ms, tags=tags, run_name=job.name)
     rid = run.info.run_id
     status = "FAILED"
+    stamp = job.end_ms if job.end_ms is not None else run.info.start_time
     try:
-        metrics = [Metric(k, v, 0, 0) for k, v in job.metrics.items()]
-        metrics += [Metric(k, v, 0, s) for k, v, s in job.series]
+        metrics = [Metric(k, v, stamp, 0) for k, v in job.metrics.items()]
+        metrics += [Metric(k, v, stamp, s) for k, v, s in job.series]
         params = [Param(k, v[:6000]) for k, v in job.params.items()]
         for i in range(0, max(len(metrics), len(params), 1), 1000):
             client.log_batch(rid, metrics=metrics[i:i + 1000], params=params[i:i + 100] if i == 0
                              else [], tags=[])
         for i in range(100, len(params), 100):
             client.log_batch(rid, params=params[i:i + 100])
+        if job.dataset:
+            client.log_inputs(rid, datasets=[_dataset_input(job.dataset, job.dataset_context)])
         for a in job.artifacts:
             if a.exists():
                 client.log_artifact(rid, str(a))
         status = "FINISHED"
     finally:
-        client.set_terminated(rid, status=status)
+        client.set_terminated(rid, status=status, end_time=job.end_ms)
     return rid
+
+
+def describe_experiment(jobs: list[_Job], experiment: str) -> str:
+    """The experiment's description (shown on its page in the UI): what its runs are."""
+    def values(key: str) -> str:
+        seen = sorted({j.tags[key] for j in jobs if key in j.tags
+                       and j.tags.get("rule") not in ("report",)} - {"none", "all"},
+                      key=lambda v: (len(v), v))
+        return ", ".join(seen) or "none"
+
+    methods = sorted({j.tags["method"] for j in jobs if j.tags.get("rule") == "unlearn"})
+    return (
+        f"Partially Blinded Unlearning (PBU) replication, pipeline experiment `{experiment}`: "
+        f"one run per pipeline job, mirrored from the result files by `pbu track`.\n\n"
+        f"- datasets: {values('dataset')}; architectures: {values('arch')}; seeds: "
+        f"{values('seed')}; forget classes: {values('forget')}\n"
+        f"- unlearning methods: {', '.join(methods) or 'none'}\n"
+        f"- `pretrain seed<s>` runs: the original models. Per forget class and seed, a parent "
+        f"run `forget<c> seed<s>` (rule `evaluate`) holds the retrain oracle, the Fisher, the "
+        f"original model and one `unlearn` run per method, each with the same metric names: "
+        f"select the children and press Compare.\n"
+        f"- Start, end and duration are each job's own (from its record). `time_s` is the "
+        f"job's timed work (a method alone, evaluation excluded); `total_time_s` adds its "
+        f"prerequisites (PBU's Fisher), as the report's tables do.\n"
+        f"- Each run's input is the prepared dataset (name, digest of the file, split sizes).\n"
+        f"- Definitions of every metric: README, section Metrics, and `pbu/metrics.py`.")
 
 
 @contextlib.contextmanager
@@ -359,6 +460,12 @@ def _log_jobs(jobs: list[_Job], tracking_uri: str, experiment: str, artifact_roo
     except Exception as err:  # noqa: BLE001 - mlflow raises many kinds
         first = str(err).splitlines()[0] if str(err) else ""  # SQLAlchemy appends the SQL
         raise TrackingError(f"MLflow store {tracking_uri}: {type(err).__name__}: {first}") from err
+    try:
+        client.set_experiment_tag(exp_id, "mlflow.note.content",
+                                  describe_experiment(jobs, experiment))
+    except Exception as err:  # noqa: BLE001 - mlflow raises many kinds
+        raise TrackingError(f"MLflow store {tracking_uri}: cannot describe the experiment "
+                            f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
     ids: dict[str, str] = {}
     created = skipped = replaced = 0
     for job in jobs:

@@ -163,6 +163,79 @@ def test_mia_entropy_svc_max_samples_is_seeded() -> None:
     assert a == b
 
 
+def same_entropy_mix(n: int, rng: np.random.Generator) -> torch.Tensor:
+    """Logits whose entropies follow ONE distribution (confident to flat), whichever side they
+    are put on: an attacker can tell members from non-members only by their numbers."""
+    return torch.tensor(rng.standard_normal((n, K)) * rng.uniform(0.5, 4.0, (n, 1)))
+
+
+def peaked_logits(n: int, rng: np.random.Generator, peak: float) -> torch.Tensor:
+    """Logits with one class ``peak`` above the rest: entropy ~0.34 nats at 5, ~0 at 20."""
+    logits = 0.05 * rng.standard_normal((n, K))
+    logits[:, 0] += peak
+    return torch.tensor(logits)
+
+
+@pytest.mark.parametrize(("n_member", "n_non", "cap", "expected"), [
+    (3600, 900, 1000, (800, 200)),    # the default run: 4:1 stays 4:1
+    (3600, 1000, 1000, (783, 217)),   # Bad Teaching's sets (whole test split)
+    (400, 100, None, (400, 100)),     # no cap: everything
+    (400, 100, 500, (400, 100)),      # already small enough: everything
+    (10, 1000, 50, (1, 49)),          # each side keeps at least one sample
+    (1000, 10, 50, (49, 1)),
+])
+def test_mia_fit_sizes_keep_the_member_non_member_ratio(n_member, n_non, cap, expected) -> None:
+    k_member, k_non = M.mia_fit_sizes(n_member, n_non, cap)
+    assert (k_member, k_non) == expected
+    assert k_member <= n_member and k_non <= n_non
+    if cap is not None and n_member + n_non > cap:
+        assert k_member + k_non == cap
+
+
+def test_mia_entropy_svc_cap_keeps_what_the_unbalanced_attacker_learns(monkeypatch) -> None:
+    """Members and non-members with the same entropies, 4:1: the unbalanced SVC of Bad Teaching
+    calls everything "member". A cap must keep that 4:1 (a 1:1 cap, the old 500:500, made the
+    attacker guess, 0.64 here): the fit sees 80:20 of a 100-sample cap, and the answer stays."""
+    rng = np.random.default_rng(11)
+    members, non_members, targets = (same_entropy_mix(n, rng) for n in (400, 100, 200))
+    full = M.mia_entropy_svc(members, non_members, targets, seed=0)
+    assert full == pytest.approx(1.0)
+    sizes = []
+    fit = M._svc_member_rate
+    monkeypatch.setattr(M, "_svc_member_rate",
+                        lambda m, n, t: sizes.append((len(m), len(n), len(t))) or fit(m, n, t))
+    capped = M.mia_entropy_svc(members, non_members, targets, seed=0, max_samples=100)
+    assert sizes == [(80, 20, 200)]  # ratio kept, targets never subsampled
+    assert capped == pytest.approx(full)
+    # the same sets, balanced 1:1 as the old cap did, give another answer: the cap matters
+    rng2 = np.random.default_rng(0)
+    e = [M.softmax_entropy(x).numpy() for x in (members, non_members, targets)]
+    balanced = fit(M._subsample(e[0], 100, rng2), e[1], e[2])
+    assert balanced < 0.9
+
+
+def test_mia_entropy_svc_bad_teaching_counts_the_forget_test_split_as_non_members() -> None:
+    """A model that still knows the forgotten class: forget-train and forget-test both have
+    entropy ~0.34, retained images ~0 (train) and ~ln 10 (test). Our attack (non-members =
+    test WITHOUT the class) calls the forget-train images members; Bad Teaching's sets put the
+    forget-test images among the non-members, right where the targets are, so it does not."""
+    rng = np.random.default_rng(12)
+    retain_train = confident_logits(rng.integers(1, K, 300), rng)
+    retain_test = flat_logits(90, rng)
+    forget_test = peaked_logits(100, rng, 5.0)
+    forget_train = peaked_logits(80, rng, 5.0)
+    ours = M.mia_entropy_svc(retain_train, retain_test, forget_train, seed=0)
+    theirs = M.mia_entropy_svc_bad_teaching(retain_train, retain_test, forget_test, forget_train,
+                                            seed=0)
+    assert ours == pytest.approx(1.0) and theirs == pytest.approx(0.0)
+    # it is exactly our attack with the whole test split as non-members
+    whole = torch.cat([retain_test, forget_test])
+    assert theirs == M.mia_entropy_svc(retain_train, whole, forget_train, seed=0)
+    # and the cap keeps Bad Teaching's ratio too (300:190 -> 61:39 of 100)
+    assert M.mia_entropy_svc_bad_teaching(retain_train, retain_test, forget_test, forget_train,
+                                          seed=0, max_samples=100) == pytest.approx(0.0)
+
+
 def test_mia_efficacy_salun_uses_true_class_confidence() -> None:
     rng = np.random.default_rng(4)
     y_retain = rng.integers(1, K, 200)
@@ -354,6 +427,24 @@ def test_anamnesis_index() -> None:
     assert M.anamnesis_index(10, 40) == pytest.approx(0.25)
     assert M.anamnesis_index(40, 40) == pytest.approx(1.0)
     assert math.isnan(M.anamnesis_index(3, 0))
+
+
+def test_anamnesis_target_is_within_alpha_percent_of_the_original() -> None:
+    # Chundawat et al.'s code: required accuracy = (1 - error_range) * original's, 0.05 default
+    assert M.anamnesis_target(96.0, 5.0) == pytest.approx(91.2)
+    assert M.anamnesis_target(80.0, 5.0) == pytest.approx(76.0)
+    assert M.anamnesis_target(80.0, 0.0) == pytest.approx(80.0)
+    for bad in (-1.0, 100.0):
+        with pytest.raises(ValueError, match="alpha"):
+            M.anamnesis_target(80.0, bad)
+
+
+def test_steps_to_reach_reads_a_trajectory() -> None:
+    accs = [0.0, 10.0, 60.0, 40.0, 95.0]  # accuracies before any step, after 1, 2, ...
+    assert M.steps_to_reach(accs, 50.0) == 2  # the first crossing, not the last
+    assert M.steps_to_reach(accs, 90.0) == 4
+    assert M.steps_to_reach(accs, 0.0) == 0
+    assert M.steps_to_reach(accs, 99.0) is None
 
 
 def test_linear_probe_separable_and_random() -> None:

@@ -59,3 +59,26 @@ def test_recipe_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown training key.*lrate"):
         TrainRecipe.from_dict({"epochs": 1, "batch_size": 8, "optimizer": "adam", "lr": 1e-3,
                                "weight_decay": 0.0, "lrate": 3})
+
+
+def test_test_pass_time_is_reported_apart(tiny_data, monkeypatch):
+    """The oracle and the original model are timed like the methods, without evaluation: the
+    per-epoch test pass (here made to take at least 0.2 s) is counted in ``timings`` alone."""
+    import time
+
+    import pbu.train as T
+
+    slow = T.evaluate_accuracy
+
+    def slow_eval(*args, **kwargs):
+        time.sleep(0.2)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(T, "evaluate_accuracy", slow_eval)
+    m = build_model("small_cnn", num_classes=3, in_channels=1, image_size=28)
+    recipe = TrainRecipe(epochs=2, batch_size=16, optimizer="sgd", lr=0.05, weight_decay=0.0)
+    timings: dict[str, float] = {}
+    history = train_model(m, tiny_data, recipe, seed=0, test=tiny_data, progress=False,
+                          timings=timings)
+    assert timings["eval_time_s"] >= 2 * 0.2  # both epochs' test passes, sleep included
+    assert all("eval_time_s" not in row for row in history)  # histories stay deterministic

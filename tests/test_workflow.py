@@ -97,7 +97,7 @@ def test_mlflow_one_run_per_job_with_tags(workdir):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/results-test/mlflow/mlflow.db")
-    steps = client.get_metric_history(pbu.info.run_id, "term_forget")
+    steps = client.get_metric_history(pbu.info.run_id, "trajectory/term_forget")
     assert len(steps) >= 1 and steps[0].step >= 1
 
 

@@ -29,7 +29,7 @@ rule report:
     params:
         aggregate=parent_dir("runs"),
         out_dir=parent_dir("report"),
-        settings=as_json(report_settings()),
+        settings=as_json(dict(report_settings(), evaluation=CONFIG["evaluation"])),
     threads: 1
     resources:
         mem_mb=2000,
