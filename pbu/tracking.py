@@ -98,10 +98,18 @@ class _Job:
                 if k not in (step_key,) and _finite(v):
                     self.series.append((k, float(v), int(step)))
 
+    def logged_series(self) -> list[tuple[str, float, int]]:
+        """The per-step series as logged. A name the run also reports as one number (the
+        evaluation's ``acc_forget_test`` beside the monitored per-step accuracy) is logged as
+        ``trajectory/<name>``: MLflow shows a metric's value at its highest step, so sharing the
+        name would show the last monitored step instead of the evaluation."""
+        return [(f"trajectory/{k}" if k in self.metrics else k, v, s) for k, v, s in self.series]
+
     def digest(self) -> str:
         files = [(str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in self.artifacts
                  if p.exists()]
-        return _digest([self.tags, self.params, self.metrics, self.series, files, self.parent])
+        return _digest([self.tags, self.params, self.metrics, self.logged_series(), files,
+                        self.parent])
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -280,7 +288,7 @@ def _log_job(client, exp_id: str, job: _Job, parent_id: str | None, digest: str)
     status = "FAILED"
     try:
         metrics = [Metric(k, v, 0, 0) for k, v in job.metrics.items()]
-        metrics += [Metric(k, v, 0, s) for k, v, s in job.series]
+        metrics += [Metric(k, v, 0, s) for k, v, s in job.logged_series()]
         params = [Param(k, v[:6000]) for k, v in job.params.items()]
         for i in range(0, max(len(metrics), len(params), 1), 1000):
             client.log_batch(rid, metrics=metrics[i:i + 1000], params=params[i:i + 100] if i == 0

@@ -85,3 +85,26 @@ def _square_cnn(data, num_classes: int):
 def square_cnn():
     """Factory ``square_cnn(data, num_classes)`` of the model trained on ``square_images``."""
     return _square_cnn
+
+
+@pytest.fixture(scope="session")
+def _empty_mlflow_db(tmp_path_factory):
+    """An empty MLflow SQLite store with its tables created, made once per session (creating
+    the tables takes seconds; copying the file takes milliseconds)."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, _empty_mlflow_db):
+    """A tracking URI of this test's own SQLite store (``tmp_path/mlflow/mlflow.db``)."""
+    import shutil
+
+    db = tmp_path / "mlflow" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copyfile(_empty_mlflow_db, db)
+    return f"sqlite:///{db}"
