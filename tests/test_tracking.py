@@ -6,66 +6,21 @@ shared between tests or with a real results folder.
 
 from __future__ import annotations
 
-import json
-import random
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("mlflow")
 
 from pbu.tracking import track_results  # noqa: E402
 
-GROUPS = [("mnist5k", "small_cnn", 0, 2), ("mnist5k", "small_cnn", 0, 6),
-          ("mnist5k", "small_cnn", 1, 2)]
-METHODS = ["original", "oracle", "pbu", "finetune"]
-METRIC_KEYS = ["acc_forget_test", "acc_retain_test", "acc_forget_train", "acc_retain_train",
-               "mia_entropy_svc", "mia_efficacy_salun", "mia_loss_acc", "mia_loss_auc",
-               "js_forget_test", "js_retain_test", "zrf_forget_test", "relearn_steps"]
 RULE = {"original": "evaluate", "oracle": "retrain"}
 
 
-def _write(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj))
-
-
-def _fake_results(root: Path) -> dict[tuple, dict[str, float]]:
-    """The files the pipeline writes, with a distinct value for every (job, metric); the
-    methods' histories hold per-step values under some of the same names, as `pbu unlearn`'s
-    monitor writes them. Returns {(dataset, arch, seed, forget, method): metrics}."""
-    rnd = random.Random(0)
-    expected = {}
-    for dataset, arch, seed, forget in GROUPS:
-        base = root / dataset / arch / f"seed{seed}"
-        _write(base / "pretrain/info.json", {"time_s": 3.0, "epochs": 2, "recipe": {"lr": 0.1},
-                                             "history": [{"epoch": 1, "test_acc": 90.0}]})
-        group = base / f"forget{forget}"
-        metrics = {m: {k: round(rnd.uniform(0, 100), 6) for k in METRIC_KEYS} for m in METHODS}
-        metrics["pbu"]["mia_entropy_svc"] = 0.0  # a zero is a value too
-        _write(group / "metrics.json", {"metrics": metrics, "settings": {"probe": False},
-                                        "time_s": 1.5})
-        _write(group / "fisher.json", {"kind": "true", "time_s": 0.5, "trace": 12.0})
-        for m in ("oracle", "pbu", "finetune"):
-            _write(group / m / "info.json", {"method": m, "hparams": {"lr": 0.01},
-                                             "data_access": "forget", "time_s": 2.0,
-                                             "epochs": 1.0, "info": {"stop_step": 3}})
-        for m in ("pbu", "finetune"):
-            history = [{"step": s, "term_forget": -s * 1.0, "acc_forget_test": 90.0 - 30 * s,
-                        "acc_retain_test": 99.0 - s, "acc_forget_train": 95.0 - 30 * s}
-                       for s in range(4)]
-            _write(group / m / "history.json", {"method": m, "history": history})
-        for m, vals in metrics.items():
-            expected[(dataset, arch, str(seed), str(forget), m)] = vals
-    return expected
-
-
 @pytest.fixture
-def tracked(tmp_path, mlflow_uri):
+def tracked(tmp_path, mlflow_uri, fake_results):
     from mlflow.tracking import MlflowClient
 
     results = tmp_path / "results"
-    expected = _fake_results(results)
+    expected = fake_results(results)
     uri = mlflow_uri
     summary = track_results(results, tracking_uri=uri, experiment="t",
                             out=tmp_path / "mlflow/tracked.json")
