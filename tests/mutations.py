@@ -70,8 +70,10 @@ MUTATIONS: list[Mutation] = [
        "M.mia_entropy_svc(rtr, rte, ftr,", "M.mia_entropy_svc(rte, rtr, ftr,",
        "tests/test_evaluate.py", "the MIA's members and non-members are swapped"),
     _m("salun-access-full-train", "pbu/methods/salun.py",
-       '@register("salun", access=FORGET_AND_RETAIN_SUBSET,', '@register("salun", access=FULL_TRAIN,',
-       T_METHODS, "SalUn declares (and gets) the full training set",
+       '@register("salun", access=FORGET_AND_RETAIN_SUBSET,',
+       '@register("salun", access=FULL_TRAIN,',
+       f"{T_METHODS}::test_each_method_gets_the_data_its_paper_uses_and_no_more",
+       "SalUn declares (and gets) the full training set",
        ("from pbu.methods import FORGET_AND_RETAIN_SUBSET,",
         "from pbu.methods import FULL_TRAIN, FORGET_AND_RETAIN_SUBSET,")),
     _m("tracking-drops-mia", "pbu/tracking.py",
@@ -87,11 +89,13 @@ MUTATIONS: list[Mutation] = [
     _m("monitor-time-counted", "pbu/methods/__init__.py",
        "elapsed = time.perf_counter() - t0 - spent_monitoring",
        "elapsed = time.perf_counter() - t0",
-       T_METHODS, "time spent in the monitor is counted as the method's time"),
+       f"{T_METHODS}::test_time_spent_in_the_monitor_is_not_the_methods_time",
+       "time spent in the monitor is counted as the method's time"),
     _m("inputs-forget-always", "pbu/methods/__init__.py",
        "forget = train.subset(forget_idx) if access.forget else None",
        "forget = train.subset(forget_idx)",
-       T_METHODS, "methods that never see the forget class are handed it anyway"),
+       f"{T_METHODS}::test_each_method_gets_the_data_its_paper_uses_and_no_more",
+       "methods that never see the forget class are handed it anyway"),
     # --- the losses -------------------------------------------------------------------------
     _m("pbu-descends-on-forget", PBU,
        '"term_forget": -cfg.alpha * ce,', '"term_forget": cfg.alpha * ce,',
@@ -101,20 +105,24 @@ MUTATIONS: list[Mutation] = [
        T_PBU, "PBU's γ-term averages instead of summing over the parameters"),
     _m("neggrad-descends", "pbu/methods/neggrad.py",
        "(-ce).backward()  # ascent", "ce.backward()  # ascent",
-       T_METHODS, "NegGrad descends the forget loss"),
+       f"{T_METHODS}::test_neggrad_increases_the_forget_loss", "NegGrad descends the forget loss"),
     _m("neggrad-plus-weights", "pbu/methods/neggrad.py",
        "loss = a * ce_r - (1 - a) * ce_f", "loss = a * ce_r - a * ce_f",
-       T_METHODS, "NegGrad+ weights its ascent term by alpha instead of 1 - alpha"),
+       f"{T_METHODS}::test_neggrad_plus_ascent_term_raises_the_forget_loss",
+       "NegGrad+ weights its ascent term by alpha instead of 1 - alpha"),
     _m("distill-kl-temperature", "pbu/methods/_common.py",
        "return kl * temperature ** 2", "return kl * temperature",
-       T_METHODS, "the distillation KL is scaled by T instead of T²"),
+       f"{T_METHODS}::test_distill_kl_matches_the_definition",
+       "the distillation KL is scaled by T instead of T²"),
     _m("bad-teacher-swapped", "pbu/methods/bad_teaching.py",
        "torch.where(is_forget[:, None], p_bad, p_good)",
        "torch.where(is_forget[:, None], p_good, p_bad)",
-       T_METHODS, "Bad Teaching distils the forget samples from the competent teacher"),
+       f"{T_METHODS}::test_bad_teaching_targets_come_from_the_right_teacher",
+       "Bad Teaching distils the forget samples from the competent teacher"),
     _m("ssd-selects-below", "pbu/methods/ssd.py",
        "sel = i_f > alpha * i_d", "sel = i_f < alpha * i_d",
-       T_METHODS, "SSD dampens the parameters that are NOT specialised to the forget set"),
+       f"{T_METHODS}::test_ssd_dampens_exactly_the_selected_parameters",
+       "SSD dampens the parameters that are NOT specialised to the forget set"),
     # --- the stopping rules -----------------------------------------------------------------
     _m("pbu-stop-acc-above", PBU,
        "hit = acc <= cfg.stop_threshold if", "hit = acc >= cfg.stop_threshold if",
@@ -128,7 +136,8 @@ MUTATIONS: list[Mutation] = [
        T_PBU, "PBU never checks its stopping rule when check_every = 1"),
     _m("neggrad-stop-step-off-by-one", "pbu/methods/neggrad.py",
        "stop_step = rec.step + 1", "stop_step = rec.step",
-       T_METHODS, "NegGrad records the step before the one where it stopped"),
+       f"{T_METHODS}::test_neggrad_stop_rule_ends_at_zero_forget_accuracy",
+       "NegGrad records the step before the one where it stopped"),
     _m("tune-feasible-above", "pbu/tune.py",
        'metrics["acc_forget_val"] <= threshold', 'metrics["acc_forget_val"] >= threshold',
        "tests/test_tune.py::test_blind_scores_are_what_they_claim",
@@ -136,11 +145,13 @@ MUTATIONS: list[Mutation] = [
     # --- the splits -------------------------------------------------------------------------
     _m("class-split-retain-has-forget", "pbu/data.py",
        "torch.nonzero(~is_forget).flatten()", "torch.arange(len(labels))",
-       ("tests/test_data.py", T_METHODS), "the retain split includes the forget class"),
+       (f"{T_METHODS}::test_inputs_hold_exactly_the_declared_data_as_copies",
+        "tests/test_data.py"), "the retain split includes the forget class"),
     _m("random-subset-one-short", "pbu/data.py",
        "torch.randperm(n, generator=g)[: min(k, n)]",
        "torch.randperm(n, generator=g)[: min(k, n) - 1]",
-       T_METHODS, "a retain subset of k holds k - 1 samples"),
+       f"{T_METHODS}::test_inputs_hold_exactly_the_declared_data_as_copies",
+       "a retain subset of k holds k - 1 samples"),
     _m("stratified-subset-one-short", "pbu/data.py",
        "torch.randperm(len(idx), generator=g)[:per_class]",
        "torch.randperm(len(idx), generator=g)[:per_class - 1]",
@@ -148,22 +159,27 @@ MUTATIONS: list[Mutation] = [
     # --- the metrics ------------------------------------------------------------------------
     _m("accuracy-counts-errors", "pbu/metrics.py",
        "100.0 * (logits.argmax(1) == labels)", "100.0 * (logits.argmax(1) != labels)",
-       (T_METRICS, "tests/test_evaluate.py"), "accuracy counts the wrong predictions"),
+       (f"{T_METRICS}::test_accuracy_from_hand_made_logits", "tests/test_evaluate.py"),
+       "accuracy counts the wrong predictions"),
     _m("js-without-half", "pbu/metrics.py",
        "(0.5 * (kl_pm + kl_qm)).clamp(0.0, LN2)", "(kl_pm + kl_qm).clamp(0.0, LN2)",
-       T_METRICS, "the JS divergence sums the two KLs instead of averaging them"),
+       f"{T_METRICS}::test_js_divergence_matches_scipy",
+       "the JS divergence sums the two KLs instead of averaging them"),
     _m("zrf-not-one-minus", "pbu/metrics.py",
        "return 1.0 - js_divergence(model_logits, incompetent_logits)",
        "return js_divergence(model_logits, incompetent_logits)",
-       T_METRICS, "ZRF is the JS divergence itself, not 1 - JS"),
+       f"{T_METRICS}::test_zrf_and_zrf_as_coded_by_hand",
+       "ZRF is the JS divergence itself, not 1 - JS"),
     _m("activation-distance-sum", "pbu/metrics.py",
        "(log_p.exp() - log_q.exp()).norm(dim=1).mean()",
        "(log_p.exp() - log_q.exp()).norm(dim=1).sum()",
-       T_METRICS, "the activation distance sums over samples instead of averaging"),
-    _m("loss-mia-labels-flipped", "pbu/metrics.py",
-       "y = np.concatenate([np.ones(k), np.zeros(k)])",
-       "y = np.concatenate([np.zeros(k), np.ones(k)])",
-       T_METRICS, "the loss attack labels forget-train as non-members"),
+       f"{T_METRICS}::test_activation_distance_matches_numpy",
+       "the activation distance sums over samples instead of averaging"),
+    _m("confidence-of-top-class", "pbu/metrics.py",
+       "torch.softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)",
+       "torch.softmax(logits, dim=1).max(1).values",
+       f"{T_METRICS}::test_mia_efficacy_salun_uses_true_class_confidence",
+       "SalUn's MIA reads the top class's confidence instead of the true class's"),
     # --- the aggregation and the report -----------------------------------------------------
     _m("aggregate-fisher-time-subtracted", "pbu/aggregate.py",
        '(info.get("time_s") or 0) + (fisher.get("time_s") or 0)',
@@ -343,6 +359,11 @@ def select(mutations: Iterable[Mutation], pattern: str | None) -> list[Mutation]
     return [m for m in mutations if pattern is None or pattern in m.name]
 
 
+def exit_status(outcomes: Sequence[Outcome]) -> int:
+    """0 when every mutation was killed, else 1."""
+    return 0 if all(o.status == "killed" for o in outcomes) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--list", action="store_true", help="list the mutations and exit")
@@ -377,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for o in bad:
         print(f"\n{o.status.upper()}: {o.mutation.name} ({o.mutation.path}): "
               f"{o.mutation.what}\n{o.detail}")
-    return 0 if not bad else 1
+    return exit_status(outcomes)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ def test_run_method_hands_only_declared_data(name, retain_subset, mnist5k, pretr
     n_forget = int((train.labels == c).sum())
     assert inputs.forget is not None and len(inputs.forget) == n_forget and \
         set(inputs.forget.labels.tolist()) == {c}, \
-        f"{name} was handed {len(inputs.forget or [])} forget images, not the {n_forget} of class {c}"
+        f"{name} was handed {len(inputs.forget or [])} forget images, not the {n_forget} of " \
+        f"class {c}"
     if retain_subset:
         assert inputs.retain is not None and len(inputs.retain) == retain_subset and \
             c not in inputs.retain.labels.tolist(), \
@@ -84,7 +85,7 @@ def test_run_method_hands_only_declared_data(name, retain_subset, mnist5k, pretr
         assert inputs.retain is None, f"{name} declares no retained data but was handed some"
     assert inputs.fisher is None, f"{name} was handed a Fisher it does not declare"
     assert got["model"] is not model, "the method was handed the caller's model, not a copy"
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), \
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)), \
         "run_method modified the caller's model"
     forget_test = test.subset(class_split(test.labels, c)[0]).loader(500)
     acc_before = evaluate_accuracy(model, forget_test)

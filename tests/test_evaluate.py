@@ -1,4 +1,4 @@
-"""`evaluate_models` wired to the metrics: each number comes from the right split of the right model.
+"""`evaluate_models` wired to the metrics: each number from the right split of the right model.
 
 The models here are lookup tables: every image carries its own index in two pixels, and a model
 returns the logits written for that index. So the logits of every model on every split are

@@ -99,47 +99,6 @@ def test_stop_rule_measures_a_fixed_sample_of_the_forget_set(tiny_data, check_sa
     assert all(torch.equal(per_check[0], row) for row in per_check)  # a fixed sample
 
 
-@pytest.fixture(scope="module")
-def pbu_on_mnist5k(mnist5k, pretrained_small_cnn):
-    from pbu.fisher import fisher_diagonal
-    from pbu.train import evaluate_accuracy
-
-    train, test = mnist5k
-    model, _ = pretrained_small_cnn
-    c = 2
-    forget = train.subset(class_split(train.labels, c)[0])
-    ft = test.subset(class_split(test.labels, c)[0]).loader(1000)
-    rt = test.subset(class_split(test.labels, c)[1]).loader(1000)
-    fisher = fisher_diagonal(model, forget.loader(256), kind="true")
-    cfg = PBUConfig(alpha=631, beta=100, gamma=4001, lr=1e-3, batch_size=64, epochs=5,
-                    bn_mode="train", stop_rule="forget_acc", stop_threshold=5.0, check_every=1)
-    before = (evaluate_accuracy(model, ft), evaluate_accuracy(model, rt))
-    res = unlearn_pbu(model, forget.loader(64, shuffle=True, seed=0), fisher, cfg,
-                      check_loader=forget.loader(1000))
-    after = (evaluate_accuracy(res.model, ft), evaluate_accuracy(res.model, rt))
-    return res, before, after, forget
-
-
-def test_pbu_forgets_class_and_keeps_the_rest(pbu_on_mnist5k):
-    res, before, after, _ = pbu_on_mnist5k
-    assert before[0] > 90
-    assert after[0] <= 5.0, after
-    assert after[1] >= before[1] - 5.0, (before, after)
-
-
-def test_stop_rule_fires_at_the_first_step_below_threshold(pbu_on_mnist5k):
-    res, _, _, forget = pbu_on_mnist5k
-    stop = res.info["stop_step"]
-    assert stop is not None and res.info["steps"] == stop
-    accs = [r["acc_forget_train"] for r in res.history]
-    assert accs[-1] <= 5.0 and all(a > 5.0 for a in accs[:-1])
-    # The recorded accuracy is the accuracy of the returned model on the forget TRAIN set.
-    from pbu.train import evaluate_accuracy
-
-    assert evaluate_accuracy(res.model, forget.loader(1000)) == pytest.approx(accs[-1])
-    assert [r["stopped"] for r in res.history].count(1.0) == 1
-
-
 # ------------------------------------------------------------------------------------------
 # The joint: the Fisher the caller gives is the Fisher the training loop uses
 # ------------------------------------------------------------------------------------------
@@ -207,7 +166,70 @@ def test_with_gamma_zero_parameters_with_large_fisher_move_less(tiny_data):
         moved[label] = (_displacement(res.model, theta_star, held),
                         _displacement(res.model, theta_star, free))
     (held_f0, free_f0), (held_big, free_big) = moved["F = 0"], moved["large F"]
-    assert held_f0 > 0 and free_big > 0, moved
+    assert held_f0 > 0 and free_f0 > 0 and free_big > 0, moved
     assert held_big < 0.3 * held_f0, (
         f"with γ = 0, parameters with F = 1e4 moved {held_big:.4g} (sum |θ−θ*|) against "
         f"{held_f0:.4g} with F = 0: the Fisher term does not hold them near θ*")
+
+
+@pytest.mark.parametrize("threshold,stops", [(100.0, True), (-1.0, False)])
+def test_forget_acc_rule_stops_at_the_first_check_at_or_below_the_threshold(tiny_data,
+                                                                             threshold, stops):
+    """Every accuracy is <= 100 %: the rule ends the run at its first check (step 1); none is
+    <= -1 %: the run goes to its last epoch."""
+    forget = _forget_of(tiny_data)
+    cfg = PBUConfig(**{**CFG, "stop_rule": "forget_acc", "stop_threshold": threshold})
+    res = unlearn_pbu(_tiny_model(), forget.loader(8, shuffle=True, seed=0),
+                      {n: torch.ones_like(p) for n, p in _tiny_model().named_parameters()}, cfg)
+    accs = [r["acc_forget_train"] for r in res.history]
+    if stops:
+        assert res.info["stop_step"] == res.info["steps"] == 1, (
+            f"threshold 100 %: the forget_acc rule did not stop at the first check "
+            f"(stopped at {res.info['stop_step']} of {res.info['steps']} steps, accuracies {accs})")
+    else:
+        assert res.info["stop_step"] is None and res.info["steps"] == 2 * 3, (
+            f"threshold -1 %: the forget_acc rule stopped at step {res.info['stop_step']} although "
+            f"no accuracy can be that low")
+        assert len(accs) == 6, "the rule was not checked after every step"
+
+
+@pytest.fixture(scope="module")
+def pbu_on_mnist5k(mnist5k, pretrained_small_cnn):
+    from pbu.fisher import fisher_diagonal
+    from pbu.train import evaluate_accuracy
+
+    train, test = mnist5k
+    model, _ = pretrained_small_cnn
+    c = 2
+    forget = train.subset(class_split(train.labels, c)[0])
+    ft = test.subset(class_split(test.labels, c)[0]).loader(1000)
+    rt = test.subset(class_split(test.labels, c)[1]).loader(1000)
+    fisher = fisher_diagonal(model, forget.loader(256), kind="true")
+    cfg = PBUConfig(alpha=631, beta=100, gamma=4001, lr=1e-3, batch_size=64, epochs=5,
+                    bn_mode="train", stop_rule="forget_acc", stop_threshold=5.0, check_every=1)
+    before = (evaluate_accuracy(model, ft), evaluate_accuracy(model, rt))
+    res = unlearn_pbu(model, forget.loader(64, shuffle=True, seed=0), fisher, cfg,
+                      check_loader=forget.loader(1000))
+    after = (evaluate_accuracy(res.model, ft), evaluate_accuracy(res.model, rt))
+    return res, before, after, forget
+
+
+def test_pbu_forgets_class_and_keeps_the_rest(pbu_on_mnist5k):
+    res, before, after, _ = pbu_on_mnist5k
+    assert before[0] > 90
+    assert after[0] <= 5.0, after
+    assert after[1] >= before[1] - 5.0, (before, after)
+
+
+def test_stop_rule_fires_at_the_first_step_below_threshold(pbu_on_mnist5k):
+    res, _, _, forget = pbu_on_mnist5k
+    stop = res.info["stop_step"]
+    assert stop is not None and res.info["steps"] == stop
+    accs = [r["acc_forget_train"] for r in res.history]
+    assert accs[-1] <= 5.0 and all(a > 5.0 for a in accs[:-1])
+    # The recorded accuracy is the accuracy of the returned model on the forget TRAIN set.
+    from pbu.train import evaluate_accuracy
+
+    assert evaluate_accuracy(res.model, forget.loader(1000)) == pytest.approx(accs[-1])
+    assert [r["stopped"] for r in res.history].count(1.0) == 1
+
