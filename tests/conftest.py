@@ -1,16 +1,70 @@
-"""Shared fixtures: tiny datasets and models on the CPU, and the real mnist5k split."""
+"""Shared fixtures: tiny datasets and models on the CPU, the real mnist5k split, MLflow stores
+and a hand-made results folder; and the rule that only ``slow`` tests start processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "false")
+
+# Programs whose start makes a test slow: another Python (torch imports alone take seconds), the
+# pbu CLI, snakemake, shell scripts, SLURM. Other tools a library may call (fc-list, git) pass.
+_SLOW_PROGRAMS = {"pbu", "snakemake", "bash", "sh", "sbatch", "srun", "salloc"}
+
+
+def _program(args) -> str:
+    first = args if isinstance(args, (str, bytes, os.PathLike)) else next(iter(args), "")
+    first = os.fsdecode(first)
+    return Path(first.split()[0] if first.strip() else first).name
+
+
+@contextlib.contextmanager
+def _no_processes(item: pytest.Item):
+    """Within: starting Python, the pbu CLI, snakemake or a shell script raises, naming the
+    command and the test (unless the test is marked ``slow``)."""
+    if item.get_closest_marker("slow"):
+        yield
+        return
+    real_init = subprocess.Popen.__init__
+
+    def guarded(self, args, *rest, **kwargs):
+        prog = _program(args)
+        if prog.startswith("python") or prog in _SLOW_PROGRAMS or \
+                prog == Path(sys.executable).name:
+            shown = args if isinstance(args, str) else " ".join(map(os.fsdecode, args))
+            raise RuntimeError(f"{item.nodeid} starts a process ({shown[:200]}): mark the test "
+                               f"@pytest.mark.slow (the fast unit tests run in-process)")
+        real_init(self, args, *rest, **kwargs)
+
+    subprocess.Popen.__init__ = guarded
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__ = real_init
+
+
+# ``python -m pytest -m "not slow"`` is the fast unit suite: no Snakemake, no subprocess. The
+# guard covers a test's fixtures too (a module fixture is set up with its first test).
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    with _no_processes(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    with _no_processes(item):
+        yield
 
 
 @pytest.fixture(scope="session")
