@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,3 +170,19 @@ def evaluate_models(models: dict[str, nn.Module], oracle: nn.Module, incompetent
             row["probe_auc"], row["probe_acc"] = p["auc"], p["acc"]
         rows[name] = row
     return rows
+
+
+class _CallableModule(types.ModuleType):
+    """``pbu.evaluate`` is two things: this module and the public function ``pbu.evaluate(model,
+    forget_test, retain_test, ...)`` of :mod:`pbu.api`. Importing the module (``from
+    pbu.evaluate import evaluate_models``, the CLI, the fork server) makes Python bind the name
+    on the package to the module, which used to turn the documented call into "'module' object
+    is not callable". The module therefore forwards calls to the function."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        from pbu.api import evaluate
+
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -45,6 +45,7 @@ def _probe(env_value: str | None) -> dict[str, object]:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_tuned_allocator_stops_the_page_faults_of_repeated_big_tensors() -> None:
     default, tuned = _probe("default"), _probe(None)  # unset means tuned
     assert default["mode"] == "default" and tuned["mode"] == "tuned"
@@ -53,6 +54,7 @@ def test_tuned_allocator_stops_the_page_faults_of_repeated_big_tensors() -> None
     assert tuned["faults"] < pages // 100  # reused from the heap
 
 
+@pytest.mark.slow
 def test_bad_pbu_malloc_is_a_clear_cli_error(tmp_path) -> None:
     env = {**os.environ, "PBU_MALLOC": "jemalloc", "PBU_SERVER": ""}
     res = subprocess.run([sys.executable, "-m", "pbu.cli", "methods"], capture_output=True,

@@ -23,6 +23,22 @@ def test_public_api_is_exposed():
         pbu.no_such_thing  # noqa: B018
 
 
+def test_pbu_evaluate_is_the_function_even_after_the_module_is_imported():
+    """``pbu.evaluate`` names both the public function and the submodule ``pbu/evaluate.py``;
+    importing the submodule (the CLI, the fork server, ``from pbu.evaluate import ...``) must not
+    turn ``pbu.evaluate(model, ...)`` into "'module' object is not callable"."""
+    import importlib
+
+    from pbu.api import evaluate
+
+    importlib.import_module("pbu.evaluate")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    forget = [(torch.randn(5, 1, 2, 2), torch.zeros(5, dtype=torch.long))]
+    retain = [(torch.randn(7, 1, 2, 2), torch.tensor([1, 2] * 3 + [1]))]
+    assert pbu.evaluate(model, forget, retain) == evaluate(model, forget, retain)
+
+
 def test_readme_example(mnist5k, pretrained_small_cnn, tmp_path):
     train, test = mnist5k
     trained, _ = pretrained_small_cnn
