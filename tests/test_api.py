@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 import pbu
 from pbu.data import class_split
+
+CONFIG = yaml.safe_load((Path(__file__).parents[1] / "config/config.yaml").read_text())
 
 
 def test_public_api_is_exposed():
@@ -16,6 +21,22 @@ def test_public_api_is_exposed():
         assert callable(getattr(pbu, name)) or isinstance(getattr(pbu, name), type), name
     with pytest.raises(AttributeError):
         pbu.no_such_thing  # noqa: B018
+
+
+def test_pbu_evaluate_is_the_function_even_after_the_module_is_imported():
+    """``pbu.evaluate`` names both the public function and the submodule ``pbu/evaluate.py``;
+    importing the submodule (the CLI, the fork server, ``from pbu.evaluate import ...``) must not
+    turn ``pbu.evaluate(model, ...)`` into "'module' object is not callable"."""
+    import importlib
+
+    from pbu.api import evaluate
+
+    importlib.import_module("pbu.evaluate")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    forget = [(torch.randn(5, 1, 2, 2), torch.zeros(5, dtype=torch.long))]
+    retain = [(torch.randn(7, 1, 2, 2), torch.tensor([1, 2] * 3 + [1]))]
+    assert pbu.evaluate(model, forget, retain) == evaluate(model, forget, retain)
 
 
 def test_readme_example(mnist5k, pretrained_small_cnn, tmp_path):
@@ -43,13 +64,53 @@ def test_readme_example(mnist5k, pretrained_small_cnn, tmp_path):
     assert base["acc_forget_test"] > 90.0
 
 
-def test_run_method_hands_only_declared_data(mnist5k, pretrained_small_cnn):
-    train, _ = mnist5k
-    model, _ = pretrained_small_cnn
-    import yaml
-    from pathlib import Path
+@pytest.mark.parametrize("name,retain_subset", [("neggrad", 0), ("neggrad_plus", 1000)])
+def test_run_method_hands_only_declared_data(name, retain_subset, mnist5k, pretrained_small_cnn,
+                                             monkeypatch):
+    """What the method receives through ``run_method`` is the forget class's training samples
+    and, if it declares one, a retain subset of the asked size without that class: nothing else.
+    And it does unlearn: the returned model no longer recognises the class."""
+    from pbu import methods
+    from pbu.train import evaluate_accuracy
 
-    config = yaml.safe_load((Path(__file__).parents[1] / "config/config.yaml").read_text())
-    result, seconds = pbu.run_method("neggrad", model, train, 2, config["hparams"]["neggrad"])
-    assert seconds > 0 and result.model is not model
-    assert set(pbu.available_methods()) == set(config["hparams"])
+    train, test = mnist5k
+    model, _ = pretrained_small_cnn
+    c = 2
+    got: dict = {}
+    real_run = methods.run
+
+    def spy(method, m, inputs, hp, **kwargs):
+        got.update(model=m, inputs=inputs)
+        return real_run(method, m, inputs, hp, **kwargs)
+
+    monkeypatch.setattr(methods, "run", spy)
+    before = [p.detach().clone() for p in model.parameters()]
+    result, seconds = pbu.run_method(name, model, train, c, CONFIG["hparams"][name],
+                                     retain_subset=retain_subset, seed=0)
+    inputs = got["inputs"]
+    n_forget = int((train.labels == c).sum())
+    assert inputs.forget is not None and len(inputs.forget) == n_forget and \
+        set(inputs.forget.labels.tolist()) == {c}, \
+        f"{name} was handed {len(inputs.forget or [])} forget images, not the {n_forget} of " \
+        f"class {c}"
+    if retain_subset:
+        assert inputs.retain is not None and len(inputs.retain) == retain_subset and \
+            c not in inputs.retain.labels.tolist(), \
+            f"{name} was handed a retain set that is not {retain_subset} images without class {c}"
+    else:
+        assert inputs.retain is None, f"{name} declares no retained data but was handed some"
+    assert inputs.fisher is None, f"{name} was handed a Fisher it does not declare"
+    assert got["model"] is not model, "the method was handed the caller's model, not a copy"
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)), \
+        "run_method modified the caller's model"
+    forget_test = test.subset(class_split(test.labels, c)[0]).loader(500)
+    acc_before = evaluate_accuracy(model, forget_test)
+    acc_after = evaluate_accuracy(result.model, forget_test)
+    assert acc_before > 90 and acc_after < acc_before - 50, (
+        f"{name} through run_method left forget-test accuracy at {acc_after:.1f} % "
+        f"(original {acc_before:.1f} %): it did not unlearn class {c}")
+    assert seconds > 0
+
+
+def test_available_methods_are_the_configured_ones():
+    assert set(pbu.available_methods()) == set(CONFIG["hparams"])

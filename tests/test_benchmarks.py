@@ -42,6 +42,7 @@ def _positive(x: object) -> bool:
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_train_tiny_run_reports_every_variant(tmp_path):
     out = tmp_path / "train.json"
     proc = _run("bench_train.py", "--models", "small_cnn,resnet18", "--variants", "fp32,cl",
@@ -101,6 +102,7 @@ def test_bench_train_random_data_uses_the_real_specs():
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_pipeline_side_by_side_tiny(tmp_path):
     out, md = tmp_path / "pipe.json", tmp_path / "pipe.md"
     _run("bench_pipeline.py", "--forget", "2,6", "--methods", "pbu,finetune", "--epochs", "1",
@@ -213,6 +215,7 @@ def test_from_results_per_rule_numbers(fake_results):
     assert rep["parallelism"] == pytest.approx(56 / 30)
 
 
+@pytest.mark.slow
 def test_from_results_cli_writes_markdown_and_json(fake_results, tmp_path):
     md, out = tmp_path / "b.md", tmp_path / "b.json"
     proc = _run("bench_pipeline.py", "--from-results", str(fake_results), "--out-md", str(md),
@@ -240,6 +243,7 @@ def test_from_results_without_benchmarks_fails_clearly(tmp_path):
         bench_pipeline.read_results(tmp_path)
 
 
+@pytest.mark.slow
 def test_importtime_names_heavy_packages():
     rec = bench_pipeline.importtime("import json, numpy")
     assert "numpy" in rec["top_level_s"] and "torch" not in rec["top_level_s"]
@@ -277,6 +281,7 @@ def _gpu_check(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess,
     return proc, json.loads((out / "gpu_check.json").read_text()), out
 
 
+@pytest.mark.slow
 def test_gpu_check_cpu_mode_writes_the_promised_files(tmp_path):
     """The script end to end in CPU mode on the steps that take seconds (all of them take
     ~95 s here: the pytest and rules steps are covered by their own tests)."""
@@ -316,6 +321,7 @@ def test_gpu_check_cpu_mode_writes_the_promised_files(tmp_path):
     assert "wrote" in log  # the benchmarks' own output is in the log
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_gpu_check_goes_on_after_a_failed_step_and_exits_nonzero(tmp_path):
     """CUDA mode on a machine without CUDA: each step fails, the next still runs."""
@@ -328,6 +334,7 @@ def test_gpu_check_goes_on_after_a_failed_step_and_exits_nonzero(tmp_path):
     assert "NOT all steps passed: env=failed train=failed" in proc.stdout
 
 
+@pytest.mark.slow
 def test_gpu_check_budget_limits_every_step(tmp_path):
     """Each step gets at most what is left of GPU_CHECK_BUDGET; under 15 s none starts."""
     proc, res, _ = _gpu_check(tmp_path, GPU_CHECK_DEVICE="cpu", GPU_CHECK_BUDGET="10")
@@ -417,6 +424,7 @@ def test_gpu_check_summary_merges_fisher_runs_and_counts_tests(tmp_path):
     assert h["pytest"] == {"tests": 14, "failures": 1, "errors": 0, "skipped": 2, "passed": 11}
 
 
+@pytest.mark.slow
 def test_bench_fisher_compares_the_chain_with_the_layer_paths(tmp_path):
     out = tmp_path / "f.json"
     _run("bench_fisher.py", "--models", "small_cnn", "--n", "24", "--batch-size", "8",

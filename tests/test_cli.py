@@ -81,6 +81,7 @@ def test_corrupt_checkpoint_is_named(files, capsys):
     assert "bad.pt" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_negative_seed_rejected_by_parser():
     proc = subprocess.run([sys.executable, "-m", "pbu.cli", "pretrain", "--data", "x",
                            "--arch", "small_cnn", "--seed", "-1", "--recipe", "{}",

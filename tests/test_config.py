@@ -62,6 +62,7 @@ def test_unwritable_results_refused(tmp_path):
         _check(lambda c: c.update(results=str(blocker / "results")), tmp_path)
 
 
+@pytest.mark.slow
 def test_snakemake_stops_before_any_job_with_one_line(tmp_path):
     """The real snakemake refuses a bad config before it schedules anything."""
     bad = tmp_path / "bad.yaml"

@@ -22,8 +22,11 @@ from pbu.data import load_prepared
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 PBU = Path(sys.executable).with_name("pbu")
 
-pytestmark = pytest.mark.skipif(
-    not SOURCE.is_dir(), reason=f"{SOURCE} is absent: apt-get install dataset-fashion-mnist")
+pytestmark = [
+    pytest.mark.slow,  # the files are prepared by the pbu CLI, as the pipeline does
+    pytest.mark.skipif(not SOURCE.is_dir(),
+                       reason=f"{SOURCE} is absent: apt-get install dataset-fashion-mnist"),
+]
 
 
 def read_idx(path: Path) -> np.ndarray:

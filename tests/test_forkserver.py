@@ -20,6 +20,8 @@ import pytest
 
 from pbu import forkserver
 
+pytestmark = pytest.mark.slow  # every test starts the server or the pbu CLI
+
 PBU = shutil.which("pbu") or str(Path(sys.executable).with_name("pbu"))
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -135,6 +137,59 @@ def test_inputs_hold_exactly_the_declared_data_as_copies(name, square_data, trai
             assert d.labels.untyped_storage().data_ptr() not in full
 
 
+# What each method's paper says it uses, written out here on purpose: the declaration in the
+# method's module is what is being checked, so it must not be the source of the expectation.
+# name: (forget samples?, retained samples "none" | "subset" | "all", forget-set Fisher?,
+#        README's "data needed" wording)
+PAPER_ACCESS = {
+    # Panda et al., AAAI 2025: θ*, the forget class's training samples and their Fisher only
+    "pbu": (True, "none", True, "forget"),
+    "finetune": (False, "all", False, "all retain"),  # fine-tuning on the retained data
+    "neggrad": (True, "none", False, "forget"),  # gradient ascent on the forget set
+    "neggrad_plus": (True, "subset", False, "forget + retain subset"),  # Kurmanji et al. 2023
+    "random_labels": (True, "none", False, "forget"),  # relabel the forget class
+    "unsir": (False, "subset", False, "class id + retain subset"),  # Tarun et al., TNNLS 2023
+    "bad_teaching": (True, "subset", False, "forget + retain subset"),  # Chundawat et al. 2023
+    "ssd": (True, "all", False, "forget + all retain"),  # Foster et al. 2024: full train set
+    "scrub": (True, "subset", False, "forget + retain subset"),  # Kurmanji et al. 2023
+    "salun": (True, "subset", False, "forget + retain subset"),  # Fan et al., ICLR 2024
+    "boundary_shrink": (True, "none", False, "forget"),  # Chen et al., CVPR 2023
+}
+
+
+def test_paper_access_table_covers_every_method():
+    assert set(PAPER_ACCESS) == set(ALL), \
+        f"methods without a paper access entry: {sorted(set(ALL) ^ set(PAPER_ACCESS))}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_each_method_gets_the_data_its_paper_uses_and_no_more(name, square_data, trained):
+    """The harness hands each method what its PAPER uses (the literal table above), checked on
+    the inputs actually built, not on the method's own declaration."""
+    forget, retain, fisher, _ = PAPER_ACCESS[name]
+    spec = methods.get_method(name)
+    inputs = _inputs(name, square_data, trained)
+    got_retain = ("none" if inputs.retain is None else
+                  "all" if len(inputs.retain) == (K - 1) * N_PER_CLASS else
+                  "subset" if len(inputs.retain) == RETAIN_SUBSET else f"{len(inputs.retain)}")
+    got = (inputs.forget is not None, got_retain, inputs.fisher is not None)
+    assert got == (forget, retain, fisher), (
+        f"{name} receives (forget={got[0]}, retain={got[1]}, fisher={got[2]}) but its paper "
+        f"uses (forget={forget}, retain={retain}, fisher={fisher}); declared access: "
+        f"{spec.access.label!r}")
+
+
+def test_readme_access_table_states_the_paper_access():
+    """README's "Methods and the data they may see" table says the same as the literal table."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Methods and the data they may see", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", section, re.M))
+    assert set(rows) == set(PAPER_ACCESS), sorted(set(rows) ^ set(PAPER_ACCESS))
+    for name, (*_, want) in PAPER_ACCESS.items():
+        assert rows[name] == want or rows[name].startswith(want + " ("), (
+            f"README says {name} needs {rows[name]!r}; its paper uses {want!r}")
+
+
 class _RecordingLoader:
     """Wraps a loader; records the labels of every batch it yields."""
 
@@ -196,6 +251,32 @@ def test_run_passes_only_the_inputs_and_the_method_reads_only_them(name, square_
     assert [r["step"] for r in result.history] == list(range(1, info["steps"] + 1))
     assert all("epoch" in r for r in result.history)
     assert not result.model.training
+
+
+@pytest.mark.parametrize("name", ["pbu", "neggrad", "scrub"])
+def test_time_spent_in_the_monitor_is_not_the_methods_time(name, square_data, trained):
+    """A monitor that sleeps 10 ms per call: the method's measured time excludes every sleep.
+
+    No time is asserted, only an inequality of one clock: the harness's time lies inside the
+    call's wall time, and each sleep lies inside the harness's window, so if the sleeps are
+    subtracted ``seconds <= wall - slept`` holds exactly; if they are counted it cannot."""
+    inputs = _inputs(name, square_data, trained)
+    slept = 0.0
+
+    def sleepy(_model, _step) -> None:
+        nonlocal slept
+        t0 = time.perf_counter()
+        time.sleep(0.01)
+        slept += time.perf_counter() - t0
+
+    start = time.perf_counter()
+    result, seconds = methods.run(name, copy.deepcopy(trained), inputs, _hp(name), seed=0,
+                                  monitor=sleepy)
+    wall = time.perf_counter() - start
+    assert result.info["steps"] >= 1 and slept >= 0.01 * (result.info["steps"] + 1)
+    assert 0 <= seconds <= wall - slept, (
+        f"{name}: time_s = {seconds:.3f} s but the call took {wall:.3f} s of which {slept:.3f} s "
+        f"were spent sleeping in the monitor: monitoring time is counted as the method's time")
 
 
 def test_finetune_never_sees_the_forget_class(square_data, trained, spy_loaders):

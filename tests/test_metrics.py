@@ -153,14 +153,48 @@ def test_mia_entropy_svc_matches_independent_sklearn_fit() -> None:
     assert M.mia_entropy_svc(retain, test, forget, seed=0) == pytest.approx(expected.mean())
 
 
-def test_mia_entropy_svc_max_samples_is_seeded() -> None:
+def test_mia_entropy_svc_max_samples_caps_each_side_with_a_seeded_draw(monkeypatch) -> None:
+    """The attacker is fitted on at most ``max_samples`` members and as many non-members, each a
+    draw (without replacement) from its own set; the same seed draws the same samples, another
+    seed others; ``None`` fits on everything."""
+    import sklearn.svm
+
     rng = np.random.default_rng(3)
     retain = torch.tensor(rng.standard_normal((300, K)) * 3)
     test = torch.tensor(rng.standard_normal((200, K)) * 1.5)
     forget = torch.tensor(rng.standard_normal((100, K)) * 2)
-    a = M.mia_entropy_svc(retain, test, forget, seed=5, max_samples=50)
-    b = M.mia_entropy_svc(retain, test, forget, seed=5, max_samples=50)
-    assert a == b
+    fits: list[tuple[np.ndarray, np.ndarray]] = []
+    real_svc = sklearn.svm.SVC
+
+    class SpySVC(real_svc):
+        def fit(self, x, y, *args, **kwargs):
+            fits.append((np.asarray(x).ravel().copy(), np.asarray(y).copy()))
+            return super().fit(x, y, *args, **kwargs)
+
+    monkeypatch.setattr(sklearn.svm, "SVC", SpySVC)
+
+    def entropy(logits: torch.Tensor) -> np.ndarray:  # numpy, independent of pbu.metrics
+        z = logits.numpy() - logits.numpy().max(1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        return -(p * np.log(p)).sum(1)
+
+    members, nonmembers = set(entropy(retain).round(9)), set(entropy(test).round(9))
+
+    def fitted(seed: int | None, cap: int | None) -> tuple[list[float], list[float]]:
+        fits.clear()
+        M.mia_entropy_svc(retain, test, forget, seed=seed, max_samples=cap)
+        (x, y), = fits
+        return sorted(x[y == 1].round(9)), sorted(x[y == 0].round(9))
+
+    full_m, full_n = fitted(0, None)
+    assert (len(full_m), len(full_n)) == (300, 200), "max_samples=None must fit on every sample"
+    m5, n5 = fitted(5, 50)
+    assert 0 < len(m5) <= 50 and 0 < len(n5) <= 50, (
+        f"max_samples=50 fitted the attacker on {len(m5)} members and {len(n5)} non-members")
+    assert len(set(m5)) == len(m5) and set(m5) <= members, "members not drawn from retain-train"
+    assert len(set(n5)) == len(n5) and set(n5) <= nonmembers, "non-members not drawn from test"
+    assert fitted(5, 50) == (m5, n5), "the same seed drew other samples"
+    assert fitted(6, 50) != (m5, n5), "another seed drew the same samples"
 
 
 def same_entropy_mix(n: int, rng: np.random.Generator) -> torch.Tensor:

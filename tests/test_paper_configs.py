@@ -141,6 +141,7 @@ def planned_jobs(output: str) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_paper_config_dry_run_plans_the_expected_jobs(name, tmp_path):
     skip_without_fashion(name)

@@ -99,6 +99,100 @@ def test_stop_rule_measures_a_fixed_sample_of_the_forget_set(tiny_data, check_sa
     assert all(torch.equal(per_check[0], row) for row in per_check)  # a fixed sample
 
 
+# ------------------------------------------------------------------------------------------
+# The joint: the Fisher the caller gives is the Fisher the training loop uses
+# ------------------------------------------------------------------------------------------
+
+
+def _forget_of(tiny_data, c: int = 1):
+    return tiny_data.subset(class_split(tiny_data.labels, c)[0])  # 20 samples
+
+
+def test_recorded_fisher_term_is_beta_sum_f_dtheta2_of_the_given_fisher(tiny_data):
+    """Each recorded ``term_fisher`` equals β·Σ F (θ − θ*)², recomputed here from the parameters
+    it was computed at (the model the monitor saw after the previous step; the last one is the
+    returned model) and the Fisher the caller passed in."""
+    forget = _forget_of(tiny_data)
+    model = _tiny_model()
+    theta_star = {n: p.detach().clone() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    fisher = {n: torch.rand(p.shape, generator=g) * 50 for n, p in model.named_parameters()}
+    given = {n: f.clone() for n, f in fisher.items()}
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    cfg = PBUConfig(**{**CFG, "beta": 7.0, "epochs": 2})
+    res = unlearn_pbu(model, forget.loader(8, shuffle=True, seed=0), fisher, cfg,
+                      monitor=lambda m, s: seen.update(
+                          {s: {n: p.detach().clone() for n, p in m.named_parameters()}}))
+    assert all(torch.equal(fisher[n], given[n]) for n in given), "PBU modified the caller's Fisher"
+    last = res.info["steps"]
+    returned = {n: p.detach() for n, p in res.model.named_parameters()}
+    assert all(torch.equal(returned[n], seen[last][n]) for n in returned), \
+        "the returned model is not the model after the last recorded step"
+
+    def expected(theta: dict[str, torch.Tensor]) -> float:
+        return 7.0 * sum(float((given[n].double() * (theta[n].double() - theta_star[n].double())
+                                ** 2).sum()) for n in given)
+
+    assert expected(returned) > 1e-3, "the model did not move away from θ*: the test is vacuous"
+    assert len(res.history) == last
+    for row in res.history[1:]:  # row of step s was computed at the parameters after step s-1
+        want = expected(seen[int(row["step"]) - 1])
+        assert row["term_fisher"] == pytest.approx(want, rel=1e-4), (
+            f"step {int(row['step'])}: PBU recorded term_fisher = {row['term_fisher']:.6g}, but "
+            f"β·ΣF(θ−θ*)² with the Fisher it was given is {want:.6g}: the training loop does not "
+            f"use the caller's Fisher")
+
+
+def _displacement(model: nn.Module, theta_star: dict[str, torch.Tensor],
+                  names: list[str]) -> float:
+    return sum(float((p.detach() - theta_star[n]).abs().sum())
+               for n, p in model.named_parameters() if n in names)
+
+
+def test_with_gamma_zero_parameters_with_large_fisher_move_less(tiny_data):
+    """γ = 0, same data, seed and θ*: the parameters whose Fisher is large stay much closer to θ*
+    than in the run with F = 0 (the Fisher term is what holds them), while the others move."""
+    forget = _forget_of(tiny_data)
+    model = _tiny_model()
+    theta_star = {n: p.detach().clone() for n, p in model.named_parameters()}
+    held = ["0.weight", "4.weight"]  # the first convolution's and the classifier's weights
+    free = [n for n in theta_star if n not in held]
+    cfg = PBUConfig(**{**CFG, "alpha": 1.0, "beta": 1.0, "gamma": 0.0, "epochs": 4})
+    moved = {}
+    for label, big in (("F = 0", 0.0), ("large F", 1e4)):
+        fisher = {n: torch.full_like(p, big if n in held else 0.0)
+                  for n, p in model.named_parameters()}
+        res = unlearn_pbu(model, forget.loader(8, shuffle=True, seed=0), fisher, cfg)
+        moved[label] = (_displacement(res.model, theta_star, held),
+                        _displacement(res.model, theta_star, free))
+    (held_f0, free_f0), (held_big, free_big) = moved["F = 0"], moved["large F"]
+    assert held_f0 > 0 and free_f0 > 0 and free_big > 0, moved
+    assert held_big < 0.3 * held_f0, (
+        f"with γ = 0, parameters with F = 1e4 moved {held_big:.4g} (sum |θ−θ*|) against "
+        f"{held_f0:.4g} with F = 0: the Fisher term does not hold them near θ*")
+
+
+@pytest.mark.parametrize("threshold,stops", [(100.0, True), (-1.0, False)])
+def test_forget_acc_rule_stops_at_the_first_check_at_or_below_the_threshold(tiny_data,
+                                                                             threshold, stops):
+    """Every accuracy is <= 100 %: the rule ends the run at its first check (step 1); none is
+    <= -1 %: the run goes to its last epoch."""
+    forget = _forget_of(tiny_data)
+    cfg = PBUConfig(**{**CFG, "stop_rule": "forget_acc", "stop_threshold": threshold})
+    res = unlearn_pbu(_tiny_model(), forget.loader(8, shuffle=True, seed=0),
+                      {n: torch.ones_like(p) for n, p in _tiny_model().named_parameters()}, cfg)
+    accs = [r["acc_forget_train"] for r in res.history]
+    if stops:
+        assert res.info["stop_step"] == res.info["steps"] == 1, (
+            f"threshold 100 %: the forget_acc rule did not stop at the first check "
+            f"(stopped at {res.info['stop_step']} of {res.info['steps']} steps, accuracies {accs})")
+    else:
+        assert res.info["stop_step"] is None and res.info["steps"] == 2 * 3, (
+            f"threshold -1 %: the forget_acc rule stopped at step {res.info['stop_step']} although "
+            f"no accuracy can be that low")
+        assert len(accs) == 6, "the rule was not checked after every step"
+
+
 @pytest.fixture(scope="module")
 def pbu_on_mnist5k(mnist5k, pretrained_small_cnn):
     from pbu.fisher import fisher_diagonal
@@ -138,3 +232,4 @@ def test_stop_rule_fires_at_the_first_step_below_threshold(pbu_on_mnist5k):
 
     assert evaluate_accuracy(res.model, forget.loader(1000)) == pytest.approx(accs[-1])
     assert [r["stopped"] for r in res.history].count(1.0) == 1
+

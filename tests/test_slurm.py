@@ -35,6 +35,7 @@ LOCAL = ("download", "track", "track_report")
 
 pytestmark = [
     pytest.mark.slurm,
+    pytest.mark.slow,
     pytest.mark.skipif(
         os.environ.get("PBU_SLURM") != "1",
         reason="needs a running SLURM cluster with partition 'debug': "
