@@ -78,8 +78,8 @@ MUTATIONS: list[Mutation] = [
        ("from pbu.methods import FORGET_AND_RETAIN_SUBSET,",
         "from pbu.methods import FULL_TRAIN, FORGET_AND_RETAIN_SUBSET,")),
     _m("tracking-drops-mia", "pbu/tracking.py",
-       "j.metrics = {k: float(v) for k, v in metrics.items() if _finite(v)}",
-       "j.metrics = {k: float(v) for k, v in metrics.items() if _finite(v) "
+       "out = {k: float(v) for k, v in metrics.items() if _finite(v)}",
+       "out = {k: float(v) for k, v in metrics.items() if _finite(v) "
        "and not k.startswith('mia_')}",
        "tests/test_tracking.py", "MLflow logging silently drops every mia_* metric"),
     _m("atomic-write-in-place", "pbu/io.py",
@@ -183,8 +183,8 @@ MUTATIONS: list[Mutation] = [
        "SalUn's MIA reads the top class's confidence instead of the true class's"),
     # --- the aggregation and the report -----------------------------------------------------
     _m("aggregate-fisher-time-subtracted", "pbu/aggregate.py",
-       '(info.get("time_s") or 0) + (fisher.get("time_s") or 0)',
-       '(info.get("time_s") or 0) - (fisher.get("time_s") or 0)',
+       "total = None if any(p is None for p in parts) else sum(parts)",
+       "total = None if any(p is None for p in parts) else parts[0] - sum(parts[1:])",
        "tests/test_aggregate.py", "PBU's time with its Fisher subtracts the Fisher's time"),
     _m("aggregate-metrics-of-original", "pbu/aggregate.py",
        "row.update(metrics)", 'row.update(ev["metrics"]["original"])',

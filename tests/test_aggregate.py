@@ -101,8 +101,8 @@ def test_runs_csv_rows_hold_their_jobs_metrics_times_and_access(tmp_path, fake_r
         if method == "pbu":
             fisher = json.loads((seed_dir / f"forget{forget}" / "fisher.json").read_text())
             want = info["time_s"] + fisher["time_s"]
-            assert float(row["time_with_fisher_s"]) == pytest.approx(want), (
-                f"{'/'.join(key)}: PBU's time with its Fisher is {row['time_with_fisher_s']}, "
+            assert float(row["total_time_s"]) == pytest.approx(want), (
+                f"{'/'.join(key)}: PBU's time with its Fisher is {row['total_time_s']}, "
                 f"not its time {info['time_s']} + the Fisher's {fisher['time_s']}")
     history = list(csv.DictReader(open(paths["history"])))
     assert len(history) == 2 * 4 * 3  # pbu and finetune, 4 rows each, 3 groups

@@ -155,12 +155,12 @@ def test_every_runs_metrics_equal_its_metrics_json_key_by_key(tracked):
 
 
 def test_per_step_histories_are_kept_beside_the_evaluation(tracked):
-    """A method's per-step trajectory stays in MLflow with its steps (under another name when
-    the evaluation reports a number of that name), and the loss terms keep their own names."""
+    """A method's per-step trajectory stays in MLflow with its steps, every series under
+    ``trajectory/<name>``, so none replaces the evaluation's number of the same name."""
     expected, runs, client, _ = tracked
     run = next(r for r in runs if r.data.tags["rule"] == "unlearn"
                and r.data.tags["method"] == "pbu" and r.data.tags["forget"] == "6")
-    terms = client.get_metric_history(run.info.run_id, "term_forget")
+    terms = client.get_metric_history(run.info.run_id, "trajectory/term_forget")
     assert sorted((m.step, m.value) for m in terms) == [(s, -s * 1.0) for s in range(4)]
     traj = client.get_metric_history(run.info.run_id, "trajectory/acc_forget_test")
     assert sorted((m.step, m.value) for m in traj) == [(s, 90.0 - 30 * s) for s in range(4)]
