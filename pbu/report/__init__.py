@@ -27,6 +27,7 @@ One module per concern, imported in this order (each imports only those above it
 - :mod:`~pbu.report.render`: atomic files; Markdown and LaTeX through pandas' writers;
 - :mod:`~pbu.report.stats`: per-method statistics, distances to the oracle, the ranking;
 - :mod:`~pbu.report.tables`: the tables and :func:`write_tables`;
+- :mod:`~pbu.report.style`: how every figure looks (size, fonts, colours, saving);
 - :mod:`~pbu.report.figures`: the figures and :func:`write_figures`;
 - :mod:`~pbu.report.paper`: the paper's reported numbers (``config/paper/reference.csv``) and
   the "Beside the paper" section;
@@ -43,12 +44,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pbu.report.figures import DPI, FIG_WIDTH_IN, FIGURE_NAMES, write_figures
+from pbu.report.figures import FIGURE_NAMES, write_figures
 from pbu.report.inputs import data_gaps, read_history, read_runs, read_timings
 from pbu.report.markdown import write_report
 from pbu.report.paper import PAPER_NAMES, arch_key, dataset_key, parse_paper_table, read_reference
 from pbu.report.render import to_latex, to_markdown
 from pbu.report.stats import RANKING_RULE, method_summary
+from pbu.report.style import DPI, FIG_WIDTH_IN
 from pbu.report.tables import (
     TABLE_NAMES,
     depth_table,

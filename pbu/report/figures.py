@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +17,18 @@ import numpy as np
 import pandas as pd
 
 from pbu.report.inputs import present, setting_pairs
-from pbu.report.render import write_file
+from pbu.report.style import (
+    FIG_WIDTH_IN,
+    RC,
+    legend_below,
+    method_colors,
+    save_figure,
+    with_labels,
+)
 from pbu.report.vocab import ACC_F, ACC_R, KEYS, MIA_COLUMNS, RUN_METRICS, order_methods
 
 log = logging.getLogger(__name__)
 
-FIG_WIDTH_IN = 7.0  # full text width; every figure uses it, so 8 pt stays 8 pt in print
-MIN_FONT_PT = 8.0
-DPI = 200
 FIGURE_NAMES = [
     "accuracy_per_class",
     "time_per_epoch",
@@ -32,70 +36,6 @@ FIGURE_NAMES = [
     "mia_vs_oracle",
     "retain_gap_to_oracle",
 ]
-_RC = {
-    "font.size": 8,
-    "axes.titlesize": 9,
-    "axes.labelsize": 8,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
-    "legend.fontsize": 8,
-    "legend.title_fontsize": 8,
-    "figure.titlesize": 9,
-    "axes.titleweight": "normal",
-    "savefig.dpi": DPI,
-}
-
-
-def _palette(methods: Sequence[str]) -> dict[str, Any]:
-    """A fixed colour per method (by display name), the same in every figure."""
-    import seaborn as sns
-
-    ordered = order_methods(methods)
-    colors = sns.color_palette("tab20" if len(ordered) > 10 else "tab10", len(ordered))
-    return dict(zip(ordered, colors))
-
-
-def _enforce_min_font(fig: Any, min_pt: float = MIN_FONT_PT) -> None:
-    """Raise any text that ended up below ``min_pt`` (e.g. a library default) to ``min_pt``."""
-    from matplotlib.text import Text
-
-    for text in fig.findobj(Text):
-        if text.get_text() and text.get_fontsize() < min_pt:
-            text.set_fontsize(min_pt)
-
-
-def _save(fig: Any, out_dir: Path, name: str) -> list[Path]:
-    """Save a figure as PNG (dpi 200) and PDF, atomically, and close it."""
-    import matplotlib.pyplot as plt
-
-    _enforce_min_font(fig)
-    paths = []
-    for ext in ("png", "pdf"):
-        paths.append(
-            write_file(
-                out_dir / f"{name}.{ext}", lambda p, e=ext: fig.savefig(p, format=e, dpi=DPI)
-            )
-        )
-    plt.close(fig)
-    return paths
-
-
-def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
-    return df.assign(label=df["method"])
-
-
-def _legend_below(fig: Any, axes: Iterable[Any], ncol: int = 6) -> None:
-    """One legend for the figure (the first axes that has one), per-axes legends removed."""
-    handles, labels = [], []
-    for ax in axes:
-        if not handles:
-            handles, labels = ax.get_legend_handles_labels()
-        if ax.get_legend() is not None:
-            ax.get_legend().remove()
-    if handles:
-        fig.legend(
-            handles, labels, loc="outside lower center", ncol=min(ncol, len(labels)), frameon=False
-        )
 
 
 def _fig_accuracy(runs: pd.DataFrame) -> Any | None:
@@ -109,7 +49,7 @@ def _fig_accuracy(runs: pd.DataFrame) -> Any | None:
         return None
     settings = setting_pairs(runs)
     methods = order_methods(runs["method"])
-    palette = _palette(methods)
+    colors = method_colors(methods)
     fig, axes = plt.subplots(
         len(settings),
         len(metrics),
@@ -118,7 +58,7 @@ def _fig_accuracy(runs: pd.DataFrame) -> Any | None:
         figsize=(FIG_WIDTH_IN, 2.3 * len(settings) + 0.7),
     )
     for r, (dataset, arch) in enumerate(settings):
-        sub = _with_labels(runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)])
+        sub = with_labels(runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)])
         sub = sub.assign(forget_class=sub["forget"].astype(str))
         hue_order = [m for m in methods if m in set(sub["method"])]
         for c, col in enumerate(metrics):
@@ -129,7 +69,7 @@ def _fig_accuracy(runs: pd.DataFrame) -> Any | None:
                 y=col,
                 hue="label",
                 hue_order=hue_order,
-                palette=palette,
+                palette=colors,
                 errorbar="sd",
                 capsize=0.15,
                 err_kws={"linewidth": 0.8},
@@ -138,7 +78,7 @@ def _fig_accuracy(runs: pd.DataFrame) -> Any | None:
             ax.set_xlabel("forget class")
             ax.set_ylabel(f"{RUN_METRICS[col][0]} (%)")
             ax.set_title(f"{dataset} / {arch}: {RUN_METRICS[col][0]}")
-    _legend_below(fig, axes.flat)
+    legend_below(fig, axes.flat)
     return fig
 
 
@@ -193,12 +133,12 @@ def _fig_time_per_epoch(runs: pd.DataFrame, timings: pd.DataFrame | None) -> Any
         return None
     datasets = sorted(data["dataset"].unique())
     methods = order_methods(data["method"])
-    palette = _palette(order_methods(runs["method"]) + methods)
+    colors = method_colors(order_methods(runs["method"]) + methods)
     fig, axes = plt.subplots(
         1, len(datasets), squeeze=False, layout="constrained", figsize=(FIG_WIDTH_IN, 3.0)
     )
     for ax, dataset in zip(axes[0], datasets):
-        sub = _with_labels(data[data["dataset"] == dataset])
+        sub = with_labels(data[data["dataset"] == dataset])
         hue_order = [m for m in methods if m in set(sub["method"])]
         means = sub.groupby(["arch", "method"])["time_per_epoch_s"].mean()
         log_y = bool(means.max() / means.min() > 100)  # more than two decades: log axis
@@ -208,7 +148,7 @@ def _fig_time_per_epoch(runs: pd.DataFrame, timings: pd.DataFrame | None) -> Any
             y="time_per_epoch_s",
             hue="label",
             hue_order=hue_order,
-            palette=palette,
+            palette=colors,
             errorbar="sd",
             capsize=0.15,
             err_kws={"linewidth": 0.8},
@@ -219,7 +159,7 @@ def _fig_time_per_epoch(runs: pd.DataFrame, timings: pd.DataFrame | None) -> Any
         ax.set_xlabel("model")
         ax.set_ylabel("time per epoch (s), prerequisites incl." + (", log" if log_y else ""))
         ax.set_title(dataset)
-    _legend_below(fig, axes.flat)
+    legend_below(fig, axes.flat)
     return fig
 
 
@@ -337,7 +277,7 @@ def _fig_mia(runs: pd.DataFrame) -> Any | None:
         return None
     settings = setting_pairs(runs)
     methods = order_methods(runs["method"])
-    palette = _palette(methods)
+    colors = method_colors(methods)
     n_bars = max(1, len([m for m in methods if m != "oracle"]))
     oracle_line = None
     fig, axes = plt.subplots(
@@ -349,7 +289,7 @@ def _fig_mia(runs: pd.DataFrame) -> Any | None:
         figsize=(FIG_WIDTH_IN, len(settings) * (0.22 * n_bars + 0.8) + 0.3),
     )
     for r, (dataset, arch) in enumerate(settings):
-        sub = _with_labels(runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)])
+        sub = with_labels(runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)])
         bars = sub[sub["method"] != "oracle"]
         order = [m for m in methods if m != "oracle"]
         for c, col in enumerate(variants):
@@ -361,7 +301,7 @@ def _fig_mia(runs: pd.DataFrame) -> Any | None:
                 order=order,
                 hue="label",
                 hue_order=order,
-                palette=palette,
+                palette=colors,
                 errorbar="sd",
                 capsize=0.2,
                 err_kws={"linewidth": 0.8},
@@ -469,10 +409,10 @@ def write_figures(
         "retain_gap_to_oracle": lambda: _fig_retain_gap(runs),
     }
     paths: list[Path] = []
-    with sns.axes_style("whitegrid"), plt.rc_context(_RC):
+    with sns.axes_style("whitegrid"), plt.rc_context(RC):
         for name, build in builders.items():
             fig = build()
             if fig is not None:
-                paths += _save(fig, out, name)
+                paths += save_figure(fig, out, name)
     log.info("wrote %d figure files to %s", len(paths), out)
     return paths
