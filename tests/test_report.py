@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from pbu import report
+from pbu.report import figures as report_figures
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "config" / "paper" / "reference.csv"
@@ -94,6 +95,79 @@ def make_timings() -> pd.DataFrame:
             rows.append(dict(dataset="mnist5k", arch="small_cnn", seed=s, forget=1,
                              method=method, time_s=t * 3, epochs=3.0, time_per_epoch_s=t))
     return pd.DataFrame(rows)
+
+
+def md_rows(text: str) -> list[list[str]]:
+    """The cells of every Markdown table row in ``text`` (header included, the alignment row
+    left out), with '|' unescaped: an independent reader of what a Markdown viewer shows."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not (line.startswith("|") and line.endswith("|")):
+            continue
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line[1:-1])]
+        if all(re.fullmatch(r":?-{3,}:?", c) for c in cells):
+            continue
+        rows.append(cells)
+    return rows
+
+
+def md_alignment(text: str) -> list[str]:
+    """The alignment row of the first Markdown table in ``text``: "right" / "left" per column."""
+    line = next(ln for ln in text.splitlines() if re.fullmatch(r"\|(\s*:?-{3,}:?\s*\|)+", ln))
+    return ["right" if c.strip().endswith(":") and not c.strip().startswith(":") else "left"
+            for c in line.strip()[1:-1].split("|")]
+
+
+_TEX_MATH = [(r"A_{D_f}", "A_Df"), (r"A_{D_r}", "A_Dr"), (r"\pm", "±"), (r"\Delta{}", "Δ"),
+             (r"\times", "×"), ("-", "−")]
+_TEX_TEXT = [("--", "–"), (r"\_", "_"), (r"\%", "%"), (r"\&", "&"), (r"\#", "#"),
+             (r"\$", "$")]
+
+
+def tex_text(cell: str) -> str:
+    """Undo the LaTeX escaping of one cell: an independent decoder, for round trips. Math
+    segments ($...$) hold symbols; text segments hold escaped characters."""
+    parts = re.split(r"(?<!\\)\$", cell)
+    out = []
+    for i, part in enumerate(parts):
+        for tex, text in _TEX_MATH if i % 2 else _TEX_TEXT:
+            part = part.replace(tex, text)
+        out.append(part)
+    return "".join(out)
+
+
+def check_latex(tex: str, n_columns: int) -> list[list[str]]:
+    """Assert that ``tex`` is a well-formed booktabs tabular with ``n_columns`` columns on every
+    row, every special character escaped; return its rows' cells (header rows first)."""
+    lines = tex.strip().splitlines()
+    assert lines[0].startswith("% ") and "booktabs" in lines[0]
+    body = lines[1:]
+    begin = re.fullmatch(r"\\begin\{tabular\}\{([lrc]*)\}", body[0])
+    assert begin and len(begin.group(1)) == n_columns, body[0]
+    assert body[-1] == r"\end{tabular}"
+    assert [ln for ln in body if ln in (r"\toprule", r"\midrule", r"\bottomrule")] == [
+        r"\toprule", r"\midrule", r"\bottomrule"]
+    assert "\n".join(body).count(r"\begin{") == 1 and "\n".join(body).count(r"\end{") == 1
+    assert tex.isascii(), [ch for ch in tex if not ch.isascii()]  # ±, Δ, – ... all typeset
+    rows = []
+    for line in body[1:-1]:
+        if re.fullmatch(r"\\(top|mid|bottom)rule|(\\cmidrule\(lr\)\{\d+-\d+\} ?)+", line):
+            continue
+        assert line.endswith(r" \\"), line
+        text = line[: -len(r" \\")]
+        unescaped = re.sub(r"\\[\\{}&%$#_]", "", text)  # drop escaped specials
+        assert "%" not in unescaped and "#" not in unescaped, line
+        assert unescaped.count("{") == unescaped.count("}"), line
+        assert unescaped.count("$") % 2 == 0 and "$$" not in unescaped, line
+        # outside math, no bare subscript
+        assert all("_" not in part for part in unescaped.split("$")[::2]), line
+        cells = [c.strip() for c in re.split(r"(?<!\\)&", text)]
+        spans = [int(m.group(1)) if (m := re.match(r"\\multicolumn\{(\d+)\}", c)) else 1
+                 for c in cells]
+        assert sum(spans) == n_columns, line
+        rows.append(cells)
+    return rows
 
 
 def pm(values) -> str:
@@ -275,7 +349,7 @@ def test_history_without_pbu_and_empty_metric_column(runs, tmp_path, caplog):
 
 
 def test_time_per_epoch_one_source_per_method(runs):
-    frame = report._time_per_epoch_frame(runs, make_timings())
+    frame = report_figures.time_per_epoch_frame(runs, make_timings())
     assert "pretrain" not in set(frame["method"]) and "original" not in set(frame["method"])
     by_source = frame.groupby("method")["source"].unique().map(list).to_dict()
     # timings.csv has oracle, finetune, pbu, unsir: used alone for those; runs.csv for neggrad
@@ -283,11 +357,11 @@ def test_time_per_epoch_one_source_per_method(runs):
                          "unsir": ["timings"], "neggrad": ["runs"]}
     assert frame.loc[frame["method"] == "pbu", "time_per_epoch_s"].tolist() == [0.1] * 3
     # From runs.csv the bars are the headline time per epoch: PBU's includes its Fisher
-    derived = report._time_per_epoch_frame(runs.drop(columns="time_per_epoch_s"), None)
+    derived = report_figures.time_per_epoch_frame(runs.drop(columns="time_per_epoch_s"), None)
     pbu = derived[derived["method"] == "pbu"]
     assert np.allclose(pbu["time_per_epoch_s"], (20.0 + FISHER_S) / 2.0)
     # files without the totals fall back to the method's own time
-    legacy = report._time_per_epoch_frame(
+    legacy = report_figures.time_per_epoch_frame(
         runs.drop(columns=["time_per_epoch_s", "total_time_s"]), None)
     assert np.allclose(legacy.loc[legacy["method"] == "pbu", "time_per_epoch_s"], 20.0 / 2.0)
 
@@ -324,22 +398,27 @@ def test_write_tables_markdown_and_latex(runs, tmp_path):
                                       "method_summary") for ext in ("csv", "md", "tex")]
         + ["paper_table_long.csv", "method_summary_numeric.csv"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    md = (tmp_path / "paper_table.md").read_text().splitlines()
+    md_text = (tmp_path / "paper_table.md").read_text()
+    md = md_rows(md_text)
     header = ["dataset", "arch", "forget"] + [
         f"{n} {m}" for n in ("original", "oracle", "finetune", "pbu", "neggrad", "unsir")
         for m in ("A_Df", "A_Dr")]
-    assert md[0] == "| " + " | ".join(header) + " |"
-    assert re.fullmatch(r"\|( -{3,}:? \|)+", md[1])
-    assert len(md) == 2 + len(FORGETS)
+    assert md[0] == header
+    assert len(md) == 1 + len(FORGETS) and [r[2] for r in md[1:]] == ["1", "7"]
+    # the class ids are numbers (right-aligned), the "mean ± std" cells text
+    assert md_alignment(md_text) == ["left", "left", "right"] + ["left"] * (len(header) - 3)
     pbu7 = runs[(runs["method"] == "pbu") & (runs["forget"] == 7)]["acc_retain_test"]
-    assert pm(pbu7) in md[3]
-    summary_md = (tmp_path / "method_summary.md").read_text().splitlines()
-    assert len(summary_md) == 2 + len(METHODS)
+    assert md[2][header.index("pbu A_Dr")] == pm(pbu7)
+    assert len(md_rows((tmp_path / "method_summary.md").read_text())) == 1 + len(METHODS)
     tex = (tmp_path / "paper_table.tex").read_text()
     for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\multicolumn{2}{c}{pbu}",
                   r"$\pm$", r"\cmidrule(lr){4-5}"):
         assert token in tex
-    assert tex.count(r"\\") == 2 + len(FORGETS)  # two header rows + data rows
+    rows = check_latex(tex, len(header))
+    assert len(rows) == 2 + len(FORGETS)  # two header rows + data rows
+    # the method row spans each A_Df / A_Dr pair; the second header row names the metric
+    assert [tex_text(c) for c in rows[1]] == ["dataset", "arch", "forget"] + ["A_Df", "A_Dr"] * 6
+    assert tex_text(rows[3][header.index("pbu A_Dr")]) == pm(pbu7)
     for name in ("method_summary", "main_table", "depth_table"):
         assert r"\toprule" in (tmp_path / f"{name}.tex").read_text(), name
     back = pd.read_csv(tmp_path / "paper_table.csv")
@@ -349,6 +428,29 @@ def test_write_tables_markdown_and_latex(runs, tmp_path):
         text = path.read_text()
         for label in ("init", "fastEffective", "badTeaching"):
             assert not re.search(rf"\b{label}\b", text), (path.name, label)
+
+
+def test_tables_markdown_and_latex_hold_the_csv_cells(runs, tmp_path):
+    """Every table's Markdown parses back to the CSV's cells, and its LaTeX is a well-formed
+    tabular whose cells, unescaped, are the CSV's cells too (underscores, '|', '&', '%', '±',
+    'Δ' and absent values included)."""
+    runs = runs.replace({"method": {"neggrad": "neg_grad"},
+                         "data_access": {"forget + retain subset": "50% & more | all_retain"}})
+    runs.loc[runs["method"] == "unsir", "mia_entropy_svc"] = np.nan  # an absent number
+    report.write_tables(runs, tmp_path)
+    for name in report.TABLE_NAMES:
+        csv = pd.read_csv(tmp_path / f"{name}.csv", dtype=str, keep_default_na=False)
+        cells = [[c if c != "" else "–" for c in row] for row in csv.itertuples(index=False)]
+        assert cells and all(len(r) == csv.shape[1] for r in cells)
+        assert md_rows((tmp_path / f"{name}.md").read_text()) == [list(csv.columns), *cells]
+        rows = check_latex((tmp_path / f"{name}.tex").read_text(), csv.shape[1])
+        assert [[tex_text(c) for c in r] for r in rows[-len(cells):]] == cells, name
+        if name != "paper_table":  # its header is grouped (checked above)
+            assert [tex_text(c) for c in rows[0]] == list(csv.columns), name
+    shown = pd.read_csv(tmp_path / "main_table.csv", dtype=str, keep_default_na=False)
+    assert "neg_grad" in set(shown["method"]) and "|ΔA_Df|" in shown.columns
+    assert shown.loc[shown["method"] == "unsir", "MIA entropy-SVC"].item() == ""
+    assert "50% & more | all_retain" in set(shown["data needed"])
 
 
 def test_method_summary_csv_has_every_depth_metric(runs, tmp_path):
@@ -401,15 +503,18 @@ def test_main_and_depth_tables(runs):
 
 def test_markdown_and_latex_escaping():
     df = pd.DataFrame({"name": ["a|b", "x_y & 5%"], "value": [1.5, np.nan]})
-    md = report.to_markdown(df).splitlines()
-    assert md[1] == "| --- | ---: |"
-    assert md[2] == r"| a\|b | 1.5 |" and md[3].endswith("| – |")
+    md_text = report.to_markdown(df)
+    assert md_alignment(md_text) == ["left", "right"]
+    assert md_rows(md_text) == [["name", "value"], ["a|b", "1.5"], ["x_y & 5%", "–"]]
+    assert "a\\|b" in md_text  # the cell's '|' is escaped, not a column break
     tex = report.to_latex(df)
     assert r"x\_y \& 5\%" in tex and r"\toprule" in tex
+    assert check_latex(tex, 2)[1:] == [[r"a$|$b", "1.5"], [r"x\_y \& 5\%", "--"]]
     # Adjacent inline maths are merged: "$a$$b$" would open display math in LaTeX.
     head = report.to_latex(pd.DataFrame({"|ΔA_Df|": ["1.00 ± 0.50"]}))
     assert r"$|\Delta{}A_{D_f}|$" in head and "$$" not in head
     assert r"1.00 $\pm$ 0.50" in head
+    assert check_latex(head, 1) == [[r"$|\Delta{}A_{D_f}|$"], [r"1.00 $\pm$ 0.50"]]
 
 
 # ---------------------------------------------------------------------------- report
@@ -426,27 +531,28 @@ def test_report_beside_paper_and_differs(tmp_path):
         settings={"dataset": "mnist5k", "arch": "small_cnn", "seeds": [0, 1, 2],
                   "pbu": {"alpha": 631, "beta": 90, "gamma": 4001}})
     text = out.read_text()
-    lines = text.splitlines()
     # Matching row: the paper's PBU numbers on the same line as ours; our key first, the
     # paper's label beside it (the only place the paper's labels appear).
     pbu = matching[matching["method"] == "pbu"]
     ours_dr = pm(pbu["acc_retain_test"])
-    line = next(ln for ln in lines if ln.startswith("| pbu | PBU |") and "98.73 ± 0.57" in ln)
-    assert ours_dr in line and "0.03 ± 0.06" in line
-    oracle_line = next(ln for ln in lines
-                       if ln.startswith("| oracle | retrain |") and "99.33" in ln)
-    assert pm(matching[matching["method"] == "oracle"]["acc_retain_test"]) in oracle_line
-    unsir_line = next(ln for ln in lines if ln.startswith("| unsir | fastEffective |"))
-    assert "fastEffective" in unsir_line
+    rows = md_rows(text)
+    # columns: method, paper's label, ours A_Df, paper A_Df, ours A_Dr, paper A_Dr
+    line = next(r for r in rows if r[:2] == ["pbu", "PBU"] and r[5] == "98.73 ± 0.57")
+    assert line[4] == ours_dr and line[3] == "0.03 ± 0.06"
+    assert line[2] == pm(pbu["acc_forget_test"])
+    oracle_line = next(r for r in rows if r[:2] == ["oracle", "retrain"] and "99.33" in r[5])
+    assert oracle_line[4] == pm(matching[matching["method"] == "oracle"]["acc_retain_test"])
+    assert any(r[:2] == ["unsir", "fastEffective"] for r in rows)
     # Outside "Beside the paper", no paper label names a method.
     ours_part = text.split("## Beside the paper")[0]
     for label in ("init", "fastEffective", "badTeaching", "retrain"):
-        assert not re.search(rf"\| {label} \|", ours_part), label
+        assert not any(label in r for r in md_rows(ours_part)), label
     # Non-matching setting: said plainly, with the paper's MNIST averages beside ours.
     assert re.search(r"setting differs.*mnist5k / small_cnn", text, re.IGNORECASE)
-    avg_line = next(ln for ln in lines if ln.startswith("| pbu | PBU |") and "97.34" in ln)
+    # columns: method, paper's label, ours A_Df, paper avg A_Df, ours A_Dr, paper avg A_Dr
+    avg_line = next(r for r in rows if r[:2] == ["pbu", "PBU"] and r[5] == "97.34")
     ours5k = ours_default[ours_default["method"] == "pbu"]["acc_retain_test"]
-    assert pm(ours5k) in avg_line
+    assert avg_line[4] == pm(ours5k)
     assert "ResNet-34" in text and "ImageNet" in text  # the named differences
     # Facts computed, not typed: the parameter count the pretraining job counted; the paper's
     # ImageNet-started retrain baseline stated only for the authors' ResNet-18 notebook.
@@ -458,7 +564,9 @@ def test_report_beside_paper_and_differs(tmp_path):
     assert report.RANKING_RULE.count(". ") == 0 and report.RANKING_RULE.endswith(".")
     # Figures by relative link, settings listed.
     assert "](figures/accuracy_per_class.png)" in text
-    assert "| pbu.alpha | 631 |" in text and "| seeds | 0, 1, 2 |" in text
+    settings = md_rows(text.split("## Settings")[1])
+    assert settings[0] == ["setting", "value"]
+    assert ["pbu.alpha", "631"] in settings and ["seeds", "0, 1, 2"] in settings
 
 
 def test_build_all_end_to_end(tmp_path):
