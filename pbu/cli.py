@@ -123,10 +123,17 @@ def _model_args(spec) -> dict[str, Any]:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from pbu.data import load_dataset, save_prepared, stratified_subset
+    from pbu.data import load_dataset, save_prepared, stand_in_dataset, stratified_subset
 
-    train, test = load_dataset(args.dataset, args.root, source=args.source,
-                               download=not args.no_download)
+    if args.stand_in:  # generated, of the dataset's shape and sizes: nothing to fetch
+        try:
+            train, test = stand_in_dataset(args.dataset, seed=args.stand_in_seed,
+                                           max_image_size=args.max_image_size)
+        except ValueError as err:
+            raise UsageError(f"--max-image-size: {err}") from None
+    else:
+        train, test = load_dataset(args.dataset, args.root, source=args.source,
+                                   download=not args.no_download)
     # A class-stratified, seeded subset (CI-sized runs of large datasets).
     if args.max_train_per_class:
         train = train.subset(stratified_subset(train.labels, args.max_train_per_class, 0))
@@ -489,6 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep at most N training images per class (seeded)")
     sp.add_argument("--max-test-per-class", type=int, default=None,
                     help="keep at most N test images per class (seeded)")
+    sp.add_argument("--stand-in", action="store_true",
+                    help="generated stand-in images of the dataset's shape and sizes (no download)")
+    sp.add_argument("--stand-in-seed", type=_int_nonneg, default=0, help="seed of --stand-in")
+    sp.add_argument("--max-image-size", type=int, default=None,
+                    help="--stand-in: images at most N pixels a side")
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_download)
 

@@ -4,29 +4,38 @@ localrules:
     weights,
 
 
+def download_args():
+    """`pbu download` options from config data: (stand-in | source + download), caps."""
+    data = CONFIG["data"]
+    if data.get("stand_in"):  # generated images: no source, no download
+        args = ["--stand-in"]
+        if data.get("max_image_size"):
+            args.append(f"--max-image-size {data['max_image_size']}")
+    else:
+        args = [f"--root {data['root']}"]
+        if data["source"]:
+            args.append(f"--source {data['source']}")
+        if not data["download"]:
+            args.append("--no-download")
+    args += [
+        f"--{k.replace('_', '-')} {data[k]}"
+        for k in ("max_train_per_class", "max_test_per_class")
+        if data.get(k)
+    ]
+    return " ".join(args)
+
+
 rule download:
     output:
         results("data", "{dataset}.pt"),
     log:
         log_path("download", "{dataset}.log"),
     params:
-        root=CONFIG["data"]["root"],
-        source=(
-            f"--source {CONFIG['data']['source']}"
-            if CONFIG["data"]["source"]
-            else ""
-        ),
-        no_download="" if CONFIG["data"]["download"] else "--no-download",
-        subset=" ".join(
-            f"--{k.replace('_', '-')} {CONFIG['data'][k]}"
-            for k in ("max_train_per_class", "max_test_per_class")
-            if CONFIG["data"].get(k)
-        ),
+        options=download_args(),
     conda:
         CONDA_ENV
     shell:
-        "pbu download --dataset {wildcards.dataset} --root {params.root} {params.source} "
-        "{params.no_download} {params.subset} --out {output} 2> {log}"
+        "pbu download --dataset {wildcards.dataset} {params.options} --out {output} 2> {log}"
 
 
 rule weights:
