@@ -71,13 +71,16 @@ def class_split(labels: Tensor, forget_class: int) -> tuple[Tensor, Tensor]:
     return torch.nonzero(is_forget).flatten(), torch.nonzero(~is_forget).flatten()
 
 
-def stratified_subset(labels: Tensor, per_class: int, seed: int) -> Tensor:
-    """A seeded, sorted sample of at most ``per_class`` indices from every class."""
+def stratified_subset(labels: Tensor, per_class: int, seed: int, *,
+                      at_least: dict[int, int] | None = None) -> Tensor:
+    """A seeded, sorted sample of at most ``per_class`` indices from every class; class ``c``
+    of ``at_least`` keeps up to ``at_least[c]`` instead when that is more."""
     g = torch.Generator().manual_seed(seed)
     picks = []
     for c in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == c).flatten()
-        picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+        k = max(per_class, (at_least or {}).get(c, 0))
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:k]])
     return torch.sort(torch.cat(picks)).values
 
 

@@ -5,7 +5,9 @@ localrules:
 
 
 def download_args():
-    """`pbu download` options from config data: (stand-in | source + download), caps."""
+    """`pbu download` options from config data: (stand-in | source + download), caps (the
+    forget classes' floor makes the prepared file depend on config forget, so only set it with
+    caps)."""
     data = CONFIG["data"]
     if data.get("stand_in"):  # generated images: no source, no download
         args = ["--stand-in"]
@@ -22,6 +24,11 @@ def download_args():
         for k in ("max_train_per_class", "max_test_per_class")
         if data.get(k)
     ]
+    if data.get("min_forget_per_class"):  # the forget classes keep more under the caps
+        classes = ",".join(str(c) for c in CONFIG["forget"])
+        args.append(
+            f"--keep-classes {classes} --keep-per-class {data['min_forget_per_class']}"
+        )
     return " ".join(args)
 
 
