@@ -64,17 +64,21 @@ def test_kill_9_of_snakemake_then_the_documented_line_finishes_the_run(tmp_path)
                             CONFIG], cwd=wd, env=env, stdout=log, stderr=subprocess.STDOUT,
                            start_new_session=True)  # its own process group, as a shell gives it
     try:
-        # wait until a training job is mid-way: its model is marked incomplete
+        # wait until a training job is mid-way: its model is marked incomplete and a worker of
+        # the fork server runs it
         deadline = time.monotonic() + 300
-        server = None
+        server, children = None, []
         while time.monotonic() < deadline and run.poll() is None:
             server = server or _server_of(run.pid)
             if server and any(p.endswith("model.pt") for p in _incomplete(wd)):
-                break
-            time.sleep(0.2)
+                children = server.children(recursive=True)
+                if children:
+                    time.sleep(1.0)  # into the job's work, past its start
+                    children = server.children(recursive=True)
+                    break
+            time.sleep(0.1)
         assert run.poll() is None, "the run ended before it could be killed"
         assert server is not None, "no fork server was started"
-        children = server.children(recursive=True)  # its workers, running the jobs
         assert children, "no job was running in the fork server"
         running = {p for p in _incomplete(wd) if p.endswith("model.pt")}
         killed_at = time.time()

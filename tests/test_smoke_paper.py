@@ -95,6 +95,7 @@ def test_paper_config_runs_end_to_end_on_stand_in_data(name, workdir):
     }))
     config = _merged(paper, smoke, override)
     spec = get_spec(config["dataset"])
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(paper),
@@ -103,8 +104,12 @@ def test_paper_config_runs_end_to_end_on_stand_in_data(name, workdir):
     logs = "".join(f"\n--- {p.relative_to(res)}\n{p.read_text()[-1500:]}"
                    for p in sorted(res.glob("logs/**/*.log")) if "rror" in p.read_text())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs
-    print(f"\nsmoke {name}: {wall:.0f} s wall, {len(config['archs'])} arch(s), "
-          f"{spec.num_classes} classes")
+    # the jobs' own CPU seconds (each job records them; the machine may be shared)
+    cpu = sum(json.loads(p.read_text()).get("cpu_s", 0.0) for p in res.rglob("*.json")
+              if p.name in ("info.json", "fisher.json", "metrics.json"))
+    print(f"\nsmoke {name}: {wall:.0f} s wall, {cpu:.0f} s job CPU, "
+          f"{len(config['archs'])} arch(s), {spec.num_classes} classes; load average "
+          f"{load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
     # the data: stand-in, of the paper dataset's channels and class count, nothing downloaded
     from pbu.data import StandInImages, load_prepared
@@ -113,8 +118,10 @@ def test_paper_config_runs_end_to_end_on_stand_in_data(name, workdir):
     assert isinstance(train, StandInImages) and isinstance(test, StandInImages)
     assert train.spec.num_classes == spec.num_classes and train.spec.channels == spec.channels
     assert train.spec.image_size == min(spec.image_size, 16)
-    per_class = config["data"]["max_train_per_class"]
-    assert torch.bincount(train.labels).tolist() == [per_class] * spec.num_classes
+    per_class = [config["data"]["max_train_per_class"]] * spec.num_classes
+    per_class[first_class] = max(per_class[first_class], config["data"]["min_forget_per_class"])
+    assert torch.bincount(train.labels).tolist() == per_class
+    assert torch.bincount(test.labels)[first_class] >= 5  # the loss attack's 5 folds
     assert not (workdir / "data").exists()
 
     models = ["original", "oracle", *config["methods"]]
@@ -124,7 +131,14 @@ def test_paper_config_runs_end_to_end_on_stand_in_data(name, workdir):
         # every model of the group was trained, unlearned and scored
         info = json.loads((res / spec.name / arch / "seed0" / "pretrain" / "info.json")
                           .read_text())
-        assert info["arch"] == arch and info["train_samples"] == per_class * spec.num_classes
+        assert info["arch"] == arch and info["train_samples"] == sum(per_class)
+        ck = torch.load(res / spec.name / arch / "seed0" / "pretrain" / "model.pt",
+                        weights_only=True, mmap=True)  # mmap: ConvNeXt-L's is 0.8 GB
+        assert ck["model_args"] == {"num_classes": spec.num_classes, "in_channels":
+                                    spec.channels, "image_size": min(spec.image_size, 16)}
+        head = [v for k, v in ck["state_dict"].items() if v.dim() == 2][-1]  # last Linear
+        assert head.shape[0] == spec.num_classes
+        del ck
         if "pbu" in config["methods"]:
             assert (group / "fisher.pt").stat().st_size > 0
         metrics = json.loads((group / "metrics.json").read_text())["metrics"]
