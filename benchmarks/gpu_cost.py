@@ -29,7 +29,7 @@ process's resident set after it. Each job's estimate is summed over the jobs a c
 largest job of the config times ``--safety``.
 
     python benchmarks/gpu_cost.py measure --device cuda --out OUT/gpu_cost.json [--budget 420]
-    python benchmarks/gpu_cost.py report OUT/gpu_cost.json --safety 2 [--out OUT/resources.json]
+    python benchmarks/gpu_cost.py report OUT/gpu_cost.json [MORE.json] --safety 2 [--out ...]
     python benchmarks/gpu_cost.py apply OUT/resources.json        # rewrite config/paper/*.yaml
     bash benchmarks/gpu_cost.sh                                   # measure + report, one call
 
@@ -205,11 +205,11 @@ def measure_pair(name: str, cfg: dict[str, Any], arch: str, args: argparse.Names
     """Every stage of one (config, arch) pair; a stage that fails is recorded, not raised."""
     import torch
 
+    import pbu
     from pbu import methods
     from pbu.checkpoint import load_checkpoint, save_checkpoint
     from pbu.data import class_split, random_subset, stand_in_dataset
     from pbu.evaluate import EvalData, EvalSettings, evaluate_models
-    from pbu.fisher import fisher_diagonal
     from pbu.models import build_model
     from pbu.registry import SPLIT_COUNTS
     from pbu.train import TrainRecipe, evaluate_accuracy, seed_everything, train_model
@@ -303,13 +303,13 @@ def measure_pair(name: str, cfg: dict[str, Any], arch: str, args: argparse.Names
                 len(forget_full), max(chunk, args.fisher_images))
             part = forget_full.subset(torch.arange(n))
             warm = forget_full.subset(torch.arange(min(chunk, len(forget_full))))
-            fisher_diagonal(model, warm.loader(fs["batch_size"], device=device), kind=fs["kind"],
-                            bn_mode=fs["bn_mode"], mc_samples=fs["mc_samples"],
-                            chunk_size=chunk)
+            pbu.fisher_diagonal(model, warm.loader(fs["batch_size"], device=device),
+                                kind=fs["kind"], bn_mode=fs["bn_mode"],
+                                mc_samples=fs["mc_samples"], chunk_size=chunk)
             with Clock(device) as clk:
-                fisher = fisher_diagonal(model, part.loader(fs["batch_size"], device=device),
-                                         kind=fs["kind"], bn_mode=fs["bn_mode"],
-                                         mc_samples=fs["mc_samples"], chunk_size=chunk)
+                fisher = pbu.fisher_diagonal(model, part.loader(fs["batch_size"], device=device),
+                                             kind=fs["kind"], bn_mode=fs["bn_mode"],
+                                             mc_samples=fs["mc_samples"], chunk_size=chunk)
             per_image = clk.seconds / n
             stages["fisher"] = {
                 "kind": fs["kind"], "chunk_size": chunk, "config_chunk_size": fs["chunk_size"],
@@ -571,7 +571,24 @@ def derive_resources(cfg: dict[str, Any], pairs: list[dict[str, Any]], safety: f
 
 
 def report(args: argparse.Namespace) -> int:
-    rec = json.loads(Path(args.measured).read_text())
+    recs = [json.loads(Path(f).read_text()) for f in args.measured]
+    rec = dict(recs[0])  # several runs (e.g. a second call for the configs the first had no
+    rec["pairs"] = []    # time for) merge; a later measurement of a pair replaces an earlier
+    rec["not_measured"] = []
+    seen: dict[tuple[str, str], int] = {}
+    for r in recs:
+        if r.get("tiny") != rec.get("tiny"):
+            raise SystemExit("gpu_cost report: cannot merge tiny (CPU) and full measurements")
+        for p in r["pairs"]:
+            key = (p["config"], p["arch"])
+            if key in seen:
+                rec["pairs"][seen[key]] = p
+            else:
+                seen[key] = len(rec["pairs"])
+                rec["pairs"].append(p)
+    for r in recs:
+        rec["not_measured"] += [n for n in r.get("not_measured", [])
+                                if (n.get("config"), n.get("arch")) not in seen]
     by_config: dict[str, list[dict[str, Any]]] = {}
     for p in rec["pairs"]:
         by_config.setdefault(p["config"], []).append(p)
@@ -589,7 +606,7 @@ def report(args: argparse.Namespace) -> int:
                          cost["longest_job_s"].values(), default=0.0) / 60.0,
                      "peak_gpu_gib": peak, "missing_archs": cost["missing_archs"],
                      "incomplete": cost["incomplete"]})
-    out = {"source": str(args.measured), "device": rec.get("device_name", rec.get("device")),
+    out = {"source": ", ".join(args.measured), "device": rec.get("device_name", rec.get("device")),
            "date": rec.get("date"), "safety": args.safety, "tiny": rec.get("tiny", False),
            "configs": rows, "resources": resources,
            "not_measured": rec.get("not_measured", [])}
@@ -698,12 +715,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--fisher-images", type=int, default=32)
     s.add_argument("--fisher-full", action="store_true",
                    help="the Fisher of the whole forget class, not a timed part of it")
-    s.add_argument("--scale", type=float, default=0.005,
+    s.add_argument("--scale", type=float, default=0.002,
                    help="smaller data scale of the method/evaluation fit (share of the split)")
     s.add_argument("--scale-ratio", type=float, default=3.0, help="larger scale / smaller")
     s.add_argument("--max-image-size", type=int, default=None)
     s = sub.add_parser("report", help="GPU-hours per config and resources from a measurement")
-    s.add_argument("measured")
+    s.add_argument("measured", nargs="+", help="gpu_cost.json file(s) from measure")
     s.add_argument("--safety", type=float, default=2.0)
     s.add_argument("--out", default=None)
     s = sub.add_parser("apply", help="write derived resources into config/paper/*.yaml")

@@ -174,3 +174,28 @@ def test_cpu_mode_measures_every_stage_and_reports(tmp_path):
                               str(out / "resources.json"), "--paper-dir", str(tmp_path)],
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "tiny" in refused.stderr
+
+
+def test_report_merges_runs_and_a_later_pair_replaces_an_earlier(tmp_path, capsys):
+    """A second call (the configs the first had no time for) merges into one report; a pair
+    measured twice counts once, the later measurement."""
+    first, second = _pair("resnet18"), _pair("resnet18", fisher_image_s=0.3)
+    for p in (first, second):
+        p["config"] = "cifar10"
+    files = []
+    for i, pairs in enumerate(([first], [second])):
+        f = tmp_path / f"m{i}.json"
+        f.write_text(json.dumps({"device": "cuda", "device_name": "H200", "date": "d",
+                                 "tiny": False, "pairs": pairs, "not_measured": [
+                                     {"config": "cifar10", "arch": "resnet18", "why": "budget"}]
+                                 if i == 0 else []}))
+        files.append(str(f))
+    out = tmp_path / "res.json"
+    assert gpu_cost.main(["report", *files, "--safety", "2", "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    cfg = gpu_cost.load_config("cifar10")
+    (row,) = rep["configs"]
+    assert row["gpu_hours"] == pytest.approx(gpu_cost.config_cost(cfg, [second])["gpu_hours"])
+    assert row["gpu_hours"] != pytest.approx(gpu_cost.config_cost(cfg, [first])["gpu_hours"])
+    assert rep["not_measured"] == []  # measured by the second call after all
+    assert "| cifar10 | 213 |" in capsys.readouterr().out
