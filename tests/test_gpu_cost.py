@@ -181,7 +181,8 @@ def test_report_merges_runs_and_a_later_pair_replaces_an_earlier(tmp_path, capsy
     measured twice counts once, the later measurement."""
     first, second = _pair("resnet18"), _pair("resnet18", fisher_image_s=0.3)
     for p in (first, second):
-        p["config"] = "cifar10"
+        p["config"] = "cifar10"  # forget: all, so a Fisher job per class
+        p["stages"]["fisher"]["class_images"] = {str(c): 5000 for c in range(10)}
     files = []
     for i, pairs in enumerate(([first], [second])):
         f = tmp_path / f"m{i}.json"
