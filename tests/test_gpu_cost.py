@@ -183,6 +183,8 @@ def test_report_merges_runs_and_a_later_pair_replaces_an_earlier(tmp_path, capsy
     for p in (first, second):
         p["config"] = "cifar10"  # forget: all, so a Fisher job per class
         p["stages"]["fisher"]["class_images"] = {str(c): 5000 for c in range(10)}
+        for m in ("unsir", "bad_teaching"):  # the config's other methods
+            p["stages"][f"unlearn_{m}"] = dict(p["stages"]["unlearn_finetune"])
     files = []
     for i, pairs in enumerate(([first], [second])):
         f = tmp_path / f"m{i}.json"
