@@ -507,7 +507,7 @@ def config_cost(cfg: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, A
     seeds, classes = len(cfg["seeds"]), forget_classes(cfg)
     by_arch = {p["arch"]: p for p in pairs}
     missing = [a for a in cfg["archs"] if a not in by_arch]
-    seconds = 0.0
+    seconds = startup = 0.0
     jobs = 0
     longest: dict[str, float] = {}
     incomplete = []
@@ -530,12 +530,15 @@ def config_cost(cfg: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, A
                 values = [v for v in values if v is not None]
             seconds += sum(values)
             jobs += len(values)
+            startup += pair["stages"]["overhead"]["startup_s"] * len(values)
             key = "pretrain" if rule == "retrain" else rule  # retrain uses pretrain's resources
             if values:
                 longest[key] = max(longest.get(key, 0.0), max(values))
     return {"compute_jobs": sum(counts.values()), "jobs_estimated": jobs,
             "gpu_hours": seconds / 3600.0, "longest_job_s": longest, "missing_archs": missing,
-            "incomplete": incomplete}
+            "incomplete": incomplete,
+            # process start-up's share: where it dominates, per-job overhead is the cost
+            "startup_share": startup / seconds if seconds else 0.0}
 
 
 def derive_resources(cfg: dict[str, Any], pairs: list[dict[str, Any]], safety: float,
@@ -604,7 +607,8 @@ def report(args: argparse.Namespace) -> int:
                      "gpu_hours": cost["gpu_hours"], "gpu_hours_with_safety":
                      cost["gpu_hours"] * args.safety, "longest_job_min": max(
                          cost["longest_job_s"].values(), default=0.0) / 60.0,
-                     "peak_gpu_gib": peak, "missing_archs": cost["missing_archs"],
+                     "peak_gpu_gib": peak, "startup_share": cost["startup_share"],
+                     "missing_archs": cost["missing_archs"],
                      "incomplete": cost["incomplete"]})
     out = {"source": ", ".join(args.measured), "device": rec.get("device_name", rec.get("device")),
            "date": rec.get("date"), "safety": args.safety, "tiny": rec.get("tiny", False),
@@ -615,15 +619,16 @@ def report(args: argparse.Namespace) -> int:
     dev = out["device"]
     print(f"What replicating the paper costs, measured on {dev} ({out['date']}; stand-in data; "
           f"resources = measured x {args.safety}):\n")
-    print("| config | compute jobs | GPU-hours | x safety | longest job (min) | peak GPU GiB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| config | compute jobs | GPU-hours | x safety | longest job (min) | peak GPU GiB | "
+          "start-up share |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         note = ""
         if r["missing_archs"] or r["incomplete"]:
             note = f" (partial: missing {r['missing_archs'] + r['incomplete']})"
         print(f"| {r['config']}{note} | {r['compute_jobs']} | {r['gpu_hours']:.2f} | "
               f"{r['gpu_hours_with_safety']:.2f} | {r['longest_job_min']:.1f} | "
-              f"{r['peak_gpu_gib']:.1f} |")
+              f"{r['peak_gpu_gib']:.1f} | {100 * r['startup_share']:.0f} % |")
     for nm in out["not_measured"]:
         print(f"not measured: {nm}")
     print("\nresources per config (runtime min, mem_mb, GPU memory GiB):")

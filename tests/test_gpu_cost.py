@@ -78,6 +78,7 @@ def test_gpu_hours_from_known_numbers():
     evaluate = 2 + 4 * 0.25 + 1 + 30                      # 4 models loaded, 1 built
     total = 2 * pretrain + 4 * retrain + 2 * sum(fisher) + 4 * (pbu + finetune) + 4 * evaluate
     assert cost["gpu_hours"] == pytest.approx(total / 3600)
+    assert cost["startup_share"] == pytest.approx(2.0 * 22 / total)  # 22 jobs x 2 s start-up
     assert cost["compute_jobs"] == cost["jobs_estimated"] == 2 + 4 + 4 + 8 + 4
     assert cost["longest_job_s"]["pretrain"] == pytest.approx(pretrain)
     assert cost["longest_job_s"]["fisher"] == pytest.approx(fisher[0])

@@ -104,12 +104,19 @@ def test_paper_config_runs_end_to_end_on_stand_in_data(name, workdir):
     logs = "".join(f"\n--- {p.relative_to(res)}\n{p.read_text()[-1500:]}"
                    for p in sorted(res.glob("logs/**/*.log")) if "rror" in p.read_text())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs
-    # the jobs' own CPU seconds (each job records them; the machine may be shared)
-    cpu = sum(json.loads(p.read_text()).get("cpu_s", 0.0) for p in res.rglob("*.json")
-              if p.name in ("info.json", "fisher.json", "metrics.json"))
-    print(f"\nsmoke {name}: {wall:.0f} s wall, {cpu:.0f} s job CPU, "
+    # the jobs' own CPU seconds (each job records them; the machine may be shared), per arch
+    cpu: dict[str, dict[str, float]] = {}
+    for p in res.rglob("*.json"):
+        if p.name in ("info.json", "fisher.json", "metrics.json"):
+            rel = p.relative_to(res / spec.name).parts  # arch/seed0/[forget1/]<job>/info.json
+            job = {"info.json": rel[-2], "fisher.json": "fisher", "metrics.json": "evaluate"}
+            cpu.setdefault(rel[0], {})[job[p.name]] = json.loads(p.read_text()).get("cpu_s", 0)
+    total = sum(sum(v.values()) for v in cpu.values())
+    print(f"\nsmoke {name}: {wall:.0f} s wall, {total:.0f} s job CPU, "
           f"{len(config['archs'])} arch(s), {spec.num_classes} classes; load average "
           f"{load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    for arch, jobs in cpu.items():
+        print(f"  {arch}: " + ", ".join(f"{j} {s:.0f}" for j, s in sorted(jobs.items())))
 
     # the data: stand-in, of the paper dataset's channels and class count, nothing downloaded
     from pbu.data import StandInImages, load_prepared
