@@ -172,6 +172,7 @@ def test_paper_config_runs_end_to_end_on_stand_in_data(name, workdir):
         assert set(models) <= rows, (arch, rows)
     report = (res / "report.md").read_text()
     assert len(report) > 500 and all(arch in report for arch in config["archs"])
+    assert "stand_in" in report  # the report says its numbers are stand-in data's
     assert (res / "mlflow" / "tracked_report.json").exists()
 
     # MLflow: one finished run per job, tagged with its identity, in the run's own store

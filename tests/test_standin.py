@@ -143,16 +143,29 @@ def test_prepared_file_round_trip_keeps_ids_labels_seed_and_size(tmp_path):
     assert torch.equal(tr2.images(), train.images())
 
 
+def test_caps_keep_more_of_the_forget_classes_when_asked():
+    labels = torch.arange(10).repeat_interleave(20)  # 20 of each class
+    idx = stratified_subset(labels, 1, 0, at_least={3: 5, 7: 30})
+    assert torch.bincount(labels[idx], minlength=10).tolist() == [1, 1, 1, 5, 1, 1, 1, 20, 1, 1]
+    assert torch.equal(stratified_subset(labels, 2, 0), stratified_subset(labels, 2, 0,
+                                                                          at_least={}))
+
+
 def test_pbu_download_stand_in_needs_no_data(tmp_path):
     out = tmp_path / "c100.pt"
     proc = subprocess.run([str(PBU), "download", "--dataset", "cifar100", "--stand-in",
                            "--root", str(tmp_path / "nothing-here"), "--max-train-per-class", "4",
-                           "--max-test-per-class", "2", "--out", str(out)],
+                           "--max-test-per-class", "2", "--keep-classes", "7,9",
+                           "--keep-per-class", "5", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     train, test = load_prepared(out)
-    assert torch.bincount(train.labels).tolist() == [4] * 100
-    assert torch.bincount(test.labels).tolist() == [2] * 100
+    want = [4] * 100
+    want[7] = want[9] = 5
+    assert torch.bincount(train.labels).tolist() == want
+    want = [2] * 100
+    want[7] = want[9] = 5
+    assert torch.bincount(test.labels).tolist() == want
     assert not (tmp_path / "nothing-here").exists()  # nothing fetched or unpacked
     bad = subprocess.run([str(PBU), "download", "--dataset", "cifar10", "--stand-in",
                           "--max-image-size", "3", "--out", str(tmp_path / "x.pt")],
