@@ -254,7 +254,9 @@ def measure_pair(name: str, cfg: dict[str, Any], arch: str, args: argparse.Names
                           "load_s": load_s, "checkpoint_mb": size_mb, "params": n_params}
 
     # --- pretraining: one epoch from timed steps ----------------------------------------
-    recipe = TrainRecipe.from_dict(dict(cfg["pretrain"], epochs=1))
+    # tiny (CPU) mode trains in fp32 as config/smoke.yaml does (bf16 on a CPU: ~20x slower)
+    recipe = TrainRecipe.from_dict(dict(cfg["pretrain"], epochs=1,
+                                        **({"amp": False} if args.tiny else {})))
     bs = recipe.batch_size
     amp = recipe.amp and device.type == "cuda"
     try:
