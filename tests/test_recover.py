@@ -80,6 +80,8 @@ def test_kill_9_of_snakemake_then_the_documented_line_finishes_the_run(tmp_path)
         assert run.poll() is None, "the run ended before it could be killed"
         assert server is not None, "no fork server was started"
         assert children, "no job was running in the fork server"
+        cmd = server.cmdline()
+        socket_dir = Path(cmd[cmd.index("--socket") + 1]).parent
         running = {p for p in _incomplete(wd) if p.endswith("model.pt")}
         killed_at = time.time()
         os.killpg(run.pid, signal.SIGKILL)
@@ -93,6 +95,8 @@ def test_kill_9_of_snakemake_then_the_documented_line_finishes_the_run(tmp_path)
     # the fork server and its workers notice (the server polls every 2 s) and stop
     _, alive = psutil.wait_procs([server, *children], timeout=30)
     assert not alive, f"outlived the killed snakemake: {alive}"
+    assert not any(socket_dir.glob("*.sock"))  # it removed its socket on the way out
+    shutil.rmtree(socket_dir, ignore_errors=True)  # the folder is the (killed) hook's to remove
 
     # what the kill left: a lock, and the interrupted jobs' outputs marked incomplete
     assert any((wd / ".snakemake" / "locks").iterdir())
