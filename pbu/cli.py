@@ -130,15 +130,26 @@ def _model_args(spec) -> dict[str, Any]:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from pbu.data import load_dataset, save_prepared, stratified_subset
+    from pbu.data import load_dataset, save_prepared, stand_in_dataset, stratified_subset
 
-    train, test = load_dataset(args.dataset, args.root, source=args.source,
-                               download=not args.no_download)
-    # A class-stratified, seeded subset (CI-sized runs of large datasets).
+    if args.stand_in:  # generated, of the dataset's shape and sizes: nothing to fetch
+        try:
+            train, test = stand_in_dataset(args.dataset, seed=args.stand_in_seed,
+                                           max_image_size=args.max_image_size)
+        except ValueError as err:
+            raise UsageError(f"--max-image-size: {err}") from None
+    else:
+        train, test = load_dataset(args.dataset, args.root, source=args.source,
+                                   download=not args.no_download)
+    # A class-stratified, seeded subset (CI-sized runs of large datasets); the forget classes
+    # may keep more (--keep-classes: the evaluation's 5-fold loss attack needs 5 per side).
+    keep = {c: args.keep_per_class for c in args.keep_classes}
     if args.max_train_per_class:
-        train = train.subset(stratified_subset(train.labels, args.max_train_per_class, 0))
+        train = train.subset(stratified_subset(train.labels, args.max_train_per_class, 0,
+                                               at_least=keep))
     if args.max_test_per_class:
-        test = test.subset(stratified_subset(test.labels, args.max_test_per_class, 1))
+        test = test.subset(stratified_subset(test.labels, args.max_test_per_class, 1,
+                                             at_least=keep))
     save_prepared(args.out, train, test)
     log.info("%s: %d train / %d test samples -> %s", args.dataset, len(train), len(test),
              args.out)
@@ -502,6 +513,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep at most N training images per class (seeded)")
     sp.add_argument("--max-test-per-class", type=int, default=None,
                     help="keep at most N test images per class (seeded)")
+    sp.add_argument("--keep-classes", type=lambda t: [int(c) for c in t.split(",") if c],
+                    default=[], metavar="C,C,...",
+                    help="classes that keep up to --keep-per-class images under the caps")
+    sp.add_argument("--keep-per-class", type=int, default=0)
+    sp.add_argument("--stand-in", action="store_true",
+                    help="generated stand-in images of the dataset's shape and sizes (no download)")
+    sp.add_argument("--stand-in-seed", type=_int_nonneg, default=0, help="seed of --stand-in")
+    sp.add_argument("--max-image-size", type=int, default=None,
+                    help="--stand-in: images at most N pixels a side")
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_download)
 

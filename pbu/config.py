@@ -112,8 +112,13 @@ def check_config(config: dict[str, Any], schema_path: str | os.PathLike, *,
             raise ConfigError(f"config key hparams.{m}: missing; method {m!r} is selected in "
                               f"methods, so its hyperparameters must be given")
     check_tuning(config, schema_path)
-    if config["data"]["source"] is not None and not Path(config["data"]["source"]).is_dir():
-        raise ConfigError(f"config key data.source: {config['data']['source']} is not a folder")
+    # data.source is not checked here: a plan (snakemake -n) or stand-in data never reads it,
+    # and a missing folder fails the download job alone, with the same message
+    # (pbu.data._adopt_source).
+    data = config["data"]
+    if data.get("max_image_size") is not None and not data.get("stand_in", False):
+        raise ConfigError("config key data.max_image_size: applies to stand-in data only; set "
+                          "data.stand_in: true or data.max_image_size: null")
     if config["model"]["weights"] == "imagenet" and set(config["archs"]) & {"small_cnn", "allcnn"}:
         raise ConfigError("config key model.weights: imagenet weights exist only for the "
                           "torchvision archs, not small_cnn or allcnn")

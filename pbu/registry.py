@@ -68,6 +68,21 @@ WEIGHTS = ("none", "imagenet")
 PRETRAINED_ARCHS = tuple(a for a in ARCHS if a not in ("small_cnn", "allcnn"))
 
 
+# Images per class in each real split, (train, test), in class order: what stand-in data
+# (pbu.data.stand_in_dataset) reproduces and what the GPU cost benchmark sizes its jobs by.
+# MNIST's classes differ in size (torchvision's counts); the others are balanced.
+_MNIST_TRAIN = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
+_MNIST_TEST = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+SPLIT_COUNTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "mnist5k": ((400,) * 10, (100,) * 10),
+    "mnist": (_MNIST_TRAIN, _MNIST_TEST),
+    "fashion_mnist": ((6000,) * 10, (1000,) * 10),
+    "cifar10": ((5000,) * 10, (1000,) * 10),
+    "cifar100": ((500,) * 100, (100,) * 100),
+    "food101": ((750,) * 101, (250,) * 101),
+}
+
+
 def get_spec(name: str) -> DatasetSpec:
     """Look up a dataset by name, with an error that lists the known ones."""
     try:

@@ -38,11 +38,6 @@ def merged(name: str) -> dict:
     return config
 
 
-def skip_without_fashion(name: str) -> None:
-    if name == "fashion_mnist" and not FASHION_SOURCE.is_dir():
-        pytest.skip(f"{FASHION_SOURCE} is absent: apt-get install dataset-fashion-mnist")
-
-
 def test_the_expected_configs_exist():
     assert set(NAMES) == {"mnist", "mnist_allcnn", "cifar10", "cifar10_allcnn", "cifar100",
                           "food101", "food101_convnext", "fashion_mnist"}
@@ -50,7 +45,6 @@ def test_the_expected_configs_exist():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_paper_config_validates(name):
-    skip_without_fashion(name)
     config = check_config(merged(name), SCHEMA, check_results=False)
     assert len(config["seeds"]) == 3
     assert config["results"] == f"results/paper/{name}"  # each config: its own report and tables
@@ -144,7 +138,6 @@ def planned_jobs(output: str) -> dict[str, int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_paper_config_dry_run_plans_the_expected_jobs(name, tmp_path):
-    skip_without_fashion(name)
     results = tmp_path / "results"
     override = tmp_path / "override.yaml"  # a second --configfile: results outside the repo
     override.write_text(yaml.safe_dump({

@@ -124,6 +124,34 @@ def model_args(wildcards, input):
     return " ".join(f"--model {m}={input[m]}" for m in CONFIG["methods"])
 
 
+def download_args():
+    """`pbu download` options from config data: (stand-in | source + download), caps (the
+    forget classes' floor makes the prepared file depend on config forget, so only set it with
+    caps)."""
+    data = CONFIG["data"]
+    if data.get("stand_in"):  # generated images: no source, no download
+        args = ["--stand-in"]
+        if data.get("max_image_size"):
+            args.append(f"--max-image-size {data['max_image_size']}")
+    else:
+        args = [f"--root {data['root']}"]
+        if data["source"]:
+            args.append(f"--source {data['source']}")
+        if not data["download"]:
+            args.append("--no-download")
+    args += [
+        f"--{k.replace('_', '-')} {data[k]}"
+        for k in ("max_train_per_class", "max_test_per_class")
+        if data.get(k)
+    ]
+    if data.get("min_forget_per_class"):  # the forget classes keep more under the caps
+        classes = ",".join(str(c) for c in CONFIG["forget"])
+        args.append(
+            f"--keep-classes {classes} --keep-per-class {data['min_forget_per_class']}"
+        )
+    return " ".join(args)
+
+
 def weights_marker(wildcards):
     if CONFIG["model"]["weights"] == "imagenet":
         return [results("weights", f"{wildcards.arch}.done")]
@@ -140,6 +168,8 @@ def report_settings():
         retain_subset=CONFIG["retain_subset"],
         hparams={m: CONFIG["hparams"][m] for m in CONFIG["methods"]},
     )
+    if CONFIG["data"].get("stand_in"):  # the report says when its numbers are stand-in's
+        out["data"] = CONFIG["data"]
     return out
 
 

@@ -10,23 +10,11 @@ rule download:
     log:
         log_path("download", "{dataset}.log"),
     params:
-        root=CONFIG["data"]["root"],
-        source=(
-            f"--source {CONFIG['data']['source']}"
-            if CONFIG["data"]["source"]
-            else ""
-        ),
-        no_download="" if CONFIG["data"]["download"] else "--no-download",
-        subset=" ".join(
-            f"--{k.replace('_', '-')} {CONFIG['data'][k]}"
-            for k in ("max_train_per_class", "max_test_per_class")
-            if CONFIG["data"].get(k)
-        ),
+        options=download_args(),
     conda:
         CONDA_ENV
     shell:
-        "pbu download --dataset {wildcards.dataset} --root {params.root} {params.source} "
-        "{params.no_download} {params.subset} --out {output} 2> {log}"
+        "pbu download --dataset {wildcards.dataset} {params.options} --out {output} 2> {log}"
 
 
 rule weights:
