@@ -154,8 +154,8 @@ MUTATIONS: list[Mutation] = [
        f"{T_METHODS}::test_inputs_hold_exactly_the_declared_data_as_copies",
        "a retain subset of k holds k - 1 samples"),
     _m("stratified-subset-one-short", "pbu/data.py",
-       "torch.randperm(len(idx), generator=g)[:per_class]",
-       "torch.randperm(len(idx), generator=g)[:per_class - 1]",
+       "torch.randperm(len(idx), generator=g)[:k]",
+       "torch.randperm(len(idx), generator=g)[:k - 1]",
        "tests/test_data.py", "a stratified sample holds one image fewer per class"),
     # --- the metrics ------------------------------------------------------------------------
     _m("accuracy-counts-errors", "pbu/metrics.py",

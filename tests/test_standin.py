@@ -151,6 +151,7 @@ def test_caps_keep_more_of_the_forget_classes_when_asked():
                                                                           at_least={}))
 
 
+@pytest.mark.slow
 def test_pbu_download_stand_in_needs_no_data(tmp_path):
     out = tmp_path / "c100.pt"
     proc = subprocess.run([str(PBU), "download", "--dataset", "cifar100", "--stand-in",
@@ -197,6 +198,7 @@ def test_stand_in_keys_are_schema_checked():
         check_config(_config(max_image_size=32), SCHEMA, check_results=False)
 
 
+@pytest.mark.slow
 def test_missing_source_folder_fails_the_download_not_the_config(tmp_path):
     missing = tmp_path / "no-such-folder"
     # the config check (what `snakemake -n` runs) accepts it ...
@@ -216,6 +218,7 @@ def test_missing_source_folder_fails_the_download_not_the_config(tmp_path):
         load_dataset("fashion_mnist", tmp_path / "root", source=missing, download=False)
 
 
+@pytest.mark.slow
 def test_fashion_mnist_plan_needs_no_dataset(tmp_path):
     """`snakemake -n` of the Fashion-MNIST paper config on a machine without Debian's package
     (data.source pointed at a folder that does not exist)."""
