@@ -128,7 +128,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
 
     from pbu import methods
     from pbu.data import class_split, load_dataset, stratified_subset
-    from pbu.evaluate import EvalData
+    from pbu.evaluation import EvalData
     from pbu.fisher import fisher_diagonal
     from pbu.models import build_model
     from pbu.train import TrainRecipe, evaluate_accuracy, seed_everything, train_model
@@ -179,9 +179,9 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
     def as_loaded(model: torch.nn.Module) -> torch.nn.Module:
         """A copy of the original in the layout the fisher/unlearn jobs load it in
         (``pbu ... --memory-format``, channels_last by default, convnets only)."""
-        from pbu.cli import _memory_format
+        from pbu.jobs.common import to_memory_format
 
-        return _memory_format(copy.deepcopy(model), args.memory_format)
+        return to_memory_format(copy.deepcopy(model), args.memory_format)
 
     runs: list[dict[str, Any]] = []
     originals: list[dict[str, Any]] = []
@@ -644,17 +644,16 @@ def results_markdown(rep: dict[str, Any] | None, startup: dict[str, Any] | None,
 # mode 3: start-up cost
 # ------------------------------------------------------------------------------------------
 
-# What each pbu command imports before it works (the imports at the top of its cmd_* function,
-# plus what main() and build_parser() import for every command).
+# What each pbu command imports before it works (its job module of pbu.jobs, plus what main()
+# and build_parser() import for every command).
 _CLI = "import pbu.cli as c; c.build_parser(); from pbu.checkpoint import CheckpointError; "
 COMMAND_IMPORTS = {
-    "pretrain": _CLI + "import pbu.checkpoint, pbu.data, pbu.models, pbu.train",
-    "fisher": _CLI + "import pbu.checkpoint, pbu.data, pbu.fisher",
-    "unlearn": _CLI + "import pbu.methods, pbu.data, pbu.evaluate, pbu.train; "
-                      "pbu.methods.get_method('pbu')",
-    "evaluate": _CLI + "import pbu.evaluate, pbu.models, pbu.train",
-    "aggregate": _CLI + "import pbu.aggregate",
-    "report": _CLI + "import pbu.report",
+    "pretrain": _CLI + "import pbu.jobs.train",
+    "fisher": _CLI + "import pbu.jobs.fisher",
+    "unlearn": _CLI + "import pbu.jobs.unlearn; pbu.jobs.unlearn.methods.get_method('pbu')",
+    "evaluate": _CLI + "import pbu.jobs.evaluate",
+    "aggregate": _CLI + "import pbu.jobs.results, pbu.aggregate",
+    "report": _CLI + "import pbu.jobs.results, pbu.report",
 }
 HEAVY = ("torch", "torchvision", "sklearn", "scipy", "pandas", "numpy", "mlflow", "matplotlib",
          "seaborn", "mlxtend", "PIL", "yaml", "jsonschema", "tqdm")

@@ -18,7 +18,7 @@ library calls as the ``pbu`` commands:
   as UNSIR's noise stay in a). PBU runs without its stop rule: the upper bound, all epochs. The
   trajectory monitor the harness runs for ``monitor.methods`` is timed apart and scaled by its
   calls and images;
-- ``evaluate``: ``pbu.evaluate.evaluate_models`` on the original, oracle and unlearned models at
+- ``evaluate``: ``pbu.evaluation.evaluate_models`` on the original, oracle and unlearned models at
   the same two scales, fitted the same way;
 - per job, what a fresh ``pbu`` process pays besides the work: Python + torch start-up
   (measured once, as a subprocess), building the model, loading and saving checkpoints.
@@ -176,7 +176,7 @@ def linear_at_one(r1: float, t1: float, r2: float, t2: float) -> dict[str, float
 
 def startup_seconds(device: str) -> float:
     """A fresh process's Python + torch + pbu import and device start, as each job pays it."""
-    code = ("import torch, pbu.cli, pbu.methods, pbu.evaluate, pbu.fisher; "
+    code = ("import torch, pbu.cli, pbu.methods, pbu.evaluation, pbu.fisher; "
             f"torch.zeros(1, device={device!r}).sum().item()")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
@@ -209,7 +209,7 @@ def measure_pair(name: str, cfg: dict[str, Any], arch: str, args: argparse.Names
     from pbu import methods
     from pbu.checkpoint import load_checkpoint, save_checkpoint
     from pbu.data import class_split, random_subset, stand_in_dataset
-    from pbu.evaluate import EvalData, EvalSettings, evaluate_models
+    from pbu.evaluation import EvalData, EvalSettings, evaluate_models
     from pbu.models import build_model
     from pbu.registry import SPLIT_COUNTS
     from pbu.train import TrainRecipe, evaluate_accuracy, seed_everything, train_model

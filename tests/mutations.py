@@ -67,7 +67,7 @@ MUTATIONS: list[Mutation] = [
     _m("pbu-fisher-zeroed", PBU,
        "fisher = {n: fisher[n].detach().to(", "fisher = {n: 0 * fisher[n].detach().to(",
        T_PBU, "PBU's training loop uses a zero Fisher instead of the one it is given"),
-    _m("evaluate-mia-members-swapped", "pbu/evaluate.py",
+    _m("evaluate-mia-members-swapped", "pbu/evaluation.py",
        "M.mia_entropy_svc(rtr, rte, ftr,", "M.mia_entropy_svc(rte, rtr, ftr,",
        "tests/test_evaluate.py", "the MIA's members and non-members are swapped"),
     _m("salun-access-full-train", "pbu/methods/salun.py",
