@@ -1,4 +1,4 @@
-"""Evaluate every model of one (dataset, arch, seed, forget class) against the retrain oracle.
+"""Evaluate every model of one (dataset, arch, seed, forget class) against the oracle.
 
 Each model's outputs are computed once per split (forget/retain x train/test) and every
 output-based metric reads them; only relearn time and the linear probe run a model again.
