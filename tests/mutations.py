@@ -154,8 +154,8 @@ MUTATIONS: list[Mutation] = [
        f"{T_METHODS}::test_inputs_hold_exactly_the_declared_data_as_copies",
        "a retain subset of k holds k - 1 samples"),
     _m("stratified-subset-one-short", "pbu/data.py",
-       "torch.randperm(len(idx), generator=g)[:per_class]",
-       "torch.randperm(len(idx), generator=g)[:per_class - 1]",
+       "torch.randperm(len(idx), generator=g)[:k]",
+       "torch.randperm(len(idx), generator=g)[:k - 1]",
        "tests/test_data.py", "a stratified sample holds one image fewer per class"),
     # --- the metrics ------------------------------------------------------------------------
     _m("accuracy-counts-errors", "pbu/metrics.py",
@@ -200,6 +200,16 @@ MUTATIONS: list[Mutation] = [
     _m("report-gap-signed", "pbu/report/stats.py",
        "runs[gap] = (runs[col] - runs[ref]).abs()", "runs[gap] = runs[col] - runs[ref]",
        "tests/test_report.py", "the accuracy gap to the oracle is signed, so errors cancel"),
+    # --- the jobs (which data reaches each stage) -------------------------------------------
+    _m("oracle-trains-on-forget-class", "pbu/jobs/train.py",
+       "train = train.subset(class_split(train.labels, forget)[1])", "train = train",
+       "tests/test_jobs.py::test_pretrain_and_oracle_records",
+       "the oracle is trained on the forget class too"),
+    _m("fisher-job-on-retain-data", "pbu/jobs/fisher.py",
+       "forget_data = train.subset(class_split(train.labels, forget)[0])",
+       "forget_data = train.subset(class_split(train.labels, forget)[1])",
+       "tests/test_jobs.py::test_fisher_is_the_forget_class_fisher",
+       "the Fisher job computes the Fisher on the retained classes"),
 ]
 
 
