@@ -6,7 +6,7 @@ Three modes, each printing a table and optionally writing JSON (``--out``) / mar
 1. Side by side (default). In ONE process, on one device, with the config's hyperparameters:
    train the original model (the config's ``pretrain`` recipe), then per forget class time
 
-   - the retrain oracle: ``train_model`` on the retained classes, same recipe, from scratch;
+   - the oracle: ``train_model`` on the retained classes, same recipe, from scratch;
    - PBU end to end: ``pbu.fisher.fisher_diagonal`` on the forget class + ``pbu.methods.run``;
    - every other selected method through the same harness (``build_inputs`` + ``run``),
 
@@ -128,7 +128,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
 
     from pbu import methods
     from pbu.data import class_split, load_dataset, stratified_subset
-    from pbu.evaluate import EvalData
+    from pbu.evaluation import EvalData
     from pbu.fisher import fisher_diagonal
     from pbu.models import build_model
     from pbu.train import TrainRecipe, evaluate_accuracy, seed_everything, train_model
@@ -179,9 +179,9 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
     def as_loaded(model: torch.nn.Module) -> torch.nn.Module:
         """A copy of the original in the layout the fisher/unlearn jobs load it in
         (``pbu ... --memory-format``, channels_last by default, convnets only)."""
-        from pbu.cli import _memory_format
+        from pbu.jobs.common import to_memory_format
 
-        return _memory_format(copy.deepcopy(model), args.memory_format)
+        return to_memory_format(copy.deepcopy(model), args.memory_format)
 
     runs: list[dict[str, Any]] = []
     originals: list[dict[str, Any]] = []
@@ -204,7 +204,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
                         "acc_retain_test": evaluate_accuracy(m, rt)}
 
             row: dict[str, Any] = {"seed": seed, "forget": c, "methods": {}}
-            # the retrain oracle, exactly as `pbu pretrain --forget` builds it
+            # the oracle, exactly as `pbu oracle` builds it
             retain = train.subset(class_split(train.labels, c)[1])
             seed_everything(seed)
             oracle = fresh_model()
@@ -358,7 +358,7 @@ def machine_info(device: Any = None) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 
 # benchmark file stem -> rule; anything else under a forget{c} folder is an unlearn job
-_RULES = {"pretrain": "pretrain", "oracle": "retrain", "fisher": "fisher",
+_RULES = {"pretrain": "pretrain", "oracle": "oracle", "fisher": "fisher",
           "evaluate": "evaluate", "aggregate": "aggregate", "report": "report"}
 
 
@@ -454,14 +454,14 @@ def read_results(results: Path) -> dict[str, Any]:
     for j in unlearn:
         per_method.setdefault(j["name"], []).append(j)
     per_method_agg = {m: agg(g) for m, g in per_method.items()}
-    ratios = ratios_vs_retrain(jobs)
+    ratios = ratios_vs_oracle(jobs)
     starts = [j["end"] - j["s"] for j in jobs if j["s"] is not None]
     span = max(j["end"] for j in jobs) - min(starts)
     total = sum(j["s"] for j in jobs if j["s"] is not None)
     return {"results": str(results), "jobs": len(jobs), "per_rule": per_rule,
             "fork_server": server,
             "per_method": per_method_agg, "sum_job_s": total, "span_s": span,
-            "parallelism": total / span if span > 0 else None, "ratios_vs_retrain": ratios,
+            "parallelism": total / span if span > 0 else None, "ratios_vs_oracle": ratios,
             "job_list": jobs}
 
 
@@ -482,23 +482,23 @@ def fork_server_startup(results: Path) -> dict[str, Any] | None:
             "jobs_served": len(re.findall(r"worker \d+: pbu ", text))}
 
 
-def ratios_vs_retrain(jobs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def ratios_vs_oracle(jobs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per method, the mean over forget groups of (its job [+ the fisher job for methods that
-    need the Fisher]) / the group's retrain job: by job wall time, job CPU time and the jobs' own
+    need the Fisher]) / the group's oracle job: by job wall time, job CPU time and the jobs' own
     ``time_s``."""
     from pbu.registry import METHODS_NEEDING_FISHER  # torch-free
 
     groups: dict[str, dict[str, dict[str, Any]]] = {}
     for j in jobs:
-        if j["rule"] in ("unlearn", "retrain", "fisher"):
+        if j["rule"] in ("unlearn", "oracle", "fisher"):
             groups.setdefault(str(Path(j["path"]).parent), {})[j["name"]] = j
     per: dict[str, dict[str, list[float]]] = {}
     for g in groups.values():
-        oracle = g.get("retrain")
+        oracle = g.get("oracle")
         if oracle is None:
             continue
         for name, j in g.items():
-            if name in ("retrain", "fisher") or j["rule"] != "unlearn":
+            if name in ("oracle", "fisher") or j["rule"] != "unlearn":
                 continue
             parts = [j] + ([g["fisher"]] if name in METHODS_NEEDING_FISHER and "fisher" in g
                            else [])
@@ -549,10 +549,10 @@ def print_results(rep: dict[str, Any]) -> None:
               f"{_or(a['mean_cpu_s'], nan):8.2f} {_or(a['max_rss_mb'], nan):10.0f} "
               + (f"{100 * frac:8.1f} % ({a['mean_outside_own_time_s']:.2f} s/job)"
                  if frac is not None else f"{'-':>19s}"))
-    if rep["ratios_vs_retrain"]:
-        print("  method / retrain job (PBU + its fisher job), mean over groups: "
+    if rep["ratios_vs_oracle"]:
+        print("  method / oracle job (PBU + its fisher job), mean over groups: "
               "job wall, job CPU, own time_s")
-        for m, r in sorted(rep["ratios_vs_retrain"].items(), key=lambda kv: kv[1]["job_wall"]):
+        for m, r in sorted(rep["ratios_vs_oracle"].items(), key=lambda kv: kv[1]["job_wall"]):
             print(f"    {m:16s} {100 * r['job_wall']:7.1f} % "
                   f"{100 * r.get('job_cpu', math.nan):7.1f} % "
                   f"{100 * r.get('own', math.nan):7.1f} %   ({r['groups']} groups)")
@@ -602,15 +602,15 @@ def results_markdown(rep: dict[str, Any] | None, startup: dict[str, Any] | None,
                 f"{_or(a['mean_cpu_s'], math.nan):.2f} | {_or(a['max_rss_mb'], math.nan):.0f} | "
                 + (f"{100 * frac:.0f} % ({a['mean_outside_own_time_s']:.2f} s/job) |"
                    if frac is not None else "- |"))
-        if rep["ratios_vs_retrain"]:
-            lines += ["", "### Method / retrain oracle, from the jobs of this run", "",
+        if rep["ratios_vs_oracle"]:
+            lines += ["", "### Method / oracle, from the jobs of this run", "",
                       "Per forget group, the method's job (PBU: plus its fisher job) divided by "
-                      "the group's retrain job; mean over groups. \"Own\" uses the `time_s` each "
+                      "the group's oracle job; mean over groups. \"Own\" uses the `time_s` each "
                       "job records for its work alone (start-up, I/O and monitoring excluded; the "
                       "oracle's includes its per-epoch test evaluation).", "",
                       "| method | groups | job wall | job CPU | own time_s |",
                       "| --- | ---: | ---: | ---: | ---: |"]
-            for m, r in sorted(rep["ratios_vs_retrain"].items(),
+            for m, r in sorted(rep["ratios_vs_oracle"].items(),
                                key=lambda kv: kv[1]["job_wall"]):
                 lines.append(f"| {m} | {r['groups']} | {100 * r['job_wall']:.1f} % | "
                              f"{100 * r.get('job_cpu', math.nan):.1f} % | "
@@ -644,17 +644,16 @@ def results_markdown(rep: dict[str, Any] | None, startup: dict[str, Any] | None,
 # mode 3: start-up cost
 # ------------------------------------------------------------------------------------------
 
-# What each pbu command imports before it works (the imports at the top of its cmd_* function,
-# plus what main() and build_parser() import for every command).
+# What each pbu command imports before it works (its job module of pbu.jobs, plus what main()
+# and build_parser() import for every command).
 _CLI = "import pbu.cli as c; c.build_parser(); from pbu.checkpoint import CheckpointError; "
 COMMAND_IMPORTS = {
-    "pretrain": _CLI + "import pbu.checkpoint, pbu.data, pbu.models, pbu.train",
-    "fisher": _CLI + "import pbu.checkpoint, pbu.data, pbu.fisher",
-    "unlearn": _CLI + "import pbu.methods, pbu.data, pbu.evaluate, pbu.train; "
-                      "pbu.methods.get_method('pbu')",
-    "evaluate": _CLI + "import pbu.evaluate, pbu.models, pbu.train",
-    "aggregate": _CLI + "import pbu.aggregate",
-    "report": _CLI + "import pbu.report",
+    "pretrain": _CLI + "import pbu.jobs.train",
+    "fisher": _CLI + "import pbu.jobs.fisher",
+    "unlearn": _CLI + "import pbu.jobs.unlearn; pbu.jobs.unlearn.methods.get_method('pbu')",
+    "evaluate": _CLI + "import pbu.jobs.evaluate",
+    "aggregate": _CLI + "import pbu.jobs.results, pbu.aggregate",
+    "report": _CLI + "import pbu.jobs.results, pbu.report",
 }
 HEAVY = ("torch", "torchvision", "sklearn", "scipy", "pandas", "numpy", "mlflow", "matplotlib",
          "seaborn", "mlxtend", "PIL", "yaml", "jsonschema", "tqdm")
@@ -752,7 +751,7 @@ def startup_vs_jobs(st: dict[str, Any], rep: dict[str, Any]) -> dict[str, dict[s
     """Start-up (a fresh interpreter + the command's imports) as a fraction of the rule's mean
     job, in wall time and in CPU time."""
     out: dict[str, dict[str, float]] = {}
-    cmd_of_rule = {"pretrain": "pretrain", "retrain": "pretrain", "fisher": "fisher",
+    cmd_of_rule = {"pretrain": "pretrain", "oracle": "pretrain", "fisher": "fisher",
                    "unlearn": "unlearn", "evaluate": "evaluate", "aggregate": "aggregate",
                    "report": "report"}
     for rule, a in rep["per_rule"].items():

@@ -2,7 +2,7 @@
 
 What is timed is ``pbu.train.train_model`` itself, with the project's tensor loader
 (``pbu.data.TensorImages``: uint8 images resident on the device, random crop/flip on the device),
-so a number here is what a ``pretrain``/``retrain`` job gets, not what a hand-written loop could
+so a number here is what a ``pretrain``/``oracle`` job gets, not what a hand-written loop could
 get. The data are random uint8 images shaped like the dataset the model is for (nothing to
 download): ResNet-18 on CIFAR-10-shaped 3x32x32 images with crop+flip, the small CNN on
 MNIST-shaped 1x28x28 images with crop.

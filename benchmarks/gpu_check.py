@@ -10,7 +10,7 @@ Three subcommands, each usable alone:
     python benchmarks/gpu_check.py rules --device cuda --work DIR --out rules.json
         The pipeline's compute rules as the Snakefile runs them, one fresh ``pbu`` process each
         (``python -m pbu.cli``: snakemake is not needed), on mnist5k with config/config.yaml's
-        settings: download, pretrain, retrain (the oracle), fisher, unlearn (``--methods``),
+        settings: download, pretrain, oracle, fisher, unlearn (``--methods``),
         evaluate. Each job's own record gives its ``time_s``, ``cpu_s``, ``peak_rss_mb`` and, on
         a GPU, ``peak_gpu_mb`` (``torch.cuda.max_memory_allocated``, per process, so per job).
         The JSON holds the peak GPU memory per rule and PBU's own time over the oracle's.
@@ -134,13 +134,13 @@ def rules(args: argparse.Namespace) -> int:
     jobs.append(("download", "download", ["download", "--dataset", cfg["dataset"], "--root",
                                           m("tv"), "--no-download", *subset, "--out",
                                           str(data)], None))
-    train = ["pretrain", "--data", str(data), "--arch", arch, "--seed", str(seed), "--weights",
+    train = ["--data", str(data), "--arch", arch, "--seed", str(seed), "--weights",
              cfg["model"]["weights"], "--recipe", json.dumps(recipe), *common]
-    jobs.append(("pretrain", "pretrain", [*train, "--out-model", m("original.pt"),
+    jobs.append(("pretrain", "pretrain", ["pretrain", *train, "--out-model", m("original.pt"),
                                           "--out-info", m("pretrain.json")], "pretrain.json"))
-    jobs.append(("retrain", "retrain", [*train, "--forget", str(c), "--out-model",
-                                        m("oracle.pt"), "--out-info", m("retrain.json")],
-                 "retrain.json"))
+    jobs.append(("oracle", "oracle", ["oracle", *train, "--forget", str(c), "--out-model",
+                                      m("oracle.pt"), "--out-info", m("oracle.json")],
+                 "oracle.json"))
     jobs.append(("fisher", "fisher", [
         "fisher", "--data", str(data), "--model", m("original.pt"), "--forget", str(c),
         "--kind", str(fs["kind"]), "--bn-mode", fs["bn_mode"], "--mc-samples",
@@ -200,8 +200,8 @@ def rules(args: argparse.Namespace) -> int:
                 agg[f"max_{k}"] = max(agg.get(f"max_{k}", 0.0), r[k])
     by = {r["job"]: r for r in rows}
     ratio = None
-    if all("time_s" in by.get(j, {}) for j in ("retrain", "fisher", "unlearn_pbu")):
-        ratio = (by["fisher"]["time_s"] + by["unlearn_pbu"]["time_s"]) / by["retrain"]["time_s"]
+    if all("time_s" in by.get(j, {}) for j in ("oracle", "fisher", "unlearn_pbu")):
+        ratio = (by["fisher"]["time_s"] + by["unlearn_pbu"]["time_s"]) / by["oracle"]["time_s"]
     metrics = {}
     if (work / "metrics.json").exists():
         for name, row in json.loads((work / "metrics.json").read_text())["metrics"].items():
@@ -210,7 +210,7 @@ def rules(args: argparse.Namespace) -> int:
               "arch": arch, "forget": c, "seed": seed, "methods": methods,
               "recipe": recipe, "fisher": fs, "max_train_per_class": args.max_train_per_class,
               "jobs": rows, "per_rule": per_rule, "all_ok": ok,
-              "pbu_own_time_over_retrain_own_time": ratio, "accuracies": metrics,
+              "pbu_own_time_over_oracle_own_time": ratio, "accuracies": metrics,
               "units": {"peak_gpu_mb": "MB, torch.cuda.max_memory_allocated of the job",
                         "time_s": "s, the job's own timed work",
                         "process_wall_s": "s, the whole process incl. start-up"}}
@@ -218,7 +218,7 @@ def rules(args: argparse.Namespace) -> int:
     print("peak GPU MB per rule: " + ", ".join(
         f"{k} {_fmt(v.get('max_peak_gpu_mb'))}" for k, v in per_rule.items()))
     if ratio is not None:
-        print(f"PBU (fisher + unlearn own time) / retrain own time: {100 * ratio:.2f} %")
+        print(f"PBU (fisher + unlearn own time) / oracle own time: {100 * ratio:.2f} %")
     return 0 if ok else 1
 
 
@@ -328,7 +328,7 @@ def headline(out_dir: Path, work: Path | None, device: str = "cuda") -> dict[str
                                      for k, v in rules_rec.get("per_rule", {}).items()}
         h["time_s_per_rule"] = {k: v.get("max_time_s")
                                 for k, v in rules_rec.get("per_rule", {}).items()}
-        h["rules_pbu_own_over_retrain_own"] = rules_rec.get("pbu_own_time_over_retrain_own_time")
+        h["rules_pbu_own_over_oracle_own"] = rules_rec.get("pbu_own_time_over_oracle_own_time")
     if work is not None:
         counts = _pytest_counts(work / "pytest.xml")
         if counts is not None:

@@ -17,7 +17,7 @@
 #                  (fp32, channels_last, bf16, both, both with non-deterministic kernels)
 #   fisher_small   bench_fisher.py: small CNN trained on the mnist5k digits, ours vs nngeometry
 #   fisher_resnet  bench_fisher.py: ResNet-18 32x32, ours vs nngeometry
-#   pipeline       bench_pipeline.py: PBU (Fisher + unlearning) / retrain oracle on mnist5k
+#   pipeline       bench_pipeline.py: PBU (Fisher + unlearning) / oracle on mnist5k
 #   rules          gpu_check.py rules: each compute rule as a fresh `pbu` process on mnist5k,
 #                  its own peak GPU memory (torch.cuda.max_memory_allocated) and time
 #   train_compile  bench_train.py: ResNet-18 channels_last + bf16 + torch.compile (CUDA only;

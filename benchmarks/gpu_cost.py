@@ -6,7 +6,7 @@ library calls as the ``pbu`` commands:
 
 - ``pretrain``: one epoch of ``pbu.train.train_model`` with the config's recipe (batch size, bf16,
   channels_last), timed over ``--train-steps`` steps after ``--warmup-steps`` and extrapolated
-  to the epoch's steps, plus the per-epoch test pass; the retrain oracle is the same on
+  to the epoch's steps, plus the per-epoch test pass; the oracle is the same on
   (K-1)/K of the data;
 - ``fisher``: ``pbu.fisher_diagonal`` with the config's kind, BatchNorm mode, batch and chunk
   size on the first forget class, timed over ``--fisher-images`` images (all of them with
@@ -18,7 +18,7 @@ library calls as the ``pbu`` commands:
   as UNSIR's noise stay in a). PBU runs without its stop rule: the upper bound, all epochs. The
   trajectory monitor the harness runs for ``monitor.methods`` is timed apart and scaled by its
   calls and images;
-- ``evaluate``: ``pbu.evaluate.evaluate_models`` on the original, oracle and unlearned models at
+- ``evaluate``: ``pbu.evaluation.evaluate_models`` on the original, oracle and unlearned models at
   the same two scales, fitted the same way;
 - per job, what a fresh ``pbu`` process pays besides the work: Python + torch start-up
   (measured once, as a subprocess), building the model, loading and saving checkpoints.
@@ -104,7 +104,7 @@ def job_counts(cfg: dict[str, Any]) -> dict[str, int]:
     class, times methods for unlearn); tune jobs only with tuning enabled."""
     archs, seeds, groups = len(cfg["archs"]), len(cfg["seeds"]), None
     groups = archs * seeds * len(forget_classes(cfg))
-    counts = {"pretrain": archs * seeds, "retrain": groups, "evaluate": groups,
+    counts = {"pretrain": archs * seeds, "oracle": groups, "evaluate": groups,
               "unlearn": groups * len(cfg["methods"]),
               "fisher": groups if "pbu" in cfg["methods"] else 0}
     tuned = [m for m in cfg["tuning"]["methods"] if m in cfg["methods"]]
@@ -176,7 +176,7 @@ def linear_at_one(r1: float, t1: float, r2: float, t2: float) -> dict[str, float
 
 def startup_seconds(device: str) -> float:
     """A fresh process's Python + torch + pbu import and device start, as each job pays it."""
-    code = ("import torch, pbu.cli, pbu.methods, pbu.evaluate, pbu.fisher; "
+    code = ("import torch, pbu.cli, pbu.methods, pbu.evaluation, pbu.fisher; "
             f"torch.zeros(1, device={device!r}).sum().item()")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
@@ -209,7 +209,7 @@ def measure_pair(name: str, cfg: dict[str, Any], arch: str, args: argparse.Names
     from pbu import methods
     from pbu.checkpoint import load_checkpoint, save_checkpoint
     from pbu.data import class_split, random_subset, stand_in_dataset
-    from pbu.evaluate import EvalData, EvalSettings, evaluate_models
+    from pbu.evaluation import EvalData, EvalSettings, evaluate_models
     from pbu.models import build_model
     from pbu.registry import SPLIT_COUNTS
     from pbu.train import TrainRecipe, evaluate_accuracy, seed_everything, train_model
@@ -486,9 +486,9 @@ def job_seconds(pair: dict[str, Any], cfg: dict[str, Any]) -> dict[str, float | 
     if pre:
         per_epoch = pre["epoch_s"] + pre["test_pass_s"]
         out["pretrain"] = start + build + pre["epochs"] * per_epoch + save
-        out["retrain"] = start + build + pre["epochs"] * per_epoch * (k - 1) / k + save
+        out["oracle"] = start + build + pre["epochs"] * per_epoch * (k - 1) / k + save
     else:
-        out["pretrain"] = out["retrain"] = None
+        out["pretrain"] = out["oracle"] = None
     fis = st.get("fisher")
     out["fisher"] = start + load + fis["full_s"] + save if fis else None  # save: same size
     for meth in cfg["methods"]:
@@ -518,7 +518,7 @@ def config_cost(cfg: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, A
         fis = pair["stages"].get("fisher")
         per_job: dict[str, list[float | None]] = {
             "pretrain": [est["pretrain"]] * seeds,
-            "retrain": [est["retrain"]] * (seeds * len(classes)),
+            "oracle": [est["oracle"]] * (seeds * len(classes)),
             "evaluate": [est["evaluate"]] * (seeds * len(classes)),
             "unlearn": [est[f"unlearn_{m}"] for m in cfg["methods"]] * (seeds * len(classes)),
         }
@@ -533,7 +533,7 @@ def config_cost(cfg: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, A
             seconds += sum(values)
             jobs += len(values)
             startup += pair["stages"]["overhead"]["startup_s"] * len(values)
-            key = "pretrain" if rule == "retrain" else rule  # retrain uses pretrain's resources
+            key = "pretrain" if rule == "oracle" else rule  # the oracle uses pretrain's resources
             if values:
                 longest[key] = max(longest.get(key, 0.0), max(values))
     return {"compute_jobs": sum(counts.values()), "jobs_estimated": jobs,

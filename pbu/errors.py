@@ -7,3 +7,8 @@ class CheckpointError(RuntimeError):
 
 class DataUnavailableError(RuntimeError):
     """The dataset files are not there and cannot be downloaded."""
+
+
+class UsageError(ValueError):
+    """Bad arguments or inputs of a job (``pbu.jobs``): the `pbu` command reports it as one line,
+    exit status 2."""

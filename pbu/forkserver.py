@@ -24,7 +24,7 @@ no orphan keeps computing.
 Accounting: the worker is the server's child, not the command's, so Snakemake's ``benchmark:``
 files see the command's wall time (right) but not the worker's CPU time or memory. Each job's
 own record therefore carries ``cpu_s`` and ``peak_rss_mb`` measured inside the worker
-(``pbu.cli._resources``), and ``benchmarks/bench_pipeline.py --from-results`` uses those.
+(``pbu.jobs.common.resources``), and ``benchmarks/bench_pipeline.py --from-results`` uses those.
 """
 
 from __future__ import annotations
@@ -46,10 +46,12 @@ log = logging.getLogger(__name__)
 ENV_VAR = "PBU_SERVER"
 WORKER_VAR = "PBU_FORK_WORKER"
 _HEADER = struct.Struct("!Q")  # payload length, sent along with the three file descriptors
-PRELOAD = ("torch", "torch._dynamo", "torch._inductor", "torch.nn.functional", "torch.func", "numpy", "pbu.cli", "pbu.data",
-           "pbu.models", "pbu.train", "pbu.checkpoint", "pbu.fisher", "pbu.methods",
-           "pbu.metrics", "pbu.evaluate", "sklearn.svm", "sklearn.linear_model",
-           "sklearn.pipeline", "sklearn.preprocessing")
+PRELOAD = ("torch", "torch._dynamo", "torch._inductor", "torch.nn.functional", "torch.func",
+           "numpy", "pbu.cli", "pbu.data", "pbu.models", "pbu.train", "pbu.checkpoint",
+           "pbu.fisher", "pbu.methods", "pbu.metrics", "pbu.evaluation", "pbu.jobs.common",
+           "pbu.jobs.train", "pbu.jobs.fisher", "pbu.jobs.unlearn", "pbu.jobs.tune",
+           "pbu.jobs.evaluate", "sklearn.svm", "sklearn.linear_model", "sklearn.pipeline",
+           "sklearn.preprocessing")
 
 
 # ------------------------------------------------------------------------------------------
@@ -163,7 +165,7 @@ def _become_job(conn: socket.socket, fds: list[int], request: dict[str, Any]) ->
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        os.environ[WORKER_VAR] = "1"  # job records say so (pbu.cli._resources)
+        os.environ[WORKER_VAR] = "1"  # job records say so (pbu.jobs.common.resources)
         os.umask(int(request["umask"]))
         import random
 

@@ -4,7 +4,7 @@ Results are files first; this step reads them and logs every job as one MLflow r
 
 - ``pretrain`` (one per dataset/arch/seed), top level;
 - per forget class, a parent run ``evaluate`` holding the group, with child runs
-  ``retrain`` (the oracle), ``fisher``, ``unlearn`` (one per method) and ``evaluate`` for the
+  ``oracle``, ``fisher``, ``unlearn`` (one per method) and ``evaluate`` for the
   original model. Every model's evaluation metrics are logged under the SAME names
   (``acc_forget_test``, ``mia_entropy_svc``, ``js_retain_test``, ...) on its own run, with its
   times as ``runs.csv`` has them (``time_s``, the headline ``total_time_s``), so the compare
@@ -95,6 +95,7 @@ class _Job:
 
     def __init__(self, job: str, name: str, tags: dict[str, str], parent: str | None = None):
         self.job, self.name, self.tags, self.parent = job, name, tags, parent
+        self.former_jobs: tuple[str, ...] = ()  # earlier identities: their runs are replaced
         self.params: dict[str, str] = {}
         self.metrics: dict[str, float] = {}
         self.series: list[tuple[str, float, int]] = []
@@ -203,13 +204,14 @@ def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
             jobs.append(j)
         for method, metrics in ev["metrics"].items():
             mdir = group / method
-            rule = {"original": "evaluate", "oracle": "retrain"}.get(method, "unlearn")
+            rule = {"original": "evaluate", "oracle": "oracle"}.get(method, "unlearn")
             # The original model's row: its time and span are those of the job that made it.
             info = (pre or {}) if method == "original" else (_read(mdir / "info.json") or {})
             tune = None if method in ("original", "oracle") else tune_record(group, method, info)
             j = _Job(f"{rule}/{gid}/{method}", method, base | {"rule": rule, "method": method},
                      parent.job)
             if method == "oracle":
+                j.former_jobs = (f"retrain/{gid}/{method}",)  # the rule's name before issue 16
                 j.params = _flatten({"recipe": info.get("recipe", {})})
                 j.add_history(info.get("history", []), "epoch")
                 j.dataset_context = "retain_train"
@@ -387,7 +389,7 @@ def describe_experiment(jobs: list[_Job], experiment: str) -> str:
         f"{values('seed')}; forget classes: {values('forget')}\n"
         f"- unlearning methods: {', '.join(methods) or 'none'}\n"
         f"- `pretrain seed<s>` runs: the original models. Per forget class and seed, a parent "
-        f"run `forget<c> seed<s>` (rule `evaluate`) holds the retrain oracle, the Fisher, the "
+        f"run `forget<c> seed<s>` (rule `evaluate`) holds the oracle, the Fisher, the "
         f"original model and one `unlearn` run per method, each with the same metric names: "
         f"select the children and press Compare.\n"
         f"- Start, end and duration are each job's own (from its record). `time_s` is the "
@@ -471,6 +473,8 @@ def _log_jobs(jobs: list[_Job], tracking_uri: str, experiment: str, artifact_roo
     for job in jobs:
         digest = job.digest()
         old = existing.get(job.job)
+        if old is None:  # logged under an earlier identity: replaced, never duplicated
+            old = next((existing[f] for f in job.former_jobs if f in existing), None)
         parent_id = ids.get(job.parent) if job.parent else None
         if old is not None and old.data.tags.get("pbu.digest") == digest and \
                 old.data.tags.get("mlflow.parentRunId") == parent_id:

@@ -14,8 +14,8 @@ mean nothing), and the copy's ``pbu`` must be the one imported. The exit status 
 every mutation was killed.
 
 Run it after changing a loss, a split, a metric, the aggregation or a stopping rule; ``.ci/run``
-runs it on every CI run (32 mutations with ``-j 2`` on the 2-core machine: 6 min 29 s wall,
-3 min 25 s of CPU; 8 min 49 s while other jobs kept it at a load of 5-7)::
+runs it on every CI run (34 mutations with ``-j 2`` on the 2-core machine: 5 min 24 s wall,
+3 min 34 s of CPU at a load of about 3; 8 min 49 s for 32 while other jobs kept it at 5-7)::
 
     python tests/mutations.py               # every mutation
     python tests/mutations.py --list        # names, files and tests
@@ -67,7 +67,7 @@ MUTATIONS: list[Mutation] = [
     _m("pbu-fisher-zeroed", PBU,
        "fisher = {n: fisher[n].detach().to(", "fisher = {n: 0 * fisher[n].detach().to(",
        T_PBU, "PBU's training loop uses a zero Fisher instead of the one it is given"),
-    _m("evaluate-mia-members-swapped", "pbu/evaluate.py",
+    _m("evaluate-mia-members-swapped", "pbu/evaluation.py",
        "M.mia_entropy_svc(rtr, rte, ftr,", "M.mia_entropy_svc(rte, rtr, ftr,",
        "tests/test_evaluate.py", "the MIA's members and non-members are swapped"),
     _m("salun-access-full-train", "pbu/methods/salun.py",
@@ -200,6 +200,16 @@ MUTATIONS: list[Mutation] = [
     _m("report-gap-signed", "pbu/report/stats.py",
        "runs[gap] = (runs[col] - runs[ref]).abs()", "runs[gap] = runs[col] - runs[ref]",
        "tests/test_report.py", "the accuracy gap to the oracle is signed, so errors cancel"),
+    # --- the jobs (which data reaches each stage) -------------------------------------------
+    _m("oracle-trains-on-forget-class", "pbu/jobs/train.py",
+       "train = train.subset(class_split(train.labels, forget)[1])", "train = train",
+       "tests/test_jobs.py::test_pretrain_and_oracle_records",
+       "the oracle is trained on the forget class too"),
+    _m("fisher-job-on-retain-data", "pbu/jobs/fisher.py",
+       "forget_data = train.subset(class_split(train.labels, forget)[0])",
+       "forget_data = train.subset(class_split(train.labels, forget)[1])",
+       "tests/test_jobs.py::test_fisher_is_the_forget_class_fisher",
+       "the Fisher job computes the Fisher on the retained classes"),
 ]
 
 

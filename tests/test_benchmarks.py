@@ -167,7 +167,7 @@ def _job(results: Path, rel: str, s: float, rss: float, own: dict | None, own_fi
 
 @pytest.fixture
 def fake_results(tmp_path):
-    """Two pretrain, one retrain, one fisher, two unlearn, one evaluate job with known numbers."""
+    """Two pretrain, one oracle, one fisher, two unlearn, one evaluate job with known numbers."""
     r = tmp_path / "results"
     g = "mnist5k/small_cnn/seed0/forget2"
     t0 = 1_700_000_000.0
@@ -188,7 +188,7 @@ def fake_results(tmp_path):
 def test_from_results_per_rule_numbers(fake_results):
     rep = bench_pipeline.read_results(fake_results)
     pr = rep["per_rule"]
-    assert set(pr) == {"pretrain", "retrain", "fisher", "unlearn", "evaluate", "aggregate"}
+    assert set(pr) == {"pretrain", "oracle", "fisher", "unlearn", "evaluate", "aggregate"}
     assert pr["pretrain"]["jobs"] == 2 and pr["pretrain"]["total_s"] == pytest.approx(22.0)
     assert pr["pretrain"]["mean_s"] == pytest.approx(11.0) and pr["pretrain"]["max_s"] == 12.0
     assert pr["pretrain"]["max_rss_mb"] == 320
@@ -202,8 +202,8 @@ def test_from_results_per_rule_numbers(fake_results):
     assert pr["unlearn"]["jobs"] == 2 and pr["unlearn"]["max_rss_mb"] == 400  # the job's own peak
     assert set(rep["per_method"]) == {"pbu", "finetune"}
     assert "outside_own_time_frac" not in pr["aggregate"]  # it records no time_s
-    # method / retrain per group; PBU's own cost includes its fisher job
-    ratios = rep["ratios_vs_retrain"]
+    # method / oracle per group; PBU's own cost includes its fisher job
+    ratios = rep["ratios_vs_oracle"]
     assert ratios["pbu"]["job_wall"] == pytest.approx((5 + 4) / 9)
     assert ratios["pbu"]["job_cpu"] == pytest.approx((2.5 + 2) / 4.5)
     assert ratios["pbu"]["own"] == pytest.approx((0.5 + 1.0) / 7)
@@ -364,21 +364,21 @@ def test_gpu_check_rules_records_every_rule(tmp_path, monkeypatch):
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["all_ok"] and res["methods"] == ["pbu", "random_labels"]
-    assert [j["job"] for j in res["jobs"]] == ["download", "pretrain", "retrain", "fisher",
+    assert [j["job"] for j in res["jobs"]] == ["download", "pretrain", "oracle", "fisher",
                                                "unlearn_pbu", "unlearn_random_labels",
                                                "evaluate"]
-    assert set(res["per_rule"]) == {"download", "pretrain", "retrain", "fisher", "unlearn",
+    assert set(res["per_rule"]) == {"download", "pretrain", "oracle", "fisher", "unlearn",
                                     "evaluate"}
     assert res["per_rule"]["unlearn"]["jobs"] == 2
     by = {j["job"]: j for j in res["jobs"]}
-    for job in ("pretrain", "retrain", "fisher", "unlearn_pbu", "evaluate"):
+    for job in ("pretrain", "oracle", "fisher", "unlearn_pbu", "evaluate"):
         assert _positive(by[job]["time_s"]) and _positive(by[job]["peak_rss_mb"]), job
         assert by[job].get("device", "cpu") == "cpu", job  # evaluate records no device
         assert "peak_gpu_mb" not in by[job], job  # CPU: no GPU record
     assert res["per_rule"]["unlearn"]["max_time_s"] == max(by["unlearn_pbu"]["time_s"],
                                                            by["unlearn_random_labels"]["time_s"])
-    assert res["pbu_own_time_over_retrain_own_time"] == pytest.approx(
-        (by["fisher"]["time_s"] + by["unlearn_pbu"]["time_s"]) / by["retrain"]["time_s"])
+    assert res["pbu_own_time_over_oracle_own_time"] == pytest.approx(
+        (by["fisher"]["time_s"] + by["unlearn_pbu"]["time_s"]) / by["oracle"]["time_s"])
     assert set(res["accuracies"]) == {"oracle", "original", "pbu", "random_labels"}
     assert res["recipe"]["epochs"] == 1 and res["fisher"]["kind"] == "true"
 

@@ -54,7 +54,7 @@ def test_unlearn_runs_and_writes_outputs(files, monkeypatch):
     info = json.loads((files / "i.json").read_text())
     assert info["method"] == "finetune" and info["time_s"] > 0
     assert info["data_access"] == "class id + all retain"
-    # the job's own resource record (pbu.cli._resources), with the glibc allocator settings
+    # the job's own resource record (pbu.jobs.common.resources), with the glibc allocator settings
     # it ran under (the SLURM profile sets MALLOC_* variables; the rest of the env is not kept)
     assert info["cpu_s"] > 0 and info["peak_rss_mb"] > 0 and info["minor_faults"] >= 0
     assert info["malloc_env"] == {"MALLOC_TRIM_THRESHOLD_": "1073741824"}
@@ -96,3 +96,42 @@ def test_pretrain_rejects_negative_lr(files, capsys):
                "--recipe", recipe, "--out-model", str(files / "p.pt"), "--out-info",
                str(files / "p.json"), "--device", "cpu"])
     assert rc == 2 and "lr must be > 0" in capsys.readouterr().err
+
+
+def _train(files, command: str, *extra: str) -> dict:
+    recipe = json.dumps({"epochs": 1, "batch_size": 8, "optimizer": "adam", "lr": 1e-3,
+                         "weight_decay": 0})
+    assert main([command, "--data", str(files / "d.pt"), "--arch", "small_cnn", "--seed", "0",
+                 "--recipe", recipe, "--out-model", str(files / "p.pt"), "--out-info",
+                 str(files / "p.json"), "--device", "cpu", "--quiet", *extra]) == 0
+    return json.loads((files / "p.json").read_text())
+
+
+def test_oracle_command_and_the_deprecated_pretrain_forget(files, caplog):
+    info = _train(files, "oracle", "--forget", "2")
+    assert info["role"] == "oracle" and info["forget"] == 2 and info["train_samples"] == 36
+    assert info["started_at"] <= info["ended_at"]
+    # `pbu pretrain --forget` (the oracle's spelling before issue 16) still trains the oracle
+    again = _train(files, "pretrain", "--forget", "2")
+    assert again["role"] == "oracle" and again["train_samples"] == 36
+    assert again["history"] == info["history"]  # the same job, seeded alike
+    assert "deprecated: use pbu oracle" in caplog.text
+    assert _train(files, "pretrain")["role"] == "original"
+
+
+def test_oracle_without_forget_is_a_usage_error(files, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["oracle", "--data", str(files / "d.pt"), "--arch", "small_cnn", "--seed", "0",
+              "--recipe", "{}", "--out-model", "m", "--out-info", "i"])
+    assert exit_.value.code == 2 and "--forget" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_import_and_help_stay_torch_free():
+    """The fork server's client and `pbu --help` rely on it: the jobs import torch, the CLI
+    imports a job only when its command runs."""
+    code = ("import sys, pbu.cli; pbu.cli.build_parser(); "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert not any(m.startswith('pbu.jobs.') for m in sys.modules), 'jobs imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from pbu import metrics as M
 from pbu.data import DatasetSpec, TensorImages
-from pbu.evaluate import SPLITS, EvalData, EvalSettings, evaluate_models
+from pbu.evaluation import SPLITS, EvalData, EvalSettings, evaluate_models
 
 K = 3
 FORGET = 1

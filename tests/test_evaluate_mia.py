@@ -1,9 +1,8 @@
-"""pbu.evaluate.evaluate_models as a joint: which sets reach each MIA, and which model's accuracy
+"""pbu.evaluation.evaluate_models as a joint: which sets reach each MIA, and which model's accuracy
 sets the Anamnesis target. Hand-made logits per split (issue 13, items 2 and 3)."""
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import numpy as np
@@ -11,14 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from pbu import evaluation as E
 from pbu import metrics as M
-
-# The module, not the function ``pbu.evaluate`` that the package exports under the same name.
-# Loading the submodule binds it as the package attribute ``pbu.evaluate``, hiding the function
-# from every later test (the name collision of issue 16): unbind it again, so the package's lazy
-# lookup returns the function as before.
-E = importlib.import_module("pbu.evaluate")
-vars(importlib.import_module("pbu")).pop("evaluate", None)
 
 K = 10
 NO_DEPTH = E.EvalSettings(batch_size=64, mia_max_samples=None, relearn=False, probe=False)

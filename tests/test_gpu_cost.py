@@ -71,12 +71,12 @@ def test_gpu_hours_from_known_numbers():
     cost = gpu_cost.config_cost(cfg, [_pair("resnet18")])
     # by hand: 2 pretrain jobs (2 seeds), 4 groups (2 seeds x 2 classes)
     pretrain = 2 + 1 + 3 * 1010 + 0.5                     # 3033.5
-    retrain = 2 + 1 + 3 * 1010 * 9 / 10 + 0.5             # 2730.5
+    oracle = 2 + 1 + 3 * 1010 * 9 / 10 + 0.5              # 2730.5
     fisher = [2 + 0.25 + 0.1 * n + 0.5 for n in (5000, 4000)]  # class 0, class 3
     pbu = 2 + 0.25 + 0.25 + 20 + 5 + 0.5                 # loads the model and the Fisher
     finetune = 2 + 0.25 + 60 + 0.5
     evaluate = 2 + 4 * 0.25 + 1 + 30                      # 4 models loaded, 1 built
-    total = 2 * pretrain + 4 * retrain + 2 * sum(fisher) + 4 * (pbu + finetune) + 4 * evaluate
+    total = 2 * pretrain + 4 * oracle + 2 * sum(fisher) + 4 * (pbu + finetune) + 4 * evaluate
     assert cost["gpu_hours"] == pytest.approx(total / 3600)
     assert cost["startup_share"] == pytest.approx(2.0 * 22 / total)  # 22 jobs x 2 s start-up
     assert cost["compute_jobs"] == cost["jobs_estimated"] == 2 + 4 + 4 + 8 + 4

@@ -110,7 +110,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
     jobs = {
         "download": 1,
         "pretrain": archs * seeds,
-        "retrain": groups,  # the oracle
+        "oracle": groups,
         "unlearn": groups * len(config["methods"]),
         "evaluate": groups,
         "aggregate": 1, "track": 1, "report": 1, "track_report": 1, "all": 1,

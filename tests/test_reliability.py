@@ -5,8 +5,8 @@ One real pipeline runs here, in stages that share its work (module-scoped fixtur
 `snakemake --cores 2` on `.test/config.yaml` plus a small override (methods pbu and finetune), in a
 temporary copy of the repository (as tests/test_workflow.py does).
 
-- ``crashed``: tracking goes to http://127.0.0.1:PORT, where nothing listens yet. The retrain
-  oracle's `pbu pretrain --forget` process is SIGKILLed in its second epoch.
+- ``crashed``: tracking goes to http://127.0.0.1:PORT, where nothing listens yet. The
+  oracle's `pbu oracle` process is SIGKILLed in its second epoch.
 - ``resumed``: a dry-run lists what is left, then a plain rerun finishes every compute job (two
   at a time) and fails only the tracking step, with a clear message.
 - ``tracked``: a real `mlflow server` (127.0.0.1 only) starts on PORT; a rerun logs every job once,
@@ -53,7 +53,7 @@ OVERRIDE = "reliability.yaml"
 EXPERIMENT = "pbu-e2e"  # .test/config.yaml's mlflow.experiment
 GROUP = "results-test/mnist5k/small_cnn/seed0/forget2"
 SEED_DIR = "results-test/mnist5k/small_cnn/seed0"
-COMPUTE_RULES = ("download", "pretrain", "retrain", "fisher", "unlearn", "evaluate", "aggregate")
+COMPUTE_RULES = ("download", "pretrain", "oracle", "fisher", "unlearn", "evaluate", "aggregate")
 LOCALHOST = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
@@ -156,7 +156,7 @@ def _runs(uri: str, experiment: str = EXPERIMENT) -> list:
 
 def _expected_runs(methods: list[str]) -> dict[str, int]:
     """Runs per `rule` tag for one (dataset, arch, seed, forget) group."""
-    return {"pretrain": 1, "retrain": 1, "fisher": int("pbu" in methods),
+    return {"pretrain": 1, "oracle": 1, "fisher": int("pbu" in methods),
             "unlearn": len(methods), "evaluate": 2, "report": 1}
 
 
@@ -241,10 +241,10 @@ def crashed(tmp_path_factory, tracking_port):
                     except psutil.Error:
                         continue
                     # the python process itself, not the shell that started it
-                    if "pretrain" in argv and "--forget" in argv and \
+                    if "oracle" in argv and "--forget" in argv and \
                             any(a.endswith("/pbu") for a in argv):
                         victim = child
-            # `pbu pretrain` logs "epoch 1: ..." when epoch 1 ends; epoch 2 (of 2) is then running
+            # `pbu oracle` logs "epoch 1: ..." when epoch 1 ends; epoch 2 (of 2) is then running
             elif oracle_log.exists() and "epoch 1:" in oracle_log.read_text():
                 os.kill(victim.pid, signal.SIGKILL)
                 break
@@ -354,7 +354,7 @@ def test_killed_training_job_fails_and_leaves_no_truncated_file(crashed):
     # killed in epoch 2 of 2, before anything was saved
     assert "epoch 1:" in crashed.oracle_log and "epoch 2:" not in crashed.oracle_log
     assert crashed.rc != 0
-    assert re.search(r"Error in rule retrain:", crashed.log), crashed.log[-3000:]
+    assert re.search(r"Error in rule oracle:", crashed.log), crashed.log[-3000:]
     # the killed job's outputs are absent, never present and truncated
     assert f"{GROUP}/oracle/model.pt" not in crashed.files
     assert f"{GROUP}/oracle/info.json" not in crashed.files
@@ -370,18 +370,18 @@ def test_killed_training_job_fails_and_leaves_no_truncated_file(crashed):
 def test_rerun_after_crash_runs_only_the_incomplete_job_and_dependents(crashed, resumed):
     # a job is left to do exactly when its output is missing after the crash
     outputs = [("download", "results-test/data/mnist5k.pt"),
-               ("pretrain", f"{SEED_DIR}/pretrain/model.pt"), ("retrain", ORACLE),
+               ("pretrain", f"{SEED_DIR}/pretrain/model.pt"), ("oracle", ORACLE),
                ("fisher", f"{GROUP}/fisher.pt")]
     outputs += [("unlearn", f"{GROUP}/{m}/model.pt") for m in METHODS]
     expected = Counter(rule for rule, path in outputs if path not in crashed.files)
     expected.update(["evaluate", "aggregate", "track", "report", "track_report", "all"])
     assert "download" not in resumed.dry and "pretrain" not in resumed.dry, resumed.dry
-    assert resumed.dry == dict(expected) and resumed.dry["retrain"] == 1, resumed.dry
+    assert resumed.dry == dict(expected) and resumed.dry["oracle"] == 1, resumed.dry
     # Snakemake saw the job fail, removed its outputs and its "incomplete" mark: a plain rerun
     # works; --rerun-incomplete is not needed.
     assert "IncompleteFilesException" not in resumed.log
     assert "rerun-incomplete" not in resumed.log
-    for rule in ("retrain", "evaluate", "aggregate"):
+    for rule in ("oracle", "evaluate", "aggregate"):
         assert re.search(rf"rule {rule}:", resumed.log), rule
     for rule in ("download", "pretrain"):
         assert not re.search(rf"rule {rule}:", resumed.log), rule

@@ -30,7 +30,7 @@ BIN = Path(sys.executable).parent
 PIPELINE_TIMEOUT_S = 900  # measured 5.5-7.5 min on a 2-core machine shared with other work
 FAIL_TIMEOUT_S = 300
 # rules the SLURM executor submits; download, weights, track and track_report are localrules
-SUBMITTED = ("pretrain", "retrain", "fisher", "unlearn", "evaluate", "aggregate", "report")
+SUBMITTED = ("pretrain", "oracle", "fisher", "unlearn", "evaluate", "aggregate", "report")
 LOCAL = ("download", "track", "track_report")
 
 pytestmark = [
@@ -178,7 +178,7 @@ def test_pipeline_runs_through_slurm(repo_copy: Path, tmp_path: Path):
     for job_id, rule in ids.items():
         rec = records[job_id]
         assert rec["JobState"] == "COMPLETED", (rule, rec)
-        key = {"retrain": "pretrain"}.get(rule, rule)  # the oracle uses pretrain's resources
+        key = {"oracle": "pretrain"}.get(rule, rule)  # the oracle uses pretrain's resources
         if key not in config["resources"]:  # aggregate, report: fixed in their rules
             continue
         res = config["resources"][key]

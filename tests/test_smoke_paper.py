@@ -181,7 +181,7 @@ def test_paper_config_runs_end_to_end_on_stand_in_data(name, workdir):
     for arch in config["archs"]:
         mine = [r for r in tracked if r.get("arch") == arch]
         rules = {r.get("rule") for r in mine}
-        assert {"pretrain", "retrain", "unlearn", "evaluate"} <= rules, (arch, rules)
+        assert {"pretrain", "oracle", "unlearn", "evaluate"} <= rules, (arch, rules)
         unlearned = {r.get("method") for r in mine if r.get("rule") == "unlearn"}
         assert unlearned == set(config["methods"]), (arch, unlearned)
         if "pbu" in config["methods"]:

@@ -47,7 +47,7 @@ def test_runs_start_and_end_when_their_jobs_did(store):
         assert info.start_time == int(sp["started_at"] * 1000), (rule, method)
         assert info.end_time == math.ceil(sp["ended_at"] * 1000), (rule, method)
     for r in store["runs"]:
-        if r.data.tags["rule"] in ("unlearn", "retrain", "fisher", "pretrain"):
+        if r.data.tags["rule"] in ("unlearn", "oracle", "fisher", "pretrain"):
             # the Done-means check: no run is shorter than the time its job measured
             duration_s = (r.info.end_time - r.info.start_time) / 1000
             assert duration_s >= r.data.metrics["time_s"], r.data.tags
@@ -61,7 +61,7 @@ def test_metrics_equal_runs_csv(store):
     with open(paths["runs"]) as fh:
         rows = {r["method"]: r for r in csv.DictReader(fh)}
     for method in ("original", "oracle", "pbu", "finetune"):
-        rule = {"original": "evaluate", "oracle": "retrain"}.get(method, "unlearn")
+        rule = {"original": "evaluate", "oracle": "oracle"}.get(method, "unlearn")
         logged = _run(store, rule, method).data.metrics
         for key in ("time_s", "total_time_s", "acc_forget_test", "mia_entropy_svc",
                     "mia_entropy_svc_bad_teaching", "anamnesis_index", "zrf_forget_test"):
@@ -117,7 +117,7 @@ pytest.importorskip("mlflow")
 
 from pbu.tracking import track_results  # noqa: E402
 
-RULE = {"original": "evaluate", "oracle": "retrain"}
+RULE = {"original": "evaluate", "oracle": "oracle"}
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_every_runs_metrics_equal_its_metrics_json_key_by_key(tracked):
     by_job = {}
     for r in runs:
         t = r.data.tags
-        if t["rule"] in ("evaluate", "retrain", "unlearn") and t["method"] != "all":
+        if t["rule"] in ("evaluate", "oracle", "unlearn") and t["method"] != "all":
             key = (t["dataset"], t["arch"], t["seed"], t["forget"], t["method"])
             assert key not in by_job, f"two runs for {key}"
             assert t["rule"] == RULE.get(t["method"], "unlearn"), (key, t["rule"])
@@ -175,3 +175,23 @@ def test_a_second_tracking_changes_nothing(tracked, tmp_path):
     again = track_results(tmp_path / "results", tracking_uri=summary["tracking_uri"],
                           experiment="t", out=tmp_path / "mlflow/tracked2.json")
     assert again["created"] == 0 and again["unchanged"] == again["runs"] == len(runs)
+
+
+def test_oracle_runs_logged_as_rule_retrain_are_replaced_not_duplicated(tracked, tmp_path):
+    """The oracle's rule was called ``retrain`` before issue 16: a store tracked then holds its
+    runs under job ``retrain/<group>/oracle``. Tracking again replaces each such run once."""
+    _, runs, client, summary = tracked
+    oracles = [r for r in runs if r.data.tags["method"] == "oracle"]
+    assert oracles and all(r.data.tags["rule"] == "oracle" for r in oracles)
+    for r in oracles:  # as the old version logged them (its digest covered rule=retrain)
+        old_job = r.data.tags["pbu.job"].replace("oracle/", "retrain/", 1)
+        for key, value in (("pbu.job", old_job), ("rule", "retrain"), ("pbu.digest", "old")):
+            client.set_tag(r.info.run_id, key, value)
+    again = track_results(tmp_path / "results", tracking_uri=summary["tracking_uri"],
+                          experiment="t", out=tmp_path / "mlflow/tracked2.json")
+    assert again["replaced"] == len(oracles) and again["created"] == len(oracles)
+    now = client.search_runs([summary["experiment_id"]], max_results=1000)
+    assert len(now) == len(runs)
+    assert sorted(r.data.tags["pbu.job"] for r in now if r.data.tags["method"] == "oracle") == \
+        sorted(r.data.tags["pbu.job"] for r in oracles)
+    assert all(r.data.tags["rule"] != "retrain" for r in now)

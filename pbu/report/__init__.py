@@ -7,7 +7,7 @@ Inputs (written by the aggregate step; read with :func:`read_runs`, :func:`read_
   in :data:`RUN_METRICS` (accuracies in %, MIA as fractions, times in seconds). Any metric column
   may be absent or NaN; what is missing is logged and listed in the report, never a crash.
 - ``history.csv``: the per-step trajectory of iterative methods (PBU first).
-- ``timings.csv`` (optional): measured method / retrain / pretrain times per epoch.
+- ``timings.csv`` (optional): measured method / oracle / pretrain times per epoch.
 
 Conventions used everywhere below:
 

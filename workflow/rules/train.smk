@@ -1,5 +1,6 @@
-# The original model, and the retrain oracle: a fresh model trained from scratch with the same
-# recipe on the retained classes only.
+# The original model, and the oracle: a fresh model trained from scratch with the same recipe on
+# the retained classes only (the paper's "retrain" baseline). The oracle shares pretrain's
+# resources: it is the same training on (K-1)/K of the data.
 
 
 rule pretrain:
@@ -31,7 +32,7 @@ rule pretrain:
         "2> {log}"
 
 
-rule retrain:
+rule oracle:
     input:
         data=results("data", "{dataset}.pt"),
         weights=weights_marker,
@@ -54,7 +55,7 @@ rule retrain:
     conda:
         CONDA_ENV
     shell:
-        "pbu pretrain --data {input.data} --arch {wildcards.arch} --seed {wildcards.seed} "
+        "pbu oracle --data {input.data} --arch {wildcards.arch} --seed {wildcards.seed} "
         "--forget {wildcards.forget} --weights {params.weights} --recipe {params.recipe:q} "
         "--device {params.device} --threads {threads} --quiet --out-model {output.model} "
         "--out-info {output.info} 2> {log}"

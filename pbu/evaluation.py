@@ -1,4 +1,4 @@
-"""Evaluate every model of one (dataset, arch, seed, forget class) against the retrain oracle.
+"""Evaluate every model of one (dataset, arch, seed, forget class) against the oracle.
 
 Each model's outputs are computed once per split (forget/retain x train/test) and every
 output-based metric reads them; only relearn time and the linear probe run a model again.
@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,17 +246,3 @@ def data_record(path: str | Path, train: ImageData, test: ImageData,
             "splits": {"train": len(train), "test": len(test), "forget_train": len(f_tr),
                        "retain_train": len(r_tr), "forget_test": len(f_te),
                        "retain_test": len(r_te)}}
-class _CallableModule(types.ModuleType):
-    """``pbu.evaluate`` is two things: this module and the public function ``pbu.evaluate(model,
-    forget_test, retain_test, ...)`` of :mod:`pbu.api`. Importing the module (``from
-    pbu.evaluate import evaluate_models``, the CLI, the fork server) makes Python bind the name
-    on the package to the module, which used to turn the documented call into "'module' object
-    is not callable". The module therefore forwards calls to the function."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        from pbu.api import evaluate
-
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
