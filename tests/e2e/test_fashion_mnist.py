@@ -88,7 +88,7 @@ def test_pipeline_end_to_end_on_fashion_mnist_subset(tmp_path):
     import csv
     import shutil
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     for item in ("Snakefile", "workflow", "config", "envs"):
         src = root / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)

@@ -21,7 +21,7 @@ from snakemake.utils import update_config
 from pbu.config import check_config
 from pbu.registry import get_spec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 PAPER = REPO / "config" / "paper"
 CONFIGS = sorted(PAPER.glob("*.yaml"))

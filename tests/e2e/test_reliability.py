@@ -3,7 +3,7 @@ localhost only, corrupt inputs.
 
 One real pipeline runs here, in stages that share its work (module-scoped fixtures):
 `snakemake --cores 2` on `.test/config.yaml` plus a small override (methods pbu and finetune), in a
-temporary copy of the repository (as tests/test_workflow.py does).
+temporary copy of the repository (as tests/e2e/test_workflow.py does).
 
 - ``crashed``: tracking goes to http://127.0.0.1:PORT, where nothing listens yet. The retrain
   oracle's `pbu pretrain --forget` process is SIGKILLed in its second epoch.
@@ -46,7 +46,7 @@ import yaml
 
 from pbu.checkpoint import load_checkpoint, load_tensors
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 OVERRIDE = "reliability.yaml"

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from snakemake.utils import update_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PIPELINE_TIMEOUT_S = 900  # measured 5.5-7.5 min on a 2-core machine shared with other work
 FAIL_TIMEOUT_S = 300
@@ -76,7 +76,7 @@ def repo_copy(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
     root.mkdir()
     for name in ("Snakefile", "workflow", "config", "profiles", "slurm", "envs", ".test",
-                 "tests/slurm_fail"):
+                 "tests/e2e/slurm_fail"):
         src = REPO / name
         if src.is_symlink():  # ./slurm -> profiles/slurm, so `--profile slurm` resolves
             (root / name).symlink_to(os.readlink(src))
@@ -194,7 +194,7 @@ def test_pipeline_runs_through_slurm(repo_copy: Path, tmp_path: Path):
 def test_failing_job_is_reported_not_waited_for(repo_copy: Path, tmp_path: Path):
     workdir = tmp_path / "fail"
     workdir.mkdir()
-    proc = run_snakemake(["--snakefile", str(repo_copy / "tests/slurm_fail/Snakefile"),
+    proc = run_snakemake(["--snakefile", str(repo_copy / "tests/e2e/slurm_fail/Snakefile"),
                           "--directory", str(workdir), *cluster_args()],
                          repo_copy, FAIL_TIMEOUT_S)
     out = proc.stdout + proc.stderr

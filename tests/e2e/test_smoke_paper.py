@@ -30,7 +30,7 @@ from snakemake.utils import update_config
 
 from pbu.registry import get_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NAMES = sorted(p.stem for p in (ROOT / "config" / "paper").glob("*.yaml"))
 
 SMOKE = os.environ.get("PBU_SMOKE") == "1"

@@ -11,7 +11,7 @@ import yaml
 import pbu
 from pbu.data import class_split
 
-CONFIG = yaml.safe_load((Path(__file__).parents[1] / "config/config.yaml").read_text())
+CONFIG = yaml.safe_load((Path(__file__).parents[2] / "config/config.yaml").read_text())
 
 
 def test_public_api_is_exposed():

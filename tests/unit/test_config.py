@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import yaml
 
 from pbu.config import ConfigError, check_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
 DEFAULT = yaml.safe_load((ROOT / "config/config.yaml").read_text())
 
@@ -60,21 +58,6 @@ def test_unwritable_results_refused(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="config key results: cannot write to .*file/results"):
         _check(lambda c: c.update(results=str(blocker / "results")), tmp_path)
-
-
-@pytest.mark.slow
-def test_snakemake_stops_before_any_job_with_one_line(tmp_path):
-    """The real snakemake refuses a bad config before it schedules anything."""
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"pretrain": {"lr": -1.0}, "results": str(tmp_path / "r")}))
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode != 0
-    out = proc.stdout + proc.stderr
-    assert "config key pretrain.lr: -1.0 is less than or equal to the minimum of 0" in out
-    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.pt"))
 
 
 def test_config_readme_documents_every_key():

@@ -34,7 +34,7 @@ requires_cuda = pytest.mark.skipif(
     not CUDA, reason="needs a CUDA device: `bash benchmarks/gpu_check.sh` on a GPU machine "
                      "(benchmarks/README.md, GPU check)")
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, requires_cuda])]
-CONFIG = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+CONFIG = yaml.safe_load((Path(__file__).parents[2] / "config" / "config.yaml").read_text())
 
 
 def _cifar_like(n: int, side: int = 32, seed: int = 0) -> TensorImages:

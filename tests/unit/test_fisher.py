@@ -24,7 +24,7 @@ from pbu.fisher.cotangents import sample_labels, true_cotangents
 from pbu.fisher.probe import ProbePlan
 from pbu.fisher.reference import brute_force
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bench_fisher  # noqa: E402  (nngeometry's diagonal cut per parameter, shared)
 
 BACKENDS = ("func", "probe")  # every model; "chain" only for chains (below)
@@ -355,7 +355,7 @@ def test_blocks_are_cache_sized_on_the_cpu_and_large_on_other_devices() -> None:
 @pytest.mark.parametrize("device, switched", [("cpu", False), ("cuda", True)])
 def test_tf32_is_off_while_the_fisher_runs_on_cuda_and_restored_after(device: str,
                                                                       switched: bool) -> None:
-    """Only the flags are touched, so this runs without a GPU; tests/test_cuda.py checks the
+    """Only the flags are touched, so this runs without a GPU; tests/unit/test_cuda.py checks the
     numbers on one with TF32 left on by the caller."""
     from pbu.fisher.settings import full_fp32
 

@@ -37,7 +37,8 @@ def test_oracle_is_the_model_folder_named_oracle():
 def test_known_paths_are_spelled_as_the_readme_says():
     assert layout.path("pretrain_model", "results", **WC) == \
         "results/mnist5k/small_cnn/seed3/pretrain/model.pt"
-    assert layout.path("tune", "r", **WC) == "r/mnist5k/small_cnn/seed3/forget7/tune/neggrad_plus.json"
+    assert layout.path("tune", "r", **WC) == \
+        "r/mnist5k/small_cnn/seed3/forget7/tune/neggrad_plus.json"
     assert layout.path("fisher", "r", **WC) == "r/mnist5k/small_cnn/seed3/forget7/fisher.pt"
     assert layout.path("runs_csv", "r") == "r/aggregate/runs.csv"
     assert layout.glob(layout.FILES["metrics"]) == "*/*/seed*/forget*/metrics.json"

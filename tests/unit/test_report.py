@@ -15,7 +15,7 @@ import pytest
 from pbu import report
 from pbu.report import figures as report_figures
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "config" / "paper" / "reference.csv"
 FORGETS = [1, 7]
 SEEDS = [0, 1, 2]

@@ -27,7 +27,7 @@ K = 4  # classes
 FORGET = 1
 N_PER_CLASS = 30
 RETAIN_SUBSET = 20
-CONFIG = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())["hparams"]
+CONFIG = yaml.safe_load((Path(__file__).parents[3] / "config" / "config.yaml").read_text())["hparams"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_each_method_gets_the_data_its_paper_uses_and_no_more(name, square_data,
 
 def test_readme_access_table_states_the_paper_access():
     """README's "Methods and the data they may see" table says the same as the literal table."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
     section = readme.split("## Methods and the data they may see", 1)[1].split("\n## ", 1)[0]
     rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", section, re.M))
     assert set(rows) == set(PAPER_ACCESS), sorted(set(rows) ^ set(PAPER_ACCESS))
