@@ -79,16 +79,16 @@ FILES: dict[str, str] = {
 }
 
 #: Every job by name: the stem its log (``logs/<stem>.log``) and Snakemake benchmark
-#: (``benchmarks/<stem>.tsv``) mirror.
+#: (``benchmarks/<stem>.tsv``) mirror. :func:`parse_job` tries them in this order.
 JOBS: dict[str, str] = {
     "download": "download/{dataset}",
     "weights": "weights/{arch}",
     "pretrain": SEED_DIR + "/pretrain",
     "oracle": GROUP_DIR + "/" + ORACLE,
     "fisher": GROUP_DIR + "/fisher",
-    "tune": GROUP_DIR + "/tune/{method}",
-    "unlearn": GROUP_DIR + "/{method}",
     "evaluate": GROUP_DIR + "/evaluate",
+    "tune": GROUP_DIR + "/tune/{method}",
+    "unlearn": GROUP_DIR + "/{method}",  # last of a group's jobs: any other name is a method
     "aggregate": "aggregate",
     "track": "track",
     "track_report": "track_report",
@@ -181,6 +181,10 @@ def _regex(template: str) -> str:
 
 
 _SUFFIX = {name: re.compile(r"(?:^|(?<=/))" + _regex(t) + "$") for name, t in FILES.items()}
+_JOB_SUFFIX = {
+    job: re.compile(r"(?:^|(?<=/))(?P<_folder>" + LOGS + "|" + BENCHMARKS + ")/" + _regex(stem)
+                    + r"\.(?P<_ext>log|tsv)$")
+    for job, stem in JOBS.items()}
 
 
 @dataclass(frozen=True)
@@ -228,3 +232,16 @@ def parse(p: str | os.PathLike, name: str | None = None) -> Found:
                 return Found(n, _typed(m.groupdict()), _root(text, m.start()))
     wanted = f"results/{FILES[name]}" if name else "a file of the results layout (pbu/layout.py)"
     raise LayoutError(f"{p}: not {wanted}")
+
+
+def parse_job(p: str | os.PathLike) -> Found:
+    """Which job a log (``logs/<stem>.log``) or benchmark (``benchmarks/<stem>.tsv``) file is
+    of: ``name`` is the job (a key of :data:`JOBS`), ``root`` the results folder."""
+    for text in _candidates(p):
+        for job, regex in _JOB_SUFFIX.items():
+            m = regex.search(text)
+            if m:
+                wildcards = {k: v for k, v in m.groupdict().items() if not k.startswith("_")}
+                return Found(job, _typed(wildcards), _root(text, m.start()))
+    raise LayoutError(f"{p}: not a job's results/{LOGS}/<job>.log or "
+                      f"results/{BENCHMARKS}/<job>.tsv (pbu/layout.py)")

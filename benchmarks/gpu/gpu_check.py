@@ -1,13 +1,13 @@
-"""Helpers of ``benchmarks/gpu_check.sh`` (one command for a session lent a GPU machine).
+"""Helpers of ``benchmarks/gpu/gpu_check.sh`` (one command for a session lent a GPU machine).
 
 Three subcommands, each usable alone:
 
-    python benchmarks/gpu_check.py env --device cuda --out env.json
+    python benchmarks/gpu/gpu_check.py env --device cuda --out env.json
         torch, CUDA and the device; whether the carried packages (nngeometry, mlxtend,
         jsonschema) import. Fails when one of them does not, or --device cuda finds no CUDA
         device.
 
-    python benchmarks/gpu_check.py rules --device cuda --work DIR --out rules.json
+    python benchmarks/gpu/gpu_check.py rules --device cuda --work DIR --out rules.json
         The pipeline's compute rules as the Snakefile runs them, one fresh ``pbu`` process each
         (``python -m pbu.cli``: snakemake is not needed), on mnist5k with config/config.yaml's
         settings: download, pretrain, retrain (the oracle), fisher, unlearn (``--methods``),
@@ -15,7 +15,7 @@ Three subcommands, each usable alone:
         a GPU, ``peak_gpu_mb`` (``torch.cuda.max_memory_allocated``, per process, so per job).
         The JSON holds the peak GPU memory per rule and PBU's own time over the oracle's.
 
-    python benchmarks/gpu_check.py summary --steps steps.tsv --out-dir OUT [--work DIR]
+    python benchmarks/gpu/gpu_check.py summary --steps steps.tsv --out-dir OUT [--work DIR]
         One ``gpu_check.json``: each step's status, time and limit, and the headline numbers
         the performance issue asks for, read from the step outputs in OUT (and the two Fisher
         runs in DIR, merged into OUT/bench_fisher.json).
@@ -35,7 +35,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
+from common import ROOT, child_env, read_json, write_json  # noqa: E402
+
 CONFIG = ROOT / "config" / "config.yaml"
 CARRIED = ("nngeometry", "mlxtend", "jsonschema")
 
@@ -86,7 +88,7 @@ def env(args: argparse.Namespace) -> int:
     for k, v in info.items():
         print(f"  {k}: {v}")
     if args.out:
-        Path(args.out).write_text(json.dumps(info, indent=2) + "\n")
+        write_json(args.out, info)
     return 0 if ok else 1
 
 
@@ -97,8 +99,7 @@ def env(args: argparse.Namespace) -> int:
 
 def _pbu(argv: list[str], log) -> tuple[int, float]:
     """One fresh ``pbu`` process (as a Snakemake job is); its stderr goes to ``log``."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env = child_env()
     env.pop("PBU_SERVER", None)  # a fresh process per job, as on SLURM (no fork server)
     cmd = [sys.executable, "-m", "pbu.cli", *argv]
     log.write(f"$ pbu {shlex.join(argv)}\n")
@@ -214,7 +215,7 @@ def rules(args: argparse.Namespace) -> int:
               "units": {"peak_gpu_mb": "MB, torch.cuda.max_memory_allocated of the job",
                         "time_s": "s, the job's own timed work",
                         "process_wall_s": "s, the whole process incl. start-up"}}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print("peak GPU MB per rule: " + ", ".join(
         f"{k} {_fmt(v.get('max_peak_gpu_mb'))}" for k, v in per_rule.items()))
     if ratio is not None:
@@ -227,20 +228,13 @@ def rules(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 
 
-def _load(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _merge_fisher(out_dir: Path, work: Path | None) -> dict[str, Any] | None:
     """The per-model bench_fisher runs (one process each, so one failing keeps the other)
     as one bench_fisher.json: the first run's header, every run's results."""
     parts = [p for p in sorted(work.glob("bench_fisher_*.json"))] if work else []
     merged: dict[str, Any] | None = None
     for p in parts:
-        rec = _load(p)
+        rec = read_json(p)
         if not isinstance(rec, dict):
             continue
         if merged is None:
@@ -248,8 +242,8 @@ def _merge_fisher(out_dir: Path, work: Path | None) -> dict[str, Any] | None:
             merged["results"] = []
         merged["results"] += rec.get("results", [])
     if merged is not None:
-        (out_dir / "bench_fisher.json").write_text(json.dumps(merged, indent=2) + "\n")
-    return merged if merged is not None else _load(out_dir / "bench_fisher.json")
+        write_json(out_dir / "bench_fisher.json", merged)
+    return merged if merged is not None else read_json(out_dir / "bench_fisher.json")
 
 
 def _pytest_counts(xml: Path) -> dict[str, int] | None:
@@ -270,8 +264,8 @@ def headline(out_dir: Path, work: Path | None, device: str = "cuda") -> dict[str
     """The numbers the performance issue asks for, each with where it came from (the ResNet-18
     target of 25,000 img/s is judged on CUDA only)."""
     h: dict[str, Any] = {}
-    bt = _load(out_dir / "bench_train.json")
-    comp = _load(out_dir / "bench_train_compile.json")
+    bt = read_json(out_dir / "bench_train.json")
+    comp = read_json(out_dir / "bench_train_compile.json")
     rows = []
     for rec in (bt, comp):
         if isinstance(rec, dict):
@@ -311,7 +305,7 @@ def headline(out_dir: Path, work: Path | None, device: str = "cuda") -> dict[str
             fish[r.get("model", "?")] = row
         h["fisher"] = fish
         h["fisher_device"] = bf.get("device_name")
-    bp = _load(out_dir / "bench_pipeline.json")
+    bp = read_json(out_dir / "bench_pipeline.json")
     if isinstance(bp, dict) and "summary" in bp:
         s = bp["summary"]
         h["pbu_over_oracle"] = {k: s.get(k) for k in (
@@ -322,7 +316,7 @@ def headline(out_dir: Path, work: Path | None, device: str = "cuda") -> dict[str
         h["pbu_over_oracle"].update(acc_forget_test=pbu.get("mean_acc_forget_test"),
                                     acc_retain_test=pbu.get("mean_acc_retain_test"))
         h["pbu_over_oracle"]["device"] = bp.get("settings", {}).get("device")
-    rules_rec = _load(out_dir / "rules.json")
+    rules_rec = read_json(out_dir / "rules.json")
     if isinstance(rules_rec, dict):
         h["peak_gpu_mb_per_rule"] = {k: v.get("max_peak_gpu_mb")
                                      for k, v in rules_rec.get("per_rule", {}).items()}
@@ -347,13 +341,13 @@ def summary(args: argparse.Namespace) -> int:
                 name, status, rc, seconds, limit = parts[:5]
                 steps.append({"step": name, "status": status, "rc": int(rc),
                               "seconds": float(seconds), "limit_s": float(limit)})
-    env_rec = _load(work / "env.json") if work else None
+    env_rec = read_json(work / "env.json") if work else None
     passed = bool(steps) and all(s["status"] in ("passed", "skipped") for s in steps)
     result = {"benchmark": "gpu_check", "device": args.device, "all_passed": passed,
               "finished": args.final, "steps": steps, "env": env_rec,
               "headline": headline(out_dir, work, args.device),
               "files": sorted(p.name for p in out_dir.iterdir() if p.is_file())}
-    (out_dir / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(out_dir / "gpu_check.json", result)
     if args.final:  # compact: the device's reply keeps only the output's last 12,000 chars
         print("steps: " + ", ".join(f"{s['step']} {s['status']} ({s['seconds']:.0f} s)"
                                     for s in steps))
@@ -401,7 +395,6 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--device", default="cuda")
     s.add_argument("--final", action="store_true", help="print the headline numbers")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     return {"env": env, "rules": rules, "summary": summary}[args.cmd](args)
 
 

@@ -2,17 +2,17 @@
 # Every GPU number of the performance issue in one command, for a session lent a GPU machine
 # (H100/H200, no internet, no snakemake/mlflow/mlxtend/nngeometry/jsonschema there).
 #
-# Here, on the developer machine (it has PyPI):   bash benchmarks/gpu_wheels.sh      (-> .whl/)
+# Here, on the developer machine (it has PyPI):   bash benchmarks/gpu/gpu_wheels.sh      (-> .whl/)
 # On the device (the `run` tool, carry [".whl"], timeout_s ~540, from the repository root):
-#                                                 bash benchmarks/gpu_check.sh
-# On a CPU machine, to test the script's logic:   GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh
+#                                                 bash benchmarks/gpu/gpu_check.sh
+# On a CPU machine, to test the script's logic:   GPU_CHECK_DEVICE=cpu bash benchmarks/gpu/gpu_check.sh
 #
 # Steps, in order of priority, each under its own `timeout` and all of them within
 # GPU_CHECK_BUDGET seconds (default 480 on CUDA: a step gets at most what is left); a failed or
 # timed-out step does not stop the next one:
 #
 #   env            nvidia-smi, torch, CUDA, the device; the carried packages import
-#   pytest         tests/test_cuda.py (the CUDA tests and their CPU twins)
+#   pytest         tests/unit/test_cuda.py (the CUDA tests and their CPU twins)
 #   train          bench_train.py: ResNet-18 (3x32x32) and the small CNN, img/s per variant
 #                  (fp32, channels_last, bf16, both, both with non-deterministic kernels)
 #   fisher_small   bench_fisher.py: small CNN trained on the mnist5k digits, ours vs nngeometry
@@ -35,7 +35,7 @@
 # on a CPU run too; by default only on CUDA), PYTHON (default python3).
 # Exit status 0 only when every step that was due passed.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 DEVICE="${GPU_CHECK_DEVICE:-cuda}"
 OUT_DIR="${OUT:-results/gpu}"
@@ -70,17 +70,17 @@ if compgen -G ".whl/*.whl" > /dev/null && { [ "$DEVICE" != cpu ] || [ "${GPU_CHE
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   fi
 else
-  [ "$DEVICE" != cpu ] && say "!! no .whl/ here: run 'bash benchmarks/gpu_wheels.sh' on the developer machine and carry .whl"
+  [ "$DEVICE" != cpu ] && say "!! no .whl/ here: run 'bash benchmarks/gpu/gpu_wheels.sh' on the developer machine and carry .whl"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
 summary() {  # rewrite gpu_check.json from what is there now (--final: print the headline too)
   if [ "${1:-}" = --final ]; then
-    "$PY" benchmarks/gpu_check.py summary --steps "$STEPS" --out-dir "$OUT_DIR" --work "$WORK" \
+    "$PY" benchmarks/gpu/gpu_check.py summary --steps "$STEPS" --out-dir "$OUT_DIR" --work "$WORK" \
       --device "$DEVICE" --final 2>&1 | tee -a "$LOG"
     [ "${PIPESTATUS[0]}" = 0 ] || say "!! summary failed"
   else
-    "$PY" benchmarks/gpu_check.py summary --steps "$STEPS" --out-dir "$OUT_DIR" --work "$WORK" \
+    "$PY" benchmarks/gpu/gpu_check.py summary --steps "$STEPS" --out-dir "$OUT_DIR" --work "$WORK" \
       --device "$DEVICE" >> "$LOG" 2>&1 || say "!! summary failed"
   fi
 }
@@ -123,12 +123,12 @@ skip_step() {  # NAME WHY
 BT=benchmarks/bench_train.py
 BF=benchmarks/bench_fisher.py
 BP=benchmarks/bench_pipeline.py
-GC=benchmarks/gpu_check.py
+GC=benchmarks/gpu/gpu_check.py
 
 if [ "$DEVICE" = cpu ]; then
   # Tiny settings: the logic, not the numbers.
   run_step env 60 "$PY" $GC env --device cpu --out "$WORK/env.json"
-  run_step pytest 180 "$PY" -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider \
+  run_step pytest 180 "$PY" -m pytest tests/unit/test_cuda.py -q -rs -p no:cacheprovider \
     --junitxml="$WORK/pytest.xml"
   run_step train 120 "$PY" $BT --device cpu --models resnet18,small_cnn --variants fp32,cl \
     --batch-size 4 --steps 2 --repeats 1 --threads 1 --out "$OUT_DIR/bench_train.json"
@@ -147,7 +147,7 @@ if [ "$DEVICE" = cpu ]; then
 else
   run_step env 60 bash -c 'nvidia-smi || echo "(no nvidia-smi)"; exec "$@"' _ \
     "$PY" $GC env --device "$DEVICE" --out "$WORK/env.json"
-  run_step pytest 120 "$PY" -m pytest tests/test_cuda.py -v -rs -p no:cacheprovider \
+  run_step pytest 120 "$PY" -m pytest tests/unit/test_cuda.py -v -rs -p no:cacheprovider \
     --junitxml="$WORK/pytest.xml"
   run_step train 150 "$PY" $BT --device "$DEVICE" --models resnet18,small_cnn \
     --variants fp32,cl,bf16,cl_bf16,cl_bf16_nondet --out "$OUT_DIR/bench_train.json"

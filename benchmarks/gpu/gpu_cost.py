@@ -28,13 +28,13 @@ process's resident set after it. Each job's estimate is summed over the jobs a c
 (the same counts as its ``snakemake -n``) into GPU-hours, and each rule's ``resources:`` is the
 largest job of the config times ``--safety``.
 
-    python benchmarks/gpu_cost.py measure --device cuda --out OUT/gpu_cost.json [--budget 420]
-    python benchmarks/gpu_cost.py report OUT/gpu_cost.json [MORE.json] --safety 2 [--out ...]
-    python benchmarks/gpu_cost.py apply OUT/resources.json        # rewrite config/paper/*.yaml
-    bash benchmarks/gpu_cost.sh                                   # measure + report, one call
+    python benchmarks/gpu/gpu_cost.py measure --device cuda --out OUT/gpu_cost.json [--budget 420]
+    python benchmarks/gpu/gpu_cost.py report OUT/gpu_cost.json [MORE.json] --safety 2 [--out ...]
+    python benchmarks/gpu/gpu_cost.py apply OUT/resources.json        # rewrite config/paper/*.yaml
+    bash benchmarks/gpu/gpu_cost.sh                                   # measure + report, one call
 
 ``measure --device cpu --tiny`` runs the same code at 16 px with config/smoke.yaml's method and
-evaluation settings: the logic and the bookkeeping, not the numbers (tests/test_gpu_cost.py).
+evaluation settings: the logic and the bookkeeping, not the numbers (tests/bench/test_gpu_cost.py).
 Not measured: JPEG decoding of the real Food-101 files (stand-in images are drawn on the GPU),
 ImageNet weights (the same architecture either way), and the CPU-side jobs (download,
 aggregate, track, report). Needs torch, torchvision, scikit-learn, pyyaml, psutil; no
@@ -47,7 +47,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import platform
 import re
 import subprocess
@@ -57,7 +56,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
+from common import ROOT, Clock, child_env, merge_config, read_config, write_json  # noqa: E402
+
 PAPER = ROOT / "config" / "paper"
 RULES = ("pretrain", "fisher", "unlearn", "evaluate", "tune")
 # Most costly first, so a run cut short by its budget has measured the risky pairs.
@@ -71,24 +72,16 @@ MIN_FORGET = 5  # the evaluation's 5-fold loss attack needs 5 forget images per 
 # ------------------------------------------------------------------------------------------
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_config(name: str, *, tiny: bool = False) -> dict[str, Any]:
     """config/config.yaml with config/paper/<name>.yaml merged over it; ``tiny`` also takes
     config/smoke.yaml's method, monitor and evaluation settings (CPU mode)."""
     import yaml
 
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg = _merge(cfg, yaml.safe_load((PAPER / f"{name}.yaml").read_text()))
+    cfg = read_config(PAPER / f"{name}.yaml")
     if tiny:
         smoke = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-        cfg = _merge(cfg, {k: smoke[k] for k in ("hparams", "monitor", "evaluation",
-                                                 "retain_subset") if k in smoke})
+        cfg = merge_config(cfg, {k: smoke[k] for k in ("hparams", "monitor", "evaluation",
+                                                       "retain_subset") if k in smoke})
     return cfg
 
 
@@ -115,33 +108,6 @@ def job_counts(cfg: dict[str, Any]) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------
 # measuring
 # ------------------------------------------------------------------------------------------
-
-
-class Clock:
-    """Wall time of a block, synchronised with the device at both ends, and its peak GPU
-    memory (MiB, torch.cuda.max_memory_allocated, reset at the start)."""
-
-    def __init__(self, device) -> None:
-        self.device = device
-        self.seconds = 0.0
-        self.peak_gpu_mb: float | None = None
-
-    def __enter__(self) -> Clock:
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_gpu_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        self.seconds = time.perf_counter() - self.t0
 
 
 def _rss_mb() -> float:
@@ -178,10 +144,8 @@ def startup_seconds(device: str) -> float:
     """A fresh process's Python + torch + pbu import and device start, as each job pays it."""
     code = ("import torch, pbu.cli, pbu.methods, pbu.evaluate, pbu.fisher; "
             f"torch.zeros(1, device={device!r}).sum().item()")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
+    subprocess.run([sys.executable, "-c", code], check=True, env=child_env(), cwd=ROOT)
     return time.perf_counter() - t0
 
 
@@ -460,12 +424,10 @@ def measure(args: argparse.Namespace) -> int:
             result["pairs"].append(pair)
             for stage, err in pair["errors"].items():
                 print(f"   !! {stage}: {err[:300]}", flush=True)
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+            write_json(args.out, result)
             print(f"   measured in {pair['measure_s']:.0f} s", flush=True)
     result["total_s"] = time.perf_counter() - t_start
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(args.out, result)
     return 0 if all(not p["errors"] for p in result["pairs"]) else 1
 
 
@@ -617,7 +579,7 @@ def report(args: argparse.Namespace) -> int:
            "configs": rows, "resources": resources,
            "not_measured": rec.get("not_measured", [])}
     if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        write_json(args.out, out)
     dev = out["device"]
     print(f"What replicating the paper costs, measured on {dev} ({out['date']}; stand-in data; "
           f"resources = measured x {args.safety}):\n")
@@ -690,7 +652,7 @@ def apply(args: argparse.Namespace) -> int:
     folder = Path(args.paper_dir)
     for name, res in rec["resources"].items():
         path = folder / f"{name}.yaml"
-        note = (f"Per job, one GPU. Measured by benchmarks/gpu_cost.py on {rec['device']} "
+        note = (f"Per job, one GPU. Measured by benchmarks/gpu/gpu_cost.py on {rec['device']} "
                 f"({rec['date']}, stand-in data,\n{rec['source']}) times a safety factor of "
                 f"{rec['safety']}; the GPU memory a job\nneeds is noted per rule. Raise them "
                 f"on slower GPUs.")
@@ -734,7 +696,6 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("resources")
     s.add_argument("--paper-dir", default=str(PAPER))
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     if args.cmd == "measure" and args.tiny:
         args.max_image_size = args.max_image_size or 16
         args.warmup_steps, args.train_steps = min(args.warmup_steps, 1), min(args.train_steps, 2)

@@ -18,10 +18,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
-sys.path.insert(0, str(BENCH))
+sys.path[:0] = [str(BENCH), str(BENCH / "gpu")]
 
 import bench_pipeline  # noqa: E402
 import bench_train  # noqa: E402
+import common  # noqa: E402
 import gpu_check  # noqa: E402
 
 
@@ -138,8 +139,10 @@ def test_bench_pipeline_side_by_side_tiny(tmp_path):
 
 
 def test_config_merge_is_nested_and_paper_config_is_picked():
-    merged = bench_pipeline._merge({"a": {"x": 1, "y": 2}, "b": 1}, {"a": {"y": 3}, "c": 4})
+    base = {"a": {"x": 1, "y": 2}, "b": 1}
+    merged = common.merge_config(base, {"a": {"y": 3}, "c": 4})
     assert merged == {"a": {"x": 1, "y": 3}, "b": 1, "c": 4}
+    assert base == {"a": {"x": 1, "y": 2}, "b": 1}  # a copy: the base config is untouched
     cfg, files = bench_pipeline.load_config([], "fashion_mnist")
     assert files[-1].endswith("config/paper/fashion_mnist.yaml")
     assert cfg["dataset"] == "fashion_mnist" and cfg["pretrain"]["batch_size"] == 128
@@ -276,7 +279,7 @@ def _gpu_check(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess,
     out = tmp_path / "gpu"
     full = {**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(out), "TMPDIR": str(tmp_path),
             "PYTHON": sys.executable, "GPU_CHECK_SITE": str(tmp_path / "site"), **env}
-    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh")], cwd=ROOT, env=full,
+    proc = subprocess.run(["bash", str(BENCH / "gpu" / "gpu_check.sh")], cwd=ROOT, env=full,
                           capture_output=True, text=True, timeout=600)
     return proc, json.loads((out / "gpu_check.json").read_text()), out
 

@@ -117,3 +117,22 @@ def test_importing_layout_loads_no_torch_pandas_or_mlflow(monkeypatch):
     fresh = importlib.import_module("pbu.layout")
     assert fresh is not layout and fresh.path("report", "r") == "r/report.md"
     assert not [m for m in sys.modules if m.split(".")[0] in HEAVY]
+
+
+@pytest.mark.parametrize("job", sorted(layout.JOBS))
+def test_every_jobs_log_and_benchmark_parse_back_to_the_job(job):
+    for path in (layout.log(job, "res", **WC), layout.benchmark(job, "/abs/res", **WC)):
+        found = layout.parse_job(path)
+        assert found.name == job, path
+        assert found.wildcards == {k: WC[k] for k in layout.placeholders(layout.JOBS[job])}
+        assert found.root in ("res", "/abs/res")
+
+
+def test_a_job_record_is_found_from_its_benchmark_file():
+    found = layout.parse_job(layout.benchmark("oracle", "res", **WC))
+    assert found.file("info", method=layout.ORACLE) == \
+        Path("res/mnist5k/small_cnn/seed3/forget7/oracle/info.json")
+    with pytest.raises(LayoutError, match="not a job's"):
+        layout.parse_job("res/benchmarks/mnist5k/small_cnn/seed3.tsv")
+    with pytest.raises(LayoutError, match="not a job's"):
+        layout.parse_job(layout.path("metrics", "res", **WC))
