@@ -14,7 +14,7 @@
 #
 # Without slurmdbd, `sacct` fails ("accounting storage is disabled"): snakemake's SLURM plugin
 # must then poll with `--slurm-status-command squeue`, which works because MinJobAge=3600 keeps
-# finished jobs visible to squeue for an hour. tests/test_slurm.py picks the right mode itself.
+# finished jobs visible to squeue for an hour. tests/e2e/test_slurm.py picks the right mode itself.
 set -euo pipefail
 
 ACTION=${1:-}
@@ -104,7 +104,7 @@ $accounting
 JobCompType=jobcomp/filetxt
 JobCompLoc=$LOGD/jobcomp.txt
 # Finished jobs stay visible to squeue/scontrol for an hour: --slurm-status-command squeue needs
-# them for a while (>= 120 s), and tests/test_slurm.py reads each job's request back afterwards.
+# them for a while (>= 120 s), and tests/e2e/test_slurm.py reads each job's request back afterwards.
 MinJobAge=3600
 KillWait=5
 InactiveLimit=0

@@ -34,24 +34,20 @@ machine disturbs less, this process's CPU time (process_time).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import statistics
-import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from common import Clock, write_json  # before pbu: puts this checkout on sys.path
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-
-from pbu.fisher import FisherSettings, fisher_diagonal  # noqa: E402
-from pbu.fisher.reference import float64_fisher  # noqa: E402
-from pbu.models import build_model  # noqa: E402
+from pbu.fisher import FisherSettings, fisher_diagonal
+from pbu.fisher.reference import float64_fisher
+from pbu.models import build_model
 
 log = logging.getLogger("bench_fisher")
 
@@ -111,7 +107,7 @@ def _nngeometry(model: nn.Module, loader: DataLoader, device: torch.device) -> d
 
 def nngeometry_per_parameter(model: nn.Module, flat: Tensor) -> dict[str, Tensor]:
     """nngeometry's flat diagonal cut per parameter by its own layer positions (also used by
-    tests/test_fisher.py)."""
+    tests/unit/test_fisher.py)."""
     from nngeometry.layercollection import LayerCollection
 
     lc = LayerCollection.from_model(model)
@@ -125,21 +121,6 @@ def nngeometry_per_parameter(model: nn.Module, flat: Tensor) -> dict[str, Tensor
                 out[f"{layer_id}.{attr}"] = flat[start:start + p.numel()].view_as(p)
                 start += p.numel()
     return out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], dict[str, Tensor]],
-           device: torch.device) -> tuple[float, float, Any]:
-    """Wall-clock seconds (perf_counter), CPU seconds of this process (process_time), result."""
-    _sync(device)
-    t0, c0 = time.perf_counter(), time.process_time()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - t0, time.process_time() - c0, out
 
 
 def _compare(test: dict[str, Tensor], ref: dict[str, Tensor]) -> dict[str, float | int]:
@@ -224,10 +205,11 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
     results: dict[str, dict[str, Tensor]] = {}
     for _ in range(args.repeats):  # interleaved, so a busy spell hits all methods alike
         for name, make in methods.items():
-            dt, ct, results[name] = _timed(make(loader), device)
-            times[name].append(dt)
-            cpu[name].append(ct)
-            log.info("%s %s: %.3fs wall, %.3fs cpu", arch, name, dt, ct)
+            with Clock(device) as clk:
+                results[name] = make(loader)()
+            times[name].append(clk.wall)
+            cpu[name].append(clk.cpu)
+            log.info("%s %s: %.3fs wall, %.3fs cpu", arch, name, clk.wall, clk.cpu)
     rows = {}
     for name, ts in times.items():
         sec, csec = statistics.median(ts), statistics.median(cpu[name])
@@ -369,9 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         _print(info, device)
         report["results"].append(info)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.out}")
+        print(f"wrote {write_json(args.out, report)}")
     return 0
 
 

@@ -43,7 +43,6 @@ import csv
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -51,8 +50,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout
+from common import ROOT, Clock, machine, read_config, write_json  # before pbu (sys.path)
+
+from pbu import layout
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 BASE_CONFIG = ROOT / "config" / "config.yaml"
@@ -64,32 +64,19 @@ PBU_TARGET = 0.05  # the issue's target: PBU end to end <= 5 % of retraining
 # ------------------------------------------------------------------------------------------
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Nested keys merge, as ``snakemake --configfile`` does."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_config(configfiles: list[str], dataset: str | None) -> tuple[dict[str, Any], list[str]]:
     """config/config.yaml with ``configfiles`` merged over it, validated by the project's schema.
 
     ``--dataset X`` without a config file merges ``config/paper/X.yaml`` when there is one (its
     recipe and hyperparameters are the ones the pipeline would use for X)."""
-    import yaml
-
     from pbu.config import check_config
 
-    files = [str(BASE_CONFIG)]
     if not configfiles and dataset:
         paper = ROOT / "config" / "paper" / f"{dataset}.yaml"
         if paper.exists():
             configfiles = [str(paper)]
-    files += configfiles
-    cfg: dict[str, Any] = {}
-    for f in files:
-        cfg = _merge(cfg, yaml.safe_load(Path(f).read_text()))
+    files = [str(BASE_CONFIG), *configfiles]
+    cfg = read_config(*configfiles)
     if dataset:
         cfg["dataset"] = dataset
     return check_config(cfg, SCHEMA, check_results=False), files
@@ -98,29 +85,6 @@ def load_config(configfiles: list[str], dataset: str | None) -> tuple[dict[str, 
 # ------------------------------------------------------------------------------------------
 # mode 1: side by side
 # ------------------------------------------------------------------------------------------
-
-
-class Timer:
-    """Wall clock and process CPU time of a block, CUDA-synchronised at both ends."""
-
-    def __init__(self, device: Any) -> None:
-        self.device = device
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.synchronize(self.device)
-
-    def __enter__(self) -> Timer:
-        self._sync()
-        self.t0, self.c0 = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._sync()
-        self.wall = time.perf_counter() - self.t0
-        self.cpu = time.process_time() - self.c0
 
 
 def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
@@ -188,7 +152,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
     for seed in seeds:
         seed_everything(seed)
         original = fresh_model()
-        with Timer(device) as t:
+        with Clock(device) as t:
             train_model(original, train, recipe, seed=seed, device=device, progress=False)
         acc = evaluate_accuracy(original, test.loader(1024, device=device))
         originals.append({"seed": seed, "wall_s": t.wall, "cpu_s": t.cpu, "test_acc": acc})
@@ -208,7 +172,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
             retain = train.subset(class_split(train.labels, c)[1])
             seed_everything(seed)
             oracle = fresh_model()
-            with Timer(device) as t:
+            with Clock(device) as t:
                 train_model(oracle, retain, recipe, seed=seed, device=device, progress=False)
             row["oracle"] = {"wall_s": t.wall, "cpu_s": t.cpu, **scores(oracle)}
             del oracle
@@ -216,7 +180,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
             forget_data = train.subset(class_split(train.labels, c)[0])
             loader = forget_data.loader(fisher_cfg["batch_size"], device=device)
             fmodel = as_loaded(original)
-            with Timer(device) as t:
+            with Clock(device) as t:
                 fisher = fisher_diagonal(fmodel, loader, kind=fisher_cfg["kind"],
                                          bn_mode=fisher_cfg["bn_mode"],
                                          mc_samples=fisher_cfg["mc_samples"],
@@ -230,7 +194,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
                                               fisher=fisher if mspec.needs_fisher else None)
                 model = as_loaded(original)
                 seed_everything(seed)
-                with Timer(device) as t:
+                with Clock(device) as t:
                     result, elapsed = methods.run(name, model, inputs, cfg["hparams"][name],
                                                   device=device, seed=seed)
                 info = {k: v for k, v in result.info.items()
@@ -259,7 +223,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
     summary = summarise(runs, selected)
     result = {
         "benchmark": "bench_pipeline", "mode": "side_by_side",
-        "machine": machine_info(device), "notes": notes,
+        "machine": machine(device), "notes": notes,
         "settings": {"dataset": cfg["dataset"], "arch": arch, "train_samples": len(train),
                      "full_train_samples": full_train, "seeds": seeds, "forget": forget,
                      "methods": selected, "recipe": recipe.to_dict(), "fisher": fisher_cfg,
@@ -336,30 +300,15 @@ def print_summary(summary: dict[str, Any]) -> None:
           f"{100 * summary['pbu_unlearn_over_oracle_cpu']:.2f} %")
 
 
-def machine_info(device: Any = None) -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                            "platform": platform.platform()}
-    try:
-        info["loadavg_1min"] = os.getloadavg()[0]
-    except OSError:
-        pass
-    if device is not None:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["device"] = str(device)
-        if device.type == "cuda":
-            info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 # ------------------------------------------------------------------------------------------
 # mode 2: a finished pipeline run
 # ------------------------------------------------------------------------------------------
 
-# benchmark file stem -> rule; anything else under a forget{c} folder is an unlearn job
-_RULES = {"pretrain": "pretrain", "oracle": "oracle", "fisher": "fisher",
-          "evaluate": "evaluate", "aggregate": "aggregate", "report": "report"}
+# job (pbu/layout.py; each job is named as its rule) -> the file in which it recorded its own
+# time_s
+RECORDS = {"pretrain": ("pretrain_info", {}), "oracle": ("info", {"method": layout.ORACLE}),
+           "fisher": ("fisher_info", {}), "unlearn": ("info", {}), "tune": ("tune", {}),
+           "evaluate": ("metrics", {})}
 
 
 def _num(text: str) -> float | None:
@@ -370,19 +319,22 @@ def _num(text: str) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _job_json(results: Path, rel: Path) -> Path:
-    """The file in which a job recorded its own time_s, from its benchmark file's path."""
-    stem, parent = rel.stem, rel.parent
-    if stem == "evaluate":
-        return results / parent / "metrics.json"
-    if stem == "fisher":
-        return results / parent / "fisher.json"
-    return results / parent / stem / "info.json"
+def _job_of(tsv: Path) -> tuple[str, str, Path | None]:
+    """(rule, job name, the file holding the job's own record) of a benchmark file: its place
+    in the results layout; an unlearn job is named by its method."""
+    try:
+        found = layout.parse_job(tsv)
+    except layout.LayoutError:  # not a file the pipeline writes: named by its stem, no record
+        return tsv.stem, tsv.stem, None
+    rule = found.name
+    name = found.wildcards["method"] if found.name == "unlearn" else rule
+    record = RECORDS.get(found.name)
+    return rule, name, found.file(record[0], **record[1]) if record else None
 
 
 def read_results(results: Path) -> dict[str, Any]:
     """Every benchmark file of a run, joined with the job's own record."""
-    bench = results / "benchmarks"
+    bench = results / layout.BENCHMARKS
     if not bench.is_dir():
         raise SystemExit(f"bench_pipeline: {bench} does not exist (no finished pipeline run)")
     server = fork_server_startup(results)
@@ -394,25 +346,22 @@ def read_results(results: Path) -> dict[str, Any]:
         if not rows:
             continue
         last = rows[-1]  # snakemake --benchmark-repeats writes one row per repeat
-        rule = _RULES.get(rel.stem)
-        if rule is None:
-            rule = "unlearn" if rel.parent.name.startswith("forget") else rel.stem
+        rule, name, own = _job_of(tsv)
         job: dict[str, Any] = {
-            "rule": rule, "name": rel.stem if rule == "unlearn" else rule,
+            "rule": rule, "name": name,
             "path": str(rel), "s": _num(last.get("s")), "cpu_time": _num(last.get("cpu_time")),
             "max_rss_mb": _num(last.get("max_rss")), "mean_load": _num(last.get("mean_load")),
             "end": tsv.stat().st_mtime,
         }
-        own = _job_json(results, rel)
-        if server and not own.exists():
+        if server and not (own and own.exists()):
             # served by a worker Snakemake cannot see, and no own record of CPU or memory
             job["cpu_time"] = job["max_rss_mb"] = None
-        if own.exists():
+        if own and own.exists():
             try:
                 rec = json.loads(own.read_text())
             except json.JSONDecodeError:
                 rec = {}
-            job["time_s"] = _num(rec.get("time_s"))
+            job["time_s"] = _num(rec.get("time_s", rec.get("total_time_s")))  # tune: total
             if rec.get("fork_server") and _num(rec.get("cpu_s")) is not None:
                 # A fork-server worker is not the benchmarked process's child: Snakemake saw
                 # only the thin `pbu` client, so add the CPU the worker measured itself.
@@ -470,7 +419,7 @@ def fork_server_startup(results: Path) -> dict[str, Any] | None:
     log (``results/logs/pbu-server.log``); None when the run did not use one."""
     import re
 
-    log = results / "logs" / "pbu-server.log"
+    log = Path(layout.log("server", results))
     if not log.exists():
         return None
     text = log.read_text(errors="replace")
@@ -649,6 +598,7 @@ def results_markdown(rep: dict[str, Any] | None, startup: dict[str, Any] | None,
 _CLI = "import pbu.cli as c; c.build_parser(); from pbu.checkpoint import CheckpointError; "
 COMMAND_IMPORTS = {
     "pretrain": _CLI + "import pbu.jobs.train",
+    "oracle": _CLI + "import pbu.jobs.train",
     "fisher": _CLI + "import pbu.jobs.fisher",
     "unlearn": _CLI + "import pbu.jobs.unlearn; pbu.jobs.unlearn.methods.get_method('pbu')",
     "evaluate": _CLI + "import pbu.jobs.evaluate",
@@ -751,7 +701,7 @@ def startup_vs_jobs(st: dict[str, Any], rep: dict[str, Any]) -> dict[str, dict[s
     """Start-up (a fresh interpreter + the command's imports) as a fraction of the rule's mean
     job, in wall time and in CPU time."""
     out: dict[str, dict[str, float]] = {}
-    cmd_of_rule = {"pretrain": "pretrain", "oracle": "pretrain", "fisher": "fisher",
+    cmd_of_rule = {"pretrain": "pretrain", "oracle": "oracle", "fisher": "fisher",
                    "unlearn": "unlearn", "evaluate": "evaluate", "aggregate": "aggregate",
                    "report": "report"}
     for rule, a in rep["per_rule"].items():
@@ -834,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("  start-up / mean job (wall, CPU): " + ", ".join(
                     f"{r} {100 * v['wall']:.0f} %, {100 * v.get('cpu', math.nan):.0f} %"
                     for r, v in share.items()))
-        result["machine"] = machine_info()
+        result["machine"] = machine()
         if args.out_md:
             Path(args.out_md).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out_md).write_text(results_markdown(rep, st, share))
@@ -846,9 +796,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out_md).write_text(side_by_side_markdown(result))
             print(f"wrote {args.out_md}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
-        print(f"wrote {args.out}")
+        print(f"wrote {write_json(args.out, result)}")
     return 0
 
 

@@ -47,25 +47,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import logging
-import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from common import Clock, machine, median_rate, sync, write_json  # before pbu (sys.path)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-
-import pbu.train  # noqa: E402
-from pbu.data import DATASETS, TensorImages  # noqa: E402
-from pbu.models import build_model, count_parameters  # noqa: E402
-from pbu.train import TrainRecipe, make_optimizer, train_model  # noqa: E402
+import pbu.train
+from pbu.data import DATASETS, TensorImages
+from pbu.models import build_model, count_parameters
+from pbu.train import TrainRecipe, make_optimizer, train_model
 
 log = logging.getLogger("bench_train")
 
@@ -114,11 +109,6 @@ def random_images(model: str, n: int, seed: int) -> TensorImages:
     return TensorImages(spec, images, torch.arange(n) % spec.num_classes)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @contextlib.contextmanager
 def nondeterministic() -> Any:
     """Make ``train_model``'s ``seed_everything`` leave deterministic kernels off and turn
@@ -155,7 +145,7 @@ def time_train_model(model_name: str, variant: str, data: TensorImages, args: ar
     cpu_stamps: list[float] = []
 
     def on_epoch(epoch: int, row: dict[str, float]) -> None:
-        _sync(device)  # row["loss"] already came from a host read; be explicit anyway
+        sync(device)  # row["loss"] already came from a host read; be explicit anyway
         stamps.append(time.perf_counter())
         cpu_stamps.append(time.process_time())
 
@@ -163,7 +153,7 @@ def time_train_model(model_name: str, variant: str, data: TensorImages, args: ar
     model = build_model(model_name, **MODELS[model_name][1])
     deterministic = VARIANTS[variant][3]
     ctx = contextlib.nullcontext() if deterministic else nondeterministic()
-    _sync(device)
+    sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     with ctx:
         history = train_model(model, data, recipe, seed=args.seed, device=device,
@@ -181,7 +171,7 @@ def time_train_model(model_name: str, variant: str, data: TensorImages, args: ar
         "images_per_s_all": ips, "step_ms": 1000 * statistics.median(timed) / args.steps,
         "warmup_s": per_epoch[0], "final_loss": history[-1]["loss"],
         # process CPU seconds: on a shared CPU the steadier measure (see the module docstring)
-        "images_per_cpu_s": statistics.median(imgs / max(t, 1e-9) for t in cpu_per_epoch[1:]),
+        "images_per_cpu_s": median_rate(imgs, cpu_per_epoch[1:]),
     }
     if device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -197,20 +187,17 @@ def time_loader_only(model_name: str, data: TensorImages, args: argparse.Namespa
                          augment=not args.no_augment, device=device, drop_last=True)
     for _ in loader:  # warm-up epoch
         pass
-    times, cpu = [], []
+    clocks = []
     for _ in range(args.repeats):
-        _sync(device)
-        t0, c0 = time.perf_counter(), time.process_time()
-        for x, _y in loader:
-            pass
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
+        with Clock(device) as clk:
+            for _batch in loader:
+                pass
+        clocks.append(clk)
     n = len(loader) * args.batch_size
     return {"model": model_name, "variant": "loader_only", "what": "loader",
             "batch_size": args.batch_size, "steps": len(loader),
-            "images_per_s": statistics.median(n / t for t in times),
-            "images_per_cpu_s": statistics.median(n / max(t, 1e-9) for t in cpu)}
+            "images_per_s": median_rate(n, (c.wall for c in clocks)),
+            "images_per_cpu_s": median_rate(n, (c.cpu for c in clocks))}
 
 
 def time_fixed_batch(model_name: str, variant: str, data: TensorImages,
@@ -238,33 +225,17 @@ def time_fixed_batch(model_name: str, variant: str, data: TensorImages,
 
     for _ in range(min(args.steps, 3)):  # warm-up
         step()
-    times, cpu = [], []
+    clocks = []
     for _ in range(args.repeats):
-        _sync(device)
-        t0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(args.steps):
-            step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
+        with Clock(device) as clk:
+            for _ in range(args.steps):
+                step()
+        clocks.append(clk)
     n = args.steps * args.batch_size
     return {"model": model_name, "variant": f"{variant}_fixed_batch", "what": "fixed_batch",
             "batch_size": args.batch_size, "steps": args.steps,
-            "images_per_s": statistics.median(n / t for t in times),
-            "images_per_cpu_s": statistics.median(n / max(t, 1e-9) for t in cpu)}
-
-
-def machine(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
-                            "cpu": platform.processor() or platform.machine(),
-                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                            "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        with contextlib.suppress(OSError):
-            info["loadavg_1min"] = os.getloadavg()[0]
-    return info
+            "images_per_s": median_rate(n, (c.wall for c in clocks)),
+            "images_per_cpu_s": median_rate(n, (c.cpu for c in clocks))}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -399,9 +370,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  {model_name}: best {s['best_variant']} {s['best_images_per_s']:.0f} img/s; "
                   f"target {args.target:.0f}: {'MET' if s['target_met'] else 'NOT met'}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        print(f"wrote {write_json(args.out, result)}")
     return result
 
 

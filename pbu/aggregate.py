@@ -1,12 +1,8 @@
 """Collect the per-job result files into three tables (CSV) for reports and tracking.
 
-Layout read (one directory level per wildcard)::
-
-    {results}/{dataset}/{arch}/seed{seed}/pretrain/info.json         the original model
-    {results}/{dataset}/{arch}/seed{seed}/forget{c}/oracle/info.json the retrain oracle
-    {results}/{dataset}/{arch}/seed{seed}/forget{c}/fisher.json      the forget-set Fisher
-    {results}/{dataset}/{arch}/seed{seed}/forget{c}/{method}/info.json, history.json
-    {results}/{dataset}/{arch}/seed{seed}/forget{c}/metrics.json     evaluation of all models
+Read, per group (:mod:`pbu.layout` says where each file lives): ``metrics.json`` (every model
+of the group, evaluated), the original model's ``pretrain/info.json``, the oracle's and each
+method's ``info.json`` and ``history.json``, ``fisher.json`` and the tuning records.
 
 Written: ``runs.csv`` (one row per dataset/arch/seed/forget/method), ``history.csv`` (per-step
 trajectories) and ``timings.csv`` (wall time of every compute job, including Fisher).
@@ -25,27 +21,22 @@ import csv
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
+from pbu import layout
 from pbu.io import atomic_write
 from pbu.registry import METHODS_NEEDING_FISHER
 
 log = logging.getLogger(__name__)
 
-GROUP_RE = re.compile(r"(?P<dataset>[^/]+)/(?P<arch>[^/]+)/seed(?P<seed>\d+)/forget(?P<forget>\d+)$")
 KEYS = ("dataset", "arch", "seed", "forget", "method")
+METRICS_GLOB = layout.glob(layout.FILES["metrics"])  # */*/seed*/forget*/metrics.json
 
 
-def parse_group(path: Path) -> dict[str, Any]:
-    """Wildcards of a ``.../{dataset}/{arch}/seed{s}/forget{c}`` folder."""
-    m = GROUP_RE.search(Path(path).resolve().as_posix())
-    if not m:
-        raise ValueError(f"{path}: not a results/{{dataset}}/{{arch}}/seed{{s}}/forget{{c}} folder")
-    d = m.groupdict()
-    return {"dataset": d["dataset"], "arch": d["arch"], "seed": int(d["seed"]),
-            "forget": int(d["forget"])}
+def parse_group(path: str | os.PathLike) -> dict[str, Any]:
+    """Wildcards of a ``.../{dataset}/{arch}/seed{s}/forget{c}`` folder (seed, forget as ints)."""
+    return layout.parse(path, "group_dir").wildcards
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -104,13 +95,19 @@ def total_time(method: str, info: dict[str, Any], fisher: dict[str, Any],
     return out
 
 
-def tune_record(group: Path, method: str, info: dict[str, Any]) -> dict[str, Any] | None:
+def tune_file(group: layout.Found, method: str, hparams_from: dict[str, Any]) -> Path:
+    """The tuning record an unlearn job used: the pipeline's place for it, else the recorded
+    path."""
+    canonical = group.file("tune", method=method)
+    return canonical if canonical.exists() else Path(str(hparams_from.get("file")))
+
+
+def tune_record(group: layout.Found, method: str, info: dict[str, Any]) -> dict[str, Any] | None:
     """The tuning record an unlearn job took its hyperparameters from, if any."""
     src = info.get("hparams_from")
     if not src:
         return None
-    canonical = group / "tune" / f"{method}.json"
-    return _read(canonical) or _read(Path(str(src.get("file")))) or {}
+    return _read(group.file("tune", method=method)) or _read(Path(str(src.get("file")))) or {}
 
 
 def collect(results: str | os.PathLike | None, metrics_files: list[str] | None = None,
@@ -125,16 +122,16 @@ def collect(results: str | os.PathLike | None, metrics_files: list[str] | None =
     timings: list[dict] = []
     seen_pretrain: set[Path] = set()
     for mfile in files:
-        group = mfile.parent
-        key = parse_group(group)
+        group = layout.parse(mfile.parent, "group_dir")
+        key = group.wildcards
         ev = json.loads(mfile.read_text())
-        pre_dir = group.parent / "pretrain"
-        pre = _read(pre_dir / "info.json") or {}
-        if pre_dir not in seen_pretrain and pre:
-            seen_pretrain.add(pre_dir)
+        pre_file = group.file("pretrain_info")
+        pre = _read(pre_file) or {}
+        if pre_file not in seen_pretrain and pre:
+            seen_pretrain.add(pre_file)
             timings.append(_timing({k: key[k] for k in ("dataset", "arch", "seed")} |
                                    {"forget": None}, "pretrain", pre))
-        fisher = _read(group / "fisher.json") or {}
+        fisher = _read(group.file("fisher_info")) or {}
         if fisher:
             timings.append(_timing(key, "fisher", fisher))
         for method, metrics in ev["metrics"].items():
@@ -144,7 +141,7 @@ def collect(results: str | os.PathLike | None, metrics_files: list[str] | None =
                 row["data_access"] = "-"
                 total = total_time(method, info, fisher, None)
             else:
-                info = _read(group / method / "info.json") or {}
+                info = _read(group.file("info", method=method)) or {}
                 row["data_access"] = info.get("data_access", "-")
                 total = total_time(method, info, fisher, tune_record(group, method, info))
                 timings.append(_timing(key, method, info, total))
@@ -158,7 +155,7 @@ def collect(results: str | os.PathLike | None, metrics_files: list[str] | None =
                 if k in stop:
                     row[k] = stop[k]
             runs.append(row)
-            hist = _read(group / method / "history.json")
+            hist = _read(group.file("history", method=method))
             for h in (hist or {}).get("history", []):
                 history.append({**key, "method": method, **h})
     return runs, history, timings
@@ -171,7 +168,7 @@ def find_metrics(results: str | os.PathLike | None,
         return [Path(f) for f in metrics_files]
     if results is None:
         raise ValueError("give metrics files or a results folder")
-    return sorted(Path(results).glob("*/*/seed*/forget*/metrics.json"))
+    return sorted(Path(results).glob(METRICS_GLOB))
 
 
 def aggregate(results: str | os.PathLike | None, out_dir: str | os.PathLike,
@@ -179,10 +176,10 @@ def aggregate(results: str | os.PathLike | None, out_dir: str | os.PathLike,
     """Write runs.csv, history.csv and timings.csv into ``out_dir``."""
     runs, history, timings = collect(results, metrics_files)
     if not runs:
-        raise FileNotFoundError(f"no */*/seed*/forget*/metrics.json under {results}")
-    out = Path(out_dir)
-    paths = {"runs": out / "runs.csv", "history": out / "history.csv",
-             "timings": out / "timings.csv"}
+        raise FileNotFoundError(f"no {METRICS_GLOB} under {results}")
+    # out_dir is the layout's aggregate/ folder in the pipeline; the file names are the layout's
+    paths = {k: Path(out_dir) / Path(layout.FILES[f"{k}_csv"]).name
+             for k in ("runs", "history", "timings")}
     _write_csv(paths["runs"], runs)
     _write_csv(paths["history"], history or [{k: None for k in KEYS}])
     _write_csv(paths["timings"], timings)

@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pbu import layout
 from pbu.io import write_json
 
 log = logging.getLogger(__name__)
@@ -153,32 +154,32 @@ def _model_metrics(method: str, metrics: dict[str, Any], info: dict[str, Any],
 
 def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
     """Turn result files into the runs to log (parents before children)."""
-    from pbu.aggregate import tune_record, parse_group
+    from pbu.aggregate import tune_file, tune_record
 
     jobs: list[_Job] = []
     pretrain_done: set[Path] = set()
     for mfile in metrics_files:
-        group = mfile.parent
-        key = parse_group(group)
+        group = layout.parse(mfile.parent, "group_dir")
+        key = group.wildcards
         base = {k: str(v) for k, v in key.items()}
-        gid = f"{key['dataset']}/{key['arch']}/seed{key['seed']}/forget{key['forget']}"
+        gid = layout.path("group_dir", **key)  # a job's identity: its place in the layout
         ev = json.loads(mfile.read_text())
         data = ev.get("data")
-        pre_dir = group.parent / "pretrain"
-        pre = _read(pre_dir / "info.json")
-        if pre is not None and pre_dir not in pretrain_done:
-            pretrain_done.add(pre_dir)
+        pre_info = group.file("pretrain_info")
+        pre = _read(pre_info)
+        if pre is not None and pre_info not in pretrain_done:
+            pretrain_done.add(pre_info)
             tags = {k: base[k] for k in ("dataset", "arch", "seed")} | {
                 "rule": "pretrain", "method": "original", "forget": "none"}
-            j = _Job(f"pretrain/{key['dataset']}/{key['arch']}/seed{key['seed']}",
+            j = _Job(f"pretrain/{layout.path('seed_dir', **key)}",
                      f"pretrain seed{key['seed']}", tags)
             j.params = _flatten({"recipe": pre.get("recipe", {}), "weights": pre.get("weights")})
             j.metrics = {k: pre[k] for k in ("time_s", "eval_time_s", "time_per_epoch_s",
                                               "final_test_acc", "parameters", "peak_rss_mb",
                                               "peak_gpu_mb") if _finite(pre.get(k))}
             j.add_history(pre.get("history", []), "epoch")
-            j.artifacts = [pre_dir / "info.json"]
-            j.tags["pbu.checkpoint"] = str((pre_dir / "model.pt").resolve())
+            j.artifacts = [pre_info]
+            j.tags["pbu.checkpoint"] = str(group.file("pretrain_model").resolve())
             j.span_from(pre)
             j.dataset, j.dataset_context = data, "train (all classes)"
             jobs.append(j)
@@ -190,7 +191,7 @@ def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
         parent.span_from(ev)
         parent.dataset, parent.dataset_context = data, "evaluation (all splits)"
         jobs.append(parent)
-        fisher = _read(group / "fisher.json")
+        fisher = _read(group.file("fisher_info"))
         if fisher is not None:
             j = _Job(f"fisher/{gid}", "fisher", base | {"rule": "fisher", "method": "pbu"},
                      parent.job)
@@ -198,15 +199,17 @@ def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
             j.metrics = {k: fisher[k] for k in ("time_s", "images_per_s", "trace", "samples",
                                                  "peak_rss_mb", "peak_gpu_mb")
                          if _finite(fisher.get(k))}
-            j.artifacts = [group / "fisher.json"]
+            j.artifacts = [group.file("fisher_info")]
             j.span_from(fisher)
             j.dataset, j.dataset_context = data, "forget_train"
             jobs.append(j)
         for method, metrics in ev["metrics"].items():
-            mdir = group / method
+            info_file = group.file("info", method=method)
+            hist_file = group.file("history", method=method)
+            model_file = group.file("model", method=method)
             rule = {"original": "evaluate", "oracle": "oracle"}.get(method, "unlearn")
             # The original model's row: its time and span are those of the job that made it.
-            info = (pre or {}) if method == "original" else (_read(mdir / "info.json") or {})
+            info = (pre or {}) if method == "original" else (_read(info_file) or {})
             tune = None if method in ("original", "oracle") else tune_record(group, method, info)
             j = _Job(f"{rule}/{gid}/{method}", method, base | {"rule": rule, "method": method},
                      parent.job)
@@ -220,32 +223,26 @@ def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
             else:
                 j.params = _flatten({"hparams": info.get("hparams", {})})
                 j.tags["data_access"] = str(info.get("data_access"))
-                hist = _read(mdir / "history.json") or {}
+                hist = _read(hist_file) or {}
                 j.add_history(hist.get("history", []), "step")
-                if (mdir / "history.json").exists():
-                    j.artifacts.append(mdir / "history.json")
+                if hist_file.exists():
+                    j.artifacts.append(hist_file)
                 j.dataset_context = str(info.get("data_access") or "unknown")
             j.metrics = _model_metrics(method, metrics, info, fisher or {}, tune)
             stop = info.get("info") or {}
             if _finite(stop.get("stop_step")):
                 j.metrics["stop_step"] = float(stop["stop_step"])
-            if method != "original" and (mdir / "info.json").exists():
-                j.artifacts.append(mdir / "info.json")
-            if (mdir / "model.pt").exists():
-                j.tags["pbu.checkpoint"] = str((mdir / "model.pt").resolve())
+            if method != "original" and info_file.exists():
+                j.artifacts.append(info_file)
+            if model_file.exists():
+                j.tags["pbu.checkpoint"] = str(model_file.resolve())
             j.span_from(info)
             j.dataset = data
             jobs.append(j)
             if info.get("hparams_from") and method not in ("original", "oracle"):
-                jobs += plan_tune_jobs(_tune_file(group, method, info["hparams_from"]),
+                jobs += plan_tune_jobs(tune_file(group, method, info["hparams_from"]),
                                        base | {"method": method}, f"{gid}/{method}", parent.job)
     return jobs
-
-
-def _tune_file(group: Path, method: str, hparams_from: dict[str, Any]) -> Path:
-    """The tune record an unlearn job used: the pipeline's place for it, else the recorded path."""
-    canonical = group / "tune" / f"{method}.json"
-    return canonical if canonical.exists() else Path(str(hparams_from.get("file")))
 
 
 def plan_tune_jobs(path: Path, tags: dict[str, str], jid: str, parent: str | None) -> list[_Job]:

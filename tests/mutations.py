@@ -60,7 +60,8 @@ def _m(name: str, path: str, old: str, new: str, tests: str | tuple[str, ...], w
 
 
 PBU = "pbu/methods/pbu.py"
-T_PBU, T_METHODS, T_METRICS = "tests/test_pbu.py", "tests/test_methods.py", "tests/test_metrics.py"
+T_PBU, T_METHODS = "tests/unit/methods/test_pbu.py", "tests/unit/methods/test_methods.py"
+T_METRICS = "tests/unit/test_metrics.py"
 
 MUTATIONS: list[Mutation] = [
     # --- the five of issue 17 (the suite used to pass with each of them) -------------------
@@ -69,7 +70,7 @@ MUTATIONS: list[Mutation] = [
        T_PBU, "PBU's training loop uses a zero Fisher instead of the one it is given"),
     _m("evaluate-mia-members-swapped", "pbu/evaluation.py",
        "M.mia_entropy_svc(rtr, rte, ftr,", "M.mia_entropy_svc(rte, rtr, ftr,",
-       "tests/test_evaluate.py", "the MIA's members and non-members are swapped"),
+       "tests/unit/test_evaluate.py", "the MIA's members and non-members are swapped"),
     _m("salun-access-full-train", "pbu/methods/salun.py",
        '@register("salun", access=FORGET_AND_RETAIN_SUBSET,',
        '@register("salun", access=FULL_TRAIN,',
@@ -81,11 +82,11 @@ MUTATIONS: list[Mutation] = [
        "out = {k: float(v) for k, v in metrics.items() if _finite(v)}",
        "out = {k: float(v) for k, v in metrics.items() if _finite(v) "
        "and not k.startswith('mia_')}",
-       "tests/test_tracking.py", "MLflow logging silently drops every mia_* metric"),
+       "tests/unit/test_tracking.py", "MLflow logging silently drops every mia_* metric"),
     _m("atomic-write-in-place", "pbu/io.py",
        'fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)\n'
        "    os.close(fd)", "tmp = str(path)",
-       "tests/test_io.py", "atomic_write writes under the final name"),
+       "tests/unit/test_io.py", "atomic_write writes under the final name"),
     # --- the harness ------------------------------------------------------------------------
     _m("monitor-time-counted", "pbu/methods/__init__.py",
        "elapsed = time.perf_counter() - t0 - spent_monitoring",
@@ -141,13 +142,13 @@ MUTATIONS: list[Mutation] = [
        "NegGrad records the step before the one where it stopped"),
     _m("tune-feasible-above", "pbu/tune.py",
        'metrics["acc_forget_val"] <= threshold', 'metrics["acc_forget_val"] >= threshold',
-       "tests/test_tune.py::test_blind_scores_are_what_they_claim",
+       "tests/unit/test_tune.py::test_blind_scores_are_what_they_claim",
        "the tuner calls a trial feasible when it did NOT forget"),
     # --- the splits -------------------------------------------------------------------------
     _m("class-split-retain-has-forget", "pbu/data.py",
        "torch.nonzero(~is_forget).flatten()", "torch.arange(len(labels))",
        (f"{T_METHODS}::test_inputs_hold_exactly_the_declared_data_as_copies",
-        "tests/test_data.py"), "the retain split includes the forget class"),
+        "tests/unit/test_data.py"), "the retain split includes the forget class"),
     _m("random-subset-one-short", "pbu/data.py",
        "torch.randperm(n, generator=g)[: min(k, n)]",
        "torch.randperm(n, generator=g)[: min(k, n) - 1]",
@@ -156,11 +157,11 @@ MUTATIONS: list[Mutation] = [
     _m("stratified-subset-one-short", "pbu/data.py",
        "torch.randperm(len(idx), generator=g)[:k]",
        "torch.randperm(len(idx), generator=g)[:k - 1]",
-       "tests/test_data.py", "a stratified sample holds one image fewer per class"),
+       "tests/unit/test_data.py", "a stratified sample holds one image fewer per class"),
     # --- the metrics ------------------------------------------------------------------------
     _m("accuracy-counts-errors", "pbu/metrics.py",
        "100.0 * (logits.argmax(1) == labels)", "100.0 * (logits.argmax(1) != labels)",
-       (f"{T_METRICS}::test_accuracy_from_hand_made_logits", "tests/test_evaluate.py"),
+       (f"{T_METRICS}::test_accuracy_from_hand_made_logits", "tests/unit/test_evaluate.py"),
        "accuracy counts the wrong predictions"),
     _m("js-without-half", "pbu/metrics.py",
        "(0.5 * (kl_pm + kl_qm)).clamp(0.0, LN2)", "(kl_pm + kl_qm).clamp(0.0, LN2)",
@@ -185,30 +186,30 @@ MUTATIONS: list[Mutation] = [
     _m("aggregate-fisher-time-subtracted", "pbu/aggregate.py",
        "total = None if any(p is None for p in parts) else sum(parts)",
        "total = None if any(p is None for p in parts) else parts[0] - sum(parts[1:])",
-       "tests/test_aggregate.py", "PBU's time with its Fisher subtracts the Fisher's time"),
+       "tests/unit/test_aggregate.py", "PBU's time with its Fisher subtracts the Fisher's time"),
     _m("aggregate-metrics-of-original", "pbu/aggregate.py",
        "row.update(metrics)", 'row.update(ev["metrics"]["original"])',
-       "tests/test_aggregate.py", "every runs.csv row holds the original model's metrics"),
+       "tests/unit/test_aggregate.py", "every runs.csv row holds the original model's metrics"),
     _m("report-std-population", "pbu/report/stats.py",
        "float(v.std(ddof=1))", "float(v.std(ddof=0))",
-       "tests/test_report.py", "mean ± std uses the population std over seeds"),
+       "tests/unit/test_report.py", "mean ± std uses the population std over seeds"),
     _m("report-rank-farthest-first", "pbu/report/stats.py",
        '["_nojs", "js_to_oracle", "acc_gap_to_oracle", "_o"], na_position="last"',
        '["_nojs", "js_to_oracle", "acc_gap_to_oracle", "_o"], na_position="last", '
        'ascending=False',
-       "tests/test_report.py", "the ranking puts the method farthest from the oracle first"),
+       "tests/unit/test_report.py", "the ranking puts the method farthest from the oracle first"),
     _m("report-gap-signed", "pbu/report/stats.py",
        "runs[gap] = (runs[col] - runs[ref]).abs()", "runs[gap] = runs[col] - runs[ref]",
-       "tests/test_report.py", "the accuracy gap to the oracle is signed, so errors cancel"),
+       "tests/unit/test_report.py", "the accuracy gap to the oracle is signed, so errors cancel"),
     # --- the jobs (which data reaches each stage) -------------------------------------------
     _m("oracle-trains-on-forget-class", "pbu/jobs/train.py",
        "train = train.subset(class_split(train.labels, forget)[1])", "train = train",
-       "tests/test_jobs.py::test_pretrain_and_oracle_records",
+       "tests/unit/test_jobs.py::test_pretrain_and_oracle_records",
        "the oracle is trained on the forget class too"),
     _m("fisher-job-on-retain-data", "pbu/jobs/fisher.py",
        "forget_data = train.subset(class_split(train.labels, forget)[0])",
        "forget_data = train.subset(class_split(train.labels, forget)[1])",
-       "tests/test_jobs.py::test_fisher_is_the_forget_class_fisher",
+       "tests/unit/test_jobs.py::test_fisher_is_the_forget_class_fisher",
        "the Fisher job computes the Fisher on the retained classes"),
 ]
 

@@ -1,9 +1,9 @@
 """Slow, independent references for checking ``fisher_diagonal``; not for production use.
 
 - :func:`float64_fisher`: our Fisher on a float64 copy of the model and data, the judge of
-  float32 results (ours and nngeometry's) in benchmarks/bench_fisher.py and tests/test_cuda.py;
+  float32 results (ours and nngeometry's) in benchmarks/bench_fisher.py and tests/unit/test_cuda.py;
 - :func:`brute_force`: plain ``torch.autograd.grad`` looped over samples and classes, sharing no
-  code with the backends, which tests/test_fisher.py compares every backend against.
+  code with the backends, which tests/unit/test_fisher.py compares every backend against.
 """
 
 from __future__ import annotations

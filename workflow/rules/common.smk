@@ -3,46 +3,37 @@ import json
 import os
 import shlex
 
+from pbu import layout
 from pbu.config import check_config
 from pbu.registry import METHODS_NEEDING_FISHER
 
 CONFIG = check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 R = CONFIG["results"]
 CONDA_ENV = "../../envs/pbu.yaml"
-SEED_PARTS = ("{dataset}", "{arch}", "seed{seed}")
-GROUP_PARTS = (*SEED_PARTS, "forget{forget}")
 
 
-def results(*parts):
-    """A path under the results folder."""
-    return os.path.join(R, *parts)
+# Every path comes from pbu/layout.py (the one description of the results folder, read by
+# aggregate and tracking too); a wildcard not given stays a Snakemake wildcard.
+def path(name, **wildcards):
+    """A file of the results layout under config results, e.g. path("model", method="oracle")."""
+    return layout.path(name, R, **wildcards)
 
 
-def seed_path(*parts):
-    """results/{dataset}/{arch}/seed{seed}/..."""
-    return results(*SEED_PARTS, *parts)
+def log_path(job):
+    """A job's log: results/logs/ mirrors the results paths."""
+    return layout.log(job, R)
 
 
-def group_path(*parts):
-    """results/{dataset}/{arch}/seed{seed}/forget{forget}/..."""
-    return results(*GROUP_PARTS, *parts)
-
-
-def log_path(*parts):
-    """Logs mirror the results paths under results/logs."""
-    return results("logs", *parts)
-
-
-def bench_path(*parts):
-    """Benchmarks mirror the results paths under results/benchmarks."""
-    return results("benchmarks", *parts)
+def bench_path(job):
+    """A job's Snakemake benchmark: results/benchmarks/ mirrors the results paths."""
+    return layout.benchmark(job, R)
 
 
 wildcard_constraints:
-    dataset="[a-z0-9_]+",
-    arch="[a-z0-9_]+",
-    seed=r"\d+",
-    forget=r"\d+",
+    dataset=layout.WILDCARDS["dataset"],
+    arch=layout.WILDCARDS["arch"],
+    seed=layout.WILDCARDS["seed"],
+    forget=layout.WILDCARDS["forget"],
     method="|".join(sorted(CONFIG["hparams"])),
 
 
@@ -56,10 +47,10 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def group_dirs():
-    """Every results/{dataset}/{arch}/seed{seed}/forget{forget} folder of this config."""
+def metrics_files():
+    """The metrics.json of every (dataset, arch, seed, forget) group of this config."""
     return expand(
-        group_path(),
+        path("metrics"),
         dataset=CONFIG["dataset"],
         arch=CONFIG["archs"],
         seed=CONFIG["seeds"],
@@ -67,19 +58,15 @@ def group_dirs():
     )
 
 
-def metrics_files():
-    return [os.path.join(d, "metrics.json") for d in group_dirs()]
-
-
 def unlearn_inputs(wildcards):
     inputs = {
-        "data": results("data", f"{wildcards.dataset}.pt"),
-        "model": seed_path("pretrain", "model.pt").format(**wildcards),
+        "data": path("data", **wildcards),
+        "model": path("pretrain_model", **wildcards),
     }
     if wildcards.method in METHODS_NEEDING_FISHER:
-        inputs["fisher"] = group_path("fisher.pt").format(**wildcards)
+        inputs["fisher"] = path("fisher", **wildcards)
     if is_tuned(wildcards.method):
-        inputs["tune"] = tune_path(wildcards.method).format(**wildcards)
+        inputs["tune"] = path("tune", **wildcards)
     return inputs
 
 
@@ -90,11 +77,6 @@ def fisher_arg(wildcards, input):
 def is_tuned(method):
     """Whether blind tuning (config tuning:) chooses this method's hyperparameters."""
     return CONFIG["tuning"]["enabled"] and method in CONFIG["tuning"]["methods"]
-
-
-def tune_path(method="{method}"):
-    """results/{dataset}/{arch}/seed{seed}/forget{forget}/tune/{method}.json"""
-    return group_path("tune", f"{method}.json")
 
 
 def tuned_arg(wildcards, input):
@@ -111,12 +93,12 @@ def fisher_settings_arg(wildcards):
 
 def evaluate_inputs(wildcards):
     inputs = {
-        "data": results("data", f"{wildcards.dataset}.pt"),
-        "original": seed_path("pretrain", "model.pt").format(**wildcards),
-        "oracle": group_path("oracle", "model.pt").format(**wildcards),
+        "data": path("data", **wildcards),
+        "original": path("pretrain_model", **wildcards),
+        "oracle": path("model", **wildcards, method=layout.ORACLE),
     }
     for m in CONFIG["methods"]:
-        inputs[m] = group_path(m, "model.pt").format(**wildcards)
+        inputs[m] = path("model", **wildcards, method=m)
     return inputs
 
 
@@ -154,7 +136,7 @@ def download_args():
 
 def weights_marker(wildcards):
     if CONFIG["model"]["weights"] == "imagenet":
-        return [results("weights", f"{wildcards.arch}.done")]
+        return [path("weights", arch=wildcards.arch)]
     return []
 
 
@@ -174,7 +156,7 @@ def report_settings():
 
 
 def final_targets():
-    return [results("report.md"), results("mlflow", "tracked_report.json")]
+    return [path("report"), path("tracked_report")]
 
 
 def parent_dir(key):
@@ -202,7 +184,7 @@ def start_fork_server():
         return  # in their own environment, not in a fork of Snakemake's
     from pbu import forkserver
 
-    path, pid = forkserver.start(log_path("pbu-server.log"), watch_pid=os.getpid())
+    path, pid = forkserver.start(log_path("server"), watch_pid=os.getpid())
     os.environ[forkserver.ENV_VAR] = path
     _SERVER.update(path=path, pid=pid)
 

@@ -6,9 +6,9 @@ localrules:
 
 rule download:
     output:
-        results("data", "{dataset}.pt"),
+        path("data"),
     log:
-        log_path("download", "{dataset}.log"),
+        log_path("download"),
     params:
         options=download_args(),
     conda:
@@ -19,9 +19,9 @@ rule download:
 
 rule weights:
     output:
-        results("weights", "{arch}.done"),
+        path("weights"),
     log:
-        log_path("weights", "{arch}.log"),
+        log_path("weights"),
     conda:
         CONDA_ENV
     shell:

@@ -6,11 +6,11 @@ rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        group_path("metrics.json"),
+        path("metrics"),
     log:
-        log_path(*GROUP_PARTS, "evaluate.log"),
+        log_path("evaluate"),
     benchmark:
-        bench_path(*GROUP_PARTS, "evaluate.tsv")
+        bench_path("evaluate")
     params:
         models=model_args,
         settings=as_json(CONFIG["evaluation"]),
@@ -33,13 +33,13 @@ rule aggregate:
     input:
         metrics_files(),
     output:
-        runs=results("aggregate", "runs.csv"),
-        history=results("aggregate", "history.csv"),
-        timings=results("aggregate", "timings.csv"),
+        runs=path("runs_csv"),
+        history=path("history_csv"),
+        timings=path("timings_csv"),
     log:
-        log_path("aggregate.log"),
+        log_path("aggregate"),
     benchmark:
-        bench_path("aggregate.tsv")
+        bench_path("aggregate")
     params:
         out_dir=parent_dir("runs"),
     threads: 1

@@ -3,29 +3,29 @@
 
 rule report:
     input:
-        runs=results("aggregate", "runs.csv"),
-        history=results("aggregate", "history.csv"),
-        timings=results("aggregate", "timings.csv"),
+        runs=path("runs_csv"),
+        history=path("history_csv"),
+        timings=path("timings_csv"),
         reference="config/paper/reference.csv",
-        tracked=results("mlflow", "tracked.json"),
+        tracked=path("tracked"),
     output:
-        report=results("report.md"),
+        report=path("report"),
         tables=report(
-            directory(results("tables")),
+            directory(path("tables")),
             patterns=["{name}.md"],
             caption="../report/tables.rst",
             category="Tables",
         ),
         figures=report(
-            directory(results("figures")),
+            directory(path("figures")),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Figures",
         ),
     log:
-        log_path("report.log"),
+        log_path("report"),
     benchmark:
-        bench_path("report.tsv")
+        bench_path("report")
     params:
         aggregate=parent_dir("runs"),
         out_dir=parent_dir("report"),

@@ -8,11 +8,11 @@ localrules:
 rule track:
     input:
         metrics=metrics_files(),
-        runs=results("aggregate", "runs.csv"),
+        runs=path("runs_csv"),
     output:
-        results("mlflow", "tracked.json"),
+        path("tracked"),
     log:
-        log_path("track.log"),
+        log_path("track"),
     params:
         uri=CONFIG["mlflow"]["tracking_uri"],
         experiment=CONFIG["mlflow"]["experiment"],
@@ -26,14 +26,14 @@ rule track:
 rule track_report:
     input:
         metrics=metrics_files(),
-        tracked=results("mlflow", "tracked.json"),
-        report=results("report.md"),
-        tables=results("tables"),
-        figures=results("figures"),
+        tracked=path("tracked"),
+        report=path("report"),
+        tables=path("tables"),
+        figures=path("figures"),
     output:
-        results("mlflow", "tracked_report.json"),
+        path("tracked_report"),
     log:
-        log_path("track_report.log"),
+        log_path("track_report"),
     params:
         uri=CONFIG["mlflow"]["tracking_uri"],
         experiment=CONFIG["mlflow"]["experiment"],

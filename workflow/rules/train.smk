@@ -5,15 +5,15 @@
 
 rule pretrain:
     input:
-        data=results("data", "{dataset}.pt"),
+        data=path("data"),
         weights=weights_marker,
     output:
-        model=seed_path("pretrain", "model.pt"),
-        info=seed_path("pretrain", "info.json"),
+        model=path("pretrain_model"),
+        info=path("pretrain_info"),
     log:
-        log_path(*SEED_PARTS, "pretrain.log"),
+        log_path("pretrain"),
     benchmark:
-        bench_path(*SEED_PARTS, "pretrain.tsv")
+        bench_path("pretrain")
     params:
         recipe=as_json(CONFIG["pretrain"]),
         weights=CONFIG["model"]["weights"],
@@ -34,15 +34,15 @@ rule pretrain:
 
 rule oracle:
     input:
-        data=results("data", "{dataset}.pt"),
+        data=path("data"),
         weights=weights_marker,
     output:
-        model=group_path("oracle", "model.pt"),
-        info=group_path("oracle", "info.json"),
+        model=path("model", method=layout.ORACLE),
+        info=path("info", method=layout.ORACLE),
     log:
-        log_path(*GROUP_PARTS, "oracle.log"),
+        log_path("oracle"),
     benchmark:
-        bench_path(*GROUP_PARTS, "oracle.tsv")
+        bench_path("oracle")
     params:
         recipe=as_json(CONFIG["pretrain"]),
         weights=CONFIG["model"]["weights"],

@@ -4,14 +4,14 @@
 
 rule tune:
     input:
-        data=results("data", "{dataset}.pt"),
-        model=seed_path("pretrain", "model.pt"),
+        data=path("data"),
+        model=path("pretrain_model"),
     output:
-        tune_path(),
+        path("tune"),
     log:
-        log_path(*GROUP_PARTS, "tune", "{method}.log"),
+        log_path("tune"),
     benchmark:
-        bench_path(*GROUP_PARTS, "tune", "{method}.tsv")
+        bench_path("tune")
     params:
         hparams=lambda wildcards: as_json(CONFIG["hparams"][wildcards.method]),
         space=lambda wildcards: as_json(CONFIG["tuning"]["space"][wildcards.method]),

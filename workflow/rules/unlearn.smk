@@ -3,15 +3,15 @@
 
 rule fisher:
     input:
-        data=results("data", "{dataset}.pt"),
-        model=seed_path("pretrain", "model.pt"),
+        data=path("data"),
+        model=path("pretrain_model"),
     output:
-        fisher=group_path("fisher.pt"),
-        info=group_path("fisher.json"),
+        fisher=path("fisher"),
+        info=path("fisher_info"),
     log:
-        log_path(*GROUP_PARTS, "fisher.log"),
+        log_path("fisher"),
     benchmark:
-        bench_path(*GROUP_PARTS, "fisher.tsv")
+        bench_path("fisher")
     params:
         kind=CONFIG["fisher"]["kind"],
         bn_mode=CONFIG["fisher"]["bn_mode"],
@@ -38,13 +38,13 @@ rule unlearn:
     input:
         unpack(unlearn_inputs),
     output:
-        model=group_path("{method}", "model.pt"),
-        history=group_path("{method}", "history.json"),
-        info=group_path("{method}", "info.json"),
+        model=path("model"),
+        history=path("history"),
+        info=path("info"),
     log:
-        log_path(*GROUP_PARTS, "{method}.log"),
+        log_path("unlearn"),
     benchmark:
-        bench_path(*GROUP_PARTS, "{method}.tsv")
+        bench_path("unlearn")
     params:
         hparams=lambda wildcards: as_json(CONFIG["hparams"][wildcards.method]),
         fisher=fisher_arg,

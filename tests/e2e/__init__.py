@@ -1,0 +1,1 @@
+"""End-to-end tests: the real snakemake, pbu CLI processes, SLURM, the MLflow UI (all slow)."""

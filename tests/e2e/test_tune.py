@@ -1,0 +1,83 @@
+"""Blind tuning in the pipeline, end to end: tune jobs, the unlearn jobs that use their choice,
+and the tune and trial runs in MLflow."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------------------------------
+# The pipeline, end to end
+# ------------------------------------------------------------------------------------------
+
+E2E = """
+experiment: tune-e2e
+results: res
+seeds: [0]
+forget: [2]
+methods: [neggrad, neggrad_plus]
+pretrain: {epochs: 1}
+monitor: {methods: []}
+evaluation: {relearn: false, probe: false, mia_max_samples: 100}
+tuning:
+  enabled: true
+  methods: [neggrad, neggrad_plus]
+  budget: 2
+  space:
+    neggrad: {lr: [1.0e-3, 3.0e-3]}
+    neggrad_plus: {alpha: [0.9, 0.98]}
+mlflow: {tracking_uri: "sqlite:///res/mlflow/mlflow.db", experiment: pbu-tune-e2e}
+"""
+
+
+@pytest.mark.slow
+def test_pipeline_tunes_uses_the_choice_and_tracks_it(tmp_path):
+    for item in ("Snakefile", "workflow", "config", "envs"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
+    (tmp_path / "tune.yaml").write_text(E2E)
+    cmd = [sys.executable, "-m", "snakemake", "res/mlflow/tracked.json", "--cores", "2",
+           "--configfile", "tune.yaml"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    group = tmp_path / "res/mnist5k/small_cnn/seed0/forget2"
+    for m in ("neggrad", "neggrad_plus"):
+        rec = json.loads((group / "tune" / f"{m}.json").read_text())
+        assert len(rec["trials"]) == 2 and rec["budget"] == 2 and rec["forget"] == 2
+        info = json.loads((group / m / "info.json").read_text())
+        assert info["hparams"] == rec["chosen"]["hparams"]
+        assert info["hparams_from"]["file"].endswith(f"tune/{m}.json")
+    assert (tmp_path / "res/logs/mnist5k/small_cnn/seed0/forget2/tune/neggrad.log").exists()
+    assert (tmp_path / "res/benchmarks/mnist5k/small_cnn/seed0/forget2/tune/neggrad.tsv").exists()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/res/mlflow/mlflow.db")
+    exp = client.get_experiment_by_name("pbu-tune-e2e")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    tune = {r.data.tags["method"]: r for r in runs if r.data.tags["rule"] == "tune"}
+    assert set(tune) == {"neggrad", "neggrad_plus"}
+    for m, run in tune.items():
+        assert run.data.tags["forget"] == "2" and run.data.tags["seed"] == "0"
+        assert run.data.params["budget"] == "2"
+        trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+        assert len(trials) == 2 and {r.data.tags["rule"] for r in trials} == {"tune_trial"}
+        rec = json.loads((group / "tune" / f"{m}.json").read_text())
+        for r in trials:
+            t = rec["trials"][int(r.data.tags["trial"])]
+            assert math.isclose(r.data.metrics["score"], t["score"])
+            assert r.data.params["hparams.lr"] == str(t["hparams"]["lr"])
+    n = len(runs)
+    again = subprocess.run(cmd + ["--forcerun", "track"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(client.search_runs([exp.experiment_id], max_results=1000)) == n

@@ -1,0 +1,1 @@
+"""Unit tests of pbu/methods/: the harness and baselines, and PBU itself."""

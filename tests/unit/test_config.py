@@ -1,0 +1,79 @@
+"""Config validation: every bad key or value is stopped with one line naming it."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pbu.config import ConfigError, check_config
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+DEFAULT = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+
+
+def _check(mutate, tmp_path):
+    c = copy.deepcopy(DEFAULT)
+    c["results"] = str(tmp_path / "results")
+    mutate(c)
+    return check_config(c, SCHEMA)
+
+
+def test_default_config_is_valid(tmp_path):
+    c = _check(lambda c: None, tmp_path)
+    assert c["forget"] == [2, 6, 8] and c["dataset"] == "mnist5k"
+
+
+def test_forget_all_expands_to_every_class(tmp_path):
+    c = _check(lambda c: c.update(dataset="cifar100", forget="all"), tmp_path)
+    assert c["forget"] == list(range(100))
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda c: c.update(bogus=1), r"config key <top level>:.*'bogus' was unexpected"),
+    (lambda c: c["pretrain"].update(lr=-0.1), r"config key pretrain\.lr: -0\.1"),
+    (lambda c: c["pretrain"].update(epochs="5"), r"config key pretrain\.epochs: '5' is not of type"),
+    (lambda c: c.update(forget=[10]), r"config key forget: class 10 is out of range for mnist5k; allowed 0\.\.9"),
+    (lambda c: c.update(methods=["pbu", "magic"]), r"config key methods\.1: 'magic' is not one of"),
+    (lambda c: c.update(archs=["vgg"]), r"config key archs\.0: 'vgg' is not one of"),
+    (lambda c: c.update(dataset="imagenet"), r"config key dataset: 'imagenet' is not one of"),
+    (lambda c: c["hparams"]["pbu"].pop("gamma"), r"config key hparams\.pbu: 'gamma' is a required"),
+    (lambda c: c["hparams"]["pbu"].update(gama=1), r"config key hparams\.pbu:.*'gama' was unexpected"),
+    (lambda c: c["hparams"]["pbu"].update(stop_rule="never"), r"hparams\.pbu\.stop_rule: 'never'"),
+    (lambda c: c["mlflow"].update(tracking_uri="mysql://x"), r"config key mlflow\.tracking_uri"),
+    (lambda c: c["model"].update(weights="imagenet"), r"config key model\.weights: imagenet"),
+    (lambda c: c["data"].update(max_image_size=32), r"config key data\.max_image_size"),
+])
+def test_bad_values_name_the_key(tmp_path, mutate, match):
+    with pytest.raises(ConfigError, match=match):
+        _check(mutate, tmp_path)
+
+
+def test_unwritable_results_refused(tmp_path):
+    """A results path under a regular file can never be created, even by root."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="config key results: cannot write to .*file/results"):
+        _check(lambda c: c.update(results=str(blocker / "results")), tmp_path)
+
+
+def test_config_readme_documents_every_key():
+    from pbu.config import schema_markdown
+
+    expected = schema_markdown(SCHEMA, DEFAULT)
+    assert (ROOT / "config/README.md").read_text() == expected, \
+        "config/README.md is stale: run `python -m pbu.config > config/README.md`"
+    schema = yaml.safe_load(SCHEMA.read_text())
+
+    def keys(node, prefix=""):
+        for k, sub in node.get("properties", {}).items():
+            assert sub.get("description"), f"schema key {prefix}{k} has no description"
+            yield f"{prefix}{k}"
+            yield from keys(sub, f"{prefix}{k}.")
+
+    text = (ROOT / "config/README.md").read_text()
+    for k in keys(schema):
+        assert f"`{k}`" in text

@@ -1,0 +1,357 @@
+"""Blind tuning (pbu.tune): validation only from the data a method may see, the Fisher without
+validation images, equal budgets, the documented choice rule, the CLI and the pipeline."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from pbu import methods
+from pbu.checkpoint import save_checkpoint
+from pbu.cli import main
+from pbu.data import TensorImages, save_prepared
+from pbu.tune import (carve_validation, grid, plan_trials, rank_trials, score_trial, space_size,
+                      split_inputs, tune_method)
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+HP = CONFIG["hparams"]
+K, FORGET, N_PER_CLASS, RETAIN_SUBSET, FRACTION = 4, 1, 30, 40, 0.2
+FISHER = {"kind": "true", "bn_mode": "eval", "mc_samples": 1, "chunk_size": 16, "batch_size": 32}
+MODEL_ARGS = {"num_classes": K, "in_channels": 1, "image_size": 28, "width": 4, "hidden": 16}
+
+
+@pytest.fixture(scope="module")
+def data(square_images) -> TensorImages:
+    return square_images(K, N_PER_CLASS)
+
+
+@pytest.fixture(scope="module")
+def trained(data, square_cnn) -> nn.Module:
+    return square_cnn(data, K)
+
+
+def _rows(images: torch.Tensor) -> set[bytes]:
+    return {bytes(im.flatten().tolist()) for im in images}
+
+
+def _tune(name: str, data, model, space, budget, **kw):
+    kw.setdefault("threshold", 5.0)
+    return tune_method(name, copy.deepcopy(model), data, FORGET, K, base_hparams=HP[name],
+                       space=space, budget=budget, val_fraction=FRACTION,
+                       retain_subset=RETAIN_SUBSET, seed=0, fisher_settings=FISHER, **kw)
+
+
+# ------------------------------------------------------------------------------------------
+# The split
+# ------------------------------------------------------------------------------------------
+
+
+def test_carve_validation_is_a_stratified_disjoint_partition():
+    labels = torch.tensor([0] * 10 + [1] * 5 + [2] * 1 + [3] * 2)
+    fit, val = carve_validation(labels, 0.2, seed=3)
+    assert set(fit.tolist()).isdisjoint(val.tolist())
+    assert sorted(fit.tolist() + val.tolist()) == list(range(len(labels)))
+    per_class = {c: int((labels[val] == c).sum()) for c in range(4)}
+    # round(0.2 n), at least 1 and at most n - 1 per class; a single sample stays in fit
+    assert per_class == {0: round(0.2 * 10), 1: 1, 2: 0, 3: 1}
+    again = carve_validation(labels, 0.2, seed=3)
+    assert torch.equal(again[1], val)
+    assert any(not torch.equal(carve_validation(labels, 0.2, seed=s)[1], val) for s in range(4, 9))
+
+
+@pytest.mark.parametrize("name", ["neggrad", "finetune", "neggrad_plus", "ssd"])
+def test_split_comes_only_from_what_the_method_received(name, data):
+    spec = methods.get_method(name)
+    inputs = methods.build_inputs(spec, data, FORGET, K, retain_subset=RETAIN_SUBSET, seed=0,
+                                  fisher={} if spec.needs_fisher else None)
+    split = split_inputs(inputs, FRACTION, seed=0)
+    for part, given, fit, val in (("forget", inputs.forget, split.fit.forget, split.forget_val),
+                                  ("retain", inputs.retain, split.fit.retain, split.retain_val)):
+        if given is None:  # nothing undeclared appears
+            assert fit is None and val is None and f"{part}_val" not in split.sizes
+            continue
+        fit_rows, val_rows = _rows(fit.images), _rows(val.images)
+        assert fit_rows.isdisjoint(val_rows) and val_rows
+        assert fit_rows | val_rows == _rows(given.images)
+        assert len(fit) + len(val) == len(given) == split.sizes[f"{part}_fit"] + len(val)
+    if inputs.retain is not None:
+        assert FORGET not in split.retain_val.labels.tolist()
+        assert FORGET not in split.fit.retain.labels.tolist()
+    assert split.fit.fisher is None  # computed later, from the fit part only
+
+
+class _Spy:
+    """Records the labels of every TensorImages subset and every batch any loader yields."""
+
+    def __init__(self, monkeypatch):
+        self.subset_labels: list[torch.Tensor] = []
+        self.batch_labels: list[torch.Tensor] = []
+        subset, loader = TensorImages.subset, TensorImages.loader
+        spy = self
+
+        def spy_subset(self_, idx):
+            out = subset(self_, idx)
+            spy.subset_labels.append(out.labels.clone())
+            return out
+
+        def spy_loader(self_, *a, **k):
+            inner = loader(self_, *a, **k)
+
+            class Wrapped:
+                def __len__(self):
+                    return len(inner)
+
+                def __getattr__(self, n):
+                    return getattr(inner, n)
+
+                def __iter__(self):
+                    for x, y in inner:
+                        spy.batch_labels.append(y.clone())
+                        yield x, y
+
+            return Wrapped()
+
+        monkeypatch.setattr(TensorImages, "subset", spy_subset)
+        monkeypatch.setattr(TensorImages, "loader", spy_loader)
+
+
+def test_forget_only_tuner_never_touches_retained_images(data, trained, monkeypatch):
+    spy = _Spy(monkeypatch)
+    rec = _tune("neggrad", data, trained, {"lr": [1e-3, 3e-3]}, 2)
+    assert len(rec["trials"]) == 2 and spy.batch_labels and spy.subset_labels
+    seen = torch.cat(spy.batch_labels + spy.subset_labels)
+    assert set(seen.tolist()) == {FORGET}  # no retained image was copied or batched
+    assert set(rec["split"]) == {"forget_fit", "forget_val"}
+
+
+def test_retain_only_tuner_never_touches_forget_images(data, trained, monkeypatch):
+    spy = _Spy(monkeypatch)
+    rec = _tune("finetune", data, trained, {"lr": [1e-3, 1e-2]}, 2)
+    seen = torch.cat(spy.batch_labels + spy.subset_labels)
+    assert FORGET not in seen.tolist() and len(seen) > 0
+    assert rec["rule"]["forgetting_checked"] is False
+    assert all("acc_forget_val" not in t["metrics"] for t in rec["trials"])
+
+
+def test_fisher_is_computed_on_forget_fit_without_validation_images(data, trained, monkeypatch):
+    import pbu.fisher
+
+    seen: list[torch.Tensor] = []
+    real = pbu.fisher.fisher_diagonal
+
+    def spy(model, loader, *a, **k):
+        batches = list(loader)
+        seen.extend(x for x, _ in batches)
+        return real(model, batches, *a, **k)
+
+    monkeypatch.setattr(pbu.fisher, "fisher_diagonal", spy)
+    rec = _tune("pbu", data, trained, {"lr": [1e-3]}, 1)
+    # The expected split, computed independently from the public pieces.
+    forget_idx = torch.nonzero(data.labels == FORGET).flatten()
+    forget = data.subset(forget_idx)
+    fit_idx, val_idx = carve_validation(forget.labels, FRACTION, seed=0)
+    loader_x = torch.cat([x for x, _ in forget.loader(len(forget))])
+    x_seen = torch.cat(seen)
+    as_rows = lambda t: {bytes(r.numpy().tobytes()) for r in t}  # noqa: E731
+    assert as_rows(x_seen) == as_rows(loader_x[fit_idx])
+    assert as_rows(x_seen).isdisjoint(as_rows(loader_x[val_idx]))
+    assert rec["fisher"]["samples"] == len(fit_idx) == rec["split"]["forget_fit"]
+
+
+# ------------------------------------------------------------------------------------------
+# Budget and sampling
+# ------------------------------------------------------------------------------------------
+
+
+def test_plan_is_the_grid_when_it_fits_exactly_and_random_points_otherwise():
+    space = {"lr": [1, 2, 3], "epochs": [4, 5]}
+    full = grid(space)
+    assert len(full) == space_size(space) == len({json.dumps(p, sort_keys=True) for p in full})
+    sampling, points = plan_trials(space, len(full), seed=0)
+    assert sampling == "grid" and points == full
+    budget = len(full) - 2
+    sampling, points = plan_trials(space, budget, seed=0)
+    keys = [json.dumps(p, sort_keys=True) for p in points]
+    assert sampling == "random" and len(points) == budget == len(set(keys))
+    assert all(p in full for p in points)
+    assert plan_trials(space, budget, seed=0)[1] == points  # seeded
+    assert any(plan_trials(space, budget, seed=s)[1] != points for s in range(1, 6))
+    with pytest.raises(ValueError, match="fewer than the budget"):
+        plan_trials(space, len(full) + 1, seed=0)
+
+
+def test_every_method_gets_the_same_number_of_trials(data, trained):
+    budget = 3
+    spaces = {"neggrad": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
+              "random_labels": {"lr": [3e-4, 1e-3, 3e-3], "epochs": [1, 2]}}
+    counts = {}
+    for name, space in spaces.items():
+        rec = _tune(name, data, trained, space, budget)
+        assert rec["budget"] == budget and rec["sampling"] == "random"
+        assert len({json.dumps(t["varied"], sort_keys=True) for t in rec["trials"]}) == budget
+        counts[name] = len(rec["trials"])
+    assert set(counts.values()) == {budget}
+
+
+# ------------------------------------------------------------------------------------------
+# The choice
+# ------------------------------------------------------------------------------------------
+
+
+def _trial(i, forget, objective, threshold=5.0, agree=50.0):
+    m = {"acc_forget_val": forget, "acc_retain_val": objective, "agree_forget_val": agree}
+    feasible, score = score_trial(m, objective="acc_retain_val", threshold=threshold,
+                                  forgetting_checked=True)
+    return {"trial": i, "metrics": m, "feasible": feasible, "score": score}
+
+
+def test_rank_follows_the_documented_rule():
+    trials = [
+        _trial(0, forget=40.0, objective=99.0),  # infeasible, best objective
+        _trial(1, forget=4.0, objective=90.0),   # feasible
+        _trial(2, forget=1.0, objective=90.0),   # feasible, same objective, lower forget
+        _trial(3, forget=5.0, objective=80.0),   # feasible at the threshold
+        _trial(4, forget=10.0, objective=50.0),  # infeasible, closer to forgetting than 0
+        {"trial": 5, "metrics": {}, "feasible": False, "score": None},  # failed
+    ]
+    assert [t["feasible"] for t in trials[:5]] == [False, True, True, True, False]
+    assert rank_trials(trials, "acc_retain_val") == [2, 1, 3, 4, 0, 5]
+    tied = [_trial(0, 2.0, 70.0, agree=60.0), _trial(1, 2.0, 70.0, agree=80.0)]
+    assert rank_trials(tied, "acc_retain_val") == [1, 0]  # higher agreement breaks the tie
+    tied[1]["metrics"]["agree_forget_val"] = 60.0
+    assert rank_trials(tied, "acc_retain_val") == [0, 1]  # earlier trial wins a full tie
+
+
+def test_blind_scores_are_what_they_claim(data, trained):
+    """Recompute the chosen trial's validation metrics independently: rerun the method with the
+    chosen hyperparameters on the fit split and score the val split by hand."""
+    rec = _tune("neggrad_plus", data, trained, {"alpha": [0.5, 0.9], "lr": [1e-3, 1e-2]}, 4)
+    ranked = sorted(rec["trials"], key=lambda t: (
+        not t["feasible"], -t["score"], t["metrics"]["acc_forget_val"],
+        -t["metrics"]["acc_retain_val"], -t["metrics"]["agree_forget_val"], t["trial"]))
+    assert rec["chosen"]["trial"] == ranked[0]["trial"]
+    assert [t["rank"] for t in ranked] == list(range(1, len(ranked) + 1))
+    chosen = rec["chosen"]
+    spec = methods.get_method("neggrad_plus")
+    inputs = methods.build_inputs(spec, data, FORGET, K, retain_subset=RETAIN_SUBSET, seed=0)
+    split = split_inputs(inputs, FRACTION, seed=0)
+    result, _ = methods.run("neggrad_plus", copy.deepcopy(trained), split.fit, chosen["hparams"],
+                            seed=0)
+    with torch.no_grad():
+        xr, yr = next(iter(split.retain_val.loader(len(split.retain_val))))
+        xf, _ = next(iter(split.forget_val.loader(len(split.forget_val))))
+        acc_r = 100.0 * (result.model(xr).argmax(1) == yr).double().mean().item()
+        acc_f = 100.0 * (result.model(xf).argmax(1) == FORGET).double().mean().item()
+    assert math.isclose(chosen["metrics"]["acc_retain_val"], acc_r, abs_tol=1e-9)
+    assert math.isclose(chosen["metrics"]["acc_forget_val"], acc_f, abs_tol=1e-9)
+    assert chosen["feasible"] == (acc_f <= rec["rule"]["threshold"])
+
+
+def test_forget_only_objective_is_agreement_with_the_original_runner_up(data, trained):
+    rec = _tune("neggrad", data, trained, {"lr": [1e-3, 3e-2]}, 2)
+    assert rec["rule"]["objective"] == "agree_forget_val"
+    spec = methods.get_method("neggrad")
+    split = split_inputs(methods.build_inputs(spec, data, FORGET, K, retain_subset=0, seed=0),
+                         FRACTION, seed=0)
+    x, _ = next(iter(split.forget_val.loader(len(split.forget_val))))
+    with torch.no_grad():
+        logits = trained(x)
+    logits[:, FORGET] = -float("inf")
+    ref = logits.argmax(1)
+    assert FORGET not in ref.tolist()
+    for t in rec["trials"]:
+        result, _ = methods.run("neggrad", copy.deepcopy(trained), split.fit, t["hparams"],
+                                seed=0)
+        with torch.no_grad():
+            pred = result.model(x).argmax(1)
+        agree = 100.0 * (pred == ref).double().mean().item()
+        forget = 100.0 * (pred == FORGET).double().mean().item()
+        assert math.isclose(t["metrics"]["agree_forget_val"], agree, abs_tol=1e-9)
+        assert math.isclose(t["metrics"]["acc_forget_val"], forget, abs_tol=1e-9)
+        assert t["feasible"] == (forget <= 5.0)
+        assert t["score"] == (agree if t["feasible"] else -forget)
+
+
+# ------------------------------------------------------------------------------------------
+# CLI and config
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def files(tmp_path, data, trained):
+    save_prepared(tmp_path / "d.pt", data, data)
+    save_checkpoint(tmp_path / "m.pt", trained, arch="small_cnn", model_args=MODEL_ARGS)
+    return tmp_path
+
+
+def _cli(cmd: str, files: Path, method: str, **over) -> int:
+    args = {"--data": files / "d.pt", "--model": files / "m.pt", "--forget": str(FORGET),
+            "--method": method, "--seed": "0", "--retain-subset": str(RETAIN_SUBSET),
+            "--hparams": json.dumps(HP[method]), "--device": "cpu", "--quiet": None,
+            "--memory-format": "contiguous"}
+    if cmd == "tune":
+        args.update({"--space": json.dumps({"lr": [1e-3, 3e-3]}), "--budget": "2",
+                     "--val-fraction": str(FRACTION), "--threshold": "5",
+                     "--out": files / "tune.json"})
+    else:
+        args.update({"--out-model": files / "u.pt", "--out-history": files / "h.json",
+                     "--out-info": files / "i.json", "--monitor-every": "0"})
+    args.update(over)
+    argv = [cmd]
+    for k, v in args.items():
+        argv += [k] if v is None else [k, str(v)]
+    return main(argv)
+
+
+def test_cli_tune_then_unlearn_uses_the_chosen_hparams(files, capsys):
+    assert _cli("tune", files, "neggrad_plus") == 0
+    rec = json.loads((files / "tune.json").read_text())
+    assert len(rec["trials"]) == 2 and rec["method"] == "neggrad_plus"
+    chosen = rec["chosen"]["hparams"]
+    assert _cli("unlearn", files, "neggrad_plus", **{"--hparams-from": files / "tune.json"}) == 0
+    info = json.loads((files / "i.json").read_text())
+    assert info["hparams"] == chosen and info["hparams_from"]["trial"] == rec["chosen"]["trial"]
+    assert info["hparams_from"]["base_hparams"] == HP["neggrad_plus"]
+    # a record for another method, or a space smaller than the budget, is refused in one line
+    assert _cli("unlearn", files, "neggrad", **{"--hparams-from": files / "tune.json"}) == 2
+    assert "tuned for method 'neggrad_plus'" in capsys.readouterr().err
+    assert _cli("tune", files, "neggrad", **{"--budget": "3"}) == 2
+    assert "fewer than the budget 3" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_pbu_tune_needs_fisher_settings(files, capsys):
+    assert _cli("tune", files, "pbu") == 2
+    assert "--fisher-settings" in capsys.readouterr().err
+    assert _cli("tune", files, "pbu", **{"--fisher-settings": json.dumps(FISHER)}) == 0
+    rec = json.loads((files / "tune.json").read_text())
+    assert rec["fisher"]["samples"] == rec["split"]["forget_fit"]
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda t: t["space"].update(neggrad={"lr": [1e-3]}), r"tuning\.space\.neggrad: 1 point"),
+    (lambda t: t["space"]["ssd"].update(gamma=[1.0] * 1), r"tuning\.space\.ssd\.gamma: not a hyper"),
+    (lambda t: t["space"]["ssd"].update(alpha=[-1.0, 2.0, 3.0]), r"tuning\.space\.ssd\.alpha: -1"),
+    (lambda t: t["space"].pop("ssd"), r"tuning\.space\.ssd: missing"),
+    (lambda t: t.update(val_fraction=1.0), r"tuning\.val_fraction"),
+])
+def test_bad_tuning_config_names_the_key(tmp_path, mutate, match):
+    from pbu.config import ConfigError, check_config
+
+    c = copy.deepcopy(CONFIG)
+    c["results"] = str(tmp_path / "r")
+    mutate(c["tuning"])
+    with pytest.raises(ConfigError, match=match):
+        check_config(c, ROOT / "workflow/schemas/config.schema.yaml")
+
+
+def test_default_spaces_all_hold_the_budget():
+    t = CONFIG["tuning"]
+    assert t["methods"] and all(space_size(t["space"][m]) >= t["budget"] for m in t["methods"])
