@@ -3,7 +3,7 @@ them, a clock (wall, CPU and peak GPU memory of a block), the machine's descript
 files. Imports torch only when a device is involved, so the bookkeeping stays light.
 
 Scripts run from a checkout (``python benchmarks/bench_fisher.py``), so this file is beside
-them on ``sys.path``; the scripts under ``benchmarks/gpu/`` add this folder first.
+them on ``sys.path``; the scripts under ``benchmarks/`` add this folder first.
 """
 
 from __future__ import annotations

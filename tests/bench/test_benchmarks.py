@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
-sys.path[:0] = [str(BENCH), str(BENCH / "gpu")]
+sys.path[:0] = [str(BENCH)]
 
 import bench_pipeline  # noqa: E402
 import bench_train  # noqa: E402
@@ -279,7 +279,7 @@ def _gpu_check(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess,
     out = tmp_path / "gpu"
     full = {**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(out), "TMPDIR": str(tmp_path),
             "PYTHON": sys.executable, "GPU_CHECK_SITE": str(tmp_path / "site"), **env}
-    proc = subprocess.run(["bash", str(BENCH / "gpu" / "gpu_check.sh")], cwd=ROOT, env=full,
+    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh")], cwd=ROOT, env=full,
                           capture_output=True, text=True, timeout=600)
     return proc, json.loads((out / "gpu_check.json").read_text()), out
 

@@ -1,4 +1,4 @@
-"""benchmarks/gpu/gpu_cost.py: what replicating the paper costs on a GPU.
+"""benchmarks/gpu_cost.py: what replicating the paper costs on a GPU.
 
 No GPU here, so the numbers wait for one; what is tested is the script's CPU mode end to end
 (every stage measured, the report printed) and its bookkeeping against hand-computed values:
@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_cost  # noqa: E402
 
@@ -138,7 +138,7 @@ def test_cpu_mode_measures_every_stage_and_reports(tmp_path):
     out = tmp_path / "cost"
     env = {**os.environ, "GPU_COST_DEVICE": "cpu", "OUT": str(out), "OMP_NUM_THREADS": "1",
            "PYTHON": sys.executable, "GPU_COST_CONFIGS": "fashion_mnist"}
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "gpu_cost.sh")], cwd=ROOT, env=env,
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_cost.sh")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     rec = json.loads((out / "gpu_cost.json").read_text())
@@ -171,7 +171,7 @@ def test_cpu_mode_measures_every_stage_and_reports(tmp_path):
     assert "| config | compute jobs | GPU-hours |" in proc.stdout
     assert "| fashion_mnist | 66 |" in proc.stdout
     # CPU tiny-mode numbers never reach the configs
-    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu" / "gpu_cost.py"), "apply",
+    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_cost.py"), "apply",
                               str(out / "resources.json"), "--paper-dir", str(tmp_path)],
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "tiny" in refused.stderr

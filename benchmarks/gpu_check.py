@@ -1,13 +1,13 @@
-"""Helpers of ``benchmarks/gpu/gpu_check.sh`` (one command for a session lent a GPU machine).
+"""Helpers of ``benchmarks/gpu_check.sh`` (one command for a session lent a GPU machine).
 
 Three subcommands, each usable alone:
 
-    python benchmarks/gpu/gpu_check.py env --device cuda --out env.json
+    python benchmarks/gpu_check.py env --device cuda --out env.json
         torch, CUDA and the device; whether the carried packages (nngeometry, mlxtend,
         jsonschema) import. Fails when one of them does not, or --device cuda finds no CUDA
         device.
 
-    python benchmarks/gpu/gpu_check.py rules --device cuda --work DIR --out rules.json
+    python benchmarks/gpu_check.py rules --device cuda --work DIR --out rules.json
         The pipeline's compute rules as the Snakefile runs them, one fresh ``pbu`` process each
         (``python -m pbu.cli``: snakemake is not needed), on mnist5k with config/config.yaml's
         settings: download, pretrain, oracle, fisher, unlearn (``--methods``),
@@ -15,7 +15,7 @@ Three subcommands, each usable alone:
         a GPU, ``peak_gpu_mb`` (``torch.cuda.max_memory_allocated``, per process, so per job).
         The JSON holds the peak GPU memory per rule and PBU's own time over the oracle's.
 
-    python benchmarks/gpu/gpu_check.py summary --steps steps.tsv --out-dir OUT [--work DIR]
+    python benchmarks/gpu_check.py summary --steps steps.tsv --out-dir OUT [--work DIR]
         One ``gpu_check.json``: each step's status, time and limit, and the headline numbers
         the performance issue asks for, read from the step outputs in OUT (and the two Fisher
         runs in DIR, merged into OUT/bench_fisher.json).
@@ -35,7 +35,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared helpers
 from common import ROOT, child_env, read_json, write_json  # noqa: E402
 
 CONFIG = ROOT / "config" / "config.yaml"

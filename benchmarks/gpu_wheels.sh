@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Download, on a machine WITH PyPI, the wheels that benchmarks/gpu/gpu_check.sh needs on the lent GPU
+# Download, on a machine WITH PyPI, the wheels that benchmarks/gpu_check.sh needs on the lent GPU
 # machine, which has no internet (see benchmarks/README.md, "GPU check").
 #
-#   bash benchmarks/gpu/gpu_wheels.sh          # -> .whl/ at the repository root (ignored by git)
+#   bash benchmarks/gpu_wheels.sh          # -> .whl/ at the repository root (ignored by git)
 #
 # The GPU machine's image (Python 3.12, torch 2.11, torchvision 0.26, numpy, scipy, pandas,
 # scikit-learn, matplotlib, joblib, attrs, typing-extensions, pyyaml, tqdm, pytest, psutil)
@@ -19,7 +19,7 @@
 # one package stop the install there). Override the folder with WHEEL_DIR=...
 set -euo pipefail
 
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 DEST="${WHEEL_DIR:-.whl}"
 PY="${PYTHON:-python3}"
 

@@ -28,10 +28,10 @@ process's resident set after it. Each job's estimate is summed over the jobs a c
 (the same counts as its ``snakemake -n``) into GPU-hours, and each rule's ``resources:`` is the
 largest job of the config times ``--safety``.
 
-    python benchmarks/gpu/gpu_cost.py measure --device cuda --out OUT/gpu_cost.json [--budget 420]
-    python benchmarks/gpu/gpu_cost.py report OUT/gpu_cost.json [MORE.json] --safety 2 [--out ...]
-    python benchmarks/gpu/gpu_cost.py apply OUT/resources.json        # rewrite config/paper/*.yaml
-    bash benchmarks/gpu/gpu_cost.sh                                   # measure + report, one call
+    python benchmarks/gpu_cost.py measure --device cuda --out OUT/gpu_cost.json [--budget 420]
+    python benchmarks/gpu_cost.py report OUT/gpu_cost.json [MORE.json] --safety 2 [--out ...]
+    python benchmarks/gpu_cost.py apply OUT/resources.json        # rewrite config/paper/*.yaml
+    bash benchmarks/gpu_cost.sh                                   # measure + report, one call
 
 ``measure --device cpu --tiny`` runs the same code at 16 px with config/smoke.yaml's method and
 evaluation settings: the logic and the bookkeeping, not the numbers (tests/bench/test_gpu_cost.py).
@@ -56,7 +56,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared helpers
 from common import ROOT, Clock, child_env, merge_config, read_config, write_json  # noqa: E402
 
 PAPER = ROOT / "config" / "paper"
@@ -652,7 +652,7 @@ def apply(args: argparse.Namespace) -> int:
     folder = Path(args.paper_dir)
     for name, res in rec["resources"].items():
         path = folder / f"{name}.yaml"
-        note = (f"Per job, one GPU. Measured by benchmarks/gpu/gpu_cost.py on {rec['device']} "
+        note = (f"Per job, one GPU. Measured by benchmarks/gpu_cost.py on {rec['device']} "
                 f"({rec['date']}, stand-in data,\n{rec['source']}) times a safety factor of "
                 f"{rec['safety']}; the GPU memory a job\nneeds is noted per rule. Raise them "
                 f"on slower GPUs.")

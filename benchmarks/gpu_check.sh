@@ -2,10 +2,10 @@
 # Every GPU number of the performance issue in one command, for a session lent a GPU machine
 # (H100/H200, no internet, no snakemake/mlflow/mlxtend/nngeometry/jsonschema there).
 #
-# Here, on the developer machine (it has PyPI):   bash benchmarks/gpu/gpu_wheels.sh      (-> .whl/)
+# Here, on the developer machine (it has PyPI):   bash benchmarks/gpu_wheels.sh      (-> .whl/)
 # On the device (the `run` tool, carry [".whl"], timeout_s ~540, from the repository root):
-#                                                 bash benchmarks/gpu/gpu_check.sh
-# On a CPU machine, to test the script's logic:   GPU_CHECK_DEVICE=cpu bash benchmarks/gpu/gpu_check.sh
+#                                                 bash benchmarks/gpu_check.sh
+# On a CPU machine, to test the script's logic:   GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh
 #
 # Steps, in order of priority, each under its own `timeout` and all of them within
 # GPU_CHECK_BUDGET seconds (default 480 on CUDA: a step gets at most what is left); a failed or
@@ -35,7 +35,7 @@
 # on a CPU run too; by default only on CUDA), PYTHON (default python3).
 # Exit status 0 only when every step that was due passed.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 
 DEVICE="${GPU_CHECK_DEVICE:-cuda}"
 OUT_DIR="${OUT:-results/gpu}"
@@ -70,17 +70,17 @@ if compgen -G ".whl/*.whl" > /dev/null && { [ "$DEVICE" != cpu ] || [ "${GPU_CHE
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   fi
 else
-  [ "$DEVICE" != cpu ] && say "!! no .whl/ here: run 'bash benchmarks/gpu/gpu_wheels.sh' on the developer machine and carry .whl"
+  [ "$DEVICE" != cpu ] && say "!! no .whl/ here: run 'bash benchmarks/gpu_wheels.sh' on the developer machine and carry .whl"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
 summary() {  # rewrite gpu_check.json from what is there now (--final: print the headline too)
   if [ "${1:-}" = --final ]; then
-    "$PY" benchmarks/gpu/gpu_check.py summary --steps "$STEPS" --out-dir "$OUT_DIR" --work "$WORK" \
+    "$PY" benchmarks/gpu_check.py summary --steps "$STEPS" --out-dir "$OUT_DIR" --work "$WORK" \
       --device "$DEVICE" --final 2>&1 | tee -a "$LOG"
     [ "${PIPESTATUS[0]}" = 0 ] || say "!! summary failed"
   else
-    "$PY" benchmarks/gpu/gpu_check.py summary --steps "$STEPS" --out-dir "$OUT_DIR" --work "$WORK" \
+    "$PY" benchmarks/gpu_check.py summary --steps "$STEPS" --out-dir "$OUT_DIR" --work "$WORK" \
       --device "$DEVICE" >> "$LOG" 2>&1 || say "!! summary failed"
   fi
 }
@@ -123,7 +123,7 @@ skip_step() {  # NAME WHY
 BT=benchmarks/bench_train.py
 BF=benchmarks/bench_fisher.py
 BP=benchmarks/bench_pipeline.py
-GC=benchmarks/gpu/gpu_check.py
+GC=benchmarks/gpu_check.py
 
 if [ "$DEVICE" = cpu ]; then
   # Tiny settings: the logic, not the numbers.
