@@ -119,11 +119,6 @@ def _load_model(path: str, device, fmt: str = "contiguous"):
     return _memory_format(model, fmt), info
 
 
-def _model_args(spec) -> dict[str, Any]:
-    return {"num_classes": spec.num_classes, "in_channels": spec.channels,
-            "image_size": spec.image_size}
-
-
 # ------------------------------------------------------------------------------------------
 # commands
 # ------------------------------------------------------------------------------------------
@@ -159,6 +154,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from pbu.checkpoint import save_checkpoint, write_json
     from pbu.data import class_split
     from pbu.models import build_model
+    from pbu.models import model_args as build_args
     from pbu.train import TrainRecipe, seed_everything, train_model
 
     device = _device(args.device)
@@ -171,9 +167,12 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     if args.forget is not None:  # the oracle never sees the forget class, train or test
         train = train.subset(class_split(train.labels, args.forget)[1])
         test = test.subset(class_split(test.labels, args.forget)[1])
-    model_args = _model_args(spec)
     seed_everything(args.seed)
-    model = build_model(args.arch, weights=args.weights, **model_args)
+    try:  # a stem for an arch without one, or one too big for the images: a usage error
+        model_args = build_args(args.arch, spec, args.stem)
+        model = build_model(args.arch, weights=args.weights, **model_args)
+    except ValueError as err:
+        raise UsageError(f"--arch {args.arch}: {err}") from None
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     history = train_model(model, train, recipe, seed=args.seed, test=test, device=device,
@@ -491,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("channels_last", "contiguous"),
                         help="layout of loaded convnets (fisher, unlearn, evaluate)")
 
-    from pbu.registry import ARCHS, DATASETS, WEIGHTS
+    from pbu.registry import ARCHS, DATASETS, STEMS, WEIGHTS
 
     sp = sub.add_parser("download", help="fetch a dataset and write the prepared file")
     sp.add_argument("--dataset", required=True, choices=sorted(DATASETS))
@@ -515,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--arch", required=True, choices=sorted(ARCHS))
     sp.add_argument("--weights", default="none", choices=WEIGHTS)
+    sp.add_argument("--stem", default=None, choices=STEMS, help="torchvision archs only")
     sp.add_argument("--seed", type=_int_nonneg, required=True)
     sp.add_argument("--recipe", required=True, help="JSON training recipe (pbu.train.TrainRecipe)")
     sp.add_argument("--forget", type=int, default=None, help="train the oracle without this class")

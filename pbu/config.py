@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pbu.registry import get_spec
+from pbu.registry import get_spec, stem_problem
 
 
 class ConfigError(ValueError):
@@ -114,6 +114,9 @@ def check_config(config: dict[str, Any], schema_path: str | os.PathLike, *,
     check_tuning(config, schema_path)
     if config["data"]["source"] is not None and not Path(config["data"]["source"]).is_dir():
         raise ConfigError(f"config key data.source: {config['data']['source']} is not a folder")
+    problem = stem_problem(config["archs"], config["model"]["stem"], spec.image_size)
+    if problem:
+        raise ConfigError(f"config key model.stem: {problem}")
     if config["model"]["weights"] == "imagenet" and set(config["archs"]) & {"small_cnn", "allcnn"}:
         raise ConfigError("config key model.weights: imagenet weights exist only for the "
                           "torchvision archs, not small_cnn or allcnn")

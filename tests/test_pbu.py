@@ -14,7 +14,8 @@ from pbu.data import class_split
 from pbu.methods.pbu import PBUConfig, pbu_loss_terms, unlearn_pbu
 
 CFG = dict(alpha=631.0, beta=100.0, gamma=4001.0, lr=1e-3, batch_size=8, epochs=2,
-           bn_mode="train", stop_rule="none", stop_threshold=5.0, check_every=1, check_samples=0)
+           bn_mode="train", stop_rule="none", stop_threshold=5.0, check_every=1, check_samples=0,
+           fisher_scale="none")
 
 
 def _tiny_model():
@@ -108,22 +109,30 @@ def _forget_of(tiny_data, c: int = 1):
     return tiny_data.subset(class_split(tiny_data.labels, c)[0])  # 20 samples
 
 
-def test_recorded_fisher_term_is_beta_sum_f_dtheta2_of_the_given_fisher(tiny_data):
+@pytest.mark.parametrize("fisher_scale", ["none", "unit_mean"])
+def test_recorded_fisher_term_is_beta_sum_f_dtheta2_of_the_given_fisher(tiny_data, fisher_scale):
     """Each recorded ``term_fisher`` equals β·Σ F (θ − θ*)², recomputed here from the parameters
     it was computed at (the model the monitor saw after the previous step; the last one is the
-    returned model) and the Fisher the caller passed in."""
+    returned model) and the Fisher the caller passed in: as given with ``fisher_scale="none"``,
+    divided by its mean over every parameter entry with ``"unit_mean"``."""
     forget = _forget_of(tiny_data)
     model = _tiny_model()
     theta_star = {n: p.detach().clone() for n, p in model.named_parameters()}
     g = torch.Generator().manual_seed(1)
     fisher = {n: torch.rand(p.shape, generator=g) * 50 for n, p in model.named_parameters()}
     given = {n: f.clone() for n, f in fisher.items()}
+    original = list(given.values())
+    if fisher_scale == "unit_mean":  # F / mean F, the mean over all entries, computed apart
+        flat = torch.cat([f.double().flatten() for f in given.values()])
+        assert flat.mean() > 20  # far from 1: a missing rescale would be seen
+        given = {n: f.double() / flat.mean() for n, f in given.items()}
     seen: dict[int, dict[str, torch.Tensor]] = {}
-    cfg = PBUConfig(**{**CFG, "beta": 7.0, "epochs": 2})
+    cfg = PBUConfig(**{**CFG, "beta": 7.0, "epochs": 2, "fisher_scale": fisher_scale})
     res = unlearn_pbu(model, forget.loader(8, shuffle=True, seed=0), fisher, cfg,
                       monitor=lambda m, s: seen.update(
                           {s: {n: p.detach().clone() for n, p in m.named_parameters()}}))
-    assert all(torch.equal(fisher[n], given[n]) for n in given), "PBU modified the caller's Fisher"
+    assert all(torch.equal(fisher[n], f) for n, f in zip(fisher, original)), \
+        "PBU modified the caller's Fisher"
     last = res.info["steps"]
     returned = {n: p.detach() for n, p in res.model.named_parameters()}
     assert all(torch.equal(returned[n], seen[last][n]) for n in returned), \
@@ -141,6 +150,22 @@ def test_recorded_fisher_term_is_beta_sum_f_dtheta2_of_the_given_fisher(tiny_dat
             f"step {int(row['step'])}: PBU recorded term_fisher = {row['term_fisher']:.6g}, but "
             f"β·ΣF(θ−θ*)² with the Fisher it was given is {want:.6g}: the training loop does not "
             f"use the caller's Fisher")
+
+
+def test_scale_fisher_unit_mean_divides_by_the_mean_over_every_entry():
+    from pbu.methods.pbu import scale_fisher
+
+    fisher = {"a": torch.tensor([1.0, 3.0]), "b": torch.tensor([[2.0, 6.0, 8.0]])}  # mean 4
+    out = scale_fisher(fisher, "unit_mean")
+    assert torch.equal(out["a"], torch.tensor([0.25, 0.75]))
+    assert torch.equal(out["b"], torch.tensor([[0.5, 1.5, 2.0]]))
+    assert torch.equal(fisher["a"], torch.tensor([1.0, 3.0]))  # the caller's tensors untouched
+    same = scale_fisher(fisher, "none")
+    assert all(same[n] is fisher[n] for n in fisher)
+    with pytest.raises(ValueError, match="cannot be rescaled to unit mean"):
+        scale_fisher({"a": torch.zeros(3)}, "unit_mean")
+    with pytest.raises(ValueError, match="pbu.fisher_scale must be one of"):
+        PBUConfig(**{**CFG, "fisher_scale": "unit_max"})
 
 
 def _displacement(model: nn.Module, theta_star: dict[str, torch.Tensor],
@@ -206,7 +231,8 @@ def pbu_on_mnist5k(mnist5k, pretrained_small_cnn):
     rt = test.subset(class_split(test.labels, c)[1]).loader(1000)
     fisher = fisher_diagonal(model, forget.loader(256), kind="true")
     cfg = PBUConfig(alpha=631, beta=100, gamma=4001, lr=1e-3, batch_size=64, epochs=5,
-                    bn_mode="train", stop_rule="forget_acc", stop_threshold=5.0, check_every=1)
+                    bn_mode="train", stop_rule="forget_acc", stop_threshold=5.0, check_every=1,
+                    fisher_scale="none")
     before = (evaluate_accuracy(model, ft), evaluate_accuracy(model, rt))
     res = unlearn_pbu(model, forget.loader(64, shuffle=True, seed=0), fisher, cfg,
                       check_loader=forget.loader(1000))

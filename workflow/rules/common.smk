@@ -4,7 +4,7 @@ import os
 import shlex
 
 from pbu.config import check_config
-from pbu.registry import METHODS_NEEDING_FISHER
+from pbu.registry import METHODS_NEEDING_FISHER, resolve_stem
 
 CONFIG = check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 R = CONFIG["results"]
@@ -122,6 +122,12 @@ def evaluate_inputs(wildcards):
 
 def model_args(wildcards, input):
     return " ".join(f"--model {m}={input[m]}" for m in CONFIG["methods"])
+
+
+def stem_arg(wildcards):
+    """``--stem NAME`` for a torchvision arch (model.stem, one name or per arch), else nothing."""
+    stem = resolve_stem(wildcards.arch, CONFIG["model"]["stem"])
+    return f"--stem {stem}" if stem else ""
 
 
 def weights_marker(wildcards):

@@ -16,6 +16,7 @@ rule pretrain:
     params:
         recipe=as_json(CONFIG["pretrain"]),
         weights=CONFIG["model"]["weights"],
+        stem=stem_arg,
         device=CONFIG["device"],
     threads: res("pretrain", "threads")
     resources:
@@ -26,9 +27,9 @@ rule pretrain:
         CONDA_ENV
     shell:
         "pbu pretrain --data {input.data} --arch {wildcards.arch} --seed {wildcards.seed} "
-        "--weights {params.weights} --recipe {params.recipe:q} --device {params.device} "
-        "--threads {threads} --quiet --out-model {output.model} --out-info {output.info} "
-        "2> {log}"
+        "--weights {params.weights} {params.stem} --recipe {params.recipe:q} "
+        "--device {params.device} --threads {threads} --quiet --out-model {output.model} "
+        "--out-info {output.info} 2> {log}"
 
 
 rule retrain:
@@ -45,6 +46,7 @@ rule retrain:
     params:
         recipe=as_json(CONFIG["pretrain"]),
         weights=CONFIG["model"]["weights"],
+        stem=stem_arg,
         device=CONFIG["device"],
     threads: res("pretrain", "threads")
     resources:
@@ -55,6 +57,6 @@ rule retrain:
         CONDA_ENV
     shell:
         "pbu pretrain --data {input.data} --arch {wildcards.arch} --seed {wildcards.seed} "
-        "--forget {wildcards.forget} --weights {params.weights} --recipe {params.recipe:q} "
-        "--device {params.device} --threads {threads} --quiet --out-model {output.model} "
-        "--out-info {output.info} 2> {log}"
+        "--forget {wildcards.forget} --weights {params.weights} {params.stem} "
+        "--recipe {params.recipe:q} --device {params.device} --threads {threads} --quiet "
+        "--out-model {output.model} --out-info {output.info} 2> {log}"
