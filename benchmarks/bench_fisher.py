@@ -53,7 +53,8 @@ log = logging.getLogger("bench_fisher")
 
 MODELS = {  # name -> (build_model kwargs, input shape)
     "small_cnn": (dict(num_classes=10, in_channels=1, image_size=28), (1, 28, 28)),
-    "resnet18": (dict(num_classes=10, in_channels=3, image_size=32), (3, 32, 32)),
+    # the CIFAR stem (3x3 stride 1, no pool), as every ResNet-18 number in benchmarks/ was measured
+    "resnet18": (dict(num_classes=10, in_channels=3, image_size=32, stem="cifar"), (3, 32, 32)),
 }
 
 

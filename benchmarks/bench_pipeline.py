@@ -95,6 +95,8 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
     from pbu.evaluation import EvalData
     from pbu.fisher import fisher_diagonal
     from pbu.models import build_model
+    from pbu.models import model_args as build_args
+    from pbu.registry import resolve_stem
     from pbu.train import TrainRecipe, evaluate_accuracy, seed_everything, train_model
 
     cfg, files = load_config(args.configfile, args.dataset)
@@ -119,8 +121,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
     recipe = TrainRecipe.from_dict(recipe_dict)
     spec = train.spec
     arch = args.arch or cfg["archs"][0]
-    model_args = {"num_classes": spec.num_classes, "in_channels": spec.channels,
-                  "image_size": spec.image_size}
+    model_args = build_args(arch, spec, resolve_stem(arch, cfg["model"]["stem"]))  # as pretrain
     forget = [int(c) for c in args.forget.split(",")] if args.forget else cfg["forget"]
     selected = args.methods.split(",") if args.methods else list(cfg["methods"])
     if args.methods == "all":

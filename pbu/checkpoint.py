@@ -1,14 +1,15 @@
 """Self-describing checkpoints, and safe loading of tensor files.
 
-A checkpoint is a plain dict: ``state_dict``, the factory ``arch`` and ``model_args``, the resolved
-``hparams``, ``seed``, ``pbu_version`` and free-form ``meta``. It is read with
-``torch.load(weights_only=True)``, so a file that carries a pickled object (code) is refused
-before anything in it runs.
+A checkpoint is a plain dict: ``state_dict``, the factory ``arch`` and ``model_args`` (for a
+torchvision arch they include its ``stem``), the resolved ``hparams``, ``seed``, ``pbu_version``
+and free-form ``meta``. It is read with ``torch.load(weights_only=True)``, so a file that
+carries a pickled object (code) is refused before anything in it runs.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,10 @@ from torch import nn
 
 from pbu.errors import CheckpointError
 from pbu.io import _json_default, atomic_write, write_json  # noqa: F401 (re-exported)
-from pbu.models import build_model
+from pbu.models import build_model, legacy_stem
+from pbu.registry import STEM_ARCHS
+
+log = logging.getLogger(__name__)
 
 
 def save_tensors(path: str | os.PathLike, obj: dict[str, Any]) -> None:
@@ -73,8 +77,18 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         if key not in ck:
             raise CheckpointError(f"{path}: not a pbu checkpoint (no {key!r})")
     args = dict(ck["model_args"])
+    if ck["arch"] in STEM_ARCHS and "stem" not in args and "image_size" in args:
+        # Saved before the stem was a recorded choice: rebuild the stem the factory chose then.
+        args["stem"] = legacy_stem(int(args["image_size"]))
+        ck["model_args"] = dict(args)  # what was built, for callers that build another one
+        log.info("%s: no stem recorded (an older checkpoint); rebuilt with the %s stem its "
+                 "factory used for %s-pixel images", path, args["stem"], args["image_size"])
     args["weights"] = "none"  # the state dict already holds the trained weights
-    model = build_model(ck["arch"], **args)
+    try:
+        model = build_model(ck["arch"], **args)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot rebuild {ck['arch']} from its model_args "
+                              f"{ck['model_args']}: {err}") from err
     try:
         model.load_state_dict(ck["state_dict"])
     except RuntimeError as err:

@@ -102,7 +102,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from pbu.jobs.train import pretrain
 
     pretrain(args.data, arch=args.arch, seed=args.seed, recipe=_recipe(args),
-             weights=args.weights, out_model=args.out_model, out_info=args.out_info,
+             weights=args.weights, stem=args.stem, out_model=args.out_model, out_info=args.out_info,
              progress=not args.quiet, **_run(args))
 
 
@@ -110,7 +110,7 @@ def cmd_oracle(args: argparse.Namespace) -> None:
     from pbu.jobs.train import oracle
 
     oracle(args.data, forget=args.forget, arch=args.arch, seed=args.seed, recipe=_recipe(args),
-           weights=args.weights, out_model=args.out_model, out_info=args.out_info,
+           weights=args.weights, stem=args.stem, out_model=args.out_model, out_info=args.out_info,
            progress=not args.quiet, **_run(args))
 
 
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("channels_last", "contiguous"),
                         help="layout of loaded convnets (fisher, unlearn, evaluate)")
 
-    from pbu.registry import ARCHS, DATASETS, WEIGHTS
+    from pbu.registry import ARCHS, DATASETS, STEMS, WEIGHTS
 
     sp = sub.add_parser("download", help="fetch a dataset and write the prepared file")
     sp.add_argument("--dataset", required=True, choices=sorted(DATASETS))
@@ -256,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
         common(sp)
         sp.add_argument("--arch", required=True, choices=sorted(ARCHS))
         sp.add_argument("--weights", default="none", choices=WEIGHTS)
+        sp.add_argument("--stem", default=None, choices=STEMS,
+                        help="first layers of a torchvision arch (imagenet | cifar)")
         sp.add_argument("--seed", type=_int_nonneg, required=True)
         sp.add_argument("--recipe", required=True,
                         help="JSON training recipe (pbu.train.TrainRecipe)")

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pbu.registry import get_spec
+from pbu.registry import get_spec, stem_problem
 
 
 class ConfigError(ValueError):
@@ -119,6 +119,9 @@ def check_config(config: dict[str, Any], schema_path: str | os.PathLike, *,
     if data.get("max_image_size") is not None and not data.get("stand_in", False):
         raise ConfigError("config key data.max_image_size: applies to stand-in data only; set "
                           "data.stand_in: true or data.max_image_size: null")
+    problem = stem_problem(config["archs"], config["model"]["stem"], spec.image_size)
+    if problem:
+        raise ConfigError(f"config key model.stem: {problem}")
     if config["model"]["weights"] == "imagenet" and set(config["archs"]) & {"small_cnn", "allcnn"}:
         raise ConfigError("config key model.weights: imagenet weights exist only for the "
                           "torchvision archs, not small_cnn or allcnn")

@@ -1,23 +1,23 @@
 """Model factory by name, adapted to a dataset's classes, channels and image size.
 
-``build_model(name, num_classes=..., in_channels=..., image_size=..., weights="none")``.
+``build_model(name, num_classes=..., in_channels=..., image_size=..., weights="none",
+stem=None)``; ``stem`` chooses the first layers of the torchvision archs (``pbu.registry.STEMS``).
 torchvision is imported only for its architectures, so the small CNN path stays light.
 """
 
 from __future__ import annotations
 
 import copy
-
 import logging
 from typing import Any
 
 import torch
 from torch import nn
 
-from pbu.registry import ARCHS, WEIGHTS
+from pbu.registry import (ARCHS, DEFAULT_STEM, STEM_ARCHS, WEIGHTS, DatasetSpec, resolve_stem,
+                          stem_problem)
 
 log = logging.getLogger(__name__)
-
 
 
 class SmallCNN(nn.Module):
@@ -72,7 +72,7 @@ class AllCNN(nn.Module):
 
 
 def _torchvision_model(name: str, num_classes: int, in_channels: int, image_size: int,
-                       weights: str) -> nn.Module:
+                       weights: str, stem: str) -> nn.Module:
     from torchvision import models as tvm
 
     ctor, wenum = {
@@ -91,52 +91,82 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int, image_size
             f"could not fetch ImageNet weights for {name} ({type(err).__name__}: {err}); run "
             f"`pbu download-weights {name}` on a machine with internet, or set weights: none"
         ) from err
-    small = image_size <= 64
-    if name.startswith("resnet"):
-        if small or in_channels != 3:
-            # Small-image stem (CIFAR ResNets): 3x3 stride-1 conv, no max-pool, so a 32x32 input
-            # still reaches the last stage at 4x4. A 1-channel input gets its own first conv, as
-            # in the authors' MNIST notebook.
-            k, s, p = (3, 1, 1) if small else (7, 2, 3)
-            model.conv1 = nn.Conv2d(in_channels, 64, k, s, p, bias=False)
-            if small:
+    # The stem (pbu.registry.STEMS). "imagenet" keeps torchvision's layers and, with 3 input
+    # channels, their ImageNet weights; another channel count gets a fresh conv of the same shape,
+    # as the authors' MNIST notebook does (nn.Conv2d(1, 64, 7, 2, 3), max-pool kept). "cifar" puts
+    # a fresh 3x3 stride-1 conv and no pool (ResNet, DenseNet) or 2x2 patches (ConvNeXt) in front.
+    fresh = stem == "cifar" or in_channels != 3
+    if name.startswith("resnet") or name == "densenet121":
+        k, s, p = (7, 2, 3) if stem == "imagenet" else (3, 1, 1)
+        conv = nn.Conv2d(in_channels, 64, k, s, p, bias=False) if fresh else None
+        if name.startswith("resnet"):
+            if conv is not None:
+                model.conv1 = conv
+            if stem == "cifar":
                 model.maxpool = nn.Identity()
-        model.fc = nn.Linear(model.fc.in_features, num_classes)
-    elif name == "densenet121":
-        if small or in_channels != 3:
-            k, s, p = (3, 1, 1) if small else (7, 2, 3)
-            model.features.conv0 = nn.Conv2d(in_channels, 64, k, s, p, bias=False)
-            if small:
+            model.fc = nn.Linear(model.fc.in_features, num_classes)
+        else:
+            if conv is not None:
+                model.features.conv0 = conv
+            if stem == "cifar":
                 model.features.pool0 = nn.Identity()
-        model.classifier = nn.Linear(model.classifier.in_features, num_classes)
-    else:  # convnext
-        stem = model.features[0][0]
-        if small or in_channels != 3:
-            # 2x2 patches instead of 4x4 on small images, so 32x32 ends at 2x2 after 3 downsamples.
-            k = 2 if small else 4
-            model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, k, k)
+            model.classifier = nn.Linear(model.classifier.in_features, num_classes)
+    else:  # convnext: the stem is one patchify conv, 4x4 stride 4 in torchvision
+        patchify = model.features[0][0]
+        if fresh:
+            k = 4 if stem == "imagenet" else 2
+            model.features[0][0] = nn.Conv2d(in_channels, patchify.out_channels, k, k)
         last = model.classifier[-1]
         model.classifier[-1] = nn.Linear(last.in_features, num_classes)
     return model
 
 
 def build_model(name: str, *, num_classes: int, in_channels: int, image_size: int,
-                weights: str = "none", **kwargs: Any) -> nn.Module:
+                weights: str = "none", stem: str | None = None, **kwargs: Any) -> nn.Module:
     """Build a fresh model. ``weights``: "none" (random init, seeded by the caller) or
-    "imagenet" (torchvision's ImageNet-1k weights; the new stem and head stay random)."""
+    "imagenet" (torchvision's ImageNet-1k weights; a replaced stem conv and the head stay random).
+    ``stem`` (torchvision archs only, :data:`pbu.registry.STEMS`): "imagenet" (default:
+    torchvision's own 7x7 stride-2 conv + max-pool, ConvNeXt's 4x4 patchify) or "cifar" (3x3
+    stride 1 without pool, ConvNeXt 2x2 patches). An input too small for the chosen stem is an
+    error here, not a shape error in the first forward pass."""
     if name not in ARCHS:
         raise KeyError(f"unknown arch {name!r}; known: {', '.join(ARCHS)}")
     if weights not in WEIGHTS:
         raise ValueError(f"unknown weights {weights!r}; allowed: {', '.join(WEIGHTS)}")
-    if name == "small_cnn":
+    if name not in STEM_ARCHS:
+        if stem is not None:
+            raise ValueError(f"{name} has a single stem; stem={stem!r} applies only to "
+                             f"{', '.join(STEM_ARCHS)}")
         if weights != "none":
-            raise ValueError("small_cnn has no pretrained weights; use weights: none")
-        return SmallCNN(num_classes, in_channels, image_size, **kwargs)
-    if name == "allcnn":
-        if weights != "none":
-            raise ValueError("allcnn has no pretrained weights; use weights: none")
-        return AllCNN(num_classes, in_channels, image_size, **kwargs)
-    return _torchvision_model(name, num_classes, in_channels, image_size, weights)
+            raise ValueError(f"{name} has no pretrained weights; use weights: none")
+        cls = SmallCNN if name == "small_cnn" else AllCNN
+        return cls(num_classes, in_channels, image_size, **kwargs)
+    problem = stem_problem([name], stem or DEFAULT_STEM, image_size)
+    if problem:
+        raise ValueError(problem)
+    stem = resolve_stem(name, stem)
+    return _torchvision_model(name, num_classes, in_channels, image_size, weights, stem)
+
+
+def model_args(arch: str, spec: DatasetSpec, stem: str | None = None) -> dict[str, Any]:
+    """The :func:`build_model` arguments a checkpoint records for ``arch`` on ``spec``'s data:
+    the classes, channels and image size, and for a torchvision arch its resolved stem (so the
+    checkpoint rebuilds the same layers whatever the default becomes)."""
+    args: dict[str, Any] = {"num_classes": spec.num_classes, "in_channels": spec.channels,
+                            "image_size": spec.image_size}
+    resolved = resolve_stem(arch, stem)
+    if resolved is None and stem is not None:
+        raise ValueError(f"{arch} has a single stem; a stem ({stem!r}) applies only to "
+                         f"{', '.join(STEM_ARCHS)}")
+    if resolved is not None:
+        args["stem"] = resolved
+    return args
+
+
+def legacy_stem(image_size: int) -> str:
+    """The stem a checkpoint saved before ``model.stem`` existed was built with: the factory then
+    chose the small-image stem for images of at most 64 pixels, torchvision's above."""
+    return "cifar" if image_size <= 64 else "imagenet"
 
 
 def fuse_for_inference(model: nn.Module) -> nn.Module:

@@ -57,15 +57,90 @@ DATASETS: dict[str, DatasetSpec] = {
 ARCHS: dict[str, str] = {
     "small_cnn": "conv16-conv32-fc64 with BatchNorm; the CPU default",
     "allcnn": "All-CNN-C with BatchNorm",
-    "resnet18": "torchvision ResNet-18 (small-image stem below 64 px)",
-    "resnet34": "torchvision ResNet-34 (small-image stem below 64 px)",
-    "resnet50": "torchvision ResNet-50 (small-image stem below 64 px)",
-    "densenet121": "torchvision DenseNet-121 (small-image stem below 64 px)",
-    "convnext_tiny": "torchvision ConvNeXt-T (2x2 patchify below 64 px)",
-    "convnext_large": "torchvision ConvNeXt-L (2x2 patchify below 64 px), the paper's ConvNeXt-L",
+    "resnet18": "torchvision ResNet-18 (stem: model.stem)",
+    "resnet34": "torchvision ResNet-34 (stem: model.stem)",
+    "resnet50": "torchvision ResNet-50 (stem: model.stem)",
+    "densenet121": "torchvision DenseNet-121 (stem: model.stem)",
+    "convnext_tiny": "torchvision ConvNeXt-T (stem: model.stem)",
+    "convnext_large": "torchvision ConvNeXt-L (stem: model.stem), the paper's ConvNeXt-L",
 }
 WEIGHTS = ("none", "imagenet")
 PRETRAINED_ARCHS = tuple(a for a in ARCHS if a not in ("small_cnn", "allcnn"))
+
+# The first layers of the torchvision archs, chosen by ``model.stem`` (the small CNN and All-CNN
+# have one stem each):
+# - "imagenet": torchvision's own stem. ResNet / DenseNet: 7x7 stride-2 conv + 3x3 stride-2
+#   max-pool; ConvNeXt: 4x4 stride-4 patchify. A non-RGB input gets a fresh conv of the same shape
+#   (the authors' MNIST notebook: ``nn.Conv2d(1, 64, 7, 2, 3)``, max-pool kept); with 3 channels
+#   the conv keeps its ImageNet weights.
+# - "cifar": the small-image stem. ResNet / DenseNet: 3x3 stride-1 conv, no pool (as CIFAR
+#   ResNets); ConvNeXt: 2x2 stride-2 patchify. Always a fresh conv.
+STEMS = ("imagenet", "cifar")
+STEM_ARCHS = PRETRAINED_ARCHS
+DEFAULT_STEM = "imagenet"  # torchvision's architecture as published
+
+
+def resolve_stem(arch: str, stem: str | dict[str, str] | None) -> str | None:
+    """The stem ``arch`` gets from a ``model.stem`` value (one name for every arch, or a mapping
+    arch -> name); ``None`` for an arch without a stem choice."""
+    if arch not in STEM_ARCHS:
+        return None
+    if stem is None:
+        return DEFAULT_STEM
+    if isinstance(stem, str):
+        chosen = stem
+    elif arch in stem:
+        chosen = stem[arch]
+    else:
+        raise KeyError(f"no stem for {arch}: the mapping names only "
+                       f"{', '.join(stem) or 'no arch'}")
+    if chosen not in STEMS:
+        raise ValueError(f"unknown stem {chosen!r} for {arch}; allowed: {', '.join(STEMS)}")
+    return chosen
+
+
+def stem_problem(archs: list[str], stem: str | dict[str, str], image_size: int) -> str | None:
+    """What is wrong with ``model.stem`` for these archs on ``image_size``-pixel images, in one
+    sentence, or ``None``: a mapping must name every torchvision arch, and every stem must leave a
+    non-empty feature map for the arch's last stage."""
+    for arch in archs:
+        try:
+            chosen = resolve_stem(arch, stem)
+        except (KeyError, ValueError) as err:
+            return str(err.args[0])
+        if chosen is not None and last_stage_side(arch, chosen, image_size) < 1:
+            fits = [s for s in STEMS if last_stage_side(arch, s, image_size) >= 1]
+            return (f"{arch} with the {chosen} stem cannot process {image_size}-pixel images (a "
+                    f"downsampling layer would get an empty feature map); use "
+                    f"{' or '.join(fits) or 'another arch'} for {arch} (a mapping gives each arch "
+                    f"its own stem)")
+    return None
+
+
+def last_stage_side(arch: str, stem: str, image_size: int) -> int:
+    """Side (pixels) of the feature map that enters the last stage's pooling, for a square
+    ``image_size`` input: 0 means the input is too small for this stem (a layer would get an empty
+    map). Arithmetic of torchvision's layers, checked against the models in the tests."""
+    def conv(n: int, k: int, s: int, p: int) -> int:
+        return max((n + 2 * p - k) // s + 1, 0)
+
+    n = image_size
+    if arch.startswith("resnet"):
+        n = conv(conv(n, 7, 2, 3), 3, 2, 1) if stem == "imagenet" else n
+        for _ in range(3):  # layer2..layer4 halve with a 3x3 stride-2 conv
+            n = conv(n, 3, 2, 1)
+        return n
+    if arch.startswith("densenet"):
+        n = conv(conv(n, 7, 2, 3), 3, 2, 1) if stem == "imagenet" else n
+        for _ in range(3):  # three transitions: 2x2 stride-2 average pooling
+            n = n // 2
+        return n
+    if arch.startswith("convnext"):
+        n = n // 4 if stem == "imagenet" else n // 2  # the patchify stem
+        for _ in range(3):  # three 2x2 stride-2 downsampling convs
+            n = n // 2
+        return n
+    raise KeyError(f"{arch} has no stem choice")
 
 
 # Images per class in each real split, (train, test), in class order: what stand-in data

@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from pbu.checkpoint import load_checkpoint, load_tensors
 from pbu.data import ImageData, check_class, load_prepared
 from pbu.errors import CheckpointError, UsageError
-from pbu.registry import DatasetSpec
 
 __all__ = [
     "MEMORY_FORMATS",
@@ -29,7 +28,6 @@ __all__ = [
     "load_data",
     "load_fisher",
     "load_model",
-    "model_args",
     "resolve_device",
     "resources",
     "started",
@@ -131,15 +129,6 @@ def load_fisher(path: PathLike, model: nn.Module) -> dict[str, Tensor]:
                 f"{path}: {name} holds negative or non-finite values; not a Fisher diagonal"
             )
     return fisher
-
-
-def model_args(spec: DatasetSpec) -> dict[str, Any]:
-    """The model factory's arguments that the dataset fixes (classes, channels, image size)."""
-    return {
-        "num_classes": spec.num_classes,
-        "in_channels": spec.channels,
-        "image_size": spec.image_size,
-    }
 
 
 def resources(device: torch.device, started_at: float) -> dict[str, Any]:

@@ -12,8 +12,9 @@ import torch
 
 from pbu.checkpoint import save_checkpoint, write_json
 from pbu.data import class_split
-from pbu.jobs.common import as_typed, load_data, model_args, resolve_device, resources, started
-from pbu.models import build_model
+from pbu.errors import UsageError
+from pbu.jobs.common import as_typed, load_data, resolve_device, resources, started
+from pbu.models import build_model, model_args
 from pbu.train import TrainRecipe, seed_everything, train_model
 
 PathLike = str | os.PathLike
@@ -28,6 +29,7 @@ def pretrain(
     out_model: PathLike,
     out_info: PathLike,
     weights: str = "none",
+    stem: str | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
     started_at: float | None = None,
@@ -46,6 +48,7 @@ def pretrain(
         out_model=out_model,
         out_info=out_info,
         weights=weights,
+        stem=stem,
         device=device,
         progress=progress,
         started_at=started_at,
@@ -62,6 +65,7 @@ def oracle(
     out_model: PathLike,
     out_info: PathLike,
     weights: str = "none",
+    stem: str | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
     started_at: float | None = None,
@@ -81,6 +85,7 @@ def oracle(
         out_model=out_model,
         out_info=out_info,
         weights=weights,
+        stem=stem,
         device=device,
         progress=progress,
         started_at=started_at,
@@ -97,6 +102,7 @@ def _train(
     out_model: PathLike,
     out_info: PathLike,
     weights: str,
+    stem: str | None,
     device: str | torch.device,
     progress: bool,
     started_at: float | None,
@@ -109,9 +115,12 @@ def _train(
     if forget is not None:  # the oracle never sees the forget class, train or test
         train = train.subset(class_split(train.labels, forget)[1])
         test = test.subset(class_split(test.labels, forget)[1])
-    margs = model_args(spec)
     seed_everything(seed)
-    model = build_model(arch, weights=weights, **margs)
+    try:  # a stem for an arch without one, or one too big for the images: a usage error
+        margs = model_args(arch, spec, stem)
+        model = build_model(arch, weights=weights, **margs)
+    except ValueError as err:
+        raise UsageError(f"arch {arch}: {err}") from None
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     history = train_model(

@@ -59,9 +59,9 @@ def test_readme_example(mnist5k, pretrained_small_cnn, tmp_path):
     retain_test_loader = test.subset(class_split(test.labels, c)[1]).loader(500)
 
     fisher = pbu.fisher_diagonal(model, forget_loader, kind="true")
-    cfg = pbu.PBUConfig(alpha=631, beta=100, gamma=4001, lr=1e-3, batch_size=64, epochs=5,
+    cfg = pbu.PBUConfig(alpha=631, beta=100, gamma=4001, lr=1e-4, batch_size=64, epochs=68,
                         bn_mode="train", stop_rule="forget_acc", stop_threshold=5.0,
-                        check_every=1)
+                        check_every=1, check_samples=0, fisher_scale="none")
     before = [p.detach().clone() for p in model.parameters()]
     result = pbu.unlearn_pbu(model, forget_loader, fisher, cfg)
     scores = pbu.evaluate(result.model, forget_test_loader, retain_test_loader)

@@ -77,3 +77,27 @@ def test_config_readme_documents_every_key():
     text = (ROOT / "config/README.md").read_text()
     for k in keys(schema):
         assert f"`{k}`" in text
+
+
+@pytest.mark.parametrize("stem,archs,match", [
+    ("vgg", ["resnet18"], r"config key model\.stem: 'vgg' is not one of \['imagenet', 'cifar'\]"),
+    ({"resnet18": "imagenet"}, ["resnet18", "resnet50"],
+     r"config key model\.stem: no stem for resnet50: the mapping names only resnet18"),
+    ({"small_cnn": "cifar"}, ["small_cnn"],
+     r"config key model\.stem: 'small_cnn' is not one of \['resnet18'"),
+    ({"resnet18": "big"}, ["resnet18"], r"config key model\.stem\.resnet18: 'big' is not one of"),
+    ("imagenet", ["densenet121"], r"config key model\.stem: densenet121 with the imagenet stem "
+                                  r"cannot process 28-pixel images.*use cifar"),
+])
+def test_bad_stem_names_the_key(tmp_path, stem, archs, match):
+    def mutate(c):
+        c["model"]["stem"] = stem
+        c["archs"] = archs
+    with pytest.raises(ConfigError, match=match):
+        _check(mutate, tmp_path)
+
+
+def test_stem_mapping_gives_each_arch_its_own(tmp_path):
+    c = _check(lambda c: c.update(archs=["small_cnn", "resnet18", "densenet121"], model={
+        "weights": "none", "stem": {"resnet18": "imagenet", "densenet121": "cifar"}}), tmp_path)
+    assert c["model"]["stem"]["densenet121"] == "cifar"

@@ -26,11 +26,105 @@ def test_factory_adapts_to_dataset(arch, c, size, k):
     assert out.shape == (2, k)
 
 
-def test_resnet_small_stem_keeps_resolution():
-    m = build_model("resnet18", num_classes=10, in_channels=3, image_size=32)
-    assert m.conv1.stride == (1, 1) and isinstance(m.maxpool, torch.nn.Identity)
-    big = build_model("resnet18", num_classes=10, in_channels=3, image_size=224)
-    assert big.conv1.stride == (2, 2)
+# ------------------------------------------------------------------------------------------
+# The stem of the torchvision archs (model.stem)
+# ------------------------------------------------------------------------------------------
+
+# (arch, stem, channels, size) -> side of the feature map entering the last stage's pooling,
+# worked out by hand from torchvision's layers (None: the stem cannot process that size):
+# ResNet imagenet: 28 -> conv 14 -> pool 7 -> 4 -> 2 -> 1; 32 -> 16 -> 8 -> 4 -> 2 -> 1.
+# ResNet cifar: 28 -> 28 -> 14 -> 7 -> 4; 32 -> 32 -> 16 -> 8 -> 4.
+# DenseNet imagenet: 28 -> 14 -> 7 -> 3 -> 1 -> 0 (three 2x2 average pools); 32 -> ... -> 1.
+# DenseNet cifar: 28 -> 14 -> 7 -> 3; 32 -> 16 -> 8 -> 4.
+# ConvNeXt imagenet (4x4 patches): 28 -> 7 -> 3 -> 1 -> 0; 32 -> 8 -> 4 -> 2 -> 1.
+# ConvNeXt cifar (2x2 patches): 28 -> 14 -> 7 -> 3 -> 1; 32 -> 16 -> 8 -> 4 -> 2.
+LAST_SIDE = {
+    ("resnet18", "imagenet", 1, 28): 1, ("resnet18", "imagenet", 3, 32): 1,
+    ("resnet18", "cifar", 1, 28): 4, ("resnet18", "cifar", 3, 32): 4,
+    ("resnet50", "imagenet", 1, 28): 1, ("resnet50", "cifar", 3, 32): 4,
+    ("densenet121", "imagenet", 1, 28): None, ("densenet121", "imagenet", 3, 32): 1,
+    ("densenet121", "cifar", 1, 28): 3, ("densenet121", "cifar", 3, 32): 4,
+    ("convnext_tiny", "imagenet", 1, 28): None, ("convnext_tiny", "imagenet", 3, 32): 1,
+    ("convnext_tiny", "cifar", 1, 28): 1, ("convnext_tiny", "cifar", 3, 32): 2,
+}
+
+
+def _last_stage_input(model: torch.nn.Module, arch: str) -> torch.nn.Module:
+    """The module whose output is the map the global pooling reduces."""
+    if arch.startswith("resnet"):
+        return model.layer4
+    if arch.startswith("densenet"):
+        return model.features.norm5
+    return model.features[-1]  # convnext: the last stage
+
+
+@pytest.mark.parametrize("arch,stem,c,size", sorted(LAST_SIDE))
+def test_stem_layers_and_the_map_reaching_the_last_stage(arch, stem, c, size):
+    from pbu.registry import last_stage_side
+
+    want = LAST_SIDE[arch, stem, c, size]
+    assert last_stage_side(arch, stem, size) == (want or 0)  # the config check's arithmetic
+    if want is None:
+        with pytest.raises(ValueError, match=f"{arch} with the {stem} stem cannot process "
+                                             f"{size}-pixel images.*use cifar"):
+            build_model(arch, num_classes=7, in_channels=c, image_size=size, stem=stem)
+        return
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=7, in_channels=c, image_size=size, stem=stem).eval()
+    if arch.startswith("resnet") or arch.startswith("densenet"):
+        conv, pool = ((model.conv1, model.maxpool) if arch.startswith("resnet")
+                      else (model.features.conv0, model.features.pool0))
+        assert conv.in_channels == c
+        if stem == "imagenet":  # torchvision's 7x7 stride-2 conv and its 3x3 stride-2 max-pool
+            assert (conv.kernel_size, conv.stride, conv.padding) == ((7, 7), (2, 2), (3, 3))
+            assert isinstance(pool, torch.nn.MaxPool2d) and pool.stride == 2
+        else:  # the small-image stem: 3x3 stride 1, no pool
+            assert (conv.kernel_size, conv.stride, conv.padding) == ((3, 3), (1, 1), (1, 1))
+            assert isinstance(pool, torch.nn.Identity)
+    else:
+        patchify = model.features[0][0]
+        k = 4 if stem == "imagenet" else 2
+        assert patchify.in_channels == c
+        assert patchify.kernel_size == (k, k) and patchify.stride == (k, k)
+    seen = []
+    _last_stage_input(model, arch).register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    with torch.no_grad():
+        logits = model(torch.randn(2, c, size, size))
+    assert logits.shape == (2, 7)
+    assert seen[-1][-2:] == (want, want)
+
+
+def test_default_stem_is_torchvisions_and_a_single_stem_arch_refuses_one():
+    m = build_model("resnet18", num_classes=10, in_channels=1, image_size=28)
+    assert m.conv1.stride == (2, 2) and isinstance(m.maxpool, torch.nn.MaxPool2d)
+    with pytest.raises(ValueError, match="small_cnn has a single stem"):
+        build_model("small_cnn", num_classes=10, in_channels=1, image_size=28, stem="cifar")
+
+
+def test_model_args_record_the_resolved_stem_of_torchvision_archs_only():
+    from pbu.models import model_args
+    from pbu.registry import DATASETS
+
+    spec = DATASETS["mnist5k"]
+    assert model_args("resnet18", spec) == {"num_classes": 10, "in_channels": 1,
+                                            "image_size": 28, "stem": "imagenet"}
+    assert model_args("resnet18", spec, "cifar")["stem"] == "cifar"
+    assert "stem" not in model_args("small_cnn", spec)
+    with pytest.raises(ValueError, match="small_cnn has a single stem"):
+        model_args("small_cnn", spec, "imagenet")
+
+
+def test_config_stem_one_name_or_a_mapping_per_arch():
+    from pbu.registry import resolve_stem, stem_problem
+
+    mapping = {"resnet18": "imagenet", "densenet121": "cifar"}
+    assert resolve_stem("densenet121", mapping) == "cifar"
+    assert resolve_stem("resnet18", "cifar") == "cifar" and resolve_stem("small_cnn", "cifar") is None
+    assert stem_problem(["small_cnn", "resnet18", "densenet121"], mapping, 28) is None
+    assert "no stem for resnet50" in stem_problem(["resnet50"], mapping, 28)
+    assert "densenet121 with the imagenet stem cannot process 28-pixel" in \
+        stem_problem(["densenet121"], "imagenet", 28)
+    assert stem_problem(["densenet121"], "imagenet", 32) is None
 
 
 def test_unknown_arch_and_weights_are_named():
@@ -64,6 +158,72 @@ def test_checkpoint_roundtrip_carries_its_description(tmp_path):
     assert info["pbu_version"] and info["model_args"] == args
     assert not loaded.training
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("stem", ["imagenet", "cifar"])
+def test_checkpoint_rebuilds_the_stem_it_was_trained_with(tmp_path, stem):
+    from pbu.models import model_args
+    from pbu.registry import DATASETS
+
+    args = model_args("resnet18", DATASETS["mnist5k"], stem)
+    torch.manual_seed(2)
+    m = build_model("resnet18", **args)
+    save_checkpoint(tmp_path / "r.pt", m, arch="resnet18", model_args=args)
+    loaded, info = load_checkpoint(tmp_path / "r.pt", with_info=True)
+    assert info["model_args"]["stem"] == stem
+    assert loaded.conv1.kernel_size == ((7, 7) if stem == "imagenet" else (3, 3))
+    assert isinstance(loaded.maxpool, torch.nn.MaxPool2d if stem == "imagenet" else torch.nn.Identity)
+    for (k, a), (_, b) in zip(m.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(m.eval()(x), loaded(x))
+    # the recorded stem is what rebuilds it: the other stem's layers do not fit this state dict
+    other = "cifar" if stem == "imagenet" else "imagenet"
+    save_checkpoint(tmp_path / "w.pt", m, arch="resnet18", model_args={**args, "stem": other})
+    with pytest.raises(CheckpointError, match="does not fit resnet18"):
+        load_checkpoint(tmp_path / "w.pt")
+
+
+@pytest.mark.parametrize("size,legacy", [(28, "cifar"), (96, "imagenet")])
+def test_checkpoint_without_a_stem_loads_as_its_factory_built_it(tmp_path, size, legacy):
+    """Checkpoints saved before the stem was recorded: the factory then chose the small-image
+    stem up to 64 px and torchvision's above; they load as before, and the info says which."""
+    args = {"num_classes": 10, "in_channels": 1, "image_size": size}
+    torch.manual_seed(3)
+    m = build_model("resnet18", **args, stem=legacy)
+    save_checkpoint(tmp_path / "old.pt", m, arch="resnet18", model_args=args)
+    loaded, info = load_checkpoint(tmp_path / "old.pt", with_info=True)
+    assert info["model_args"] == {**args, "stem": legacy}
+    assert loaded.conv1.stride == ((1, 1) if legacy == "cifar" else (2, 2))
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(),
+                                                 loaded.state_dict().values()))
+
+
+def test_pretrain_command_records_the_stem_it_built(tmp_path, capsys):
+    """The joint: `pbu pretrain --stem` builds that stem and its checkpoint records it."""
+    import json
+
+    from pbu.cli import main
+    from pbu.data import DATASETS, TensorImages, save_prepared
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorImages(DATASETS["mnist5k"],
+                        torch.randint(0, 256, (20, 1, 28, 28), generator=g, dtype=torch.uint8),
+                        torch.arange(20) % 10)
+    save_prepared(tmp_path / "d.pt", data, data)
+    recipe = json.dumps({"epochs": 1, "batch_size": 10, "optimizer": "adam", "lr": 1e-4,
+                         "weight_decay": 0.0, "channels_last": False})
+    base = ["pretrain", "--data", str(tmp_path / "d.pt"), "--seed", "0", "--recipe", recipe,
+            "--device", "cpu", "--quiet", "--out-info", str(tmp_path / "i.json")]
+    assert main([*base, "--arch", "resnet18", "--stem", "cifar",
+                 "--out-model", str(tmp_path / "m.pt")]) == 0
+    model, info = load_checkpoint(tmp_path / "m.pt", with_info=True)
+    assert info["model_args"]["stem"] == "cifar" and model.conv1.stride == (1, 1)
+    assert main([*base, "--arch", "small_cnn", "--stem", "cifar",
+                 "--out-model", str(tmp_path / "s.pt")]) == 2
+    assert "small_cnn has a single stem" in capsys.readouterr().err
+    assert not (tmp_path / "s.pt").exists()
 
 
 def test_truncated_checkpoint_names_the_file(tmp_path):

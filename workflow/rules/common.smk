@@ -5,7 +5,7 @@ import shlex
 
 from pbu import layout
 from pbu.config import check_config
-from pbu.registry import METHODS_NEEDING_FISHER
+from pbu.registry import METHODS_NEEDING_FISHER, resolve_stem
 
 CONFIG = check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 R = CONFIG["results"]
@@ -132,6 +132,10 @@ def download_args():
             f"--keep-classes {classes} --keep-per-class {data['min_forget_per_class']}"
         )
     return " ".join(args)
+def stem_arg(wildcards):
+    """``--stem NAME`` for a torchvision arch (model.stem, one name or per arch), else nothing."""
+    stem = resolve_stem(wildcards.arch, CONFIG["model"]["stem"])
+    return f"--stem {stem}" if stem else ""
 
 
 def weights_marker(wildcards):

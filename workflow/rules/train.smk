@@ -17,6 +17,7 @@ rule pretrain:
     params:
         recipe=as_json(CONFIG["pretrain"]),
         weights=CONFIG["model"]["weights"],
+        stem=stem_arg,
         device=CONFIG["device"],
     threads: res("pretrain", "threads")
     resources:
@@ -27,9 +28,9 @@ rule pretrain:
         CONDA_ENV
     shell:
         "pbu pretrain --data {input.data} --arch {wildcards.arch} --seed {wildcards.seed} "
-        "--weights {params.weights} --recipe {params.recipe:q} --device {params.device} "
-        "--threads {threads} --quiet --out-model {output.model} --out-info {output.info} "
-        "2> {log}"
+        "--weights {params.weights} {params.stem} --recipe {params.recipe:q} "
+        "--device {params.device} --threads {threads} --quiet --out-model {output.model} "
+        "--out-info {output.info} 2> {log}"
 
 
 rule oracle:
@@ -46,6 +47,7 @@ rule oracle:
     params:
         recipe=as_json(CONFIG["pretrain"]),
         weights=CONFIG["model"]["weights"],
+        stem=stem_arg,
         device=CONFIG["device"],
     threads: res("pretrain", "threads")
     resources:
@@ -56,6 +58,6 @@ rule oracle:
         CONDA_ENV
     shell:
         "pbu oracle --data {input.data} --arch {wildcards.arch} --seed {wildcards.seed} "
-        "--forget {wildcards.forget} --weights {params.weights} --recipe {params.recipe:q} "
-        "--device {params.device} --threads {threads} --quiet --out-model {output.model} "
-        "--out-info {output.info} 2> {log}"
+        "--forget {wildcards.forget} --weights {params.weights} {params.stem} "
+        "--recipe {params.recipe:q} --device {params.device} --threads {threads} --quiet "
+        "--out-model {output.model} --out-info {output.info} 2> {log}"
