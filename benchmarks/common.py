@@ -30,8 +30,11 @@ def merge_config(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     ``snakemake --configfile`` merges a second config file)."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = (merge_config(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict)
-                  else copy.deepcopy(v))
+        out[k] = (
+            merge_config(out[k], v)
+            if isinstance(v, dict) and isinstance(out.get(k), dict)
+            else copy.deepcopy(v)
+        )
     return out
 
 
@@ -98,16 +101,20 @@ def median_rate(n: float, seconds: Iterable[float]) -> float:
 def machine(device: Any = None) -> dict[str, Any]:
     """Where a number was measured: Python, platform, CPUs and load; with a device, torch's
     version, its threads and the GPU's name."""
-    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "cpu": platform.processor() or platform.machine(),
-                            "cpu_count": os.cpu_count()}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
     with contextlib.suppress(OSError):
         info["loadavg_1min"] = os.getloadavg()[0]
     if device is not None:
         import torch
 
-        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                    device=str(device))
+        info.update(
+            torch=torch.__version__, torch_threads=torch.get_num_threads(), device=str(device)
+        )
         if getattr(device, "type", None) == "cuda":
             info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -132,6 +139,5 @@ def read_json(path: str | os.PathLike) -> Any:
 def child_env(**extra: str) -> dict[str, str]:
     """The environment for a fresh Python process that imports this checkout's ``pbu``."""
     env = dict(os.environ, **extra)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
-                                        if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     return env

@@ -53,10 +53,15 @@ def env(args: argparse.Namespace) -> int:
 
     import torch
 
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "cuda_available": torch.cuda.is_available(),
-                            "torch_cuda": torch.version.cuda, "cpu_count": os.cpu_count(),
-                            "platform": platform.platform(), "packages": {}}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "torch_cuda": torch.version.cuda,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "packages": {},
+    }
     for name in (*CARRIED, "torchvision", "numpy", "scikit-learn", "pyyaml", "pytest"):
         try:
             info["packages"][name] = md.version(name)
@@ -74,12 +79,15 @@ def env(args: argparse.Namespace) -> int:
     if torch.cuda.is_available():
         dev = torch.device("cuda")
         p = torch.cuda.get_device_properties(dev)
-        info.update(device_name=p.name, capability=f"{p.major}.{p.minor}",
-                    multiprocessors=p.multi_processor_count,
-                    total_memory_mb=p.total_memory / 2**20,
-                    cudnn=torch.backends.cudnn.version(),
-                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
-                    tf32_cudnn=torch.backends.cudnn.allow_tf32)
+        info.update(
+            device_name=p.name,
+            capability=f"{p.major}.{p.minor}",
+            multiprocessors=p.multi_processor_count,
+            total_memory_mb=p.total_memory / 2**20,
+            cudnn=torch.backends.cudnn.version(),
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+            tf32_cudnn=torch.backends.cudnn.allow_tf32,
+        )
         x = torch.randn(1024, 1024, device=dev)
         info["matmul_ok"] = bool(torch.isfinite(x @ x).all())
     elif args.device.startswith("cuda"):
@@ -130,44 +138,169 @@ def rules(args: argparse.Namespace) -> int:
     jobs: list[tuple[str, str, list[str], str | None]] = []  # (rule, name, argv, record)
     subset = []
     if args.max_train_per_class:
-        subset = ["--max-train-per-class", str(args.max_train_per_class),
-                  "--max-test-per-class", str(max(10, args.max_train_per_class // 4))]
-    jobs.append(("download", "download", ["download", "--dataset", cfg["dataset"], "--root",
-                                          m("tv"), "--no-download", *subset, "--out",
-                                          str(data)], None))
-    train = ["--data", str(data), "--arch", arch, "--seed", str(seed), "--weights",
-             cfg["model"]["weights"], "--recipe", json.dumps(recipe), *common]
-    jobs.append(("pretrain", "pretrain", ["pretrain", *train, "--out-model", m("original.pt"),
-                                          "--out-info", m("pretrain.json")], "pretrain.json"))
-    jobs.append(("oracle", "oracle", ["oracle", *train, "--forget", str(c), "--out-model",
-                                      m("oracle.pt"), "--out-info", m("oracle.json")],
-                 "oracle.json"))
-    jobs.append(("fisher", "fisher", [
-        "fisher", "--data", str(data), "--model", m("original.pt"), "--forget", str(c),
-        "--kind", str(fs["kind"]), "--bn-mode", fs["bn_mode"], "--mc-samples",
-        str(fs["mc_samples"]), "--chunk-size", str(fs["chunk_size"]), "--batch-size",
-        str(fs["batch_size"]), "--seed", str(seed), *common, "--out", m("fisher.pt"),
-        "--out-info", m("fisher.json")], "fisher.json"))
+        subset = [
+            "--max-train-per-class",
+            str(args.max_train_per_class),
+            "--max-test-per-class",
+            str(max(10, args.max_train_per_class // 4)),
+        ]
+    jobs.append(
+        (
+            "download",
+            "download",
+            [
+                "download",
+                "--dataset",
+                cfg["dataset"],
+                "--root",
+                m("tv"),
+                "--no-download",
+                *subset,
+                "--out",
+                str(data),
+            ],
+            None,
+        )
+    )
+    train = [
+        "--data",
+        str(data),
+        "--arch",
+        arch,
+        "--seed",
+        str(seed),
+        "--weights",
+        cfg["model"]["weights"],
+        "--recipe",
+        json.dumps(recipe),
+        *common,
+    ]
+    jobs.append(
+        (
+            "pretrain",
+            "pretrain",
+            ["pretrain", *train, "--out-model", m("original.pt"), "--out-info", m("pretrain.json")],
+            "pretrain.json",
+        )
+    )
+    jobs.append(
+        (
+            "oracle",
+            "oracle",
+            [
+                "oracle",
+                *train,
+                "--forget",
+                str(c),
+                "--out-model",
+                m("oracle.pt"),
+                "--out-info",
+                m("oracle.json"),
+            ],
+            "oracle.json",
+        )
+    )
+    jobs.append(
+        (
+            "fisher",
+            "fisher",
+            [
+                "fisher",
+                "--data",
+                str(data),
+                "--model",
+                m("original.pt"),
+                "--forget",
+                str(c),
+                "--kind",
+                str(fs["kind"]),
+                "--bn-mode",
+                fs["bn_mode"],
+                "--mc-samples",
+                str(fs["mc_samples"]),
+                "--chunk-size",
+                str(fs["chunk_size"]),
+                "--batch-size",
+                str(fs["batch_size"]),
+                "--seed",
+                str(seed),
+                *common,
+                "--out",
+                m("fisher.pt"),
+                "--out-info",
+                m("fisher.json"),
+            ],
+            "fisher.json",
+        )
+    )
     methods = [x for x in args.methods.split(",") if x]
     for meth in methods:
         hp = cfg["hparams"][meth]
         mon = cfg["monitor"]
         every = mon["every"] if meth in mon["methods"] else 0
         fisher = ["--fisher", m("fisher.pt")] if meth == "pbu" else []
-        jobs.append(("unlearn", f"unlearn_{meth}", [
-            "unlearn", "--data", str(data), "--model", m("original.pt"), "--forget", str(c),
-            "--method", meth, "--hparams", json.dumps(hp), *fisher, "--retain-subset",
-            str(cfg["retain_subset"]), "--seed", str(seed), "--monitor-every", str(every),
-            "--monitor-retain", str(mon["retain_samples"]), *common, "--out-model",
-            m(f"{meth}.pt"), "--out-history", m(f"{meth}_history.json"), "--out-info",
-            m(f"unlearn_{meth}.json")], f"unlearn_{meth}.json"))
-    jobs.append(("evaluate", "evaluate", [
-        "evaluate", "--data", str(data), "--forget", str(c), "--seed", str(seed), "--original",
-        m("original.pt"), "--oracle", m("oracle.pt"),
-        *[a for meth in methods for a in ("--model", f"{meth}={m(meth + '.pt')}")],
-        "--settings", json.dumps({**cfg["evaluation"], **json.loads(args.eval_settings)}),
-        *common, "--out", m("metrics.json")],
-        "metrics.json"))
+        jobs.append(
+            (
+                "unlearn",
+                f"unlearn_{meth}",
+                [
+                    "unlearn",
+                    "--data",
+                    str(data),
+                    "--model",
+                    m("original.pt"),
+                    "--forget",
+                    str(c),
+                    "--method",
+                    meth,
+                    "--hparams",
+                    json.dumps(hp),
+                    *fisher,
+                    "--retain-subset",
+                    str(cfg["retain_subset"]),
+                    "--seed",
+                    str(seed),
+                    "--monitor-every",
+                    str(every),
+                    "--monitor-retain",
+                    str(mon["retain_samples"]),
+                    *common,
+                    "--out-model",
+                    m(f"{meth}.pt"),
+                    "--out-history",
+                    m(f"{meth}_history.json"),
+                    "--out-info",
+                    m(f"unlearn_{meth}.json"),
+                ],
+                f"unlearn_{meth}.json",
+            )
+        )
+    jobs.append(
+        (
+            "evaluate",
+            "evaluate",
+            [
+                "evaluate",
+                "--data",
+                str(data),
+                "--forget",
+                str(c),
+                "--seed",
+                str(seed),
+                "--original",
+                m("original.pt"),
+                "--oracle",
+                m("oracle.pt"),
+                *[a for meth in methods for a in ("--model", f"{meth}={m(meth + '.pt')}")],
+                "--settings",
+                json.dumps({**cfg["evaluation"], **json.loads(args.eval_settings)}),
+                *common,
+                "--out",
+                m("metrics.json"),
+            ],
+            "metrics.json",
+        )
+    )
 
     rows: list[dict[str, Any]] = []
     ok = True
@@ -177,17 +310,27 @@ def rules(args: argparse.Namespace) -> int:
             row: dict[str, Any] = {"rule": rule, "job": name, "rc": rc, "process_wall_s": wall}
             if rc == 0 and record:
                 rec = json.loads((work / record).read_text())
-                for k in ("time_s", "cpu_s", "peak_rss_mb", "peak_gpu_mb", "device",
-                          "images_per_s", "final_test_acc"):
+                for k in (
+                    "time_s",
+                    "cpu_s",
+                    "peak_rss_mb",
+                    "peak_gpu_mb",
+                    "device",
+                    "images_per_s",
+                    "final_test_acc",
+                ):
                     if k in rec:
                         row[k] = rec[k]
                 if name == "unlearn_pbu":
                     row["stop_step"] = rec.get("info", {}).get("stop_step")
             rows.append(row)
-            print(f"  {name:18s} rc {rc}  {wall:6.1f} s process, own time_s "
-                  f"{_fmt(row.get('time_s'), '.2f')}, peak GPU "
-                  f"{_fmt(row.get('peak_gpu_mb'))} MB, peak RSS "
-                  f"{_fmt(row.get('peak_rss_mb'))} MB", flush=True)
+            print(
+                f"  {name:18s} rc {rc}  {wall:6.1f} s process, own time_s "
+                f"{_fmt(row.get('time_s'), '.2f')}, peak GPU "
+                f"{_fmt(row.get('peak_gpu_mb'))} MB, peak RSS "
+                f"{_fmt(row.get('peak_rss_mb'))} MB",
+                flush=True,
+            )
             if rc != 0:
                 ok = False
                 break  # later jobs need this one's outputs
@@ -207,17 +350,33 @@ def rules(args: argparse.Namespace) -> int:
     if (work / "metrics.json").exists():
         for name, row in json.loads((work / "metrics.json").read_text())["metrics"].items():
             metrics[name] = {k: row.get(k) for k in ("acc_forget_test", "acc_retain_test")}
-    result = {"benchmark": "gpu_check_rules", "device": args.device, "dataset": cfg["dataset"],
-              "arch": arch, "forget": c, "seed": seed, "methods": methods,
-              "recipe": recipe, "fisher": fs, "max_train_per_class": args.max_train_per_class,
-              "jobs": rows, "per_rule": per_rule, "all_ok": ok,
-              "pbu_own_time_over_oracle_own_time": ratio, "accuracies": metrics,
-              "units": {"peak_gpu_mb": "MB, torch.cuda.max_memory_allocated of the job",
-                        "time_s": "s, the job's own timed work",
-                        "process_wall_s": "s, the whole process incl. start-up"}}
+    result = {
+        "benchmark": "gpu_check_rules",
+        "device": args.device,
+        "dataset": cfg["dataset"],
+        "arch": arch,
+        "forget": c,
+        "seed": seed,
+        "methods": methods,
+        "recipe": recipe,
+        "fisher": fs,
+        "max_train_per_class": args.max_train_per_class,
+        "jobs": rows,
+        "per_rule": per_rule,
+        "all_ok": ok,
+        "pbu_own_time_over_oracle_own_time": ratio,
+        "accuracies": metrics,
+        "units": {
+            "peak_gpu_mb": "MB, torch.cuda.max_memory_allocated of the job",
+            "time_s": "s, the job's own timed work",
+            "process_wall_s": "s, the whole process incl. start-up",
+        },
+    }
     write_json(args.out, result)
-    print("peak GPU MB per rule: " + ", ".join(
-        f"{k} {_fmt(v.get('max_peak_gpu_mb'))}" for k, v in per_rule.items()))
+    print(
+        "peak GPU MB per rule: "
+        + ", ".join(f"{k} {_fmt(v.get('max_peak_gpu_mb'))}" for k, v in per_rule.items())
+    )
     if ratio is not None:
         print(f"PBU (fisher + unlearn own time) / oracle own time: {100 * ratio:.2f} %")
     return 0 if ok else 1
@@ -271,17 +430,23 @@ def headline(out_dir: Path, work: Path | None, device: str = "cuda") -> dict[str
         if isinstance(rec, dict):
             rows += [r for r in rec.get("rows", []) if r.get("what") == "train_model"]
     if rows:
-        ran_on = next((r["machine"].get("device") for r in (bt, comp)
-                       if isinstance(r, dict) and "machine" in r), device)
+        ran_on = next(
+            (
+                r["machine"].get("device")
+                for r in (bt, comp)
+                if isinstance(r, dict) and "machine" in r
+            ),
+            device,
+        )
         train: dict[str, Any] = {}
         for r in rows:
             train.setdefault(r["model"], {})[r["variant"]] = {
-                k: r.get(k) for k in ("images_per_s", "step_ms", "warmup_s", "peak_gpu_mb",
-                                      "batch_size")}
+                k: r.get(k)
+                for k in ("images_per_s", "step_ms", "warmup_s", "peak_gpu_mb", "batch_size")
+            }
         for model, variants in train.items():
             best = max(variants, key=lambda v: variants[v]["images_per_s"] or 0)
-            variants["best"] = {"variant": best,
-                                "images_per_s": variants[best]["images_per_s"]}
+            variants["best"] = {"variant": best, "images_per_s": variants[best]["images_per_s"]}
             if model == "resnet18" and str(ran_on).startswith("cuda"):
                 variants["best"]["target_images_per_s"] = 25000.0
                 variants["best"]["target_met"] = variants[best]["images_per_s"] >= 25000.0
@@ -298,9 +463,18 @@ def headline(out_dir: Path, work: Path | None, device: str = "cuda") -> dict[str
                 if "ratio_vs_nngeometry" in ms.get(k, {}):
                     row[f"{k}_over_nngeometry"] = ms[k]["ratio_vs_nngeometry"]
             cmp = r.get("vs_nngeometry") or {}
-            row.update({f"vs_nngeometry_{k}": cmp.get(k) for k in
-                        ("max_rel_diff_entry", "max_rel_diff_tensor", "ref_nan",
-                         "test_nonfinite", "entries")})
+            row.update(
+                {
+                    f"vs_nngeometry_{k}": cmp.get(k)
+                    for k in (
+                        "max_rel_diff_entry",
+                        "max_rel_diff_tensor",
+                        "ref_nan",
+                        "test_nonfinite",
+                        "entries",
+                    )
+                }
+            )
             row.update(n=r.get("n"), trained=r.get("trained"), data=r.get("data"))
             fish[r.get("model", "?")] = row
         h["fisher"] = fish
@@ -308,20 +482,34 @@ def headline(out_dir: Path, work: Path | None, device: str = "cuda") -> dict[str
     bp = read_json(out_dir / "bench_pipeline.json")
     if isinstance(bp, dict) and "summary" in bp:
         s = bp["summary"]
-        h["pbu_over_oracle"] = {k: s.get(k) for k in (
-            "pbu_over_oracle_wall", "pbu_over_oracle_cpu", "fisher_over_oracle_wall",
-            "pbu_unlearn_over_oracle_wall", "oracle_mean_wall_s", "pbu_target",
-            "pbu_target_met", "oracle_acc_forget_test", "oracle_acc_retain_test")}
+        h["pbu_over_oracle"] = {
+            k: s.get(k)
+            for k in (
+                "pbu_over_oracle_wall",
+                "pbu_over_oracle_cpu",
+                "fisher_over_oracle_wall",
+                "pbu_unlearn_over_oracle_wall",
+                "oracle_mean_wall_s",
+                "pbu_target",
+                "pbu_target_met",
+                "oracle_acc_forget_test",
+                "oracle_acc_retain_test",
+            )
+        }
         pbu = s.get("methods", {}).get("pbu", {})
-        h["pbu_over_oracle"].update(acc_forget_test=pbu.get("mean_acc_forget_test"),
-                                    acc_retain_test=pbu.get("mean_acc_retain_test"))
+        h["pbu_over_oracle"].update(
+            acc_forget_test=pbu.get("mean_acc_forget_test"),
+            acc_retain_test=pbu.get("mean_acc_retain_test"),
+        )
         h["pbu_over_oracle"]["device"] = bp.get("settings", {}).get("device")
     rules_rec = read_json(out_dir / "rules.json")
     if isinstance(rules_rec, dict):
-        h["peak_gpu_mb_per_rule"] = {k: v.get("max_peak_gpu_mb")
-                                     for k, v in rules_rec.get("per_rule", {}).items()}
-        h["time_s_per_rule"] = {k: v.get("max_time_s")
-                                for k, v in rules_rec.get("per_rule", {}).items()}
+        h["peak_gpu_mb_per_rule"] = {
+            k: v.get("max_peak_gpu_mb") for k, v in rules_rec.get("per_rule", {}).items()
+        }
+        h["time_s_per_rule"] = {
+            k: v.get("max_time_s") for k, v in rules_rec.get("per_rule", {}).items()
+        }
         h["rules_pbu_own_over_oracle_own"] = rules_rec.get("pbu_own_time_over_oracle_own_time")
     if work is not None:
         counts = _pytest_counts(work / "pytest.xml")
@@ -339,18 +527,33 @@ def summary(args: argparse.Namespace) -> int:
             parts = line.split("\t")
             if len(parts) >= 5:
                 name, status, rc, seconds, limit = parts[:5]
-                steps.append({"step": name, "status": status, "rc": int(rc),
-                              "seconds": float(seconds), "limit_s": float(limit)})
+                steps.append(
+                    {
+                        "step": name,
+                        "status": status,
+                        "rc": int(rc),
+                        "seconds": float(seconds),
+                        "limit_s": float(limit),
+                    }
+                )
     env_rec = read_json(work / "env.json") if work else None
     passed = bool(steps) and all(s["status"] in ("passed", "skipped") for s in steps)
-    result = {"benchmark": "gpu_check", "device": args.device, "all_passed": passed,
-              "finished": args.final, "steps": steps, "env": env_rec,
-              "headline": headline(out_dir, work, args.device),
-              "files": sorted(p.name for p in out_dir.iterdir() if p.is_file())}
+    result = {
+        "benchmark": "gpu_check",
+        "device": args.device,
+        "all_passed": passed,
+        "finished": args.final,
+        "steps": steps,
+        "env": env_rec,
+        "headline": headline(out_dir, work, args.device),
+        "files": sorted(p.name for p in out_dir.iterdir() if p.is_file()),
+    }
     write_json(out_dir / "gpu_check.json", result)
     if args.final:  # compact: the device's reply keeps only the output's last 12,000 chars
-        print("steps: " + ", ".join(f"{s['step']} {s['status']} ({s['seconds']:.0f} s)"
-                                    for s in steps))
+        print(
+            "steps: "
+            + ", ".join(f"{s['step']} {s['status']} ({s['seconds']:.0f} s)" for s in steps)
+        )
         for key, value in result["headline"].items():
             print(f"{key}: {json.dumps(_round(value), default=str)}")
     return 0
@@ -383,11 +586,18 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--forget", type=int, default=2)
     s.add_argument("--methods", default="pbu", help="unlearn jobs to run (comma-separated)")
     s.add_argument("--epochs", type=int, default=None, help="override pretrain epochs")
-    s.add_argument("--max-train-per-class", type=int, default=0,
-                   help="shrink the dataset (tiny CPU runs); 0: all of it")
+    s.add_argument(
+        "--max-train-per-class",
+        type=int,
+        default=0,
+        help="shrink the dataset (tiny CPU runs); 0: all of it",
+    )
     s.add_argument("--threads", type=int, default=1)
-    s.add_argument("--eval-settings", default="{}",
-                   help="JSON merged over the config's evaluation settings (tiny CPU runs)")
+    s.add_argument(
+        "--eval-settings",
+        default="{}",
+        help="JSON merged over the config's evaluation settings (tiny CPU runs)",
+    )
     s = sub.add_parser("summary")
     s.add_argument("--steps", required=True)
     s.add_argument("--out-dir", required=True)

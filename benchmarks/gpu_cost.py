@@ -62,8 +62,16 @@ from common import ROOT, Clock, child_env, merge_config, read_config, write_json
 PAPER = ROOT / "config" / "paper"
 RULES = ("pretrain", "fisher", "unlearn", "evaluate", "tune")
 # Most costly first, so a run cut short by its budget has measured the risky pairs.
-ORDER = ("food101_convnext", "food101", "cifar100", "mnist", "cifar10", "cifar10_allcnn",
-         "mnist_allcnn", "fashion_mnist")
+ORDER = (
+    "food101_convnext",
+    "food101",
+    "cifar100",
+    "mnist",
+    "cifar10",
+    "cifar10_allcnn",
+    "mnist_allcnn",
+    "fashion_mnist",
+)
 MIN_FORGET = 5  # the evaluation's 5-fold loss attack needs 5 forget images per side
 
 
@@ -80,8 +88,14 @@ def load_config(name: str, *, tiny: bool = False) -> dict[str, Any]:
     cfg = read_config(PAPER / f"{name}.yaml")
     if tiny:
         smoke = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-        cfg = merge_config(cfg, {k: smoke[k] for k in ("hparams", "monitor", "evaluation",
-                                                       "retain_subset") if k in smoke})
+        cfg = merge_config(
+            cfg,
+            {
+                k: smoke[k]
+                for k in ("hparams", "monitor", "evaluation", "retain_subset")
+                if k in smoke
+            },
+        )
     return cfg
 
 
@@ -97,9 +111,13 @@ def job_counts(cfg: dict[str, Any]) -> dict[str, int]:
     class, times methods for unlearn); tune jobs only with tuning enabled."""
     archs, seeds, groups = len(cfg["archs"]), len(cfg["seeds"]), None
     groups = archs * seeds * len(forget_classes(cfg))
-    counts = {"pretrain": archs * seeds, "oracle": groups, "evaluate": groups,
-              "unlearn": groups * len(cfg["methods"]),
-              "fisher": groups if "pbu" in cfg["methods"] else 0}
+    counts = {
+        "pretrain": archs * seeds,
+        "oracle": groups,
+        "evaluate": groups,
+        "unlearn": groups * len(cfg["methods"]),
+        "fisher": groups if "pbu" in cfg["methods"] else 0,
+    }
     tuned = [m for m in cfg["tuning"]["methods"] if m in cfg["methods"]]
     counts["tune"] = groups * len(tuned) if cfg["tuning"]["enabled"] else 0
     return counts
@@ -142,8 +160,10 @@ def linear_at_one(r1: float, t1: float, r2: float, t2: float) -> dict[str, float
 
 def startup_seconds(device: str) -> float:
     """A fresh process's Python + torch + pbu import and device start, as each job pays it."""
-    code = ("import torch, pbu.cli, pbu.methods, pbu.evaluation, pbu.fisher; "
-            f"torch.zeros(1, device={device!r}).sum().item()")
+    code = (
+        "import torch, pbu.cli, pbu.methods, pbu.evaluation, pbu.fisher; "
+        f"torch.zeros(1, device={device!r}).sum().item()"
+    )
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, env=child_env(), cwd=ROOT)
     return time.perf_counter() - t0
@@ -164,8 +184,9 @@ def scaled_split(data, full_counts: list[int], r: float, keep: int, forget: int,
     return sub, len(sub) / sum(full_counts)
 
 
-def measure_pair(name: str, cfg: dict[str, Any], arch: str, args: argparse.Namespace,
-                 startup_s: float) -> dict[str, Any]:
+def measure_pair(
+    name: str, cfg: dict[str, Any], arch: str, args: argparse.Namespace, startup_s: float
+) -> dict[str, Any]:
     """Every stage of one (config, arch) pair; a stage that fails is recorded, not raised."""
     import torch
 
@@ -187,10 +208,18 @@ def measure_pair(name: str, cfg: dict[str, Any], arch: str, args: argparse.Names
     forget = forget_classes(cfg)
     c0 = forget[0]
     model_args = {"num_classes": k, "in_channels": spec.channels, "image_size": spec.image_size}
-    out: dict[str, Any] = {"config": name, "arch": arch, "dataset": dataset,
-                           "image_size": spec.image_size, "num_classes": k, "forget": c0,
-                           "train_images": len(train_full), "test_images": len(test_full),
-                           "stages": {}, "errors": {}}
+    out: dict[str, Any] = {
+        "config": name,
+        "arch": arch,
+        "dataset": dataset,
+        "image_size": spec.image_size,
+        "num_classes": k,
+        "forget": c0,
+        "train_images": len(train_full),
+        "test_images": len(test_full),
+        "stages": {},
+        "errors": {},
+    }
     stages = out["stages"]
 
     def to_device(model):
@@ -214,22 +243,31 @@ def measure_pair(name: str, cfg: dict[str, Any], arch: str, args: argparse.Names
         load_s = time.perf_counter() - t0
         size_mb = ck.stat().st_size / 2**20
     n_params = sum(p.numel() for p in model.parameters())
-    stages["overhead"] = {"startup_s": startup_s, "build_s": build_s, "save_s": save_s,
-                          "load_s": load_s, "checkpoint_mb": size_mb, "params": n_params}
+    stages["overhead"] = {
+        "startup_s": startup_s,
+        "build_s": build_s,
+        "save_s": save_s,
+        "load_s": load_s,
+        "checkpoint_mb": size_mb,
+        "params": n_params,
+    }
 
     # --- pretraining: one epoch from timed steps ----------------------------------------
     # tiny (CPU) mode trains in fp32 as config/smoke.yaml does (bf16 on a CPU: ~20x slower)
-    recipe = TrainRecipe.from_dict(dict(cfg["pretrain"], epochs=1,
-                                        **({"amp": False} if args.tiny else {})))
+    recipe = TrainRecipe.from_dict(
+        dict(cfg["pretrain"], epochs=1, **({"amp": False} if args.tiny else {}))
+    )
     bs = recipe.batch_size
     amp = recipe.amp and device.type == "cuda"
     try:
+
         def steps_of(n_steps: int, seed: int):
             idx = random_subset(len(train_full), n_steps * bs, seed)
             return train_full.subset(idx)
 
-        train_model(model, steps_of(args.warmup_steps, 1), recipe, seed=0, device=device,
-                    progress=False)
+        train_model(
+            model, steps_of(args.warmup_steps, 1), recipe, seed=0, device=device, progress=False
+        )
         timed = steps_of(args.train_steps, 2)
         with Clock(device) as clk:
             train_model(model, timed, recipe, seed=0, device=device, progress=False)
@@ -246,13 +284,21 @@ def measure_pair(name: str, cfg: dict[str, Any], arch: str, args: argparse.Names
         epoch_s = steps_per_epoch * step_s
         test_pass_s = len(test_full) * eval_img_s
         stages["pretrain"] = {
-            "batch_size": bs, "amp": amp, "channels_last": recipe.channels_last,
-            "timed_steps": len(timed) // bs, "step_s": step_s,
-            "steps_per_epoch": steps_per_epoch, "epoch_s": epoch_s,
-            "test_pass_s": test_pass_s, "eval_image_s": eval_img_s,
-            "epochs": cfg["pretrain"]["epochs"], "peak_gpu_mb": max(
-                x for x in (clk.peak_gpu_mb, eclk.peak_gpu_mb, 0.0) if x is not None) or None,
-            "rss_mb": _rss_mb(), "how": "steps timed after warm-up, times steps per epoch"}
+            "batch_size": bs,
+            "amp": amp,
+            "channels_last": recipe.channels_last,
+            "timed_steps": len(timed) // bs,
+            "step_s": step_s,
+            "steps_per_epoch": steps_per_epoch,
+            "epoch_s": epoch_s,
+            "test_pass_s": test_pass_s,
+            "eval_image_s": eval_img_s,
+            "epochs": cfg["pretrain"]["epochs"],
+            "peak_gpu_mb": max(x for x in (clk.peak_gpu_mb, eclk.peak_gpu_mb, 0.0) if x is not None)
+            or None,
+            "rss_mb": _rss_mb(),
+            "how": "steps timed after warm-up, times steps per epoch",
+        }
     except Exception as err:  # noqa: BLE001 - record and go on
         out["errors"]["pretrain"] = f"{type(err).__name__}: {err}"
     _free(device)
@@ -265,25 +311,43 @@ def measure_pair(name: str, cfg: dict[str, Any], arch: str, args: argparse.Names
     chunk = min(fs["chunk_size"], args.fisher_images) if args.tiny else fs["chunk_size"]
     while "fisher" not in stages and chunk >= 1:
         try:
-            n = len(forget_full) if args.fisher_full else min(
-                len(forget_full), max(chunk, args.fisher_images))
+            n = (
+                len(forget_full)
+                if args.fisher_full
+                else min(len(forget_full), max(chunk, args.fisher_images))
+            )
             part = forget_full.subset(torch.arange(n))
             warm = forget_full.subset(torch.arange(min(chunk, len(forget_full))))
-            pbu.fisher_diagonal(model, warm.loader(fs["batch_size"], device=device),
-                                kind=fs["kind"], bn_mode=fs["bn_mode"],
-                                mc_samples=fs["mc_samples"], chunk_size=chunk)
+            pbu.fisher_diagonal(
+                model,
+                warm.loader(fs["batch_size"], device=device),
+                kind=fs["kind"],
+                bn_mode=fs["bn_mode"],
+                mc_samples=fs["mc_samples"],
+                chunk_size=chunk,
+            )
             with Clock(device) as clk:
-                fisher = pbu.fisher_diagonal(model, part.loader(fs["batch_size"], device=device),
-                                             kind=fs["kind"], bn_mode=fs["bn_mode"],
-                                             mc_samples=fs["mc_samples"], chunk_size=chunk)
+                fisher = pbu.fisher_diagonal(
+                    model,
+                    part.loader(fs["batch_size"], device=device),
+                    kind=fs["kind"],
+                    bn_mode=fs["bn_mode"],
+                    mc_samples=fs["mc_samples"],
+                    chunk_size=chunk,
+                )
             per_image = clk.seconds / n
             stages["fisher"] = {
-                "kind": fs["kind"], "chunk_size": chunk, "config_chunk_size": fs["chunk_size"],
-                "images_timed": n, "image_s": per_image,
+                "kind": fs["kind"],
+                "chunk_size": chunk,
+                "config_chunk_size": fs["chunk_size"],
+                "images_timed": n,
+                "image_s": per_image,
                 "class_images": {str(c): train_counts[c] for c in forget},
-                "full_s": per_image * train_counts[c0], "peak_gpu_mb": clk.peak_gpu_mb,
+                "full_s": per_image * train_counts[c0],
+                "peak_gpu_mb": clk.peak_gpu_mb,
                 "rss_mb": _rss_mb(),
-                "how": "per image (after a warm-up chunk), times the class's training images"}
+                "how": "per image (after a warm-up chunk), times the class's training images",
+            }
         except Exception as err:  # noqa: BLE001
             if not _is_oom(err) or chunk == 1:
                 out["errors"]["fisher"] = f"{type(err).__name__}: {err}"
@@ -301,8 +365,9 @@ def measure_pair(name: str, cfg: dict[str, Any], arch: str, args: argparse.Names
     hp_all = cfg["hparams"]
     mon = cfg["monitor"]
     settings_keys = set(EvalSettings.__dataclass_fields__)
-    settings = EvalSettings.from_dict({k_: v for k_, v in cfg["evaluation"].items()
-                                       if k_ in settings_keys})
+    settings = EvalSettings.from_dict(
+        {k_: v for k_, v in cfg["evaluation"].items() if k_ in settings_keys}
+    )
     runs: dict[str, list[dict[str, float]]] = {m: [] for m in cfg["methods"]}
     runs["evaluate"] = []
     for si, r in enumerate(scales):
@@ -311,8 +376,11 @@ def measure_pair(name: str, cfg: dict[str, Any], arch: str, args: argparse.Names
         retain_r = max(1, round(r * cfg["retain_subset"]))
         f_te, r_te = class_split(test_r.labels, c0)
         ft, rt_all = test_r.subset(f_te), test_r.subset(r_te)
-        rt = rt_all.subset(random_subset(len(rt_all), mon["retain_samples"], 0)) \
-            if mon["retain_samples"] else rt_all
+        rt = (
+            rt_all.subset(random_subset(len(rt_all), mon["retain_samples"], 0))
+            if mon["retain_samples"]
+            else rt_all
+        )
         outputs = {}
         for meth in cfg["methods"]:
             spec_m = methods.get_method(meth)
@@ -331,18 +399,38 @@ def measure_pair(name: str, cfg: dict[str, Any], arch: str, args: argparse.Names
                     _calls["s"] += time.perf_counter() - t0
 
             try:
-                inputs = methods.build_inputs(spec_m, train_r, c0, k, retain_subset=retain_r,
-                                              seed=0, fisher=fisher if spec_m.needs_fisher
-                                              else None)
+                inputs = methods.build_inputs(
+                    spec_m,
+                    train_r,
+                    c0,
+                    k,
+                    retain_subset=retain_r,
+                    seed=0,
+                    fisher=fisher if spec_m.needs_fisher else None,
+                )
                 seed_everything(0)
                 with Clock(device) as clk:
-                    result, elapsed = methods.run(meth, copy.deepcopy(model), inputs, hp,
-                                                  device=device, seed=0, monitor=monitor)
+                    result, elapsed = methods.run(
+                        meth,
+                        copy.deepcopy(model),
+                        inputs,
+                        hp,
+                        device=device,
+                        seed=0,
+                        monitor=monitor,
+                    )
                 outputs[meth] = result.model
-                runs[meth].append({"r": frac_train, "s": elapsed, "monitor_calls": calls["n"],
-                                   "monitor_s": calls["s"], "monitor_images":
-                                   len(ft) + len(rt), "peak_gpu_mb": clk.peak_gpu_mb,
-                                   "rss_mb": _rss_mb()})
+                runs[meth].append(
+                    {
+                        "r": frac_train,
+                        "s": elapsed,
+                        "monitor_calls": calls["n"],
+                        "monitor_s": calls["s"],
+                        "monitor_images": len(ft) + len(rt),
+                        "peak_gpu_mb": clk.peak_gpu_mb,
+                        "rss_mb": _rss_mb(),
+                    }
+                )
             except Exception as err:  # noqa: BLE001
                 out["errors"][f"unlearn_{meth}"] = f"{type(err).__name__}: {err}"
             _free(device)
@@ -353,10 +441,17 @@ def measure_pair(name: str, cfg: dict[str, Any], arch: str, args: argparse.Names
             incompetent = to_device(build_model(arch, **model_args)).eval()
             data = EvalData.build(train_r, test_r, c0)
             with Clock(device) as clk:
-                evaluate_models(models, oracle, incompetent, data, c0, settings=settings,
-                                seed=0, device=device)
-            runs["evaluate"].append({"r": frac_train, "s": clk.seconds,
-                                     "peak_gpu_mb": clk.peak_gpu_mb, "rss_mb": _rss_mb()})
+                evaluate_models(
+                    models, oracle, incompetent, data, c0, settings=settings, seed=0, device=device
+                )
+            runs["evaluate"].append(
+                {
+                    "r": frac_train,
+                    "s": clk.seconds,
+                    "peak_gpu_mb": clk.peak_gpu_mb,
+                    "rss_mb": _rss_mb(),
+                }
+            )
             del oracle, incompetent, models, outputs
         except Exception as err:  # noqa: BLE001
             out["errors"]["evaluate"] = f"{type(err).__name__}: {err}"
@@ -367,17 +462,28 @@ def measure_pair(name: str, cfg: dict[str, Any], arch: str, args: argparse.Names
         if len(rs) < 2:
             continue
         fit = linear_at_one(rs[0]["r"], rs[0]["s"], rs[1]["r"], rs[1]["s"])
-        row = {"scales": rs, **fit, "peak_gpu_mb": max((x["peak_gpu_mb"] or 0.0) for x in rs)
-               or None, "rss_mb": max(x["rss_mb"] for x in rs),
-               "how": "fit a + b*r over two data scales, read at r = 1"}
+        row = {
+            "scales": rs,
+            **fit,
+            "peak_gpu_mb": max((x["peak_gpu_mb"] or 0.0) for x in rs) or None,
+            "rss_mb": max(x["rss_mb"] for x in rs),
+            "how": "fit a + b*r over two data scales, read at r = 1",
+        }
         if what != "evaluate" and rs[1]["monitor_calls"]:
-            calls = linear_at_one(rs[0]["r"], rs[0]["monitor_calls"], rs[1]["r"],
-                                  rs[1]["monitor_calls"])["full_s"]  # calls, not seconds
+            calls = linear_at_one(
+                rs[0]["r"], rs[0]["monitor_calls"], rs[1]["r"], rs[1]["monitor_calls"]
+            )["full_s"]  # calls, not seconds
             per_image = rs[1]["monitor_s"] / (rs[1]["monitor_calls"] * rs[1]["monitor_images"])
-            images = test_counts[c0] + (min(mon["retain_samples"], retain_test_full)
-                                        if mon["retain_samples"] else retain_test_full)
-            row.update(monitor_calls_full=calls, monitor_image_s=per_image,
-                       monitor_full_s=calls * images * per_image)
+            images = test_counts[c0] + (
+                min(mon["retain_samples"], retain_test_full)
+                if mon["retain_samples"]
+                else retain_test_full
+            )
+            row.update(
+                monitor_calls_full=calls,
+                monitor_image_s=per_image,
+                monitor_full_s=calls * images * per_image,
+            )
         stages["evaluate" if what == "evaluate" else f"unlearn_{what}"] = row
     return out
 
@@ -394,12 +500,17 @@ def measure(args: argparse.Namespace) -> int:
         names = [n for n in args.configs.split(",") if n]
     t_start = time.perf_counter()
     result: dict[str, Any] = {
-        "benchmark": "gpu_cost", "device": str(device), "tiny": args.tiny,
-        "date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
-        "torch": torch.__version__, "settings": {k: v for k, v in vars(args).items()
-                                                 if k not in ("fn",)},
-        "pairs": [], "not_measured": [],
-        "units": {"*_s": "seconds", "*_mb": "MiB", "r": "share of the full training split"}}
+        "benchmark": "gpu_cost",
+        "device": str(device),
+        "tiny": args.tiny,
+        "date": time.strftime("%Y-%m-%d"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("fn",)},
+        "pairs": [],
+        "not_measured": [],
+        "units": {"*_s": "seconds", "*_mb": "MiB", "r": "share of the full training split"},
+    }
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         result["device_name"], result["device_memory_mb"] = p.name, p.total_memory / 2**20
@@ -414,8 +525,9 @@ def measure(args: argparse.Namespace) -> int:
                 continue
             left = args.budget - (time.perf_counter() - t_start)
             if left < args.min_left:
-                result["not_measured"].append({"config": name, "arch": arch,
-                                               "why": f"budget: {left:.0f} s left"})
+                result["not_measured"].append(
+                    {"config": name, "arch": arch, "why": f"budget: {left:.0f} s left"}
+                )
                 continue
             t0 = time.perf_counter()
             print(f"== {name} / {arch} ({left:.0f} s of the budget left)", flush=True)
@@ -456,8 +568,11 @@ def job_seconds(pair: dict[str, Any], cfg: dict[str, Any]) -> dict[str, float | 
     for meth in cfg["methods"]:
         row = st.get(f"unlearn_{meth}")
         extra = load if meth == "pbu" else 0.0  # pbu loads the Fisher (a model-sized file)
-        out[f"unlearn_{meth}"] = (start + load + extra + row["full_s"]
-                                  + row.get("monitor_full_s", 0.0) + save) if row else None
+        out[f"unlearn_{meth}"] = (
+            (start + load + extra + row["full_s"] + row.get("monitor_full_s", 0.0) + save)
+            if row
+            else None
+        )
     ev = st.get("evaluate")
     n_models = 2 + len(cfg["methods"])  # original, oracle, every method; + the incompetent
     out["evaluate"] = start + n_models * load + build + ev["full_s"] if ev else None
@@ -487,7 +602,10 @@ def config_cost(cfg: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, A
         if counts["fisher"]:
             per_job["fisher"] = [
                 (est["fisher"] - fis["full_s"] + fis["image_s"] * fis["class_images"][str(c)])
-                if fis else None for c in classes] * seeds
+                if fis
+                else None
+                for c in classes
+            ] * seeds
         for rule, values in per_job.items():
             if any(v is None for v in values):
                 incomplete.append(f"{arch}:{rule}")
@@ -498,28 +616,46 @@ def config_cost(cfg: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, A
             key = "pretrain" if rule == "oracle" else rule  # the oracle uses pretrain's resources
             if values:
                 longest[key] = max(longest.get(key, 0.0), max(values))
-    return {"compute_jobs": sum(counts.values()), "jobs_estimated": jobs,
-            "gpu_hours": seconds / 3600.0, "longest_job_s": longest, "missing_archs": missing,
-            "incomplete": incomplete,
-            # process start-up's share: where it dominates, per-job overhead is the cost
-            "startup_share": startup / seconds if seconds else 0.0}
+    return {
+        "compute_jobs": sum(counts.values()),
+        "jobs_estimated": jobs,
+        "gpu_hours": seconds / 3600.0,
+        "longest_job_s": longest,
+        "missing_archs": missing,
+        "incomplete": incomplete,
+        # process start-up's share: where it dominates, per-job overhead is the cost
+        "startup_share": startup / seconds if seconds else 0.0,
+    }
 
 
-def derive_resources(cfg: dict[str, Any], pairs: list[dict[str, Any]], safety: float,
-                     *, min_runtime: int = 30, min_mem_mb: int = 4000) -> dict[str, Any]:
+def derive_resources(
+    cfg: dict[str, Any],
+    pairs: list[dict[str, Any]],
+    safety: float,
+    *,
+    min_runtime: int = 30,
+    min_mem_mb: int = 4000,
+) -> dict[str, Any]:
     """Per rule: runtime (minutes) = longest job x safety, rounded up, at least ``min_runtime``
     (queue granularity); mem_mb = the largest host memory x safety, rounded up to 1000, at least
     ``min_mem_mb``; gpu_mem_gb = the largest peak GPU memory x safety (a GPU must have this
     much; SLURM places by GPU type, so it is a note, not a key). tune = tuning.budget x unlearn."""
     cost = config_cost(cfg, pairs)
-    stage_of = {"pretrain": ("pretrain",), "fisher": ("fisher",),
-                "unlearn": tuple(f"unlearn_{m}" for m in cfg["methods"]),
-                "evaluate": ("evaluate",)}
+    stage_of = {
+        "pretrain": ("pretrain",),
+        "fisher": ("fisher",),
+        "unlearn": tuple(f"unlearn_{m}" for m in cfg["methods"]),
+        "evaluate": ("evaluate",),
+    }
     out: dict[str, Any] = {}
     for rule, stages in stage_of.items():
         rss = [p["stages"][s]["rss_mb"] for p in pairs for s in stages if s in p["stages"]]
-        gpu = [p["stages"][s].get("peak_gpu_mb") or 0.0 for p in pairs for s in stages
-               if s in p["stages"]]
+        gpu = [
+            p["stages"][s].get("peak_gpu_mb") or 0.0
+            for p in pairs
+            for s in stages
+            if s in p["stages"]
+        ]
         longest = cost["longest_job_s"].get(rule)
         if longest is None or not rss:
             continue
@@ -540,7 +676,7 @@ def derive_resources(cfg: dict[str, Any], pairs: list[dict[str, Any]], safety: f
 def report(args: argparse.Namespace) -> int:
     recs = [json.loads(Path(f).read_text()) for f in args.measured]
     rec = dict(recs[0])  # several runs (e.g. a second call for the configs the first had no
-    rec["pairs"] = []    # time for) merge; a later measurement of a pair replaces an earlier
+    rec["pairs"] = []  # time for) merge; a later measurement of a pair replaces an earlier
     rec["not_measured"] = []
     seen: dict[tuple[str, str], int] = {}
     for r in recs:
@@ -554,8 +690,9 @@ def report(args: argparse.Namespace) -> int:
                 seen[key] = len(rec["pairs"])
                 rec["pairs"].append(p)
     for r in recs:
-        rec["not_measured"] += [n for n in r.get("not_measured", [])
-                                if (n.get("config"), n.get("arch")) not in seen]
+        rec["not_measured"] += [
+            n for n in r.get("not_measured", []) if (n.get("config"), n.get("arch")) not in seen
+        ]
     by_config: dict[str, list[dict[str, Any]]] = {}
     for p in rec["pairs"]:
         by_config.setdefault(p["config"], []).append(p)
@@ -565,40 +702,70 @@ def report(args: argparse.Namespace) -> int:
         cost = config_cost(cfg, pairs)
         res = derive_resources(cfg, pairs, args.safety)
         resources[name] = res
-        peak = max((p["stages"][s].get("peak_gpu_mb") or 0.0) for p in pairs
-                   for s in p["stages"] if isinstance(p["stages"][s], dict)) / 1024.0
-        rows.append({"config": name, "compute_jobs": cost["compute_jobs"],
-                     "gpu_hours": cost["gpu_hours"], "gpu_hours_with_safety":
-                     cost["gpu_hours"] * args.safety, "longest_job_min": max(
-                         cost["longest_job_s"].values(), default=0.0) / 60.0,
-                     "peak_gpu_gib": peak, "startup_share": cost["startup_share"],
-                     "missing_archs": cost["missing_archs"],
-                     "incomplete": cost["incomplete"]})
-    out = {"source": ", ".join(args.measured), "device": rec.get("device_name", rec.get("device")),
-           "date": rec.get("date"), "safety": args.safety, "tiny": rec.get("tiny", False),
-           "configs": rows, "resources": resources,
-           "not_measured": rec.get("not_measured", [])}
+        peak = (
+            max(
+                (p["stages"][s].get("peak_gpu_mb") or 0.0)
+                for p in pairs
+                for s in p["stages"]
+                if isinstance(p["stages"][s], dict)
+            )
+            / 1024.0
+        )
+        rows.append(
+            {
+                "config": name,
+                "compute_jobs": cost["compute_jobs"],
+                "gpu_hours": cost["gpu_hours"],
+                "gpu_hours_with_safety": cost["gpu_hours"] * args.safety,
+                "longest_job_min": max(cost["longest_job_s"].values(), default=0.0) / 60.0,
+                "peak_gpu_gib": peak,
+                "startup_share": cost["startup_share"],
+                "missing_archs": cost["missing_archs"],
+                "incomplete": cost["incomplete"],
+            }
+        )
+    out = {
+        "source": ", ".join(args.measured),
+        "device": rec.get("device_name", rec.get("device")),
+        "date": rec.get("date"),
+        "safety": args.safety,
+        "tiny": rec.get("tiny", False),
+        "configs": rows,
+        "resources": resources,
+        "not_measured": rec.get("not_measured", []),
+    }
     if args.out:
         write_json(args.out, out)
     dev = out["device"]
-    print(f"What replicating the paper costs, measured on {dev} ({out['date']}; stand-in data; "
-          f"resources = measured x {args.safety}):\n")
-    print("| config | compute jobs | GPU-hours | x safety | longest job (min) | peak GPU GiB | "
-          "start-up share |")
+    print(
+        f"What replicating the paper costs, measured on {dev} ({out['date']}; stand-in data; "
+        f"resources = measured x {args.safety}):\n"
+    )
+    print(
+        "| config | compute jobs | GPU-hours | x safety | longest job (min) | peak GPU GiB | "
+        "start-up share |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         note = ""
         if r["missing_archs"] or r["incomplete"]:
             note = f" (partial: missing {r['missing_archs'] + r['incomplete']})"
-        print(f"| {r['config']}{note} | {r['compute_jobs']} | {r['gpu_hours']:.2f} | "
-              f"{r['gpu_hours_with_safety']:.2f} | {r['longest_job_min']:.1f} | "
-              f"{r['peak_gpu_gib']:.1f} | {100 * r['startup_share']:.0f} % |")
+        print(
+            f"| {r['config']}{note} | {r['compute_jobs']} | {r['gpu_hours']:.2f} | "
+            f"{r['gpu_hours_with_safety']:.2f} | {r['longest_job_min']:.1f} | "
+            f"{r['peak_gpu_gib']:.1f} | {100 * r['startup_share']:.0f} % |"
+        )
     for nm in out["not_measured"]:
         print(f"not measured: {nm}")
     print("\nresources per config (runtime min, mem_mb, GPU memory GiB):")
     for name, res in resources.items():
-        print(f"  {name}: " + ", ".join(f"{rule} {v['runtime']} min / {v['mem_mb']} MB / "
-                                         f"{v['gpu_mem_gb']} GiB" for rule, v in res.items()))
+        print(
+            f"  {name}: "
+            + ", ".join(
+                f"{rule} {v['runtime']} min / {v['mem_mb']} MB / {v['gpu_mem_gb']} GiB"
+                for rule, v in res.items()
+            )
+        )
     return 0
 
 
@@ -606,8 +773,10 @@ def report(args: argparse.Namespace) -> int:
 # apply: the derived resources into config/paper/*.yaml
 # ------------------------------------------------------------------------------------------
 
-_RULE_LINE = re.compile(r"^(?P<indent>\s+)(?P<rule>pretrain|fisher|unlearn|evaluate|tune):\s*"
-                        r"\{(?P<body>[^}]*)\}(?P<rest>.*)$")
+_RULE_LINE = re.compile(
+    r"^(?P<indent>\s+)(?P<rule>pretrain|fisher|unlearn|evaluate|tune):\s*"
+    r"\{(?P<body>[^}]*)\}(?P<rest>.*)$"
+)
 
 
 def apply_to_text(text: str, res: dict[str, dict[str, Any]], note: str) -> str:
@@ -622,7 +791,7 @@ def apply_to_text(text: str, res: dict[str, dict[str, Any]], note: str) -> str:
     while start > 0 and lines[start - 1].startswith("#"):
         start -= 1
     new_head = [f"# {ln}".rstrip() for ln in note.splitlines()]
-    body = lines[at + 1:]
+    body = lines[at + 1 :]
     seen = set()
     for i, ln in enumerate(body):
         if ln and not ln[0].isspace():
@@ -652,10 +821,12 @@ def apply(args: argparse.Namespace) -> int:
     folder = Path(args.paper_dir)
     for name, res in rec["resources"].items():
         path = folder / f"{name}.yaml"
-        note = (f"Per job, one GPU. Measured by benchmarks/gpu_cost.py on {rec['device']} "
-                f"({rec['date']}, stand-in data,\n{rec['source']}) times a safety factor of "
-                f"{rec['safety']}; the GPU memory a job\nneeds is noted per rule. Raise them "
-                f"on slower GPUs.")
+        note = (
+            f"Per job, one GPU. Measured by benchmarks/gpu_cost.py on {rec['device']} "
+            f"({rec['date']}, stand-in data,\n{rec['source']}) times a safety factor of "
+            f"{rec['safety']}; the GPU memory a job\nneeds is noted per rule. Raise them "
+            f"on slower GPUs."
+        )
         path.write_text(apply_to_text(path.read_text(), res, note))
         print(f"updated {path}")
     return 0
@@ -672,20 +843,39 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", required=True)
     s.add_argument("--configs", default="", help="comma-separated config names (default: all)")
     s.add_argument("--archs", default="", help="only these archs (comma-separated)")
-    s.add_argument("--budget", type=float, default=420.0, help="seconds; pairs that would "
-                   "start later are listed as not measured")
-    s.add_argument("--min-left", type=float, default=20.0,
-                   help="start a pair only with this many seconds of the budget left")
-    s.add_argument("--tiny", action="store_true", help="CPU mode: 16 px, few steps and images, "
-                   "config/smoke.yaml's method and evaluation settings")
+    s.add_argument(
+        "--budget",
+        type=float,
+        default=420.0,
+        help="seconds; pairs that would start later are listed as not measured",
+    )
+    s.add_argument(
+        "--min-left",
+        type=float,
+        default=20.0,
+        help="start a pair only with this many seconds of the budget left",
+    )
+    s.add_argument(
+        "--tiny",
+        action="store_true",
+        help="CPU mode: 16 px, few steps and images, "
+        "config/smoke.yaml's method and evaluation settings",
+    )
     s.add_argument("--warmup-steps", type=int, default=3)
     s.add_argument("--train-steps", type=int, default=10)
     s.add_argument("--eval-batches", type=int, default=3)
     s.add_argument("--fisher-images", type=int, default=32)
-    s.add_argument("--fisher-full", action="store_true",
-                   help="the Fisher of the whole forget class, not a timed part of it")
-    s.add_argument("--scale", type=float, default=0.002,
-                   help="smaller data scale of the method/evaluation fit (share of the split)")
+    s.add_argument(
+        "--fisher-full",
+        action="store_true",
+        help="the Fisher of the whole forget class, not a timed part of it",
+    )
+    s.add_argument(
+        "--scale",
+        type=float,
+        default=0.002,
+        help="smaller data scale of the method/evaluation fit (share of the split)",
+    )
     s.add_argument("--scale-ratio", type=float, default=3.0, help="larger scale / smaller")
     s.add_argument("--max-image-size", type=int, default=None)
     s = sub.add_parser("report", help="GPU-hours per config and resources from a measurement")

@@ -18,20 +18,31 @@ __version__ = "0.1.0"
 
 _API = {
     # data
-    "load_dataset": "pbu.data", "class_split": "pbu.data", "get_spec": "pbu.data",
-    "DATASETS": "pbu.data", "TensorImages": "pbu.data",
+    "load_dataset": "pbu.data",
+    "class_split": "pbu.data",
+    "get_spec": "pbu.data",
+    "DATASETS": "pbu.data",
+    "TensorImages": "pbu.data",
     # models and checkpoints
-    "build_model": "pbu.models", "save_checkpoint": "pbu.checkpoint",
-    "load_checkpoint": "pbu.checkpoint", "CheckpointError": "pbu.checkpoint",
+    "build_model": "pbu.models",
+    "save_checkpoint": "pbu.checkpoint",
+    "load_checkpoint": "pbu.checkpoint",
+    "CheckpointError": "pbu.checkpoint",
     # training
-    "train_model": "pbu.train", "TrainRecipe": "pbu.train", "seed_everything": "pbu.train",
+    "train_model": "pbu.train",
+    "TrainRecipe": "pbu.train",
+    "seed_everything": "pbu.train",
     # fisher
     "fisher_diagonal": "pbu.fisher",
     # unlearning
-    "unlearn_pbu": "pbu.methods.pbu", "PBUConfig": "pbu.methods.pbu",
-    "run_method": "pbu.api", "available_methods": "pbu.api",
+    "unlearn_pbu": "pbu.methods.pbu",
+    "PBUConfig": "pbu.methods.pbu",
+    "run_method": "pbu.api",
+    "available_methods": "pbu.api",
     # evaluation
-    "evaluate": "pbu.api", "accuracy": "pbu.metrics", "mia_entropy_svc": "pbu.metrics",
+    "evaluate": "pbu.api",
+    "accuracy": "pbu.metrics",
+    "mia_entropy_svc": "pbu.metrics",
 }
 
 

@@ -59,20 +59,28 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, write)
 
 
-def _timing(key: dict[str, Any], method: str, info: dict[str, Any],
-            total: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {**key, "method": method, "time_s": info.get("time_s"),
-            "epochs": info.get("epochs"), "time_per_epoch_s": info.get("time_per_epoch_s"),
-            **(total or {}),
-            "peak_rss_mb": info.get("peak_rss_mb"), "peak_gpu_mb": info.get("peak_gpu_mb")}
+def _timing(
+    key: dict[str, Any], method: str, info: dict[str, Any], total: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        **key,
+        "method": method,
+        "time_s": info.get("time_s"),
+        "epochs": info.get("epochs"),
+        "time_per_epoch_s": info.get("time_per_epoch_s"),
+        **(total or {}),
+        "peak_rss_mb": info.get("peak_rss_mb"),
+        "peak_gpu_mb": info.get("peak_gpu_mb"),
+    }
 
 
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def total_time(method: str, info: dict[str, Any], fisher: dict[str, Any],
-               tune: dict[str, Any] | None) -> dict[str, Any]:
+def total_time(
+    method: str, info: dict[str, Any], fisher: dict[str, Any], tune: dict[str, Any] | None
+) -> dict[str, Any]:
     """The headline time of one model and its parts (see the module docstring).
 
     PBU (any method whose job took a Fisher file, or that :data:`METHODS_NEEDING_FISHER` lists)
@@ -91,7 +99,7 @@ def total_time(method: str, info: dict[str, Any], fisher: dict[str, Any],
     total = None if any(p is None for p in parts) else sum(parts)  # type: ignore[arg-type]
     epochs = _num(info.get("epochs"))
     out["total_time_s"] = total
-    out["total_time_per_epoch_s"] = (total / epochs if total is not None and epochs else None)
+    out["total_time_per_epoch_s"] = total / epochs if total is not None and epochs else None
     return out
 
 
@@ -110,8 +118,10 @@ def tune_record(group: layout.Found, method: str, info: dict[str, Any]) -> dict[
     return _read(group.file("tune", method=method)) or _read(Path(str(src.get("file")))) or {}
 
 
-def collect(results: str | os.PathLike | None, metrics_files: list[str] | None = None,
-            ) -> tuple[list[dict], list[dict], list[dict]]:
+def collect(
+    results: str | os.PathLike | None,
+    metrics_files: list[str] | None = None,
+) -> tuple[list[dict], list[dict], list[dict]]:
     """Rows of runs, history and timings for ``metrics_files`` (default: all under ``results``).
 
     The pipeline passes its own list, so results of groups no longer in the config are ignored.
@@ -129,8 +139,13 @@ def collect(results: str | os.PathLike | None, metrics_files: list[str] | None =
         pre = _read(pre_file) or {}
         if pre_file not in seen_pretrain and pre:
             seen_pretrain.add(pre_file)
-            timings.append(_timing({k: key[k] for k in ("dataset", "arch", "seed")} |
-                                   {"forget": None}, "pretrain", pre))
+            timings.append(
+                _timing(
+                    {k: key[k] for k in ("dataset", "arch", "seed")} | {"forget": None},
+                    "pretrain",
+                    pre,
+                )
+            )
         fisher = _read(group.file("fisher_info")) or {}
         if fisher:
             timings.append(_timing(key, "fisher", fisher))
@@ -150,7 +165,7 @@ def collect(results: str | os.PathLike | None, metrics_files: list[str] | None =
                 row[k] = info.get(k)
             row.update(total)
             row["parameters"] = pre.get("parameters")
-            stop = (info.get("info") or {})
+            stop = info.get("info") or {}
             for k in ("stop_step", "steps", "stop_reason"):
                 if k in stop:
                     row[k] = stop[k]
@@ -161,8 +176,7 @@ def collect(results: str | os.PathLike | None, metrics_files: list[str] | None =
     return runs, history, timings
 
 
-def find_metrics(results: str | os.PathLike | None,
-                 metrics_files: list[str] | None) -> list[Path]:
+def find_metrics(results: str | os.PathLike | None, metrics_files: list[str] | None) -> list[Path]:
     """The given metrics files, or every ``*/*/seed*/forget*/metrics.json`` under ``results``."""
     if metrics_files:
         return [Path(f) for f in metrics_files]
@@ -171,18 +185,24 @@ def find_metrics(results: str | os.PathLike | None,
     return sorted(Path(results).glob(METRICS_GLOB))
 
 
-def aggregate(results: str | os.PathLike | None, out_dir: str | os.PathLike,
-              metrics_files: list[str] | None = None) -> dict[str, Path]:
+def aggregate(
+    results: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    metrics_files: list[str] | None = None,
+) -> dict[str, Path]:
     """Write runs.csv, history.csv and timings.csv into ``out_dir``."""
     runs, history, timings = collect(results, metrics_files)
     if not runs:
         raise FileNotFoundError(f"no {METRICS_GLOB} under {results}")
     # out_dir is the layout's aggregate/ folder in the pipeline; the file names are the layout's
-    paths = {k: Path(out_dir) / Path(layout.FILES[f"{k}_csv"]).name
-             for k in ("runs", "history", "timings")}
+    paths = {
+        k: Path(out_dir) / Path(layout.FILES[f"{k}_csv"]).name
+        for k in ("runs", "history", "timings")
+    }
     _write_csv(paths["runs"], runs)
     _write_csv(paths["history"], history or [{k: None for k in KEYS}])
     _write_csv(paths["timings"], timings)
-    log.info("aggregated %d runs, %d history rows, %d timings", len(runs), len(history),
-             len(timings))
+    log.info(
+        "aggregated %d runs, %d history rows, %d timings", len(runs), len(history), len(timings)
+    )
     return paths

@@ -19,10 +19,18 @@ def available_methods() -> list[str]:
     return methods.available()
 
 
-def run_method(name: str, model: nn.Module, train: ImageData, forget_class: int,
-               hparams: Mapping[str, Any], *, retain_subset: int = 0,
-               fisher: dict[str, Tensor] | None = None, seed: int = 0,
-               device: str | torch.device = "cpu") -> tuple[methods.MethodResult, float]:
+def run_method(
+    name: str,
+    model: nn.Module,
+    train: ImageData,
+    forget_class: int,
+    hparams: Mapping[str, Any],
+    *,
+    retain_subset: int = 0,
+    fisher: dict[str, Tensor] | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[methods.MethodResult, float]:
     """Run method ``name`` on ``model`` with exactly the part of ``train`` it declares.
 
     Returns the result (``.model``, ``.history``, ``.info``) and the method's wall time in
@@ -31,22 +39,37 @@ def run_method(name: str, model: nn.Module, train: ImageData, forget_class: int,
     import copy
 
     spec = methods.get_method(name)
-    inputs = methods.build_inputs(spec, train, forget_class, train.spec.num_classes,
-                                  retain_subset=retain_subset, seed=seed, fisher=fisher)
+    inputs = methods.build_inputs(
+        spec,
+        train,
+        forget_class,
+        train.spec.num_classes,
+        retain_subset=retain_subset,
+        seed=seed,
+        fisher=fisher,
+    )
     return methods.run(name, copy.deepcopy(model), inputs, hparams, device=device, seed=seed)
 
 
-def evaluate(model: nn.Module, forget_test: Batches, retain_test: Batches, *,
-             forget_train: Batches | None = None, retain_train: Batches | None = None,
-             seed: int = 0) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    forget_test: Batches,
+    retain_test: Batches,
+    *,
+    forget_train: Batches | None = None,
+    retain_train: Batches | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
     """Accuracies (%) on the forget and retain test data; with the training loaders too, the
     paper's entropy-SVC MIA (member = retain-train, non-member = retain-test)."""
     from pbu import metrics as M
 
     fte = M.collect_outputs(model, forget_test)
     rte = M.collect_outputs(model, retain_test)
-    out = {"acc_forget_test": M.accuracy_from_logits(*fte),
-           "acc_retain_test": M.accuracy_from_logits(*rte)}
+    out = {
+        "acc_forget_test": M.accuracy_from_logits(*fte),
+        "acc_retain_test": M.accuracy_from_logits(*rte),
+    }
     if forget_train is not None and retain_train is not None:
         ftr = M.collect_outputs(model, forget_train)
         rtr = M.collect_outputs(model, retain_train)

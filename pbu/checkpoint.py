@@ -41,27 +41,47 @@ def load_tensors(path: str | os.PathLike) -> dict[str, Any]:
         # torch's weights-only unpickler names the blocked GLOBAL (a class or function) when a
         # file carries code; random or cut-off bytes fail with "Weights only load failed" too,
         # but without a GLOBAL, so that phrase alone does not mean a payload.
-        kind = ("it carries a pickled object that is not plain tensors/containers; refused "
-                "without running it" if "global" in str(err).lower() else "corrupt or truncated")
-        raise CheckpointError(f"{path}: cannot be loaded ({kind}): {type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''}") from err
+        kind = (
+            "it carries a pickled object that is not plain tensors/containers; refused "
+            "without running it"
+            if "global" in str(err).lower()
+            else "corrupt or truncated"
+        )
+        raise CheckpointError(
+            f"{path}: cannot be loaded ({kind}): {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
     return obj
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, arch: str,
-                    model_args: dict[str, Any], hparams: dict[str, Any] | None = None,
-                    seed: int | None = None, meta: dict[str, Any] | None = None) -> None:
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    arch: str,
+    model_args: dict[str, Any],
+    hparams: dict[str, Any] | None = None,
+    seed: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> None:
     """Atomically save ``model`` with what is needed to rebuild it."""
     from pbu import __version__
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_tensors(path, {
-        "state_dict": state, "arch": arch, "model_args": dict(model_args),
-        "hparams": _plain(hparams or {}), "seed": seed, "pbu_version": __version__,
-        "meta": _plain(meta or {}),
-    })
+    save_tensors(
+        path,
+        {
+            "state_dict": state,
+            "arch": arch,
+            "model_args": dict(model_args),
+            "hparams": _plain(hparams or {}),
+            "seed": seed,
+            "pbu_version": __version__,
+            "meta": _plain(meta or {}),
+        },
+    )
 
 
 def _plain(d: Any) -> Any:
@@ -69,8 +89,9 @@ def _plain(d: Any) -> Any:
     return json.loads(json.dumps(d, default=_json_default))
 
 
-def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu",
-                    with_info: bool = False) -> nn.Module | tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(
+    path: str | os.PathLike, *, device: str | torch.device = "cpu", with_info: bool = False
+) -> nn.Module | tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model saved at ``path`` (in eval mode). ``with_info`` also returns the dict."""
     ck = load_tensors(path)
     for key in ("state_dict", "arch", "model_args"):
@@ -81,14 +102,20 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         # Saved before the stem was a recorded choice: rebuild the stem the factory chose then.
         args["stem"] = legacy_stem(int(args["image_size"]))
         ck["model_args"] = dict(args)  # what was built, for callers that build another one
-        log.info("%s: no stem recorded (an older checkpoint); rebuilt with the %s stem its "
-                 "factory used for %s-pixel images", path, args["stem"], args["image_size"])
+        log.info(
+            "%s: no stem recorded (an older checkpoint); rebuilt with the %s stem its "
+            "factory used for %s-pixel images",
+            path,
+            args["stem"],
+            args["image_size"],
+        )
     args["weights"] = "none"  # the state dict already holds the trained weights
     try:
         model = build_model(ck["arch"], **args)
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot rebuild {ck['arch']} from its model_args "
-                              f"{ck['model_args']}: {err}") from err
+        raise CheckpointError(
+            f"{path}: cannot rebuild {ck['arch']} from its model_args {ck['model_args']}: {err}"
+        ) from err
     try:
         model.load_state_dict(ck["state_dict"])
     except RuntimeError as err:

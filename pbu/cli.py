@@ -70,8 +70,9 @@ def _recipe(args: argparse.Namespace):
     from pbu.jobs.common import as_typed
     from pbu.train import TrainRecipe
 
-    return as_typed(TrainRecipe.from_dict, _json_arg(args.recipe, "recipe"), TrainRecipe,
-                    "--recipe")
+    return as_typed(
+        TrainRecipe.from_dict, _json_arg(args.recipe, "recipe"), TrainRecipe, "--recipe"
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -82,11 +83,20 @@ def _recipe(args: argparse.Namespace):
 def cmd_download(args: argparse.Namespace) -> None:
     from pbu.jobs.data import download
 
-    download(args.dataset, args.out, root=args.root, source=args.source,
-             allow_download=not args.no_download, max_train_per_class=args.max_train_per_class,
-             max_test_per_class=args.max_test_per_class, keep_classes=args.keep_classes,
-             keep_per_class=args.keep_per_class, stand_in=args.stand_in,
-             stand_in_seed=args.stand_in_seed, max_image_size=args.max_image_size)
+    download(
+        args.dataset,
+        args.out,
+        root=args.root,
+        source=args.source,
+        allow_download=not args.no_download,
+        max_train_per_class=args.max_train_per_class,
+        max_test_per_class=args.max_test_per_class,
+        keep_classes=args.keep_classes,
+        keep_per_class=args.keep_per_class,
+        stand_in=args.stand_in,
+        stand_in_seed=args.stand_in_seed,
+        max_image_size=args.max_image_size,
+    )
 
 
 def cmd_download_weights(args: argparse.Namespace) -> None:
@@ -101,52 +111,106 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         return cmd_oracle(args)
     from pbu.jobs.train import pretrain
 
-    pretrain(args.data, arch=args.arch, seed=args.seed, recipe=_recipe(args),
-             weights=args.weights, stem=args.stem, out_model=args.out_model, out_info=args.out_info,
-             progress=not args.quiet, **_run(args))
+    pretrain(
+        args.data,
+        arch=args.arch,
+        seed=args.seed,
+        recipe=_recipe(args),
+        weights=args.weights,
+        stem=args.stem,
+        out_model=args.out_model,
+        out_info=args.out_info,
+        progress=not args.quiet,
+        **_run(args),
+    )
 
 
 def cmd_oracle(args: argparse.Namespace) -> None:
     from pbu.jobs.train import oracle
 
-    oracle(args.data, forget=args.forget, arch=args.arch, seed=args.seed, recipe=_recipe(args),
-           weights=args.weights, stem=args.stem, out_model=args.out_model, out_info=args.out_info,
-           progress=not args.quiet, **_run(args))
+    oracle(
+        args.data,
+        forget=args.forget,
+        arch=args.arch,
+        seed=args.seed,
+        recipe=_recipe(args),
+        weights=args.weights,
+        stem=args.stem,
+        out_model=args.out_model,
+        out_info=args.out_info,
+        progress=not args.quiet,
+        **_run(args),
+    )
 
 
 def cmd_fisher(args: argparse.Namespace) -> None:
     from pbu.jobs.fisher import fisher
 
-    fisher(args.data, model=args.model, forget=args.forget, out=args.out,
-           out_info=args.out_info, kind=args.kind, bn_mode=args.bn_mode,
-           mc_samples=args.mc_samples, chunk_size=args.chunk_size, batch_size=args.batch_size,
-           seed=args.seed, memory_format=args.memory_format, progress=not args.quiet,
-           **_run(args))
+    fisher(
+        args.data,
+        model=args.model,
+        forget=args.forget,
+        out=args.out,
+        out_info=args.out_info,
+        kind=args.kind,
+        bn_mode=args.bn_mode,
+        mc_samples=args.mc_samples,
+        chunk_size=args.chunk_size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        memory_format=args.memory_format,
+        progress=not args.quiet,
+        **_run(args),
+    )
 
 
 def cmd_unlearn(args: argparse.Namespace) -> None:
     from pbu.jobs.unlearn import unlearn
 
-    unlearn(args.data, model=args.model, forget=args.forget, method=args.method,
-            hparams=_json_arg(args.hparams, "hparams"), seed=args.seed,
-            out_model=args.out_model, out_history=args.out_history, out_info=args.out_info,
-            retain_subset=args.retain_subset, fisher=args.fisher,
-            hparams_from=args.hparams_from, monitor_every=args.monitor_every,
-            monitor_retain=args.monitor_retain, memory_format=args.memory_format,
-            **_run(args))
+    unlearn(
+        args.data,
+        model=args.model,
+        forget=args.forget,
+        method=args.method,
+        hparams=_json_arg(args.hparams, "hparams"),
+        seed=args.seed,
+        out_model=args.out_model,
+        out_history=args.out_history,
+        out_info=args.out_info,
+        retain_subset=args.retain_subset,
+        fisher=args.fisher,
+        hparams_from=args.hparams_from,
+        monitor_every=args.monitor_every,
+        monitor_retain=args.monitor_retain,
+        memory_format=args.memory_format,
+        **_run(args),
+    )
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
     from pbu.jobs.tune import tune
 
-    fisher_settings = (_json_arg(args.fisher_settings, "fisher-settings")
-                       if args.fisher_settings else None)
-    tune(args.data, model=args.model, forget=args.forget, method=args.method,
-         hparams=_json_arg(args.hparams, "hparams"), space=_json_arg(args.space, "space"),
-         budget=args.budget, val_fraction=args.val_fraction, threshold=args.threshold,
-         seed=args.seed, out=args.out, retain_subset=args.retain_subset,
-         fisher_settings=fisher_settings, memory_format=args.memory_format,
-         progress=not args.quiet, **_run(args))
+    fisher_settings = (
+        _json_arg(args.fisher_settings, "fisher-settings") if args.fisher_settings else None
+    )
+    tune(
+        args.data,
+        model=args.model,
+        forget=args.forget,
+        method=args.method,
+        hparams=_json_arg(args.hparams, "hparams"),
+        space=_json_arg(args.space, "space"),
+        budget=args.budget,
+        val_fraction=args.val_fraction,
+        threshold=args.threshold,
+        seed=args.seed,
+        out=args.out,
+        retain_subset=args.retain_subset,
+        fisher_settings=fisher_settings,
+        memory_format=args.memory_format,
+        progress=not args.quiet,
+        **_run(args),
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -154,17 +218,27 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from pbu.jobs.common import as_typed
     from pbu.jobs.evaluate import evaluate
 
-    settings = as_typed(EvalSettings.from_dict, _json_arg(args.settings, "settings"),
-                        EvalSettings, "--settings")
+    settings = as_typed(
+        EvalSettings.from_dict, _json_arg(args.settings, "settings"), EvalSettings, "--settings"
+    )
     models: dict[str, str] = {}
     for item in args.model:
         name, sep, path = item.partition("=")
         if not sep:
             raise UsageError(f"--model expects NAME=PATH, got {item!r}")
         models[name] = path
-    evaluate(args.data, forget=args.forget, seed=args.seed, original=args.original,
-             oracle=args.oracle, out=args.out, models=models, settings=settings,
-             memory_format=args.memory_format, **_run(args))
+    evaluate(
+        args.data,
+        forget=args.forget,
+        seed=args.seed,
+        original=args.original,
+        oracle=args.oracle,
+        out=args.out,
+        models=models,
+        settings=settings,
+        memory_format=args.memory_format,
+        **_run(args),
+    )
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -176,8 +250,14 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
 def cmd_track(args: argparse.Namespace) -> None:
     from pbu.jobs.results import track
 
-    track(tracking_uri=args.tracking_uri, experiment=args.experiment, out=args.out,
-          results=args.results, metrics_files=args.metrics, report_paths=args.report)
+    track(
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        out=args.out,
+        results=args.results,
+        metrics_files=args.metrics,
+        report_paths=args.report,
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -219,9 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
         sp.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
-        sp.add_argument("--memory-format", default="channels_last",
-                        choices=("channels_last", "contiguous"),
-                        help="layout of loaded convnets (fisher, unlearn, evaluate)")
+        sp.add_argument(
+            "--memory-format",
+            default="channels_last",
+            choices=("channels_last", "contiguous"),
+            help="layout of loaded convnets (fisher, unlearn, evaluate)",
+        )
 
     from pbu.registry import ARCHS, DATASETS, STEMS, WEIGHTS
 
@@ -230,25 +313,45 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--root", default="data", help="torchvision data root")
     sp.add_argument("--source", default=None, help="folder already holding the original files")
     sp.add_argument("--no-download", action="store_true", help="fail instead of downloading")
-    sp.add_argument("--max-train-per-class", type=int, default=None,
-                    help="keep at most N training images per class (seeded)")
-    sp.add_argument("--max-test-per-class", type=int, default=None,
-                    help="keep at most N test images per class (seeded)")
-    sp.add_argument("--keep-classes", type=lambda t: [int(c) for c in t.split(",") if c],
-                    default=[], metavar="C,C,...",
-                    help="classes that keep up to --keep-per-class images under the caps")
+    sp.add_argument(
+        "--max-train-per-class",
+        type=int,
+        default=None,
+        help="keep at most N training images per class (seeded)",
+    )
+    sp.add_argument(
+        "--max-test-per-class",
+        type=int,
+        default=None,
+        help="keep at most N test images per class (seeded)",
+    )
+    sp.add_argument(
+        "--keep-classes",
+        type=lambda t: [int(c) for c in t.split(",") if c],
+        default=[],
+        metavar="C,C,...",
+        help="classes that keep up to --keep-per-class images under the caps",
+    )
     sp.add_argument("--keep-per-class", type=int, default=0)
-    sp.add_argument("--stand-in", action="store_true",
-                    help="generated stand-in images of the dataset's shape and sizes (no download)")
+    sp.add_argument(
+        "--stand-in",
+        action="store_true",
+        help="generated stand-in images of the dataset's shape and sizes (no download)",
+    )
     sp.add_argument("--stand-in-seed", type=_int_nonneg, default=0, help="seed of --stand-in")
-    sp.add_argument("--max-image-size", type=int, default=None,
-                    help="--stand-in: images at most N pixels a side")
+    sp.add_argument(
+        "--max-image-size",
+        type=int,
+        default=None,
+        help="--stand-in: images at most N pixels a side",
+    )
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_download)
 
     sp = sub.add_parser("download-weights", help="fetch ImageNet weights into the torch cache")
-    sp.add_argument("--arch", required=True, choices=[a for a in ARCHS if a not in
-                                                      ("small_cnn", "allcnn")])
+    sp.add_argument(
+        "--arch", required=True, choices=[a for a in ARCHS if a not in ("small_cnn", "allcnn")]
+    )
     sp.add_argument("--out", required=True, help="marker file written when done")
     sp.set_defaults(fn=cmd_download_weights)
 
@@ -256,11 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
         common(sp)
         sp.add_argument("--arch", required=True, choices=sorted(ARCHS))
         sp.add_argument("--weights", default="none", choices=WEIGHTS)
-        sp.add_argument("--stem", default=None, choices=STEMS,
-                        help="first layers of a torchvision arch (imagenet | cifar)")
+        sp.add_argument(
+            "--stem",
+            default=None,
+            choices=STEMS,
+            help="first layers of a torchvision arch (imagenet | cifar)",
+        )
         sp.add_argument("--seed", type=_int_nonneg, required=True)
-        sp.add_argument("--recipe", required=True,
-                        help="JSON training recipe (pbu.train.TrainRecipe)")
+        sp.add_argument(
+            "--recipe", required=True, help="JSON training recipe (pbu.train.TrainRecipe)"
+        )
         sp.add_argument("--out-model", required=True)
         sp.add_argument("--out-info", required=True)
 
@@ -270,8 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--forget", type=int, default=None, help=argparse.SUPPRESS)
     sp.set_defaults(fn=cmd_pretrain)
 
-    sp = sub.add_parser("oracle", help="train the oracle: a fresh model, the same recipe, on the "
-                                       "retained classes only")
+    sp = sub.add_parser(
+        "oracle",
+        help="train the oracle: a fresh model, the same recipe, on the retained classes only",
+    )
     training(sp)
     sp.add_argument("--forget", type=int, required=True, help="the class the oracle never sees")
     sp.set_defaults(fn=cmd_oracle)
@@ -299,38 +409,73 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--retain-subset", type=_int_nonneg, default=0)
     sp.add_argument("--fisher", default=None)
     sp.add_argument("--seed", type=_int_nonneg, required=True)
-    sp.add_argument("--monitor-every", type=_int_nonneg, default=1,
-                    help="record forget/retain test accuracy every N steps (0: never)")
-    sp.add_argument("--monitor-retain", type=_int_nonneg, default=0,
-                    help="monitor on this many retain-test samples (0: all)")
+    sp.add_argument(
+        "--monitor-every",
+        type=_int_nonneg,
+        default=1,
+        help="record forget/retain test accuracy every N steps (0: never)",
+    )
+    sp.add_argument(
+        "--monitor-retain",
+        type=_int_nonneg,
+        default=0,
+        help="monitor on this many retain-test samples (0: all)",
+    )
     sp.add_argument("--out-model", required=True)
     sp.add_argument("--out-history", required=True)
     sp.add_argument("--out-info", required=True)
-    sp.add_argument("--hparams-from", default=None, metavar="TUNE.json",
-                    help="override --hparams with the choice of a pbu tune record")
+    sp.add_argument(
+        "--hparams-from",
+        default=None,
+        metavar="TUNE.json",
+        help="override --hparams with the choice of a pbu tune record",
+    )
     sp.set_defaults(fn=cmd_unlearn)
 
-    sp = sub.add_parser("tune", help="tune one method blind, on a validation split of the data "
-                                     "it may see (pbu.tune)")
+    sp = sub.add_parser(
+        "tune",
+        help="tune one method blind, on a validation split of the data it may see (pbu.tune)",
+    )
     common(sp)
     sp.add_argument("--model", required=True, help="the original model's checkpoint")
     sp.add_argument("--forget", type=int, required=True)
     sp.add_argument("--method", required=True)
-    sp.add_argument("--hparams", required=True,
-                    help="JSON object of the method's base hyperparameters (the space overrides)")
+    sp.add_argument(
+        "--hparams",
+        required=True,
+        help="JSON object of the method's base hyperparameters (the space overrides)",
+    )
     sp.add_argument("--retain-subset", type=_int_nonneg, default=0)
     sp.add_argument("--seed", type=_int_nonneg, required=True)
-    sp.add_argument("--space", required=True,
-                    help='JSON search space, e.g. \'{"lr": [1e-3, 1e-2], "epochs": [1, 2]}\'')
-    sp.add_argument("--budget", type=int, required=True,
-                    help="trials (the same for every method); the space needs >= this many points")
-    sp.add_argument("--val-fraction", type=float, required=True,
-                    help="share of each part of the method's data held out for validation")
-    sp.add_argument("--threshold", type=float, required=True,
-                    help="forget-val accuracy (%%) at or below which a trial counts as forgotten")
-    sp.add_argument("--fisher-settings", default=None,
-                    help="JSON: kind, bn_mode, mc_samples, chunk_size, batch_size (methods that "
-                         "need the Fisher; computed on the fit part of the forget data)")
+    sp.add_argument(
+        "--space",
+        required=True,
+        help='JSON search space, e.g. \'{"lr": [1e-3, 1e-2], "epochs": [1, 2]}\'',
+    )
+    sp.add_argument(
+        "--budget",
+        type=int,
+        required=True,
+        help="trials (the same for every method); the space needs >= this many points",
+    )
+    sp.add_argument(
+        "--val-fraction",
+        type=float,
+        required=True,
+        help="share of each part of the method's data held out for validation",
+    )
+    sp.add_argument(
+        "--threshold",
+        type=float,
+        required=True,
+        help="forget-val accuracy (%%) at or below which a trial counts as forgotten",
+    )
+    sp.add_argument(
+        "--fisher-settings",
+        default=None,
+        help="JSON: kind, bn_mode, mc_samples, chunk_size, batch_size (methods that "
+        "need the Fisher; computed on the fit part of the forget data)",
+    )
     sp.add_argument("--out", required=True, help="the tuning record (JSON)")
     sp.set_defaults(fn=cmd_tune)
 
@@ -355,8 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--results", default=None, help="results folder (when no files are given)")
     sp.add_argument("--tracking-uri", required=True)
     sp.add_argument("--experiment", required=True)
-    sp.add_argument("--report", action="append", default=[],
-                    help="file or folder to log as artifacts of the 'report' run (repeatable)")
+    sp.add_argument(
+        "--report",
+        action="append",
+        default=[],
+        help="file or folder to log as artifacts of the 'report' run (repeatable)",
+    )
     sp.add_argument("--out", required=True, help="JSON summary of what was logged")
     sp.add_argument("metrics", nargs="*", help="metrics.json files (default: all under --results)")
     sp.set_defaults(fn=cmd_track)
@@ -378,9 +527,11 @@ def main(argv: list[str] | None = None) -> int:
     _JOB_STARTED = time.time()  # the job's own start, recorded with its results
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         _setup(args)
         args.fn(args)

@@ -54,8 +54,10 @@ def check_writable(folder: str | os.PathLike) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".pbu-write-test-"):
             pass
     except OSError as err:
-        raise ConfigError(f"config key results: cannot write to {folder} ({err.strerror}); "
-                          f"choose a writable folder") from None
+        raise ConfigError(
+            f"config key results: cannot write to {folder} ({err.strerror}); "
+            f"choose a writable folder"
+        ) from None
 
 
 def forget_classes(config: dict[str, Any]) -> list[int]:
@@ -78,53 +80,67 @@ def check_tuning(config: dict[str, Any], schema_path: str | os.PathLike) -> None
         if m not in config["hparams"]:
             raise ConfigError(f"config key hparams.{m}: missing; tuning.methods lists {m!r}")
         if m not in tuning["space"]:
-            raise ConfigError(f"{where}: missing; tuning.methods lists {m!r}, so it needs a "
-                              f"search space")
+            raise ConfigError(
+                f"{where}: missing; tuning.methods lists {m!r}, so it needs a search space"
+            )
         space = tuning["space"][m]
         names = hp_schema["properties"][m]["properties"]
         for k, values in space.items():
             if k not in names:
-                raise ConfigError(f"{where}.{k}: not a hyperparameter of {m}; allowed: "
-                                  f"{', '.join(names)}")
+                raise ConfigError(
+                    f"{where}.{k}: not a hyperparameter of {m}; allowed: {', '.join(names)}"
+                )
             for v in values:
                 err = jsonschema.exceptions.best_match(
-                    jsonschema.Draft202012Validator(names[k]).iter_errors(v))
+                    jsonschema.Draft202012Validator(names[k]).iter_errors(v)
+                )
                 if err is not None:
                     raise ConfigError(f"{where}.{k}: {err.message}")
         n = space_size(space)
         if n < tuning["budget"]:
-            raise ConfigError(f"{where}: {n} point(s), fewer than tuning.budget "
-                              f"{tuning['budget']}; every method gets the same number of trials")
+            raise ConfigError(
+                f"{where}: {n} point(s), fewer than tuning.budget "
+                f"{tuning['budget']}; every method gets the same number of trials"
+            )
 
 
-def check_config(config: dict[str, Any], schema_path: str | os.PathLike, *,
-                 check_results: bool = True) -> dict[str, Any]:
+def check_config(
+    config: dict[str, Any], schema_path: str | os.PathLike, *, check_results: bool = True
+) -> dict[str, Any]:
     """Validate ``config``; return it with ``forget`` resolved to a list of class indices."""
     validate_schema(config, schema_path)
     spec = get_spec(config["dataset"])
     if config["forget"] != "all":
         for c in config["forget"]:
             if not 0 <= c < spec.num_classes:
-                raise ConfigError(f"config key forget: class {c} is out of range for "
-                                  f"{spec.name}; allowed 0..{spec.num_classes - 1} or \"all\"")
+                raise ConfigError(
+                    f"config key forget: class {c} is out of range for "
+                    f'{spec.name}; allowed 0..{spec.num_classes - 1} or "all"'
+                )
     for m in config["methods"]:
         if m not in config["hparams"]:
-            raise ConfigError(f"config key hparams.{m}: missing; method {m!r} is selected in "
-                              f"methods, so its hyperparameters must be given")
+            raise ConfigError(
+                f"config key hparams.{m}: missing; method {m!r} is selected in "
+                f"methods, so its hyperparameters must be given"
+            )
     check_tuning(config, schema_path)
     # data.source is not checked here: a plan (snakemake -n) or stand-in data never reads it,
     # and a missing folder fails the download job alone, with the same message
     # (pbu.data._adopt_source).
     data = config["data"]
     if data.get("max_image_size") is not None and not data.get("stand_in", False):
-        raise ConfigError("config key data.max_image_size: applies to stand-in data only; set "
-                          "data.stand_in: true or data.max_image_size: null")
+        raise ConfigError(
+            "config key data.max_image_size: applies to stand-in data only; set "
+            "data.stand_in: true or data.max_image_size: null"
+        )
     problem = stem_problem(config["archs"], config["model"]["stem"], spec.image_size)
     if problem:
         raise ConfigError(f"config key model.stem: {problem}")
     if config["model"]["weights"] == "imagenet" and set(config["archs"]) & {"small_cnn", "allcnn"}:
-        raise ConfigError("config key model.weights: imagenet weights exist only for the "
-                          "torchvision archs, not small_cnn or allcnn")
+        raise ConfigError(
+            "config key model.weights: imagenet weights exist only for the "
+            "torchvision archs, not small_cnn or allcnn"
+        )
     if check_results:
         check_writable(config["results"])
     resolved = dict(config)
@@ -167,11 +183,18 @@ def schema_markdown(schema_path: str | os.PathLike, defaults: dict[str, Any]) ->
         for key, sub in node.get("properties", {}).items():
             name = f"{prefix}{key}"
             dflt = default.get(key) if isinstance(default, dict) else None
-            shown = "" if isinstance(dflt, dict) else f"`{json.dumps(dflt)}`" if dflt is not None \
-                or (isinstance(default, dict) and key in default) else ""
+            shown = (
+                ""
+                if isinstance(dflt, dict)
+                else f"`{json.dumps(dflt)}`"
+                if dflt is not None or (isinstance(default, dict) and key in default)
+                else ""
+            )
             desc = str(sub.get("description", "")).replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| `{name}` | {typ(sub) if sub.get('type') != 'object' else 'mapping'} "
-                         f"| {shown} | {desc} |")
+            lines.append(
+                f"| `{name}` | {typ(sub) if sub.get('type') != 'object' else 'mapping'} "
+                f"| {shown} | {desc} |"
+            )
             if sub.get("type") == "object":
                 walk(sub, f"{name}.", dflt or {})
 
@@ -183,5 +206,9 @@ if __name__ == "__main__":  # pragma: no cover - developer tool
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    sys.stdout.write(schema_markdown(root / "workflow/schemas/config.schema.yaml",
-                                     yaml.safe_load((root / "config/config.yaml").read_text())))
+    sys.stdout.write(
+        schema_markdown(
+            root / "workflow/schemas/config.schema.yaml",
+            yaml.safe_load((root / "config/config.yaml").read_text()),
+        )
+    )

@@ -38,10 +38,24 @@ Batch = tuple[Tensor, Tensor]
 
 # The files torchvision's loaders look for, used to adopt a local source folder.
 _RAW_FILES = {
-    "mnist": ("MNIST", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
-    "fashion_mnist": ("FashionMNIST", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
+    "mnist": (
+        "MNIST",
+        [
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ],
+    ),
+    "fashion_mnist": (
+        "FashionMNIST",
+        [
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ],
+    ),
 }
 
 MNIST5K_TRAIN_PER_CLASS = 400
@@ -71,8 +85,9 @@ def class_split(labels: Tensor, forget_class: int) -> tuple[Tensor, Tensor]:
     return torch.nonzero(is_forget).flatten(), torch.nonzero(~is_forget).flatten()
 
 
-def stratified_subset(labels: Tensor, per_class: int, seed: int, *,
-                      at_least: dict[int, int] | None = None) -> Tensor:
+def stratified_subset(
+    labels: Tensor, per_class: int, seed: int, *, at_least: dict[int, int] | None = None
+) -> Tensor:
     """A seeded, sorted sample of at most ``per_class`` indices from every class; class ``c``
     of ``at_least`` keeps up to ``at_least[c]`` instead when that is more."""
     g = torch.Generator().manual_seed(seed)
@@ -106,8 +121,15 @@ class ImageData(Protocol):
     def subset(self, idx: Tensor) -> ImageData: ...
 
     def loader(
-        self, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: bool = False,
-        device: str | torch.device = "cpu", drop_last: bool = False, workers: int = 0,
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: bool = False,
+        device: str | torch.device = "cpu",
+        drop_last: bool = False,
+        workers: int = 0,
     ) -> Loader: ...
 
 
@@ -156,8 +178,7 @@ def augment_batch(x: Tensor, mode: str, generator: torch.Generator | None = None
     dev = x.device
     xp = F.pad(x, (pad, pad, pad, pad))
     # Drawn on the host from the loader's generator, so CPU and GPU see the same crops.
-    off = _to_device(torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device="cpu"),
-                     dev)
+    off = _to_device(torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device="cpu"), dev)
     rows = off[0][:, None] + torch.arange(h, device=dev)  # [B, H]
     cols = off[1][:, None] + torch.arange(w, device=dev)  # [B, W]
     if mode == "crop_flip":
@@ -174,8 +195,15 @@ class TensorLoader:
     """Batches straight from uint8 tensors: seeded shuffling, augmentation on the device."""
 
     def __init__(
-        self, data: TensorImages | StandInImages, batch_size: int, *, shuffle: bool, seed: int,
-        augment: bool, device: str | torch.device, drop_last: bool,
+        self,
+        data: TensorImages | StandInImages,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        augment: bool,
+        device: str | torch.device,
+        drop_last: bool,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -206,7 +234,7 @@ class TensorLoader:
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         order = order.to(self.device)
         for k in range(len(self)):
-            idx = order[k * self.batch_size:(k + 1) * self.batch_size]
+            idx = order[k * self.batch_size : (k + 1) * self.batch_size]
             x = augment_batch(self._images(idx), self.augment, self.generator)
             yield (x.float() - self.mean) / self.std, self.labels[idx]
 
@@ -221,8 +249,10 @@ class TensorImages:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"images must be uint8 [N,C,H,W], got {self.images.dtype} "
-                             f"{tuple(self.images.shape)}")
+            raise ValueError(
+                f"images must be uint8 [N,C,H,W], got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
         if len(self.images) != len(self.labels):
             raise ValueError("images and labels differ in length")
         self.labels = self.labels.long()
@@ -238,11 +268,25 @@ class TensorImages:
         return TensorImages(self.spec, self.images.to(device), self.labels.to(device))
 
     def loader(
-        self, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: bool = False,
-        device: str | torch.device = "cpu", drop_last: bool = False, workers: int = 0,
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: bool = False,
+        device: str | torch.device = "cpu",
+        drop_last: bool = False,
+        workers: int = 0,
     ) -> TensorLoader:
-        return TensorLoader(self, batch_size, shuffle=shuffle, seed=seed, augment=augment,
-                            device=device, drop_last=drop_last)
+        return TensorLoader(
+            self,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            augment=augment,
+            device=device,
+            drop_last=drop_last,
+        )
 
 
 class _FileDataset(torch.utils.data.Dataset):
@@ -264,8 +308,18 @@ class _FileDataset(torch.utils.data.Dataset):
 class FileLoader:
     """A torch DataLoader over image files, yielding ``(x, y)`` on ``device``."""
 
-    def __init__(self, data: FileImages, batch_size: int, *, shuffle: bool, seed: int,
-                 augment: bool, device: str | torch.device, drop_last: bool, workers: int) -> None:
+    def __init__(
+        self,
+        data: FileImages,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        augment: bool,
+        device: str | torch.device,
+        drop_last: bool,
+        workers: int,
+    ) -> None:
         from torchvision import transforms as T
 
         s = data.spec
@@ -279,9 +333,13 @@ class FileLoader:
         self.device = torch.device(device)
         self._n = len(data)
         self.loader = torch.utils.data.DataLoader(
-            _FileDataset(data.files, data.labels, T.Compose(tf)), batch_size=batch_size,
-            shuffle=shuffle, drop_last=drop_last, num_workers=workers,
-            generator=torch.Generator().manual_seed(seed), pin_memory=self.device.type == "cuda",
+            _FileDataset(data.files, data.labels, T.Compose(tf)),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(seed),
+            pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
         )
 
@@ -310,14 +368,31 @@ class FileImages:
 
     def subset(self, idx: Tensor) -> FileImages:
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return FileImages(self.spec, [self.files[i] for i in idx.tolist()], self.labels[idx].clone())
+        return FileImages(
+            self.spec, [self.files[i] for i in idx.tolist()], self.labels[idx].clone()
+        )
 
     def loader(
-        self, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: bool = False,
-        device: str | torch.device = "cpu", drop_last: bool = False, workers: int = 0,
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: bool = False,
+        device: str | torch.device = "cpu",
+        drop_last: bool = False,
+        workers: int = 0,
     ) -> FileLoader:
-        return FileLoader(self, batch_size, shuffle=shuffle, seed=seed, augment=augment,
-                          device=device, drop_last=drop_last, workers=workers)
+        return FileLoader(
+            self,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            augment=augment,
+            device=device,
+            drop_last=drop_last,
+            workers=workers,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,11 +449,12 @@ def stand_in_images(spec: DatasetSpec, ids: Tensor, labels: Tensor, seed: int) -
     # per class: template [B, C, g, g] and grating parameters (salted so they are independent)
     cls = _hash32(base ^ _hash32(lab * 4099 + 1))
     grid = _uniform(cls[:, None] ^ _hash32(torch.arange(c * g * g, device=dev) + 7))
-    template = F.interpolate((2 * grid - 1).view(b, c, g, g), size=(h, h), mode="bilinear",
-                             align_corners=False)
+    template = F.interpolate(
+        (2 * grid - 1).view(b, c, g, g), size=(h, h), mode="bilinear", align_corners=False
+    )
     theta = torch.pi * _uniform(cls ^ 0x1B873593)  # [B], per class
     period = (h / 28) * (2.5 + 4.5 * _uniform(cls ^ 0x68E31DA4))
-    colour = (2 * _uniform(cls[:, None] ^ _hash32(torch.arange(c, device=dev) + 0x2F)) - 1)
+    colour = 2 * _uniform(cls[:, None] ^ _hash32(torch.arange(c, device=dev) + 0x2F)) - 1
     colour = colour.sign() * (0.5 + 0.5 * colour.abs())  # never a vanishing channel
     # per image
     img = _hash32(base ^ _hash32(ids) ^ 0x5BD1E995)
@@ -386,14 +462,24 @@ def stand_in_images(spec: DatasetSpec, ids: Tensor, labels: Tensor, seed: int) -
     contrast = 0.6 + 0.4 * _uniform(img ^ 0x0A54FF53)
     bright = 30.0 * (2 * _uniform(img ^ 0x10B7E1C5) - 1)
     pos = torch.arange(h, device=dev, dtype=torch.float32)
-    arg = (pos[None, None, :] * torch.cos(theta)[:, None, None]
-           + pos[None, :, None] * torch.sin(theta)[:, None, None])  # [B, H, W]
+    arg = (
+        pos[None, None, :] * torch.cos(theta)[:, None, None]
+        + pos[None, :, None] * torch.sin(theta)[:, None, None]
+    )  # [B, H, W]
     grating = torch.cos(2 * torch.pi * arg / period[:, None, None] + phase[:, None, None])
     grating = grating[:, None] * colour[:, :, None, None]  # [B, C, H, W]
-    noise = 2 * _uniform(img[:, None] ^ _hash32(torch.arange(c * h * h, device=dev)
-                                                 + 0x7F4A7C15)[None, :]) - 1
-    z = (contrast.view(b, 1, 1, 1) * (45.0 * template + 35.0 * grating)
-         + bright.view(b, 1, 1, 1) + 40.0 * noise.view(b, c, h, h)) / _STAND_IN_STD
+    noise = (
+        2
+        * _uniform(
+            img[:, None] ^ _hash32(torch.arange(c * h * h, device=dev) + 0x7F4A7C15)[None, :]
+        )
+        - 1
+    )
+    z = (
+        contrast.view(b, 1, 1, 1) * (45.0 * template + 35.0 * grating)
+        + bright.view(b, 1, 1, 1)
+        + 40.0 * noise.view(b, c, h, h)
+    ) / _STAND_IN_STD
     # the dataset's per-channel mean and standard deviation (before clipping), so normalised
     # batches look like the real ones to a model and its learning rate
     mean = torch.tensor(spec.mean, device=dev).view(1, c, 1, 1) * 255
@@ -434,23 +520,40 @@ class StandInImages:
 
     def subset(self, idx: Tensor) -> StandInImages:
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.labels.device)
-        return StandInImages(self.spec, self.ids[idx].clone(), self.labels[idx].clone(),
-                             self.seed)
+        return StandInImages(self.spec, self.ids[idx].clone(), self.labels[idx].clone(), self.seed)
 
     def images(self) -> Tensor:
         """Every image of the split, uint8 ``[N, C, H, W]`` (small splits and tests)."""
         return stand_in_images(self.spec, self.ids, self.labels, self.seed)
 
     def loader(
-        self, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: bool = False,
-        device: str | torch.device = "cpu", drop_last: bool = False, workers: int = 0,
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: bool = False,
+        device: str | torch.device = "cpu",
+        drop_last: bool = False,
+        workers: int = 0,
     ) -> StandInLoader:
-        return StandInLoader(self, batch_size, shuffle=shuffle, seed=seed, augment=augment,
-                             device=device, drop_last=drop_last)
+        return StandInLoader(
+            self,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            augment=augment,
+            device=device,
+            drop_last=drop_last,
+        )
 
 
-def stand_in_dataset(name: str, *, seed: int = 0, max_image_size: int | None = None,
-                     ) -> tuple[StandInImages, StandInImages]:
+def stand_in_dataset(
+    name: str,
+    *,
+    seed: int = 0,
+    max_image_size: int | None = None,
+) -> tuple[StandInImages, StandInImages]:
     """``(train, test)`` stand-ins for dataset ``name``: its channels, classes and images per
     class in each split (``pbu.registry.SPLIT_COUNTS``), at its image size or at most
     ``max_image_size`` pixels a side. Seeded; nothing is downloaded or stored but ids."""
@@ -483,11 +586,16 @@ def _adopt_source(name: str, root: Path, source: Path) -> None:
     """
     folder, files = _RAW_FILES[name]
     if not source.is_dir():  # checked here, in the download job, so a plan never needs it
-        hint = (" On Debian/Ubuntu: `apt-get install dataset-fashion-mnist`."
-                if name == "fashion_mnist" else "")
-        raise DataUnavailableError(f"config key data.source: {source} is not a folder; it must "
-                                   f"hold {name}'s original IDX files.{hint} Or set "
-                                   f"data.stand_in: true to run on generated stand-in data")
+        hint = (
+            " On Debian/Ubuntu: `apt-get install dataset-fashion-mnist`."
+            if name == "fashion_mnist"
+            else ""
+        )
+        raise DataUnavailableError(
+            f"config key data.source: {source} is not a folder; it must "
+            f"hold {name}'s original IDX files.{hint} Or set "
+            f"data.stand_in: true to run on generated stand-in data"
+        )
     raw = root / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for f in files:
@@ -512,7 +620,7 @@ def _adopt_source(name: str, root: Path, source: Path) -> None:
 def _missing(name: str, root: Path, err: Exception) -> DataUnavailableError:
     hint = {
         "fashion_mnist": " On Debian/Ubuntu: `apt-get install dataset-fashion-mnist`, then set "
-                         "data.source to /usr/share/datasets/fashion-mnist.",
+        "data.source to /usr/share/datasets/fashion-mnist.",
         "food101": f" Or unpack food-101.tar.gz under {root}/food-101.",
     }.get(name, "")
     return DataUnavailableError(
@@ -547,7 +655,10 @@ def _from_torchvision(ds, spec: DatasetSpec) -> TensorImages:
 
 
 def load_dataset(
-    name: str, root: str | os.PathLike = "data", *, source: str | os.PathLike | None = None,
+    name: str,
+    root: str | os.PathLike = "data",
+    *,
+    source: str | os.PathLike | None = None,
     download: bool = True,
 ) -> tuple[ImageData, ImageData]:
     """Return ``(train, test)`` for a registered dataset.
@@ -564,11 +675,17 @@ def load_dataset(
 
     if source is not None:
         if name not in _RAW_FILES:
-            raise ValueError(f"data.source is supported for {sorted(_RAW_FILES)}, not {name!r}; "
-                             f"put {name}'s files under the data root {root} instead")
+            raise ValueError(
+                f"data.source is supported for {sorted(_RAW_FILES)}, not {name!r}; "
+                f"put {name}'s files under the data root {root} instead"
+            )
         _adopt_source(name, root, Path(source))
-    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10,
-           "cifar100": tvd.CIFAR100}.get(name)
+    cls = {
+        "mnist": tvd.MNIST,
+        "fashion_mnist": tvd.FashionMNIST,
+        "cifar10": tvd.CIFAR10,
+        "cifar100": tvd.CIFAR100,
+    }.get(name)
     try:
         if cls is not None:
             train = cls(str(root), train=True, download=download)
@@ -578,8 +695,10 @@ def load_dataset(
         test = tvd.Food101(str(root), split="test", download=download)
     except (RuntimeError, OSError) as err:  # torchvision: "Dataset not found", URLError, ...
         raise _missing(name, root, err) from err
-    return (FileImages(spec, [str(p) for p in train._image_files], torch.tensor(train._labels)),
-            FileImages(spec, [str(p) for p in test._image_files], torch.tensor(test._labels)))
+    return (
+        FileImages(spec, [str(p) for p in train._image_files], torch.tensor(train._labels)),
+        FileImages(spec, [str(p) for p in test._image_files], torch.tensor(test._labels)),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,8 +738,11 @@ def load_prepared(path: str | os.PathLike) -> tuple[ImageData, ImageData]:
             if f"{split}_images" in obj:
                 out.append(TensorImages(spec, obj[f"{split}_images"], labels))
             elif f"{split}_stand_in_ids" in obj:
-                out.append(StandInImages(spec, obj[f"{split}_stand_in_ids"], labels,
-                                         int(obj["stand_in_seed"])))
+                out.append(
+                    StandInImages(
+                        spec, obj[f"{split}_stand_in_ids"], labels, int(obj["stand_in_seed"])
+                    )
+                )
             else:
                 out.append(FileImages(spec, obj[f"{split}_files"], labels))
     except (KeyError, ValueError) as err:

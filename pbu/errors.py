@@ -1,4 +1,5 @@
-"""Errors the `pbu` command reports as one line (exit 2); torch-free so it can catch them cheaply."""
+"""Errors the `pbu` command reports as one line (exit 2); torch-free so it can catch them
+cheaply."""
 
 
 class CheckpointError(RuntimeError):

@@ -27,17 +27,21 @@ SPLITS = ("forget_train", "retain_train", "forget_test", "retain_test")
 
 # Units of every metric the evaluation writes (metrics files carry them).
 UNITS: dict[str, str] = {
-    "acc_forget_test": "%", "acc_retain_test": "%", "acc_forget_train": "%",
+    "acc_forget_test": "%",
+    "acc_retain_test": "%",
+    "acc_forget_train": "%",
     "acc_retain_train": "%",
     "mia_entropy_svc": "fraction of forget-train predicted member; attack fitted on retain-train "
-                       "vs test without the forget class (Bad Teaching's attack, PBU paper)",
+    "vs test without the forget class (Bad Teaching's attack, PBU paper)",
     "mia_entropy_svc_bad_teaching": "fraction of forget-train predicted member; attack fitted on "
-                                    "retain-train vs the whole test split (Bad Teaching's sets)",
+    "retain-train vs the whole test split (Bad Teaching's sets)",
     "mia_efficacy_salun": "fraction of forget-train predicted non-member (SalUn)",
     "mia_loss_acc": "CV accuracy, forget-train vs forget-test (0.5 = no leakage)",
     "mia_loss_auc": "CV ROC AUC, forget-train vs forget-test (0.5 = no leakage)",
-    "js_forget_test": "nats, JS divergence to the oracle", "js_retain_test": "nats",
-    "act_dist_forget_test": "L2 between softmax outputs", "act_dist_retain_test": "L2",
+    "js_forget_test": "nats, JS divergence to the oracle",
+    "js_retain_test": "nats",
+    "act_dist_forget_test": "L2 between softmax outputs",
+    "act_dist_retain_test": "L2",
     "zrf_forget_test": "1 - mean JS to an incompetent model (Chundawat et al.)",
     "zrf_forget_test_as_coded": "ZRF as coded by Bad Teaching / SSD (reversed KL, / classes)",
     "anamnesis_target": "% forget-test accuracy: within anamnesis_alpha % of the original's",
@@ -75,8 +79,9 @@ class EvalSettings:
         known = set(cls.__dataclass_fields__)
         bad = sorted(set(d) - known)
         if bad:
-            raise ValueError(f"unknown evaluation key(s) {', '.join(bad)}; allowed: "
-                             f"{', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown evaluation key(s) {', '.join(bad)}; allowed: {', '.join(sorted(known))}"
+            )
         return cls(**d)
 
 
@@ -96,61 +101,91 @@ class EvalData:
         return cls(train.subset(f_tr), train.subset(r_tr), test.subset(f_te), test.subset(r_te))
 
 
-def model_outputs(model: nn.Module, data: EvalData, settings: EvalSettings,
-                  device: torch.device) -> dict[str, tuple[Tensor, Tensor, Tensor | None]]:
+def model_outputs(
+    model: nn.Module, data: EvalData, settings: EvalSettings, device: torch.device
+) -> dict[str, tuple[Tensor, Tensor, Tensor | None]]:
     """Logits, labels and penultimate features of ``model`` on each split (one pass each), from
     an inference copy with BatchNorm folded into the convolutions (the same eval-mode map)."""
     model = fuse_for_inference(model)
-    return {s: M.outputs_and_features(model, getattr(data, s).loader(settings.batch_size,
-                                                                     device=device))
-            for s in SPLITS}
+    return {
+        s: M.outputs_and_features(
+            model, getattr(data, s).loader(settings.batch_size, device=device)
+        )
+        for s in SPLITS
+    }
 
 
-def _relearn(model: nn.Module, data: EvalData, settings: EvalSettings, seed: int,
-             device: torch.device, threshold: float) -> M.RelearnResult:
+def _relearn(
+    model: nn.Module,
+    data: EvalData,
+    settings: EvalSettings,
+    seed: int,
+    device: torch.device,
+    threshold: float,
+) -> M.RelearnResult:
     """Relearn trajectory of ``model`` on a seeded forget-train sample, run until the forget-test
     accuracy reaches ``threshold`` (or ``relearn_max_steps``)."""
     idx = random_subset(len(data.forget_train), settings.relearn_samples, seed)
     sample = data.forget_train.subset(idx)
     loader = sample.loader(settings.relearn_batch_size, shuffle=True, seed=seed, device=device)
-    return M.relearn_time(model, loader, data.forget_test.loader(settings.batch_size,
-                                                                 device=device),
-                          lr=settings.relearn_lr, max_steps=settings.relearn_max_steps,
-                          threshold=threshold, seed=seed)
+    return M.relearn_time(
+        model,
+        loader,
+        data.forget_test.loader(settings.batch_size, device=device),
+        lr=settings.relearn_lr,
+        max_steps=settings.relearn_max_steps,
+        threshold=threshold,
+        seed=seed,
+    )
 
 
-def _relearn_metrics(trajectories: dict[str, M.RelearnResult], target: float,
-                     settings: EvalSettings) -> dict[str, dict[str, float]]:
+def _relearn_metrics(
+    trajectories: dict[str, M.RelearnResult], target: float, settings: EvalSettings
+) -> dict[str, dict[str, float]]:
     """Per model: steps to the Anamnesis target and to the fixed threshold, read off one
     trajectory each, and their ratios to the oracle's (``max_steps + 1`` = never reached)."""
     never = settings.relearn_max_steps + 1
     counts: dict[str, dict[str, float]] = {}
     for name, res in trajectories.items():
         counts[name] = {"anamnesis_target": target}
-        for key, reached, goal in (("relearn_steps", "relearn_reached", target),
-                                   ("relearn_steps_fixed", "relearn_fixed_reached",
-                                    settings.relearn_threshold)):
+        for key, reached, goal in (
+            ("relearn_steps", "relearn_reached", target),
+            ("relearn_steps_fixed", "relearn_fixed_reached", settings.relearn_threshold),
+        ):
             steps = None if math.isnan(goal) else M.steps_to_reach(res.accuracies, goal)
-            counts[name][key] = (math.nan if math.isnan(goal)
-                                 else float(never if steps is None else steps))
+            counts[name][key] = (
+                math.nan if math.isnan(goal) else float(never if steps is None else steps)
+            )
             counts[name][reached] = math.nan if math.isnan(goal) else float(steps is not None)
     oracle = counts.get("oracle")
-    for steps, reached, ratio in (("relearn_steps", "relearn_reached", "anamnesis_index"),
-                                  ("relearn_steps_fixed", "relearn_fixed_reached",
-                                   "relearn_ratio_fixed")):
+    for steps, reached, ratio in (
+        ("relearn_steps", "relearn_reached", "anamnesis_index"),
+        ("relearn_steps_fixed", "relearn_fixed_reached", "relearn_ratio_fixed"),
+    ):
         # An oracle that never got there gives only a lower bound: no ratio can be stated.
         defined = oracle is not None and oracle[reached] == 1.0
         if oracle is not None and not defined and not math.isnan(oracle[steps]):
-            log.warning("the oracle did not relearn within %d steps: %s is undefined (raise "
-                        "evaluation.relearn_max_steps)", settings.relearn_max_steps, ratio)
+            log.warning(
+                "the oracle did not relearn within %d steps: %s is undefined (raise "
+                "evaluation.relearn_max_steps)",
+                settings.relearn_max_steps,
+                ratio,
+            )
         for c in counts.values():
-            c[ratio] = (M.anamnesis_index(int(c[steps]), int(oracle[steps]))
-                        if defined and not math.isnan(c[steps]) else math.nan)
+            c[ratio] = (
+                M.anamnesis_index(int(c[steps]), int(oracle[steps]))
+                if defined and not math.isnan(c[steps])
+                else math.nan
+            )
     return counts
 
 
-def _probe(out: dict[str, tuple[Tensor, Tensor, Tensor | None]], forget_class: int,
-           settings: EvalSettings, seed: int) -> dict[str, float]:
+def _probe(
+    out: dict[str, tuple[Tensor, Tensor, Tensor | None]],
+    forget_class: int,
+    settings: EvalSettings,
+    seed: int,
+) -> dict[str, float]:
     """Linear probe on frozen penultimate features: forget class vs the rest.
 
     Fitted on a class-balanced sample of the training split (``probe_train_per_class`` per
@@ -165,13 +200,22 @@ def _probe(out: dict[str, tuple[Tensor, Tensor, Tensor | None]], forget_class: i
     train_y = torch.cat([out["forget_train"][1][f_idx], out["retain_train"][1][r_idx]])
     test_x = torch.cat([out["forget_test"][2], out["retain_test"][2]])
     test_y = torch.cat([out["forget_test"][1], out["retain_test"][1]])
-    return M.linear_probe(train_x, train_y == forget_class, test_x, test_y == forget_class,
-                          seed=seed)
+    return M.linear_probe(
+        train_x, train_y == forget_class, test_x, test_y == forget_class, seed=seed
+    )
 
 
-def evaluate_models(models: dict[str, nn.Module], oracle: nn.Module, incompetent: nn.Module,
-                    data: EvalData, forget_class: int, *, settings: EvalSettings, seed: int,
-                    device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+def evaluate_models(
+    models: dict[str, nn.Module],
+    oracle: nn.Module,
+    incompetent: nn.Module,
+    data: EvalData,
+    forget_class: int,
+    *,
+    settings: EvalSettings,
+    seed: int,
+    device: str | torch.device = "cpu",
+) -> dict[str, dict[str, float]]:
     """Metrics for every model in ``models`` (plus ``"oracle"``), keyed by model name.
 
     ``incompetent`` is a randomly initialised model of the same architecture (for ZRF).
@@ -182,23 +226,33 @@ def evaluate_models(models: dict[str, nn.Module], oracle: nn.Module, incompetent
     device = torch.device(device)
     everyone = {"oracle": oracle, **{k: v for k, v in models.items() if k != "oracle"}}
     outs = {name: model_outputs(m, data, settings, device) for name, m in everyone.items()}
-    inc_forget = M.collect_outputs(incompetent, data.forget_test.loader(settings.batch_size,
-                                                                        device=device))[0]
+    inc_forget = M.collect_outputs(
+        incompetent, data.forget_test.loader(settings.batch_size, device=device)
+    )[0]
     relearn: dict[str, dict[str, float]] = {}
     if settings.relearn:
         target = math.nan
         if "original" in outs:
             target = M.anamnesis_target(
                 M.accuracy_from_logits(*outs["original"]["forget_test"][:2]),
-                settings.anamnesis_alpha)
+                settings.anamnesis_alpha,
+            )
         else:
             log.warning("no 'original' model: the Anamnesis target is undefined")
         # One trajectory per model, run until it reaches both targets (or the step limit).
-        threshold = (settings.relearn_threshold if math.isnan(target)
-                     else max(settings.relearn_threshold, target))
+        threshold = (
+            settings.relearn_threshold
+            if math.isnan(target)
+            else max(settings.relearn_threshold, target)
+        )
         relearn = _relearn_metrics(
-            {name: _relearn(m, data, settings, seed, device, threshold)
-             for name, m in everyone.items()}, target, settings)
+            {
+                name: _relearn(m, data, settings, seed, device, threshold)
+                for name, m in everyone.items()
+            },
+            target,
+            settings,
+        )
     o = outs["oracle"]
     rows: dict[str, dict[str, float]] = {}
     for name in everyone:
@@ -208,12 +262,15 @@ def evaluate_models(models: dict[str, nn.Module], oracle: nn.Module, incompetent
         row = {f"acc_{s}": M.accuracy_from_logits(*out[s][:2]) for s in SPLITS}
         # Members = retain-train; non-members = the test split WITHOUT the forget class (ours)
         # or the whole test split (Bad Teaching's sets); targets = forget-train.
-        row["mia_entropy_svc"] = M.mia_entropy_svc(rtr, rte, ftr, seed=seed,
-                                                   max_samples=settings.mia_max_samples)
+        row["mia_entropy_svc"] = M.mia_entropy_svc(
+            rtr, rte, ftr, seed=seed, max_samples=settings.mia_max_samples
+        )
         row["mia_entropy_svc_bad_teaching"] = M.mia_entropy_svc_bad_teaching(
-            rtr, rte, fte, ftr, seed=seed, max_samples=settings.mia_max_samples)
+            rtr, rte, fte, ftr, seed=seed, max_samples=settings.mia_max_samples
+        )
         row["mia_efficacy_salun"] = M.mia_efficacy_salun(
-            rtr, rtr_y, rte, rte_y, ftr, ftr_y, seed=seed, max_samples=settings.mia_max_samples)
+            rtr, rtr_y, rte, rte_y, ftr, ftr_y, seed=seed, max_samples=settings.mia_max_samples
+        )
         loss_mia = M.mia_loss_lr(ftr, ftr_y, fte, fte_y, seed=seed)
         row["mia_loss_acc"], row["mia_loss_auc"] = loss_mia["acc"], loss_mia["auc"]
         row["js_forget_test"] = M.js_divergence(fte, o["forget_test"][0])
@@ -230,8 +287,9 @@ def evaluate_models(models: dict[str, nn.Module], oracle: nn.Module, incompetent
     return rows
 
 
-def data_record(path: str | Path, train: ImageData, test: ImageData,
-                forget_class: int) -> dict[str, Any]:
+def data_record(
+    path: str | Path, train: ImageData, test: ImageData, forget_class: int
+) -> dict[str, Any]:
     """What the evaluation ran on, for the MLflow dataset inputs: the dataset's name, a digest
     of the prepared file's bytes (sha256, 16 hex digits), its class count and every split's
     size."""
@@ -241,8 +299,17 @@ def data_record(path: str | Path, train: ImageData, test: ImageData,
             digest.update(block)
     f_tr, r_tr = class_split(train.labels, forget_class)
     f_te, r_te = class_split(test.labels, forget_class)
-    return {"name": train.spec.name, "file": str(path), "digest": digest.hexdigest()[:16],
-            "num_classes": train.spec.num_classes,
-            "splits": {"train": len(train), "test": len(test), "forget_train": len(f_tr),
-                       "retain_train": len(r_tr), "forget_test": len(f_te),
-                       "retain_test": len(r_te)}}
+    return {
+        "name": train.spec.name,
+        "file": str(path),
+        "digest": digest.hexdigest()[:16],
+        "num_classes": train.spec.num_classes,
+        "splits": {
+            "train": len(train),
+            "test": len(test),
+            "forget_train": len(f_tr),
+            "retain_train": len(r_tr),
+            "forget_test": len(f_te),
+            "retain_test": len(r_te),
+        },
+    }

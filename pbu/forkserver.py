@@ -17,9 +17,9 @@ start-up was about 40 % of the whole run's CPU time. So, for local Snakemake run
 Nothing changes for the user: without ``PBU_SERVER``, inside a SLURM job (``SLURM_JOB_ID`` is
 set: the server lives on the submitting host), or when the socket cannot be reached, ``pbu``
 runs in-process as before. The hook starts no server for cluster executors or for
-``--sdm conda``/``apptainer`` runs, whose jobs must run in their own environment. Signals sent to the command (Ctrl-C, Snakemake cancelling a job) are
-forwarded to its worker, and a worker whose command died (even by SIGKILL) terminates itself, so
-no orphan keeps computing.
+``--sdm conda``/``apptainer`` runs, whose jobs must run in their own environment. Signals
+sent to the command (Ctrl-C, Snakemake cancelling a job) are forwarded to its worker, and a
+worker whose command died (even by SIGKILL) terminates itself, so no orphan keeps computing.
 
 Accounting: the worker is the server's child, not the command's, so Snakemake's ``benchmark:``
 files see the command's wall time (right) but not the worker's CPU time or memory. Each job's
@@ -46,12 +46,33 @@ log = logging.getLogger(__name__)
 ENV_VAR = "PBU_SERVER"
 WORKER_VAR = "PBU_FORK_WORKER"
 _HEADER = struct.Struct("!Q")  # payload length, sent along with the three file descriptors
-PRELOAD = ("torch", "torch._dynamo", "torch._inductor", "torch.nn.functional", "torch.func",
-           "numpy", "pbu.cli", "pbu.data", "pbu.models", "pbu.train", "pbu.checkpoint",
-           "pbu.fisher", "pbu.methods", "pbu.metrics", "pbu.evaluation", "pbu.jobs.common",
-           "pbu.jobs.train", "pbu.jobs.fisher", "pbu.jobs.unlearn", "pbu.jobs.tune",
-           "pbu.jobs.evaluate", "sklearn.svm", "sklearn.linear_model", "sklearn.pipeline",
-           "sklearn.preprocessing")
+PRELOAD = (
+    "torch",
+    "torch._dynamo",
+    "torch._inductor",
+    "torch.nn.functional",
+    "torch.func",
+    "numpy",
+    "pbu.cli",
+    "pbu.data",
+    "pbu.models",
+    "pbu.train",
+    "pbu.checkpoint",
+    "pbu.fisher",
+    "pbu.methods",
+    "pbu.metrics",
+    "pbu.evaluation",
+    "pbu.jobs.common",
+    "pbu.jobs.train",
+    "pbu.jobs.fisher",
+    "pbu.jobs.unlearn",
+    "pbu.jobs.tune",
+    "pbu.jobs.evaluate",
+    "sklearn.svm",
+    "sklearn.linear_model",
+    "sklearn.pipeline",
+    "sklearn.preprocessing",
+)
 
 
 # ------------------------------------------------------------------------------------------
@@ -83,8 +104,9 @@ def run_remote(path: str, argv: list[str]) -> int | None:
         return None
     umask = os.umask(0)
     os.umask(umask)
-    payload = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
-                          "umask": umask}).encode()
+    payload = json.dumps(
+        {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask}
+    ).encode()
     buf = bytearray()
     try:
         socket.send_fds(sock, [_HEADER.pack(len(payload))], [0, 1, 2])
@@ -109,8 +131,10 @@ def run_remote(path: str, argv: list[str]) -> int | None:
     sock.close()
     if done is None or "rc" not in done:
         # no logging configured in this thin client: the last-resort handler prints to stderr
-        log.error("pbu: error: the pbu server's worker (pid %d) ended without an exit status "
-                  "(killed?)", pid)
+        log.error(
+            "pbu: error: the pbu server's worker (pid %d) ended without an exit status (killed?)",
+            pid,
+        )
         return 1
     return int(done["rc"])
 
@@ -219,8 +243,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def serve(path: str, *, watch_pid: int | None = None, idle_timeout: float = 3600.0,
-          preload: tuple[str, ...] = PRELOAD) -> None:
+def serve(
+    path: str,
+    *,
+    watch_pid: int | None = None,
+    idle_timeout: float = 3600.0,
+    preload: tuple[str, ...] = PRELOAD,
+) -> None:
     """Import ``preload``, then fork one worker per connection until told to stop."""
     import importlib
 
@@ -231,8 +260,13 @@ def serve(path: str, *, watch_pid: int | None = None, idle_timeout: float = 3600
         from pbu.methods import available
 
         available()  # import every method module
-    log.info("preloaded %d modules in %.1f s (%.1f s CPU); listening on %s", len(preload),
-             time.perf_counter() - t0, time.process_time() - c0, path)
+    log.info(
+        "preloaded %d modules in %.1f s (%.1f s CPU); listening on %s",
+        len(preload),
+        time.perf_counter() - t0,
+        time.process_time() - c0,
+        path,
+    )
 
     stop = False
     children: set[int] = set()
@@ -320,8 +354,13 @@ def serve(path: str, *, watch_pid: int | None = None, idle_timeout: float = 3600
 # ------------------------------------------------------------------------------------------
 
 
-def start(log_file: str | os.PathLike, *, watch_pid: int | None = None,
-          idle_timeout: float = 3600.0, wait: float = 60.0) -> tuple[str, int]:
+def start(
+    log_file: str | os.PathLike,
+    *,
+    watch_pid: int | None = None,
+    idle_timeout: float = 3600.0,
+    wait: float = 60.0,
+) -> tuple[str, int]:
     """Start a server in the background; return (socket path, pid) once it is ready.
 
     If it is not ready within ``wait`` seconds, the path is still returned: commands fall back to
@@ -332,14 +371,23 @@ def start(log_file: str | os.PathLike, *, watch_pid: int | None = None,
 
     folder = tempfile.mkdtemp(prefix="pbu-server-")
     path = os.path.join(folder, "pbu.sock")
-    cmd = [sys.executable, "-m", "pbu.forkserver", "serve", "--socket", path,
-           "--idle-timeout", str(idle_timeout)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pbu.forkserver",
+        "serve",
+        "--socket",
+        path,
+        "--idle-timeout",
+        str(idle_timeout),
+    ]
     if watch_pid is not None:
         cmd += ["--watch-pid", str(watch_pid)]
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline and proc.poll() is None and not os.path.exists(path):
         time.sleep(0.05)
@@ -367,14 +415,19 @@ def stop(path: str, pid: int, timeout: float = 10.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pbu.forkserver",
-                                     description="warm fork server for the pbu command")
+    parser = argparse.ArgumentParser(
+        prog="python -m pbu.forkserver", description="warm fork server for the pbu command"
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     sp = sub.add_parser("serve", help="preload torch and pbu, then serve pbu commands")
     sp.add_argument("--socket", required=True, help="Unix socket path to listen on")
     sp.add_argument("--watch-pid", type=int, help="stop when this process is gone")
-    sp.add_argument("--idle-timeout", type=float, default=3600.0,
-                    help="stop after this many seconds without work")
+    sp.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=3600.0,
+        help="stop after this many seconds without work",
+    )
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)  # the server's log file (see start())
     handler.setFormatter(logging.Formatter("%(asctime)s pbu server: %(message)s"))

@@ -141,8 +141,9 @@ def path(name: str, root: str | os.PathLike = "", **wildcards: Any) -> str:
     try:
         template = FILES[name]
     except KeyError:
-        raise LayoutError(f"no file {name!r} in the results layout; known: "
-                          f"{', '.join(FILES)}") from None
+        raise LayoutError(
+            f"no file {name!r} in the results layout; known: {', '.join(FILES)}"
+        ) from None
     return _join(root, fill(template, **wildcards))
 
 
@@ -150,8 +151,9 @@ def _job_stem(job: str) -> str:
     try:
         return JOBS[job]
     except KeyError:
-        raise LayoutError(f"no job {job!r} in the results layout; known: "
-                          f"{', '.join(JOBS)}") from None
+        raise LayoutError(
+            f"no job {job!r} in the results layout; known: {', '.join(JOBS)}"
+        ) from None
 
 
 def log(job: str, root: str | os.PathLike = "", **wildcards: Any) -> str:
@@ -182,9 +184,17 @@ def _regex(template: str) -> str:
 
 _SUFFIX = {name: re.compile(r"(?:^|(?<=/))" + _regex(t) + "$") for name, t in FILES.items()}
 _JOB_SUFFIX = {
-    job: re.compile(r"(?:^|(?<=/))(?P<_folder>" + LOGS + "|" + BENCHMARKS + ")/" + _regex(stem)
-                    + r"\.(?P<_ext>log|tsv)$")
-    for job, stem in JOBS.items()}
+    job: re.compile(
+        r"(?:^|(?<=/))(?P<_folder>"
+        + LOGS
+        + "|"
+        + BENCHMARKS
+        + ")/"
+        + _regex(stem)
+        + r"\.(?P<_ext>log|tsv)$"
+    )
+    for job, stem in JOBS.items()
+}
 
 
 @dataclass(frozen=True)
@@ -243,5 +253,7 @@ def parse_job(p: str | os.PathLike) -> Found:
             if m:
                 wildcards = {k: v for k, v in m.groupdict().items() if not k.startswith("_")}
                 return Found(job, _typed(wildcards), _root(text, m.start()))
-    raise LayoutError(f"{p}: not a job's results/{LOGS}/<job>.log or "
-                      f"results/{BENCHMARKS}/<job>.tsv (pbu/layout.py)")
+    raise LayoutError(
+        f"{p}: not a job's results/{LOGS}/<job>.log or "
+        f"results/{BENCHMARKS}/<job>.tsv (pbu/layout.py)"
+    )

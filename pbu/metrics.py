@@ -104,8 +104,10 @@ def _as_tensor(a: ArrayLike, dtype: torch.dtype = torch.float64) -> Tensor:
 
 def _check_pair(logits: Tensor, labels: Tensor, what: str) -> None:
     if logits.dim() != 2 or labels.dim() != 1 or len(logits) != len(labels):
-        raise ValueError(f"{what}: expected logits [N, K] and labels [N], got "
-                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"{what}: expected logits [N, K] and labels [N], got "
+            f"{tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
 
 
 def accuracy_from_logits(logits: ArrayLike, labels: ArrayLike) -> float:
@@ -117,8 +119,9 @@ def accuracy_from_logits(logits: ArrayLike, labels: ArrayLike) -> float:
     return 100.0 * (logits.argmax(1) == labels).double().mean().item()
 
 
-def accuracy(model_or_logits: nn.Module | ArrayLike,
-             loader_or_labels: Iterable[Batch] | ArrayLike) -> float:
+def accuracy(
+    model_or_logits: nn.Module | ArrayLike, loader_or_labels: Iterable[Batch] | ArrayLike
+) -> float:
     """Accuracy in percent (0-100), from ``(model, loader)`` or from ``(logits, labels)``."""
     if isinstance(model_or_logits, nn.Module):
         return accuracy_from_logits(*collect_outputs(model_or_logits, loader_or_labels))
@@ -176,8 +179,9 @@ def mia_fit_sizes(n_member: int, n_non_member: int, max_samples: int | None) -> 
     if max_samples is None or total <= max_samples:
         return n_member, n_non_member
     if max_samples < 2:
-        raise ValueError(f"max_samples must be >= 2 (one member, one non-member), "
-                         f"got {max_samples}")
+        raise ValueError(
+            f"max_samples must be >= 2 (one member, one non-member), got {max_samples}"
+        )
     k_member = min(max(round(max_samples * n_member / total), 1), max_samples - 1)
     return k_member, max_samples - k_member
 
@@ -187,8 +191,10 @@ def _svc_member_rate(member: np.ndarray, non_member: np.ndarray, target: np.ndar
     from sklearn.svm import SVC
 
     if len(member) == 0 or len(non_member) == 0 or len(target) == 0:
-        raise ValueError(f"MIA needs non-empty sets, got {len(member)} members, "
-                         f"{len(non_member)} non-members, {len(target)} targets")
+        raise ValueError(
+            f"MIA needs non-empty sets, got {len(member)} members, "
+            f"{len(non_member)} non-members, {len(target)} targets"
+        )
     x = np.concatenate([member, non_member]).reshape(-1, 1)
     y = np.concatenate([np.ones(len(member)), np.zeros(len(non_member))])
     clf = SVC(**SVC_PARAMS).fit(x, y)
@@ -200,9 +206,14 @@ def _svc_member_rate(member: np.ndarray, non_member: np.ndarray, target: np.ndar
 # --------------------------------------------------------------------------------------------
 
 
-def mia_entropy_svc(retain_train_logits: ArrayLike, test_logits: ArrayLike,
-                    forget_train_logits: ArrayLike, seed: int, *,
-                    max_samples: int | None = None) -> float:
+def mia_entropy_svc(
+    retain_train_logits: ArrayLike,
+    test_logits: ArrayLike,
+    forget_train_logits: ArrayLike,
+    seed: int,
+    *,
+    max_samples: int | None = None,
+) -> float:
     """The PBU paper's MIA, as defined by Bad Teaching (Chundawat et al., AAAI 2023).
 
     Follows ``get_membership_attack_prob`` of the Bad Teaching code (also used by SSD):
@@ -238,9 +249,15 @@ def mia_entropy_svc(retain_train_logits: ArrayLike, test_logits: ArrayLike,
     return _svc_member_rate(member, non_member, target)
 
 
-def mia_entropy_svc_bad_teaching(retain_train_logits: ArrayLike, retain_test_logits: ArrayLike,
-                                 forget_test_logits: ArrayLike, forget_train_logits: ArrayLike,
-                                 seed: int, *, max_samples: int | None = None) -> float:
+def mia_entropy_svc_bad_teaching(
+    retain_train_logits: ArrayLike,
+    retain_test_logits: ArrayLike,
+    forget_test_logits: ArrayLike,
+    forget_train_logits: ArrayLike,
+    seed: int,
+    *,
+    max_samples: int | None = None,
+) -> float:
     """:func:`mia_entropy_svc` with the sets of Bad Teaching's own experiments.
 
     Bad Teaching's ``get_membership_attack_prob(retain, forget, test, model)`` takes one "test"
@@ -253,14 +270,22 @@ def mia_entropy_svc_bad_teaching(retain_train_logits: ArrayLike, retain_test_log
     :func:`mia_entropy_svc` (the ratio of the full sets is kept).
     """
     test = torch.cat([_as_tensor(retain_test_logits), _as_tensor(forget_test_logits)])
-    return mia_entropy_svc(retain_train_logits, test, forget_train_logits, seed,
-                           max_samples=max_samples)
+    return mia_entropy_svc(
+        retain_train_logits, test, forget_train_logits, seed, max_samples=max_samples
+    )
 
 
-def mia_efficacy_salun(retain_train_logits: ArrayLike, retain_train_labels: ArrayLike,
-                       test_logits: ArrayLike, test_labels: ArrayLike,
-                       forget_train_logits: ArrayLike, forget_train_labels: ArrayLike,
-                       seed: int, *, max_samples: int | None = None) -> float:
+def mia_efficacy_salun(
+    retain_train_logits: ArrayLike,
+    retain_train_labels: ArrayLike,
+    test_logits: ArrayLike,
+    test_labels: ArrayLike,
+    forget_train_logits: ArrayLike,
+    forget_train_labels: ArrayLike,
+    seed: int,
+    *,
+    max_samples: int | None = None,
+) -> float:
     """MIA-efficacy of l1-sparse (Jia et al., NeurIPS 2023) and SalUn (Fan et al., ICLR 2024).
 
     Follows ``SVC_MIA`` in their ``evaluation/SVC_MIA.py`` with the ``confidence`` feature, called
@@ -291,9 +316,14 @@ def mia_efficacy_salun(retain_train_logits: ArrayLike, retain_train_labels: Arra
     return 1.0 - _svc_member_rate(member, non_member, target)
 
 
-def mia_loss_lr(forget_train_logits: ArrayLike, forget_train_labels: ArrayLike,
-                forget_test_logits: ArrayLike, forget_test_labels: ArrayLike,
-                seed: int, folds: int = 5) -> dict[str, float]:
+def mia_loss_lr(
+    forget_train_logits: ArrayLike,
+    forget_train_labels: ArrayLike,
+    forget_test_logits: ArrayLike,
+    forget_test_labels: ArrayLike,
+    seed: int,
+    folds: int = 5,
+) -> dict[str, float]:
     """Loss-based MIA on the forget class: can its train samples be told from its test samples?
 
     - feature: per-sample cross-entropy loss (nats);
@@ -314,16 +344,20 @@ def mia_loss_lr(forget_train_logits: ArrayLike, forget_train_labels: ArrayLike,
     non_member = per_sample_cross_entropy(forget_test_logits, forget_test_labels).numpy()
     k = min(len(member), len(non_member))
     if k < folds:
-        raise ValueError(f"mia_loss_lr needs at least folds={folds} samples per side, got "
-                         f"{len(member)} train and {len(non_member)} test")
+        raise ValueError(
+            f"mia_loss_lr needs at least folds={folds} samples per side, got "
+            f"{len(member)} train and {len(non_member)} test"
+        )
     member, non_member = _subsample(member, k, rng), _subsample(non_member, k, rng)
     x = np.concatenate([member, non_member]).reshape(-1, 1)
     y = np.concatenate([np.ones(k), np.zeros(k)])
     clf = make_pipeline(StandardScaler(), LogisticRegression())
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     scores = cross_validate(clf, x, y, cv=cv, scoring=("accuracy", "roc_auc"))
-    return {"acc": float(np.mean(scores["test_accuracy"])),
-            "auc": float(np.mean(scores["test_roc_auc"]))}
+    return {
+        "acc": float(np.mean(scores["test_accuracy"])),
+        "auc": float(np.mean(scores["test_roc_auc"])),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,8 +368,10 @@ def mia_loss_lr(forget_train_logits: ArrayLike, forget_train_labels: ArrayLike,
 def _log_softmax_pair(logits_a: ArrayLike, logits_b: ArrayLike) -> tuple[Tensor, Tensor]:
     a, b = _as_tensor(logits_a), _as_tensor(logits_b)
     if a.shape != b.shape or a.dim() != 2:
-        raise ValueError(f"expected two [N, K] logit tensors of one shape, got "
-                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"expected two [N, K] logit tensors of one shape, got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )
     return torch.log_softmax(a, dim=1), torch.log_softmax(b, dim=1)
 
 
@@ -424,10 +460,17 @@ class RelearnResult:
     accuracies: list[float] = field(default_factory=list)
 
 
-def relearn_time(model: nn.Module, forget_loader: Iterable[Batch],
-                 evaluate: Iterable[Batch] | Callable[[nn.Module], float], *, lr: float,
-                 max_steps: int, threshold: float, optimizer: str = "adam",
-                 seed: int) -> RelearnResult:
+def relearn_time(
+    model: nn.Module,
+    forget_loader: Iterable[Batch],
+    evaluate: Iterable[Batch] | Callable[[nn.Module], float],
+    *,
+    lr: float,
+    max_steps: int,
+    threshold: float,
+    optimizer: str = "adam",
+    seed: int,
+) -> RelearnResult:
     """Relearn time: steps of fine-tuning on forget-class samples until they are recognised again.
 
     A deep copy of ``model`` is trained (train mode, cross-entropy, one optimiser step per batch
@@ -468,8 +511,12 @@ def relearn_time(model: nn.Module, forget_loader: Iterable[Batch],
             accs.append(forget_acc())
             if accs[-1] >= threshold:
                 return RelearnResult(step, True, accs)
-    log.warning("relearn_time: forget accuracy %.2f%% < %.2f%% after %d steps",
-                accs[-1], threshold, max_steps)
+    log.warning(
+        "relearn_time: forget accuracy %.2f%% < %.2f%% after %d steps",
+        accs[-1],
+        threshold,
+        max_steps,
+    )
     return RelearnResult(max_steps + 1, False, accs)
 
 
@@ -534,7 +581,8 @@ def penultimate_features(model: nn.Module, loader: Iterable[Batch]) -> Tensor:
     captured: list[Tensor] = []
     head = _last_linear(model)
     handle = head.register_forward_hook(
-        lambda _m, inputs, _out: captured.append(inputs[0].detach().flatten(1).float().cpu()))
+        lambda _m, inputs, _out: captured.append(inputs[0].detach().flatten(1).float().cpu())
+    )
     try:
         with _EvalMode(model):
             for x, _y in loader:
@@ -547,8 +595,10 @@ def penultimate_features(model: nn.Module, loader: Iterable[Batch]) -> Tensor:
 
 
 @torch.no_grad()
-def outputs_and_features(model: nn.Module, loader: Iterable[Batch],
-                         ) -> tuple[Tensor, Tensor, Tensor | None]:
+def outputs_and_features(
+    model: nn.Module,
+    loader: Iterable[Batch],
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """One pass: logits (as :func:`collect_outputs`), labels and penultimate features.
 
     The features follow :func:`penultimate_features`' rule; they are ``None`` for a model without
@@ -559,9 +609,13 @@ def outputs_and_features(model: nn.Module, loader: Iterable[Batch],
         head = _last_linear(model)
     except ValueError:
         head = None
-    handle = head.register_forward_hook(
-        lambda _m, inputs, _out: captured.append(inputs[0].detach().flatten(1).float().cpu())
-    ) if head is not None else None
+    handle = (
+        head.register_forward_hook(
+            lambda _m, inputs, _out: captured.append(inputs[0].detach().flatten(1).float().cpu())
+        )
+        if head is not None
+        else None
+    )
     try:
         logits, labels = collect_outputs(model, loader)
     finally:
@@ -570,9 +624,13 @@ def outputs_and_features(model: nn.Module, loader: Iterable[Batch],
     return logits, labels, torch.cat(captured) if captured else None
 
 
-def linear_probe(train_features: ArrayLike, train_is_forget: ArrayLike,
-                 test_features: ArrayLike, test_is_forget: ArrayLike,
-                 seed: int) -> dict[str, float]:
+def linear_probe(
+    train_features: ArrayLike,
+    train_is_forget: ArrayLike,
+    test_features: ArrayLike,
+    test_is_forget: ArrayLike,
+    seed: int,
+) -> dict[str, float]:
     """Linear probe for residual forget-class information in frozen features.
 
     Standardised logistic regression (``class_weight='balanced'``, since the forget class is a
@@ -591,12 +649,16 @@ def linear_probe(train_features: ArrayLike, train_is_forget: ArrayLike,
     for name, y in (("train", y_tr), ("test", y_te)):
         if len(np.unique(y)) != 2:
             raise ValueError(f"linear_probe: {name} labels must contain both forget and rest")
-    clf = make_pipeline(StandardScaler(), LogisticRegression(
-        class_weight="balanced", max_iter=2000, random_state=seed))
+    clf = make_pipeline(
+        StandardScaler(),
+        LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed),
+    )
     clf.fit(x_tr, y_tr)
     score = clf.predict_proba(x_te)[:, 1]
-    return {"auc": float(roc_auc_score(y_te, score)),
-            "acc": float(balanced_accuracy_score(y_te, clf.predict(x_te)))}
+    return {
+        "auc": float(roc_auc_score(y_te, score)),
+        "acc": float(balanced_accuracy_score(y_te, clf.predict(x_te))),
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,8 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from pbu.registry import (ARCHS, DEFAULT_STEM, STEM_ARCHS, WEIGHTS, DatasetSpec, resolve_stem,
-                          stem_problem)
+from pbu.registry import (
+    ARCHS,
+    DEFAULT_STEM,
+    STEM_ARCHS,
+    WEIGHTS,
+    DatasetSpec,
+    resolve_stem,
+    stem_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +34,30 @@ class SmallCNN(nn.Module):
     BatchNorm after each conv, as in the paper's architectures, so BN mode matters here too.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 1, image_size: int = 28,
-                 width: int = 16, hidden: int = 64) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 1,
+        image_size: int = 28,
+        width: int = 16,
+        hidden: int = 64,
+    ) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-            nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width),
-            nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         side = image_size // 4
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(2 * width * side * side, hidden), nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(2 * width * side * side, hidden),
+            nn.ReLU(),
             nn.Linear(hidden, num_classes),
         )
 
@@ -49,30 +68,42 @@ class SmallCNN(nn.Module):
 class AllCNN(nn.Module):
     """All-CNN-C (Springenberg et al. 2015), with BatchNorm as in the unlearning literature."""
 
-    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32,
-                 width: int = 96) -> None:
+    def __init__(
+        self, num_classes: int, in_channels: int = 3, image_size: int = 32, width: int = 96
+    ) -> None:
         super().__init__()
         w1, w2 = width, 2 * width
 
         def block(cin: int, cout: int, k: int, stride: int = 1, pad: int = 1) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, k, stride, pad, bias=False), nn.BatchNorm2d(cout),
-                    nn.ReLU()]
+            return [
+                nn.Conv2d(cin, cout, k, stride, pad, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+            ]
 
         self.features = nn.Sequential(
-            *block(in_channels, w1, 3), *block(w1, w1, 3), *block(w1, w1, 3, 2),
+            *block(in_channels, w1, 3),
+            *block(w1, w1, 3),
+            *block(w1, w1, 3, 2),
             nn.Dropout(0.5),
-            *block(w1, w2, 3), *block(w2, w2, 3), *block(w2, w2, 3, 2),
+            *block(w1, w2, 3),
+            *block(w2, w2, 3),
+            *block(w2, w2, 3, 2),
             nn.Dropout(0.5),
-            *block(w2, w2, 3), *block(w2, w2, 1, pad=0),
-            nn.Conv2d(w2, num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            *block(w2, w2, 3),
+            *block(w2, w2, 1, pad=0),
+            nn.Conv2d(w2, num_classes, 1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
 
-def _torchvision_model(name: str, num_classes: int, in_channels: int, image_size: int,
-                       weights: str, stem: str) -> nn.Module:
+def _torchvision_model(
+    name: str, num_classes: int, in_channels: int, image_size: int, weights: str, stem: str
+) -> nn.Module:
     from torchvision import models as tvm
 
     ctor, wenum = {
@@ -121,8 +152,16 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int, image_size
     return model
 
 
-def build_model(name: str, *, num_classes: int, in_channels: int, image_size: int,
-                weights: str = "none", stem: str | None = None, **kwargs: Any) -> nn.Module:
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    weights: str = "none",
+    stem: str | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Build a fresh model. ``weights``: "none" (random init, seeded by the caller) or
     "imagenet" (torchvision's ImageNet-1k weights; a replaced stem conv and the head stay random).
     ``stem`` (torchvision archs only, :data:`pbu.registry.STEMS`): "imagenet" (default:
@@ -135,8 +174,9 @@ def build_model(name: str, *, num_classes: int, in_channels: int, image_size: in
         raise ValueError(f"unknown weights {weights!r}; allowed: {', '.join(WEIGHTS)}")
     if name not in STEM_ARCHS:
         if stem is not None:
-            raise ValueError(f"{name} has a single stem; stem={stem!r} applies only to "
-                             f"{', '.join(STEM_ARCHS)}")
+            raise ValueError(
+                f"{name} has a single stem; stem={stem!r} applies only to {', '.join(STEM_ARCHS)}"
+            )
         if weights != "none":
             raise ValueError(f"{name} has no pretrained weights; use weights: none")
         cls = SmallCNN if name == "small_cnn" else AllCNN
@@ -152,12 +192,16 @@ def model_args(arch: str, spec: DatasetSpec, stem: str | None = None) -> dict[st
     """The :func:`build_model` arguments a checkpoint records for ``arch`` on ``spec``'s data:
     the classes, channels and image size, and for a torchvision arch its resolved stem (so the
     checkpoint rebuilds the same layers whatever the default becomes)."""
-    args: dict[str, Any] = {"num_classes": spec.num_classes, "in_channels": spec.channels,
-                            "image_size": spec.image_size}
+    args: dict[str, Any] = {
+        "num_classes": spec.num_classes,
+        "in_channels": spec.channels,
+        "image_size": spec.image_size,
+    }
     resolved = resolve_stem(arch, stem)
     if resolved is None and stem is not None:
-        raise ValueError(f"{arch} has a single stem; a stem ({stem!r}) applies only to "
-                         f"{', '.join(STEM_ARCHS)}")
+        raise ValueError(
+            f"{arch} has a single stem; a stem ({stem!r}) applies only to {', '.join(STEM_ARCHS)}"
+        )
     if resolved is not None:
         args["stem"] = resolved
     return args
@@ -177,15 +221,23 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     fused = copy.deepcopy(model).eval()
-    channels_last = any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
-                        and not p.is_contiguous() for p in model.parameters())
+    channels_last = any(
+        p.dim() == 4
+        and p.is_contiguous(memory_format=torch.channels_last)
+        and not p.is_contiguous()
+        for p in model.parameters()
+    )
     for seq in fused.modules():
         if not isinstance(seq, nn.Sequential):
             continue
         for i in range(len(seq) - 1):
             conv, bn = seq[i], seq[i + 1]
-            if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
-                    and bn.track_running_stats and bn.running_mean is not None):
+            if (
+                isinstance(conv, nn.Conv2d)
+                and isinstance(bn, nn.BatchNorm2d)
+                and bn.track_running_stats
+                and bn.running_mean is not None
+            ):
                 seq[i], seq[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()
     if channels_last:
         fused.to(memory_format=torch.channels_last)

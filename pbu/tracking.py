@@ -127,18 +127,36 @@ class _Job:
                     self.series.append((f"{TRAJECTORY}{k}", float(v), int(step)))
 
     def digest(self) -> str:
-        files = [(str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in self.artifacts
-                 if p.exists()]
-        return _digest([self.tags, self.params, self.metrics, self.series, files, self.parent,
-                        self.start_ms, self.end_ms, self.dataset, self.dataset_context])
+        files = [
+            (str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in self.artifacts if p.exists()
+        ]
+        return _digest(
+            [
+                self.tags,
+                self.params,
+                self.metrics,
+                self.series,
+                files,
+                self.parent,
+                self.start_ms,
+                self.end_ms,
+                self.dataset,
+                self.dataset_context,
+            ]
+        )
 
 
 def _read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _model_metrics(method: str, metrics: dict[str, Any], info: dict[str, Any],
-                   fisher: dict[str, Any], tune: dict[str, Any] | None) -> dict[str, float]:
+def _model_metrics(
+    method: str,
+    metrics: dict[str, Any],
+    info: dict[str, Any],
+    fisher: dict[str, Any],
+    tune: dict[str, Any] | None,
+) -> dict[str, float]:
     """One model's metrics as runs.csv has them: its evaluation, its own times and the headline
     ``total_time_s`` (prerequisites included; :func:`pbu.aggregate.total_time`)."""
     from pbu.aggregate import total_time
@@ -147,8 +165,9 @@ def _model_metrics(method: str, metrics: dict[str, Any], info: dict[str, Any],
     for k in ("time_s", "epochs", "time_per_epoch_s", "peak_rss_mb", "peak_gpu_mb"):
         if _finite(info.get(k)):
             out[k] = float(info[k])
-    out.update({k: float(v) for k, v in total_time(method, info, fisher, tune).items()
-                if _finite(v)})
+    out.update(
+        {k: float(v) for k, v in total_time(method, info, fisher, tune).items() if _finite(v)}
+    )
     return out
 
 
@@ -170,21 +189,38 @@ def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
         if pre is not None and pre_info not in pretrain_done:
             pretrain_done.add(pre_info)
             tags = {k: base[k] for k in ("dataset", "arch", "seed")} | {
-                "rule": "pretrain", "method": "original", "forget": "none"}
-            j = _Job(f"pretrain/{layout.path('seed_dir', **key)}",
-                     f"pretrain seed{key['seed']}", tags)
+                "rule": "pretrain",
+                "method": "original",
+                "forget": "none",
+            }
+            j = _Job(
+                f"pretrain/{layout.path('seed_dir', **key)}", f"pretrain seed{key['seed']}", tags
+            )
             j.params = _flatten({"recipe": pre.get("recipe", {}), "weights": pre.get("weights")})
-            j.metrics = {k: pre[k] for k in ("time_s", "eval_time_s", "time_per_epoch_s",
-                                              "final_test_acc", "parameters", "peak_rss_mb",
-                                              "peak_gpu_mb") if _finite(pre.get(k))}
+            j.metrics = {
+                k: pre[k]
+                for k in (
+                    "time_s",
+                    "eval_time_s",
+                    "time_per_epoch_s",
+                    "final_test_acc",
+                    "parameters",
+                    "peak_rss_mb",
+                    "peak_gpu_mb",
+                )
+                if _finite(pre.get(k))
+            }
             j.add_history(pre.get("history", []), "epoch")
             j.artifacts = [pre_info]
             j.tags["pbu.checkpoint"] = str(group.file("pretrain_model").resolve())
             j.span_from(pre)
             j.dataset, j.dataset_context = data, "train (all classes)"
             jobs.append(j)
-        parent = _Job(f"evaluate/{gid}", f"forget{key['forget']} seed{key['seed']}",
-                      base | {"rule": "evaluate", "method": "all"})
+        parent = _Job(
+            f"evaluate/{gid}",
+            f"forget{key['forget']} seed{key['seed']}",
+            base | {"rule": "evaluate", "method": "all"},
+        )
         parent.params = _flatten({"evaluation": ev.get("settings", {})})
         parent.metrics = {k: ev[k] for k in ("time_s", "peak_rss_mb") if _finite(ev.get(k))}
         parent.artifacts = [mfile]
@@ -193,12 +229,22 @@ def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
         jobs.append(parent)
         fisher = _read(group.file("fisher_info"))
         if fisher is not None:
-            j = _Job(f"fisher/{gid}", "fisher", base | {"rule": "fisher", "method": "pbu"},
-                     parent.job)
+            j = _Job(
+                f"fisher/{gid}", "fisher", base | {"rule": "fisher", "method": "pbu"}, parent.job
+            )
             j.params = _flatten({"kind": fisher.get("kind"), "bn_mode": fisher.get("bn_mode")})
-            j.metrics = {k: fisher[k] for k in ("time_s", "images_per_s", "trace", "samples",
-                                                 "peak_rss_mb", "peak_gpu_mb")
-                         if _finite(fisher.get(k))}
+            j.metrics = {
+                k: fisher[k]
+                for k in (
+                    "time_s",
+                    "images_per_s",
+                    "trace",
+                    "samples",
+                    "peak_rss_mb",
+                    "peak_gpu_mb",
+                )
+                if _finite(fisher.get(k))
+            }
             j.artifacts = [group.file("fisher_info")]
             j.span_from(fisher)
             j.dataset, j.dataset_context = data, "forget_train"
@@ -211,8 +257,12 @@ def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
             # The original model's row: its time and span are those of the job that made it.
             info = (pre or {}) if method == "original" else (_read(info_file) or {})
             tune = None if method in ("original", "oracle") else tune_record(group, method, info)
-            j = _Job(f"{rule}/{gid}/{method}", method, base | {"rule": rule, "method": method},
-                     parent.job)
+            j = _Job(
+                f"{rule}/{gid}/{method}",
+                method,
+                base | {"rule": rule, "method": method},
+                parent.job,
+            )
             if method == "oracle":
                 j.former_jobs = (f"retrain/{gid}/{method}",)  # the rule's name before issue 16
                 j.params = _flatten({"recipe": info.get("recipe", {})})
@@ -240,8 +290,12 @@ def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
             j.dataset = data
             jobs.append(j)
             if info.get("hparams_from") and method not in ("original", "oracle"):
-                jobs += plan_tune_jobs(tune_file(group, method, info["hparams_from"]),
-                                       base | {"method": method}, f"{gid}/{method}", parent.job)
+                jobs += plan_tune_jobs(
+                    tune_file(group, method, info["hparams_from"]),
+                    base | {"method": method},
+                    f"{gid}/{method}",
+                    parent.job,
+                )
     return jobs
 
 
@@ -254,33 +308,60 @@ def plan_tune_jobs(path: Path, tags: dict[str, str], jid: str, parent: str | Non
         return []
     rule = rec.get("rule", {})
     tune = _Job(f"tune/{jid}", f"tune {tags['method']}", tags | {"rule": "tune"}, parent)
-    tune.params = _flatten({"budget": rec.get("budget"), "sampling": rec.get("sampling"),
-                            "val_fraction": rec.get("val_fraction"),
-                            "threshold": rule.get("threshold"), "objective": rule.get("objective"),
-                            "forgetting_checked": rule.get("forgetting_checked"),
-                            "space": {k: json.dumps(v) for k, v in rec.get("space", {}).items()},
-                            "chosen": rec.get("chosen", {}).get("varied", {})})
+    tune.params = _flatten(
+        {
+            "budget": rec.get("budget"),
+            "sampling": rec.get("sampling"),
+            "val_fraction": rec.get("val_fraction"),
+            "threshold": rule.get("threshold"),
+            "objective": rule.get("objective"),
+            "forgetting_checked": rule.get("forgetting_checked"),
+            "space": {k: json.dumps(v) for k, v in rec.get("space", {}).items()},
+            "chosen": rec.get("chosen", {}).get("varied", {}),
+        }
+    )
     tune.tags["rule_text"] = str(rule.get("text", ""))
     chosen = rec.get("chosen", {})
     tune.metrics = {k: float(v) for k, v in (chosen.get("metrics") or {}).items() if _finite(v)}
-    tune.metrics.update({k: float(v) for k, v in (("score", chosen.get("score")),
-                                                  ("chosen_trial", chosen.get("trial")),
-                                                  ("trials", len(rec.get("trials", []))),
-                                                  ("total_time_s", rec.get("total_time_s")))
-                         if _finite(v)})
-    tune.metrics.update({f"split_{k}": float(v) for k, v in rec.get("split", {}).items()
-                         if _finite(v)})
+    tune.metrics.update(
+        {
+            k: float(v)
+            for k, v in (
+                ("score", chosen.get("score")),
+                ("chosen_trial", chosen.get("trial")),
+                ("trials", len(rec.get("trials", []))),
+                ("total_time_s", rec.get("total_time_s")),
+            )
+            if _finite(v)
+        }
+    )
+    tune.metrics.update(
+        {f"split_{k}": float(v) for k, v in rec.get("split", {}).items() if _finite(v)}
+    )
     tune.artifacts = [path]
     tune.span_from(rec)
     jobs = [tune]
     for t in rec.get("trials", []):
-        j = _Job(f"{tune.job}/trial{t['trial']}", f"trial {t['trial']}",
-                 tags | {"rule": "tune_trial", "trial": str(t["trial"]),
-                         "chosen": str(t["trial"] == chosen.get("trial")).lower()}, tune.job)
+        j = _Job(
+            f"{tune.job}/trial{t['trial']}",
+            f"trial {t['trial']}",
+            tags
+            | {
+                "rule": "tune_trial",
+                "trial": str(t["trial"]),
+                "chosen": str(t["trial"] == chosen.get("trial")).lower(),
+            },
+            tune.job,
+        )
         j.params = _flatten({"hparams": t.get("hparams", {})})
         j.metrics = {k: float(v) for k, v in (t.get("metrics") or {}).items() if _finite(v)}
-        j.metrics.update({k: float(t[k]) for k in ("score", "time_s", "eval_time_s", "rank")
-                          if _finite(t.get(k))})
+        j.metrics.update(
+            {
+                k: float(t[k])
+                for k in ("score", "time_s", "eval_time_s", "rank")
+                if _finite(t.get(k))
+            }
+        )
         j.metrics["feasible"] = float(bool(t.get("feasible")))
         if t.get("error"):
             j.tags["error"] = str(t["error"])[:500]
@@ -315,9 +396,13 @@ def _existing(client, exp_id: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     token = None
     while True:
-        page = client.search_runs([exp_id], filter_string="tags.`pbu.job` != ''",
-                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
-                                  page_token=token)
+        page = client.search_runs(
+            [exp_id],
+            filter_string="tags.`pbu.job` != ''",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            page_token=token,
+        )
         for r in page:
             out[r.data.tags["pbu.job"]] = r
         token = page.token
@@ -331,18 +416,20 @@ def _dataset_input(data: dict[str, Any], context: str):
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     profile = {"num_classes": data.get("num_classes"), **(data.get("splits") or {})}
-    entity = Dataset(name=str(data.get("name")), digest=str(data.get("digest"))[:36],
-                     source_type="local",
-                     source=json.dumps({"uri": Path(str(data.get("file"))).resolve().as_uri()}),
-                     profile=json.dumps(profile))
+    entity = Dataset(
+        name=str(data.get("name")),
+        digest=str(data.get("digest"))[:36],
+        source_type="local",
+        source=json.dumps({"uri": Path(str(data.get("file"))).resolve().as_uri()}),
+        profile=json.dumps(profile),
+    )
     return DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])
 
 
 def _log_job(client, exp_id: str, job: _Job, parent_id: str | None, digest: str) -> str:
     from mlflow.entities import Metric, Param
 
-    tags = dict(job.tags, **{"pbu.job": job.job, "pbu.digest": digest,
-                             "mlflow.runName": job.name})
+    tags = dict(job.tags, **{"pbu.job": job.job, "pbu.digest": digest, "mlflow.runName": job.name})
     if parent_id:
         tags["mlflow.parentRunId"] = parent_id
     # The job's own start (from its record), so the UI's Created / Duration are the job's.
@@ -355,10 +442,14 @@ def _log_job(client, exp_id: str, job: _Job, parent_id: str | None, digest: str)
         metrics += [Metric(k, v, stamp, s) for k, v, s in job.series]
         params = [Param(k, v[:6000]) for k, v in job.params.items()]
         for i in range(0, max(len(metrics), len(params), 1), 1000):
-            client.log_batch(rid, metrics=metrics[i:i + 1000], params=params[i:i + 100] if i == 0
-                             else [], tags=[])
+            client.log_batch(
+                rid,
+                metrics=metrics[i : i + 1000],
+                params=params[i : i + 100] if i == 0 else [],
+                tags=[],
+            )
         for i in range(100, len(params), 100):
-            client.log_batch(rid, params=params[i:i + 100])
+            client.log_batch(rid, params=params[i : i + 100])
         if job.dataset:
             client.log_inputs(rid, datasets=[_dataset_input(job.dataset, job.dataset_context)])
         for a in job.artifacts:
@@ -372,10 +463,13 @@ def _log_job(client, exp_id: str, job: _Job, parent_id: str | None, digest: str)
 
 def describe_experiment(jobs: list[_Job], experiment: str) -> str:
     """The experiment's description (shown on its page in the UI): what its runs are."""
+
     def values(key: str) -> str:
-        seen = sorted({j.tags[key] for j in jobs if key in j.tags
-                       and j.tags.get("rule") not in ("report",)} - {"none", "all"},
-                      key=lambda v: (len(v), v))
+        seen = sorted(
+            {j.tags[key] for j in jobs if key in j.tags and j.tags.get("rule") not in ("report",)}
+            - {"none", "all"},
+            key=lambda v: (len(v), v),
+        )
         return ", ".join(seen) or "none"
 
     methods = sorted({j.tags["method"] for j in jobs if j.tags.get("rule") == "unlearn"})
@@ -393,7 +487,8 @@ def describe_experiment(jobs: list[_Job], experiment: str) -> str:
         f"job's timed work (a method alone, evaluation excluded); `total_time_s` adds its "
         f"prerequisites (PBU's Fisher), as the report's tables do.\n"
         f"- Each run's input is the prepared dataset (name, digest of the file, split sizes).\n"
-        f"- Definitions of every metric: README, section Metrics, and `pbu/metrics.py`.")
+        f"- Definitions of every metric: README, section Metrics, and `pbu/metrics.py`."
+    )
 
 
 @contextlib.contextmanager
@@ -405,7 +500,7 @@ def _one_tracker_at_a_time(tracking_uri: str, out: str | os.PathLike):
     already logged.
     """
     if tracking_uri.startswith("sqlite:///"):
-        lock = Path(tracking_uri[len("sqlite:///"):] + ".lock")
+        lock = Path(tracking_uri[len("sqlite:///") :] + ".lock")
     else:
         lock = Path(out).parent / ".pbu-track.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -421,9 +516,15 @@ def _one_tracker_at_a_time(tracking_uri: str, out: str | os.PathLike):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def track_results(results: str | os.PathLike | None, *, tracking_uri: str, experiment: str,
-                  out: str | os.PathLike, report_paths: list[str] | None = None,
-                  metrics_files: list[str] | None = None) -> dict[str, Any]:
+def track_results(
+    results: str | os.PathLike | None,
+    *,
+    tracking_uri: str,
+    experiment: str,
+    out: str | os.PathLike,
+    report_paths: list[str] | None = None,
+    metrics_files: list[str] | None = None,
+) -> dict[str, Any]:
     """Log every job found under ``results`` (or given by ``metrics_files``) exactly once."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
@@ -434,21 +535,28 @@ def track_results(results: str | os.PathLike | None, *, tracking_uri: str, exper
     jobs = plan_jobs(files)
     if report_paths:
         keys = [parse_group(f.parent) for f in files]
-        span = {k: ",".join(sorted({str(g[k]) for g in keys})) or "none"
-                for k in ("dataset", "arch", "seed", "forget")}
+        span = {
+            k: ",".join(sorted({str(g[k]) for g in keys})) or "none"
+            for k in ("dataset", "arch", "seed", "forget")
+        }
         j = _Job(f"report/{experiment}", "report", span | {"rule": "report", "method": "all"})
         for rp in map(Path, report_paths):
             j.artifacts += sorted(p for p in rp.rglob("*") if p.is_file()) if rp.is_dir() else [rp]
         jobs.append(j)
     artifact_root = None
     if tracking_uri.startswith("sqlite:///"):
-        artifact_root = Path(tracking_uri[len("sqlite:///"):]).parent / "artifacts"
+        artifact_root = Path(tracking_uri[len("sqlite:///") :]).parent / "artifacts"
     with _one_tracker_at_a_time(tracking_uri, out):
         return _log_jobs(jobs, tracking_uri, experiment, artifact_root, out)
 
 
-def _log_jobs(jobs: list[_Job], tracking_uri: str, experiment: str, artifact_root: Path | None,
-              out: str | os.PathLike) -> dict[str, Any]:
+def _log_jobs(
+    jobs: list[_Job],
+    tracking_uri: str,
+    experiment: str,
+    artifact_root: Path | None,
+    out: str | os.PathLike,
+) -> dict[str, Any]:
     """Log the jobs the store lacks or holds in another version (the caller holds the lock)."""
     try:
         client = _client(tracking_uri)
@@ -460,11 +568,14 @@ def _log_jobs(jobs: list[_Job], tracking_uri: str, experiment: str, artifact_roo
         first = str(err).splitlines()[0] if str(err) else ""  # SQLAlchemy appends the SQL
         raise TrackingError(f"MLflow store {tracking_uri}: {type(err).__name__}: {first}") from err
     try:
-        client.set_experiment_tag(exp_id, "mlflow.note.content",
-                                  describe_experiment(jobs, experiment))
+        client.set_experiment_tag(
+            exp_id, "mlflow.note.content", describe_experiment(jobs, experiment)
+        )
     except Exception as err:  # noqa: BLE001 - mlflow raises many kinds
-        raise TrackingError(f"MLflow store {tracking_uri}: cannot describe the experiment "
-                            f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
+        raise TrackingError(
+            f"MLflow store {tracking_uri}: cannot describe the experiment "
+            f"({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from err
     ids: dict[str, str] = {}
     created = skipped = replaced = 0
     for job in jobs:
@@ -473,8 +584,11 @@ def _log_jobs(jobs: list[_Job], tracking_uri: str, experiment: str, artifact_roo
         if old is None:  # logged under an earlier identity: replaced, never duplicated
             old = next((existing[f] for f in job.former_jobs if f in existing), None)
         parent_id = ids.get(job.parent) if job.parent else None
-        if old is not None and old.data.tags.get("pbu.digest") == digest and \
-                old.data.tags.get("mlflow.parentRunId") == parent_id:
+        if (
+            old is not None
+            and old.data.tags.get("pbu.digest") == digest
+            and old.data.tags.get("mlflow.parentRunId") == parent_id
+        ):
             ids[job.job] = old.info.run_id
             skipped += 1
             continue
@@ -483,10 +597,23 @@ def _log_jobs(jobs: list[_Job], tracking_uri: str, experiment: str, artifact_roo
             replaced += 1
         ids[job.job] = _log_job(client, exp_id, job, parent_id, digest)
         created += 1
-    summary = {"tracking_uri": tracking_uri, "experiment": experiment, "experiment_id": exp_id,
-               "runs": len(jobs), "created": created, "replaced": replaced, "unchanged": skipped,
-               "run_ids": ids}
+    summary = {
+        "tracking_uri": tracking_uri,
+        "experiment": experiment,
+        "experiment_id": exp_id,
+        "runs": len(jobs),
+        "created": created,
+        "replaced": replaced,
+        "unchanged": skipped,
+        "run_ids": ids,
+    }
     write_json(out, summary)
-    log.info("MLflow: %d runs (%d new, %d replaced, %d unchanged) in %s", len(jobs),
-             created - replaced, replaced, skipped, experiment)
+    log.info(
+        "MLflow: %d runs (%d new, %d replaced, %d unchanged) in %s",
+        len(jobs),
+        created - replaced,
+        replaced,
+        skipped,
+        experiment,
+    )
     return summary

@@ -68,16 +68,18 @@ class TrainRecipe:
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
         if self.schedule not in ("none", "cosine", "step", "onecycle"):
-            raise ValueError(f"schedule must be none, cosine, step or onecycle, got "
-                             f"{self.schedule!r}")
+            raise ValueError(
+                f"schedule must be none, cosine, step or onecycle, got {self.schedule!r}"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainRecipe:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown training key(s) {', '.join(unknown)}; allowed: "
-                             f"{', '.join(sorted(names))}")
+            raise ValueError(
+                f"unknown training key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}"
+            )
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,15 +90,21 @@ def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimiz
     params = [p for p in model.parameters() if p.requires_grad]
     if recipe.optimizer == "adam":
         return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
-                           weight_decay=recipe.weight_decay, nesterov=recipe.momentum > 0)
+    return torch.optim.SGD(
+        params,
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        nesterov=recipe.momentum > 0,
+    )
 
 
 def make_scheduler(opt: torch.optim.Optimizer, recipe: TrainRecipe, steps_per_epoch: int):
     total = max(1, recipe.epochs * steps_per_epoch)
     if recipe.schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+        )
     if recipe.schedule == "step":
         every = max(1, recipe.step_size * steps_per_epoch)
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 ** (s // every))
@@ -121,8 +129,14 @@ def evaluate_accuracy(model: nn.Module, loader: Loader, *, amp: bool = False) ->
 
 
 def train_model(
-    model: nn.Module, train: ImageData, recipe: TrainRecipe, *, seed: int,
-    test: ImageData | None = None, device: str | torch.device = "cpu", progress: bool = True,
+    model: nn.Module,
+    train: ImageData,
+    recipe: TrainRecipe,
+    *,
+    seed: int,
+    test: ImageData | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     timings: dict[str, float] | None = None,
 ) -> list[dict[str, float]]:
@@ -139,15 +153,21 @@ def train_model(
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if recipe.compile else model
-    loader = train.loader(recipe.batch_size, shuffle=True, seed=seed, augment=recipe.augment,
-                          device=device, drop_last=len(train) > recipe.batch_size)
-    test_loader = (test.loader(recipe.eval_batch_size, device=device) if test is not None
-                   else None)
+    loader = train.loader(
+        recipe.batch_size,
+        shuffle=True,
+        seed=seed,
+        augment=recipe.augment,
+        device=device,
+        drop_last=len(train) > recipe.batch_size,
+    )
+    test_loader = test.loader(recipe.eval_batch_size, device=device) if test is not None else None
     opt = make_optimizer(model, recipe)
     sched = make_scheduler(opt, recipe, len(loader))
     history: list[dict[str, float]] = []
-    bar = tqdm(range(1, recipe.epochs + 1), desc="train", unit="epoch", disable=not progress,
-               leave=False)
+    bar = tqdm(
+        range(1, recipe.epochs + 1), desc="train", unit="epoch", disable=not progress, leave=False
+    )
     for epoch in bar:
         model.train()
         # Running sums stay on the device: one host sync per epoch, not per step.
@@ -168,17 +188,21 @@ def train_model(
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
-        row = {"epoch": epoch, "loss": loss_sum.item() / max(seen, 1),
-               "train_acc": 100.0 * correct.item() / max(seen, 1),
-               "lr": opt.param_groups[0]["lr"]}
+        row = {
+            "epoch": epoch,
+            "loss": loss_sum.item() / max(seen, 1),
+            "train_acc": 100.0 * correct.item() / max(seen, 1),
+            "lr": opt.param_groups[0]["lr"],
+        }
         if test_loader is not None:
             # Timed apart (the .item() calls above and inside synchronise a GPU), so callers can
             # report the training time alone, like every unlearning method's.
             t_eval = time.perf_counter()
             row["test_acc"] = evaluate_accuracy(model, test_loader, amp=recipe.amp)
             if timings is not None:
-                timings["eval_time_s"] = (timings.get("eval_time_s", 0.0)
-                                          + time.perf_counter() - t_eval)
+                timings["eval_time_s"] = (
+                    timings.get("eval_time_s", 0.0) + time.perf_counter() - t_eval
+                )
         history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", test=f"{row.get('test_acc', float('nan')):.1f}")
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})

@@ -67,15 +67,22 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-RULE = ("feasible: acc_forget_val <= threshold (not checked for methods that never see forget "
-        "data); objective: acc_retain_val when the method sees retain data, else "
-        "agree_forget_val; score = objective if feasible else -acc_forget_val; highest score "
-        "wins, ties: lower acc_forget_val, higher objective, higher agree_forget_val, earlier "
-        "trial; failed trials last")
-UNITS = {"acc_forget_val": "%", "acc_retain_val": "%", "agree_forget_val": "%",
-         "score": "% (objective if feasible, else minus acc_forget_val)",
-         "time_s": "s (method alone, evaluation excluded)", "eval_time_s": "s",
-         "total_time_s": "s (split, Fisher, every trial and its evaluation)"}
+RULE = (
+    "feasible: acc_forget_val <= threshold (not checked for methods that never see forget "
+    "data); objective: acc_retain_val when the method sees retain data, else "
+    "agree_forget_val; score = objective if feasible else -acc_forget_val; highest score "
+    "wins, ties: lower acc_forget_val, higher objective, higher agree_forget_val, earlier "
+    "trial; failed trials last"
+)
+UNITS = {
+    "acc_forget_val": "%",
+    "acc_retain_val": "%",
+    "agree_forget_val": "%",
+    "score": "% (objective if feasible, else minus acc_forget_val)",
+    "time_s": "s (method alone, evaluation excluded)",
+    "eval_time_s": "s",
+    "total_time_s": "s (split, Fisher, every trial and its evaluation)",
+}
 EVAL_BATCH = 256  # engineering
 
 
@@ -89,30 +96,38 @@ def space_size(space: Mapping[str, Sequence[Any]]) -> int:
     return math.prod(len(v) for v in space.values())
 
 
-def check_space(method: str, declared: Sequence[str], space: Mapping[str, Sequence[Any]],
-                budget: int) -> None:
+def check_space(
+    method: str, declared: Sequence[str], space: Mapping[str, Sequence[Any]], budget: int
+) -> None:
     """A space names only declared hyperparameters, lists values, and has >= ``budget`` points."""
     if budget < 1:
         raise ValueError(f"tuning budget must be >= 1, got {budget}")
     unknown = [k for k in space if k not in declared]
     if unknown:
-        raise ValueError(f"search space of {method!r}: unknown hyperparameter(s) "
-                         f"{', '.join(unknown)} (declared: {', '.join(declared)})")
+        raise ValueError(
+            f"search space of {method!r}: unknown hyperparameter(s) "
+            f"{', '.join(unknown)} (declared: {', '.join(declared)})"
+        )
     for k, values in space.items():
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
-            raise ValueError(f"search space of {method!r}: {k} must be a non-empty list of "
-                             f"values, got {values!r}")
+            raise ValueError(
+                f"search space of {method!r}: {k} must be a non-empty list of "
+                f"values, got {values!r}"
+            )
         if len({repr(v) for v in values}) != len(values):
             raise ValueError(f"search space of {method!r}: {k} lists a value twice")
     n = space_size(space)
     if n < budget:
-        raise ValueError(f"search space of {method!r} has {n} point(s), fewer than the budget "
-                         f"{budget}: every method gets exactly the budget's number of trials, so "
-                         f"widen the space or lower the budget")
+        raise ValueError(
+            f"search space of {method!r} has {n} point(s), fewer than the budget "
+            f"{budget}: every method gets exactly the budget's number of trials, so "
+            f"widen the space or lower the budget"
+        )
 
 
-def plan_trials(space: Mapping[str, Sequence[Any]], budget: int,
-                seed: int) -> tuple[str, list[dict[str, Any]]]:
+def plan_trials(
+    space: Mapping[str, Sequence[Any]], budget: int, seed: int
+) -> tuple[str, list[dict[str, Any]]]:
     """The ``budget`` points to try: ("grid", every point) when the grid has exactly ``budget``
     points, else ("random", ``budget`` distinct points drawn with a generator seeded by ``seed``,
     in grid order). Each point maps the space's names to values."""
@@ -163,8 +178,10 @@ def carve_validation(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor
         val.append(idx[:k])
         fit.append(idx[k:])
     empty = torch.zeros(0, dtype=torch.long)
-    return (torch.sort(torch.cat(fit or [empty])).values,
-            torch.sort(torch.cat(val or [empty])).values)
+    return (
+        torch.sort(torch.cat(fit or [empty])).values,
+        torch.sort(torch.cat(val or [empty])).values,
+    )
 
 
 @dataclass
@@ -191,8 +208,9 @@ def split_inputs(inputs: UnlearnInputs, fraction: float, seed: int) -> TuneSplit
         fit_idx, val_idx = carve_validation(data.labels, fraction, seed + offset)
         parts[f"{name}_fit"], parts[f"{name}_val"] = data.subset(fit_idx), data.subset(val_idx)
         sizes[f"{name}_fit"], sizes[f"{name}_val"] = len(fit_idx), len(val_idx)
-    fit = UnlearnInputs(inputs.forget_class, inputs.num_classes, parts["forget_fit"],
-                        parts["retain_fit"], None)
+    fit = UnlearnInputs(
+        inputs.forget_class, inputs.num_classes, parts["forget_fit"], parts["retain_fit"], None
+    )
     return TuneSplit(fit, parts["forget_val"], parts["retain_val"], sizes)
 
 
@@ -214,8 +232,7 @@ def _predictions(model: nn.Module, data: ImageData, device: torch.device) -> Ten
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
-def runner_up(model: nn.Module, data: ImageData, forget_class: int,
-              device: torch.device) -> Tensor:
+def runner_up(model: nn.Module, data: ImageData, forget_class: int, device: torch.device) -> Tensor:
     """θ*'s top class on each image among all classes but ``forget_class`` (the reference of
     ``agree_forget_val``)."""
     import torch
@@ -236,8 +253,9 @@ def _percent(hits: Tensor) -> float:
     return 100.0 * hits.double().mean().item() if len(hits) else float("nan")
 
 
-def score_trial(metrics: Mapping[str, float], *, objective: str, threshold: float,
-                forgetting_checked: bool) -> tuple[bool, float]:
+def score_trial(
+    metrics: Mapping[str, float], *, objective: str, threshold: float, forgetting_checked: bool
+) -> tuple[bool, float]:
     """(feasible, score) of one trial's validation metrics, by the module's blind rule."""
     feasible = (not forgetting_checked) or metrics["acc_forget_val"] <= threshold
     score = metrics[objective] if feasible else -metrics["acc_forget_val"]
@@ -258,8 +276,14 @@ def rank_trials(trials: Sequence[Mapping[str, Any]], objective: str) -> list[int
         if t.get("score") is None or not math.isfinite(t["score"]):
             return (1, 0.0, 0.0, 0.0, 0.0, i)
         m = t["metrics"]
-        return (0, -t["score"], metric(m, "acc_forget_val"), -metric(m, objective),
-                -metric(m, "agree_forget_val"), i)
+        return (
+            0,
+            -t["score"],
+            metric(m, "acc_forget_val"),
+            -metric(m, objective),
+            -metric(m, "agree_forget_val"),
+            i,
+        )
 
     return sorted(range(len(trials)), key=key)
 
@@ -275,16 +299,29 @@ def objective_of(spec: MethodSpec) -> str:
         return "acc_retain_val"
     if spec.access.forget:
         return "agree_forget_val"
-    raise ValueError(f"method {spec.name!r} sees neither forget nor retain data: nothing to "
-                     f"validate on")
+    raise ValueError(
+        f"method {spec.name!r} sees neither forget nor retain data: nothing to validate on"
+    )
 
 
-def tune_method(method: str, model: nn.Module, train: ImageData, forget_class: int,
-                num_classes: int, *, base_hparams: Mapping[str, Any],
-                space: Mapping[str, Sequence[Any]], budget: int, val_fraction: float,
-                threshold: float, retain_subset: int, seed: int,
-                fisher_settings: Mapping[str, Any] | None = None,
-                device: str | torch.device = "cpu", progress: bool = False) -> dict[str, Any]:
+def tune_method(
+    method: str,
+    model: nn.Module,
+    train: ImageData,
+    forget_class: int,
+    num_classes: int,
+    *,
+    base_hparams: Mapping[str, Any],
+    space: Mapping[str, Sequence[Any]],
+    budget: int,
+    val_fraction: float,
+    threshold: float,
+    retain_subset: int,
+    seed: int,
+    fisher_settings: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
     """Tune ``method`` for removing ``forget_class`` from ``model`` (θ*, left untouched).
 
     ``train`` is the full training split; the method's share of it is carved by
@@ -311,9 +348,15 @@ def tune_method(method: str, model: nn.Module, train: ImageData, forget_class: i
 
     # The Fisher is computed below from forget_fit only; build_inputs just needs to know one
     # will be there.
-    inputs = methods.build_inputs(spec, train, forget_class, num_classes,
-                                  retain_subset=retain_subset, seed=seed,
-                                  fisher={} if spec.needs_fisher else None)
+    inputs = methods.build_inputs(
+        spec,
+        train,
+        forget_class,
+        num_classes,
+        retain_subset=retain_subset,
+        seed=seed,
+        fisher={} if spec.needs_fisher else None,
+    )
     split = split_inputs(inputs, val_fraction, seed)
     del inputs
     fit = split.fit
@@ -327,13 +370,18 @@ def tune_method(method: str, model: nn.Module, train: ImageData, forget_class: i
         fs = dict(fisher_settings)
         assert fit.forget is not None
         t0 = time.perf_counter()
-        fisher = fisher_diagonal(copy.deepcopy(model), fit.forget.loader(fs["batch_size"],
-                                                                           device=device),
-                                 kind=fs["kind"], bn_mode=fs["bn_mode"],
-                                 mc_samples=fs["mc_samples"], chunk_size=fs["chunk_size"],
-                                 seed=seed)
-        fit = methods.UnlearnInputs(fit.forget_class, fit.num_classes, fit.forget, fit.retain,
-                                    fisher)
+        fisher = fisher_diagonal(
+            copy.deepcopy(model),
+            fit.forget.loader(fs["batch_size"], device=device),
+            kind=fs["kind"],
+            bn_mode=fs["bn_mode"],
+            mc_samples=fs["mc_samples"],
+            chunk_size=fs["chunk_size"],
+            seed=seed,
+        )
+        fit = methods.UnlearnInputs(
+            fit.forget_class, fit.num_classes, fit.forget, fit.retain, fisher
+        )
         fisher_info = dict(fs, samples=len(fit.forget), time_s=time.perf_counter() - t0)
 
     reference = None
@@ -345,12 +393,19 @@ def tune_method(method: str, model: nn.Module, train: ImageData, forget_class: i
         hp = dict(base, **point)
         trial: dict[str, Any] = {"trial": i, "varied": point, "hparams": hp}
         try:
-            result, elapsed = methods.run(method, copy.deepcopy(model), fit, hp, device=device,
-                                          seed=seed)
+            result, elapsed = methods.run(
+                method, copy.deepcopy(model), fit, hp, device=device, seed=seed
+            )
         except FloatingPointError as err:
             log.warning("trial %d of %s failed: %s", i, method, err)
-            trial.update(metrics={}, feasible=False, score=None, time_s=None, eval_time_s=None,
-                         error=str(err))
+            trial.update(
+                metrics={},
+                feasible=False,
+                score=None,
+                time_s=None,
+                eval_time_s=None,
+                error=str(err),
+            )
             trials.append(trial)
             continue
         t0 = time.perf_counter()
@@ -362,15 +417,30 @@ def tune_method(method: str, model: nn.Module, train: ImageData, forget_class: i
         if split.retain_val is not None:
             pred = _predictions(result.model, split.retain_val, device)
             metrics["acc_retain_val"] = _percent(pred == split.retain_val.labels.cpu())
-        feasible, score = score_trial(metrics, objective=objective, threshold=threshold,
-                                      forgetting_checked=forgetting_checked)
-        trial.update(metrics=metrics, feasible=feasible, score=score, time_s=elapsed,
-                     eval_time_s=time.perf_counter() - t0,
-                     info={k: v for k, v in result.info.items()
-                           if isinstance(v, (int, float, str)) or v is None})
-        log.info("%s trial %d %s: %s score %.2f%s", method, i, point,
-                 ", ".join(f"{k} {v:.1f}" for k, v in sorted(metrics.items())), score,
-                 "" if feasible else " (infeasible)")
+        feasible, score = score_trial(
+            metrics, objective=objective, threshold=threshold, forgetting_checked=forgetting_checked
+        )
+        trial.update(
+            metrics=metrics,
+            feasible=feasible,
+            score=score,
+            time_s=elapsed,
+            eval_time_s=time.perf_counter() - t0,
+            info={
+                k: v
+                for k, v in result.info.items()
+                if isinstance(v, (int, float, str)) or v is None
+            },
+        )
+        log.info(
+            "%s trial %d %s: %s score %.2f%s",
+            method,
+            i,
+            point,
+            ", ".join(f"{k} {v:.1f}" for k, v in sorted(metrics.items())),
+            score,
+            "" if feasible else " (infeasible)",
+        )
         trials.append(trial)
 
     order = rank_trials(trials, objective)
@@ -380,18 +450,41 @@ def tune_method(method: str, model: nn.Module, train: ImageData, forget_class: i
     if best.get("score") is None:
         raise FloatingPointError(f"every trial of {method!r} failed; see the log")
     if not best["feasible"]:
-        log.warning("%s: no trial reached acc_forget_val <= %s %%; chose the closest (%.1f %%)",
-                    method, threshold, best["metrics"]["acc_forget_val"])
+        log.warning(
+            "%s: no trial reached acc_forget_val <= %s %%; chose the closest (%.1f %%)",
+            method,
+            threshold,
+            best["metrics"]["acc_forget_val"],
+        )
     return {
-        "method": method, "forget": forget_class, "seed": seed,
+        "method": method,
+        "forget": forget_class,
+        "seed": seed,
         "data_access": spec.access.label,
-        "rule": {"text": RULE, "objective": objective, "threshold": threshold,
-                 "forgetting_checked": forgetting_checked},
-        "budget": budget, "sampling": sampling, "space": space, "space_size": space_size(space),
-        "val_fraction": val_fraction, "split": split.sizes, "retain_subset": retain_subset,
-        "fisher": fisher_info, "base_hparams": base, "trials": trials,
-        "chosen": {"trial": best["trial"], "hparams": best["hparams"], "varied": best["varied"],
-                   "feasible": best["feasible"], "score": best["score"],
-                   "metrics": best["metrics"]},
-        "total_time_s": time.perf_counter() - started, "units": UNITS,
+        "rule": {
+            "text": RULE,
+            "objective": objective,
+            "threshold": threshold,
+            "forgetting_checked": forgetting_checked,
+        },
+        "budget": budget,
+        "sampling": sampling,
+        "space": space,
+        "space_size": space_size(space),
+        "val_fraction": val_fraction,
+        "split": split.sizes,
+        "retain_subset": retain_subset,
+        "fisher": fisher_info,
+        "base_hparams": base,
+        "trials": trials,
+        "chosen": {
+            "trial": best["trial"],
+            "hparams": best["hparams"],
+            "varied": best["varied"],
+            "feasible": best["feasible"],
+            "score": best["score"],
+            "metrics": best["metrics"],
+        },
+        "total_time_s": time.perf_counter() - started,
+        "units": UNITS,
     }

@@ -38,11 +38,12 @@ def _no_processes(item: pytest.Item):
 
     def guarded(self, args, *rest, **kwargs):
         prog = _program(args)
-        if prog.startswith("python") or prog in _SLOW_PROGRAMS or \
-                prog == Path(sys.executable).name:
+        if prog.startswith("python") or prog in _SLOW_PROGRAMS or prog == Path(sys.executable).name:
             shown = args if isinstance(args, str) else " ".join(map(os.fsdecode, args))
-            raise RuntimeError(f"{item.nodeid} starts a process ({shown[:200]}): mark the test "
-                               f"@pytest.mark.slow (the fast unit tests run in-process)")
+            raise RuntimeError(
+                f"{item.nodeid} starts a process ({shown[:200]}): mark the test "
+                f"@pytest.mark.slow (the fast unit tests run in-process)"
+            )
         real_init(self, args, *rest, **kwargs)
 
     subprocess.Popen.__init__ = guarded
@@ -71,10 +72,12 @@ def toy(tmp_path) -> Path:
     """A repository with one function and one test of it (tests of tests/mutations.py)."""
     root = tmp_path / "toy"
     (root / "tests").mkdir(parents=True)
-    (root / "calc.py").write_text("def double(x):\n    return 2 * x\n\n\ndef half(x):\n"
-                                  "    return x / 2\n")
+    (root / "calc.py").write_text(
+        "def double(x):\n    return 2 * x\n\n\ndef half(x):\n    return x / 2\n"
+    )
     (root / "tests" / "test_calc.py").write_text(
-        "from calc import double\n\n\ndef test_double():\n    assert double(3) == 6\n")
+        "from calc import double\n\n\ndef test_double():\n    assert double(3) == 6\n"
+    )
     return root
 
 
@@ -84,8 +87,12 @@ UNIT = Path(__file__).resolve().parent / "unit"
 def pytest_collection_modifyitems(config, items):
     """A test under tests/unit marked ``slow`` is an error: it belongs in tests/e2e (or
     tests/bench), so that ``pytest tests/unit`` stays the fast suite."""
-    misplaced = [i.nodeid for i in items
-                 if i.get_closest_marker("slow") and UNIT in Path(str(i.path)).parents]
+    misplaced = [
+        i.nodeid
+        for i in items
+        if i.get_closest_marker("slow") and UNIT in Path(str(i.path)).parents
+    ]
     if misplaced:
-        raise pytest.UsageError("slow tests under tests/unit (move them to tests/e2e): "
-                                + ", ".join(misplaced))
+        raise pytest.UsageError(
+            "slow tests under tests/unit (move them to tests/e2e): " + ", ".join(misplaced)
+        )

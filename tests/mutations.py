@@ -53,8 +53,15 @@ class Mutation:
     what: str  # what the bug does, in words
 
 
-def _m(name: str, path: str, old: str, new: str, tests: str | tuple[str, ...], what: str,
-       *more: tuple[str, str]) -> Mutation:
+def _m(
+    name: str,
+    path: str,
+    old: str,
+    new: str,
+    tests: str | tuple[str, ...],
+    what: str,
+    *more: tuple[str, str],
+) -> Mutation:
     tests = (tests,) if isinstance(tests, str) else tests
     return Mutation(name, path, ((old, new), *more), tuple(tests), what)
 
@@ -65,155 +72,302 @@ T_METRICS = "tests/unit/test_metrics.py"
 
 MUTATIONS: list[Mutation] = [
     # --- the five of issue 17 (the suite used to pass with each of them) -------------------
-    _m("pbu-fisher-zeroed", PBU,
-       "fisher = {n: fisher[n].detach().to(", "fisher = {n: 0 * fisher[n].detach().to(",
-       T_PBU, "PBU's training loop uses a zero Fisher instead of the one it is given"),
-    _m("evaluate-mia-members-swapped", "pbu/evaluation.py",
-       "M.mia_entropy_svc(rtr, rte, ftr,", "M.mia_entropy_svc(rte, rtr, ftr,",
-       "tests/unit/test_evaluate.py", "the MIA's members and non-members are swapped"),
-    _m("salun-access-full-train", "pbu/methods/salun.py",
-       '@register("salun", access=FORGET_AND_RETAIN_SUBSET,',
-       '@register("salun", access=FULL_TRAIN,',
-       f"{T_METHODS}::test_each_method_gets_the_data_its_paper_uses_and_no_more",
-       "SalUn declares (and gets) the full training set",
-       ("from pbu.methods import FORGET_AND_RETAIN_SUBSET,",
-        "from pbu.methods import FULL_TRAIN, FORGET_AND_RETAIN_SUBSET,")),
-    _m("tracking-drops-mia", "pbu/tracking.py",
-       "out = {k: float(v) for k, v in metrics.items() if _finite(v)}",
-       "out = {k: float(v) for k, v in metrics.items() if _finite(v) "
-       "and not k.startswith('mia_')}",
-       "tests/unit/test_tracking.py", "MLflow logging silently drops every mia_* metric"),
-    _m("atomic-write-in-place", "pbu/io.py",
-       'fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)\n'
-       "    os.close(fd)", "tmp = str(path)",
-       "tests/unit/test_io.py", "atomic_write writes under the final name"),
+    _m(
+        "pbu-fisher-zeroed",
+        PBU,
+        "n: fisher[n].detach().to(device=device,",
+        "n: 0 * fisher[n].detach().to(device=device,",
+        T_PBU,
+        "PBU's training loop uses a zero Fisher instead of the one it is given",
+    ),
+    _m(
+        "evaluate-mia-members-swapped",
+        "pbu/evaluation.py",
+        "rtr, rte, ftr, seed=seed, max_samples=settings.mia_max_samples",
+        "rte, rtr, ftr, seed=seed, max_samples=settings.mia_max_samples",
+        "tests/unit/test_evaluate.py",
+        "the MIA's members and non-members are swapped",
+    ),
+    _m(
+        "salun-access-full-train",
+        "pbu/methods/salun.py",
+        '    "salun",\n    access=FORGET_AND_RETAIN_SUBSET,',
+        '    "salun",\n    access=FULL_TRAIN,',
+        f"{T_METHODS}::test_each_method_gets_the_data_its_paper_uses_and_no_more",
+        "SalUn declares (and gets) the full training set",
+        (
+            "from pbu.methods import FORGET_AND_RETAIN_SUBSET,",
+            "from pbu.methods import FULL_TRAIN, FORGET_AND_RETAIN_SUBSET,",
+        ),
+    ),
+    _m(
+        "tracking-drops-mia",
+        "pbu/tracking.py",
+        "out = {k: float(v) for k, v in metrics.items() if _finite(v)}",
+        "out = {k: float(v) for k, v in metrics.items() if _finite(v) "
+        "and not k.startswith('mia_')}",
+        "tests/unit/test_tracking.py",
+        "MLflow logging silently drops every mia_* metric",
+    ),
+    _m(
+        "atomic-write-in-place",
+        "pbu/io.py",
+        'fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)\n'
+        "    os.close(fd)",
+        "tmp = str(path)",
+        "tests/unit/test_io.py",
+        "atomic_write writes under the final name",
+    ),
     # --- the harness ------------------------------------------------------------------------
-    _m("monitor-time-counted", "pbu/methods/__init__.py",
-       "elapsed = time.perf_counter() - t0 - spent_monitoring",
-       "elapsed = time.perf_counter() - t0",
-       f"{T_METHODS}::test_time_spent_in_the_monitor_is_not_the_methods_time",
-       "time spent in the monitor is counted as the method's time"),
-    _m("inputs-forget-always", "pbu/methods/__init__.py",
-       "forget = train.subset(forget_idx) if access.forget else None",
-       "forget = train.subset(forget_idx)",
-       f"{T_METHODS}::test_each_method_gets_the_data_its_paper_uses_and_no_more",
-       "methods that never see the forget class are handed it anyway"),
+    _m(
+        "monitor-time-counted",
+        "pbu/methods/__init__.py",
+        "elapsed = time.perf_counter() - t0 - spent_monitoring",
+        "elapsed = time.perf_counter() - t0",
+        f"{T_METHODS}::test_time_spent_in_the_monitor_is_not_the_methods_time",
+        "time spent in the monitor is counted as the method's time",
+    ),
+    _m(
+        "inputs-forget-always",
+        "pbu/methods/__init__.py",
+        "forget = train.subset(forget_idx) if access.forget else None",
+        "forget = train.subset(forget_idx)",
+        f"{T_METHODS}::test_each_method_gets_the_data_its_paper_uses_and_no_more",
+        "methods that never see the forget class are handed it anyway",
+    ),
     # --- the losses -------------------------------------------------------------------------
-    _m("pbu-descends-on-forget", PBU,
-       '"term_forget": -cfg.alpha * ce,', '"term_forget": cfg.alpha * ce,',
-       T_PBU, "PBU's α-term descends the forget loss instead of ascending it"),
-    _m("pbu-l2-mean", PBU,
-       "l2_term = l2_term + d2.sum()", "l2_term = l2_term + d2.mean()",
-       T_PBU, "PBU's γ-term averages instead of summing over the parameters"),
-    _m("pbu-fisher-scale-ignored", PBU,
-       "fisher = scale_fisher(fisher, cfg.fisher_scale)", "fisher = dict(fisher)",
-       T_PBU, "PBU's training loop ignores fisher_scale (unit_mean trains with the raw Fisher)"),
-    _m("neggrad-descends", "pbu/methods/neggrad.py",
-       "(-ce).backward()  # ascent", "ce.backward()  # ascent",
-       f"{T_METHODS}::test_neggrad_increases_the_forget_loss", "NegGrad descends the forget loss"),
-    _m("neggrad-plus-weights", "pbu/methods/neggrad.py",
-       "loss = a * ce_r - (1 - a) * ce_f", "loss = a * ce_r - a * ce_f",
-       f"{T_METHODS}::test_neggrad_plus_ascent_term_raises_the_forget_loss",
-       "NegGrad+ weights its ascent term by alpha instead of 1 - alpha"),
-    _m("distill-kl-temperature", "pbu/methods/_common.py",
-       "return kl * temperature ** 2", "return kl * temperature",
-       f"{T_METHODS}::test_distill_kl_matches_the_definition",
-       "the distillation KL is scaled by T instead of T²"),
-    _m("bad-teacher-swapped", "pbu/methods/bad_teaching.py",
-       "torch.where(is_forget[:, None], p_bad, p_good)",
-       "torch.where(is_forget[:, None], p_good, p_bad)",
-       f"{T_METHODS}::test_bad_teaching_targets_come_from_the_right_teacher",
-       "Bad Teaching distils the forget samples from the competent teacher"),
-    _m("ssd-selects-below", "pbu/methods/ssd.py",
-       "sel = i_f > alpha * i_d", "sel = i_f < alpha * i_d",
-       f"{T_METHODS}::test_ssd_dampens_exactly_the_selected_parameters",
-       "SSD dampens the parameters that are NOT specialised to the forget set"),
+    _m(
+        "pbu-descends-on-forget",
+        PBU,
+        '"term_forget": -cfg.alpha * ce,',
+        '"term_forget": cfg.alpha * ce,',
+        T_PBU,
+        "PBU's α-term descends the forget loss instead of ascending it",
+    ),
+    _m(
+        "pbu-l2-mean",
+        PBU,
+        "l2_term = l2_term + d2.sum()",
+        "l2_term = l2_term + d2.mean()",
+        T_PBU,
+        "PBU's γ-term averages instead of summing over the parameters",
+    ),
+    _m(
+        "pbu-fisher-scale-ignored",
+        PBU,
+        "fisher = scale_fisher(fisher, cfg.fisher_scale)",
+        "fisher = dict(fisher)",
+        T_PBU,
+        "PBU's training loop ignores fisher_scale (unit_mean trains with the raw Fisher)",
+    ),
+    _m(
+        "neggrad-descends",
+        "pbu/methods/neggrad.py",
+        "(-ce).backward()  # ascent",
+        "ce.backward()  # ascent",
+        f"{T_METHODS}::test_neggrad_increases_the_forget_loss",
+        "NegGrad descends the forget loss",
+    ),
+    _m(
+        "neggrad-plus-weights",
+        "pbu/methods/neggrad.py",
+        "loss = a * ce_r - (1 - a) * ce_f",
+        "loss = a * ce_r - a * ce_f",
+        f"{T_METHODS}::test_neggrad_plus_ascent_term_raises_the_forget_loss",
+        "NegGrad+ weights its ascent term by alpha instead of 1 - alpha",
+    ),
+    _m(
+        "distill-kl-temperature",
+        "pbu/methods/_common.py",
+        "return kl * temperature**2",
+        "return kl * temperature",
+        f"{T_METHODS}::test_distill_kl_matches_the_definition",
+        "the distillation KL is scaled by T instead of T²",
+    ),
+    _m(
+        "bad-teacher-swapped",
+        "pbu/methods/bad_teaching.py",
+        "torch.where(is_forget[:, None], p_bad, p_good)",
+        "torch.where(is_forget[:, None], p_good, p_bad)",
+        f"{T_METHODS}::test_bad_teaching_targets_come_from_the_right_teacher",
+        "Bad Teaching distils the forget samples from the competent teacher",
+    ),
+    _m(
+        "ssd-selects-below",
+        "pbu/methods/ssd.py",
+        "sel = i_f > alpha * i_d",
+        "sel = i_f < alpha * i_d",
+        f"{T_METHODS}::test_ssd_dampens_exactly_the_selected_parameters",
+        "SSD dampens the parameters that are NOT specialised to the forget set",
+    ),
     # --- the stopping rules -----------------------------------------------------------------
-    _m("pbu-stop-acc-above", PBU,
-       "hit = acc <= cfg.stop_threshold if", "hit = acc >= cfg.stop_threshold if",
-       T_PBU, "PBU stops while the forget accuracy is still high"),
-    _m("pbu-stop-ce-below", PBU,
-       "else ce >= cfg.stop_threshold", "else ce <= cfg.stop_threshold",
-       T_PBU, "PBU's CE rule stops while the forget loss is still low"),
-    _m("pbu-never-checks", PBU,
-       "if step % cfg.check_every == 0 and check(step):",
-       "if step % cfg.check_every == 1 and check(step):",
-       T_PBU, "PBU never checks its stopping rule when check_every = 1"),
-    _m("neggrad-stop-step-off-by-one", "pbu/methods/neggrad.py",
-       "stop_step = rec.step + 1", "stop_step = rec.step",
-       f"{T_METHODS}::test_neggrad_stop_rule_ends_at_zero_forget_accuracy",
-       "NegGrad records the step before the one where it stopped"),
-    _m("tune-feasible-above", "pbu/tune.py",
-       'metrics["acc_forget_val"] <= threshold', 'metrics["acc_forget_val"] >= threshold',
-       "tests/unit/test_tune.py::test_blind_scores_are_what_they_claim",
-       "the tuner calls a trial feasible when it did NOT forget"),
+    _m(
+        "pbu-stop-acc-above",
+        PBU,
+        "acc <= cfg.stop_threshold if cfg.stop_rule",
+        "acc >= cfg.stop_threshold if cfg.stop_rule",
+        T_PBU,
+        "PBU stops while the forget accuracy is still high",
+    ),
+    _m(
+        "pbu-stop-ce-below",
+        PBU,
+        "else ce >= cfg.stop_threshold",
+        "else ce <= cfg.stop_threshold",
+        T_PBU,
+        "PBU's CE rule stops while the forget loss is still low",
+    ),
+    _m(
+        "pbu-never-checks",
+        PBU,
+        "if step % cfg.check_every == 0 and check(step):",
+        "if step % cfg.check_every == 1 and check(step):",
+        T_PBU,
+        "PBU never checks its stopping rule when check_every = 1",
+    ),
+    _m(
+        "neggrad-stop-step-off-by-one",
+        "pbu/methods/neggrad.py",
+        "stop_step = rec.step + 1",
+        "stop_step = rec.step",
+        f"{T_METHODS}::test_neggrad_stop_rule_ends_at_zero_forget_accuracy",
+        "NegGrad records the step before the one where it stopped",
+    ),
+    _m(
+        "tune-feasible-above",
+        "pbu/tune.py",
+        'metrics["acc_forget_val"] <= threshold',
+        'metrics["acc_forget_val"] >= threshold',
+        "tests/unit/test_tune.py::test_blind_scores_are_what_they_claim",
+        "the tuner calls a trial feasible when it did NOT forget",
+    ),
     # --- the splits -------------------------------------------------------------------------
-    _m("class-split-retain-has-forget", "pbu/data.py",
-       "torch.nonzero(~is_forget).flatten()", "torch.arange(len(labels))",
-       (f"{T_METHODS}::test_inputs_hold_exactly_the_declared_data_as_copies",
-        "tests/unit/test_data.py"), "the retain split includes the forget class"),
-    _m("random-subset-one-short", "pbu/data.py",
-       "torch.randperm(n, generator=g)[: min(k, n)]",
-       "torch.randperm(n, generator=g)[: min(k, n) - 1]",
-       f"{T_METHODS}::test_inputs_hold_exactly_the_declared_data_as_copies",
-       "a retain subset of k holds k - 1 samples"),
-    _m("stratified-subset-one-short", "pbu/data.py",
-       "torch.randperm(len(idx), generator=g)[:k]",
-       "torch.randperm(len(idx), generator=g)[:k - 1]",
-       "tests/unit/test_data.py", "a stratified sample holds one image fewer per class"),
+    _m(
+        "class-split-retain-has-forget",
+        "pbu/data.py",
+        "torch.nonzero(~is_forget).flatten()",
+        "torch.arange(len(labels))",
+        (
+            f"{T_METHODS}::test_inputs_hold_exactly_the_declared_data_as_copies",
+            "tests/unit/test_data.py",
+        ),
+        "the retain split includes the forget class",
+    ),
+    _m(
+        "random-subset-one-short",
+        "pbu/data.py",
+        "torch.randperm(n, generator=g)[: min(k, n)]",
+        "torch.randperm(n, generator=g)[: min(k, n) - 1]",
+        f"{T_METHODS}::test_inputs_hold_exactly_the_declared_data_as_copies",
+        "a retain subset of k holds k - 1 samples",
+    ),
+    _m(
+        "stratified-subset-one-short",
+        "pbu/data.py",
+        "torch.randperm(len(idx), generator=g)[:k]",
+        "torch.randperm(len(idx), generator=g)[:k - 1]",
+        "tests/unit/test_data.py",
+        "a stratified sample holds one image fewer per class",
+    ),
     # --- the metrics ------------------------------------------------------------------------
-    _m("accuracy-counts-errors", "pbu/metrics.py",
-       "100.0 * (logits.argmax(1) == labels)", "100.0 * (logits.argmax(1) != labels)",
-       (f"{T_METRICS}::test_accuracy_from_hand_made_logits", "tests/unit/test_evaluate.py"),
-       "accuracy counts the wrong predictions"),
-    _m("js-without-half", "pbu/metrics.py",
-       "(0.5 * (kl_pm + kl_qm)).clamp(0.0, LN2)", "(kl_pm + kl_qm).clamp(0.0, LN2)",
-       f"{T_METRICS}::test_js_divergence_matches_scipy",
-       "the JS divergence sums the two KLs instead of averaging them"),
-    _m("zrf-not-one-minus", "pbu/metrics.py",
-       "return 1.0 - js_divergence(model_logits, incompetent_logits)",
-       "return js_divergence(model_logits, incompetent_logits)",
-       f"{T_METRICS}::test_zrf_and_zrf_as_coded_by_hand",
-       "ZRF is the JS divergence itself, not 1 - JS"),
-    _m("activation-distance-sum", "pbu/metrics.py",
-       "(log_p.exp() - log_q.exp()).norm(dim=1).mean()",
-       "(log_p.exp() - log_q.exp()).norm(dim=1).sum()",
-       f"{T_METRICS}::test_activation_distance_matches_numpy",
-       "the activation distance sums over samples instead of averaging"),
-    _m("confidence-of-top-class", "pbu/metrics.py",
-       "torch.softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)",
-       "torch.softmax(logits, dim=1).max(1).values",
-       f"{T_METRICS}::test_mia_efficacy_salun_uses_true_class_confidence",
-       "SalUn's MIA reads the top class's confidence instead of the true class's"),
+    _m(
+        "accuracy-counts-errors",
+        "pbu/metrics.py",
+        "100.0 * (logits.argmax(1) == labels)",
+        "100.0 * (logits.argmax(1) != labels)",
+        (f"{T_METRICS}::test_accuracy_from_hand_made_logits", "tests/unit/test_evaluate.py"),
+        "accuracy counts the wrong predictions",
+    ),
+    _m(
+        "js-without-half",
+        "pbu/metrics.py",
+        "(0.5 * (kl_pm + kl_qm)).clamp(0.0, LN2)",
+        "(kl_pm + kl_qm).clamp(0.0, LN2)",
+        f"{T_METRICS}::test_js_divergence_matches_scipy",
+        "the JS divergence sums the two KLs instead of averaging them",
+    ),
+    _m(
+        "zrf-not-one-minus",
+        "pbu/metrics.py",
+        "return 1.0 - js_divergence(model_logits, incompetent_logits)",
+        "return js_divergence(model_logits, incompetent_logits)",
+        f"{T_METRICS}::test_zrf_and_zrf_as_coded_by_hand",
+        "ZRF is the JS divergence itself, not 1 - JS",
+    ),
+    _m(
+        "activation-distance-sum",
+        "pbu/metrics.py",
+        "(log_p.exp() - log_q.exp()).norm(dim=1).mean()",
+        "(log_p.exp() - log_q.exp()).norm(dim=1).sum()",
+        f"{T_METRICS}::test_activation_distance_matches_numpy",
+        "the activation distance sums over samples instead of averaging",
+    ),
+    _m(
+        "confidence-of-top-class",
+        "pbu/metrics.py",
+        "torch.softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)",
+        "torch.softmax(logits, dim=1).max(1).values",
+        f"{T_METRICS}::test_mia_efficacy_salun_uses_true_class_confidence",
+        "SalUn's MIA reads the top class's confidence instead of the true class's",
+    ),
     # --- the aggregation and the report -----------------------------------------------------
-    _m("aggregate-fisher-time-subtracted", "pbu/aggregate.py",
-       "total = None if any(p is None for p in parts) else sum(parts)",
-       "total = None if any(p is None for p in parts) else parts[0] - sum(parts[1:])",
-       "tests/unit/test_aggregate.py", "PBU's time with its Fisher subtracts the Fisher's time"),
-    _m("aggregate-metrics-of-original", "pbu/aggregate.py",
-       "row.update(metrics)", 'row.update(ev["metrics"]["original"])',
-       "tests/unit/test_aggregate.py", "every runs.csv row holds the original model's metrics"),
-    _m("report-std-population", "pbu/report/stats.py",
-       "float(v.std(ddof=1))", "float(v.std(ddof=0))",
-       "tests/unit/test_report.py", "mean ± std uses the population std over seeds"),
-    _m("report-rank-farthest-first", "pbu/report/stats.py",
-       '["_nojs", "js_to_oracle", "acc_gap_to_oracle", "_o"], na_position="last"',
-       '["_nojs", "js_to_oracle", "acc_gap_to_oracle", "_o"], na_position="last", '
-       'ascending=False',
-       "tests/unit/test_report.py", "the ranking puts the method farthest from the oracle first"),
-    _m("report-gap-signed", "pbu/report/stats.py",
-       "runs[gap] = (runs[col] - runs[ref]).abs()", "runs[gap] = runs[col] - runs[ref]",
-       "tests/unit/test_report.py", "the accuracy gap to the oracle is signed, so errors cancel"),
+    _m(
+        "aggregate-fisher-time-subtracted",
+        "pbu/aggregate.py",
+        "total = None if any(p is None for p in parts) else sum(parts)",
+        "total = None if any(p is None for p in parts) else parts[0] - sum(parts[1:])",
+        "tests/unit/test_aggregate.py",
+        "PBU's time with its Fisher subtracts the Fisher's time",
+    ),
+    _m(
+        "aggregate-metrics-of-original",
+        "pbu/aggregate.py",
+        "row.update(metrics)",
+        'row.update(ev["metrics"]["original"])',
+        "tests/unit/test_aggregate.py",
+        "every runs.csv row holds the original model's metrics",
+    ),
+    _m(
+        "report-std-population",
+        "pbu/report/stats.py",
+        "float(v.std(ddof=1))",
+        "float(v.std(ddof=0))",
+        "tests/unit/test_report.py",
+        "mean ± std uses the population std over seeds",
+    ),
+    _m(
+        "report-rank-farthest-first",
+        "pbu/report/stats.py",
+        '["_nojs", "js_to_oracle", "acc_gap_to_oracle", "_o"], na_position="last"',
+        '["_nojs", "js_to_oracle", "acc_gap_to_oracle", "_o"], na_position="last", ascending=False',
+        "tests/unit/test_report.py",
+        "the ranking puts the method farthest from the oracle first",
+    ),
+    _m(
+        "report-gap-signed",
+        "pbu/report/stats.py",
+        "runs[gap] = (runs[col] - runs[ref]).abs()",
+        "runs[gap] = runs[col] - runs[ref]",
+        "tests/unit/test_report.py",
+        "the accuracy gap to the oracle is signed, so errors cancel",
+    ),
     # --- the jobs (which data reaches each stage) -------------------------------------------
-    _m("oracle-trains-on-forget-class", "pbu/jobs/train.py",
-       "train = train.subset(class_split(train.labels, forget)[1])", "train = train",
-       "tests/unit/test_jobs.py::test_pretrain_and_oracle_records",
-       "the oracle is trained on the forget class too"),
-    _m("fisher-job-on-retain-data", "pbu/jobs/fisher.py",
-       "forget_data = train.subset(class_split(train.labels, forget)[0])",
-       "forget_data = train.subset(class_split(train.labels, forget)[1])",
-       "tests/unit/test_jobs.py::test_fisher_is_the_forget_class_fisher",
-       "the Fisher job computes the Fisher on the retained classes"),
+    _m(
+        "oracle-trains-on-forget-class",
+        "pbu/jobs/train.py",
+        "train = train.subset(class_split(train.labels, forget)[1])",
+        "train = train",
+        "tests/unit/test_jobs.py::test_pretrain_and_oracle_records",
+        "the oracle is trained on the forget class too",
+    ),
+    _m(
+        "fisher-job-on-retain-data",
+        "pbu/jobs/fisher.py",
+        "forget_data = train.subset(class_split(train.labels, forget)[0])",
+        "forget_data = train.subset(class_split(train.labels, forget)[1])",
+        "tests/unit/test_jobs.py::test_fisher_is_the_forget_class_fisher",
+        "the Fisher job computes the Fisher on the retained classes",
+    ),
 ]
 
 
@@ -240,8 +394,9 @@ def apply(root: Path, m: Mutation) -> str:
     for old, new in m.edits:
         n = text.count(old)
         if n != 1:
-            raise SnippetError(f"{m.name}: the snippet {old!r} occurs {n} times in {m.path} "
-                               f"(must be exactly once)")
+            raise SnippetError(
+                f"{m.name}: the snippet {old!r} occurs {n} times in {m.path} (must be exactly once)"
+            )
         text = text.replace(old, new)
     path.write_text(text)
     return original
@@ -250,13 +405,20 @@ def apply(root: Path, m: Mutation) -> str:
 def repo_files(src: Path) -> list[str]:
     """Files git tracks or would track (untracked, not ignored); every file outside git."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                              "--exclude-standard"], cwd=src, capture_output=True, check=True)
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=src,
+            capture_output=True,
+            check=True,
+        )
         return [f for f in out.stdout.decode().split("\0") if f and (src / f).is_file()]
     except (OSError, subprocess.CalledProcessError):
         skip = {".git", ".venv", "results", "data", ".snakemake", "__pycache__"}
-        return [str(p.relative_to(src)) for p in src.rglob("*")
-                if p.is_file() and not skip & set(p.relative_to(src).parts)]
+        return [
+            str(p.relative_to(src))
+            for p in src.rglob("*")
+            if p.is_file() and not skip & set(p.relative_to(src).parts)
+        ]
 
 
 def copy_repo(src: Path, dst: Path) -> None:
@@ -274,11 +436,22 @@ def pytest_runner(timeout: float) -> Runner:
 
     def run(root: Path, tests: Sequence[str]) -> tuple[str, str]:
         env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
-        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-               "-m", "not slow", *tests]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-x",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "not slow",
+            *tests,
+        ]
         try:
-            proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
-                                  timeout=timeout)
+            proc = subprocess.run(
+                cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout
+            )
         except subprocess.TimeoutExpired:
             return "timeout", f"no result after {timeout:.0f} s"
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
@@ -293,8 +466,14 @@ def _check_import(root: Path) -> None:
     if not (root / "pbu" / "__init__.py").exists():
         return  # not this project (the script's own tests use a toy repository)
     env = dict(os.environ, PYTHONPATH=str(root))
-    out = subprocess.run([sys.executable, "-c", "import pbu; print(pbu.__file__)"], cwd=root,
-                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", "import pbu; print(pbu.__file__)"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     if not Path(out).resolve().is_relative_to(root.resolve()):
         raise RuntimeError(f"the mutated copy's tests would import pbu from {out}, not {root}")
 
@@ -317,9 +496,15 @@ def _one(root: Path, m: Mutation, runner: Runner) -> Outcome:
     return Outcome(m, "error", f"pytest could not run:\n{tail}", seconds)
 
 
-def check(mutations: Sequence[Mutation], src: Path = ROOT, *, runner: Runner | None = None,
-          jobs: int = 1, timeout: float = 600.0,
-          report: Callable[[str], None] = print) -> list[Outcome]:
+def check(
+    mutations: Sequence[Mutation],
+    src: Path = ROOT,
+    *,
+    runner: Runner | None = None,
+    jobs: int = 1,
+    timeout: float = 600.0,
+    report: Callable[[str], None] = print,
+) -> list[Outcome]:
     """Apply each mutation to a copy of ``src`` (``jobs`` copies at once) and run its tests."""
     runner = runner or pytest_runner(timeout)
     jobs = max(1, min(jobs, len(mutations)))
@@ -333,10 +518,13 @@ def check(mutations: Sequence[Mutation], src: Path = ROOT, *, runner: Runner | N
         t0 = time.perf_counter()
         status, tail = runner(copies[0], tests)
         if status != "passed":
-            raise RuntimeError(f"the tests fail (or cannot run) WITHOUT any mutation, so a kill "
-                               f"would mean nothing:\n{tail}")
-        report(f"baseline: {len(tests)} test paths pass unmutated "
-               f"({time.perf_counter() - t0:.0f} s)")
+            raise RuntimeError(
+                f"the tests fail (or cannot run) WITHOUT any mutation, so a kill "
+                f"would mean nothing:\n{tail}"
+            )
+        report(
+            f"baseline: {len(tests)} test paths pass unmutated ({time.perf_counter() - t0:.0f} s)"
+        )
         free = list(copies)
 
         def work(m: Mutation) -> Outcome:
@@ -363,8 +551,10 @@ def stale_snippets(mutations: Iterable[Mutation], src: Path = ROOT) -> list[str]
             continue
         for old, new in m.edits:
             if text.count(old) != 1:
-                errors.append(f"{m.name}: the snippet {old!r} occurs {text.count(old)} times in "
-                              f"{m.path} (must be exactly once)")
+                errors.append(
+                    f"{m.name}: the snippet {old!r} occurs {text.count(old)} times in "
+                    f"{m.path} (must be exactly once)"
+                )
             text = text.replace(old, new)
     return errors
 
@@ -382,12 +572,19 @@ def exit_status(outcomes: Sequence[Outcome]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--list", action="store_true", help="list the mutations and exit")
-    ap.add_argument("--snippets", action="store_true",
-                    help="only check that every snippet occurs exactly once (no tests run)")
+    ap.add_argument(
+        "--snippets",
+        action="store_true",
+        help="only check that every snippet occurs exactly once (no tests run)",
+    )
     ap.add_argument("-k", dest="pattern", help="only the mutations whose name contains this")
     ap.add_argument("-j", "--jobs", type=int, default=2, help="mutations run at once (2)")
-    ap.add_argument("--timeout", type=float, default=600.0,
-                    help="seconds one pytest run may take before it counts as killed (600)")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds one pytest run may take before it counts as killed (600)",
+    )
     args = ap.parse_args(argv)
     chosen = select(MUTATIONS, args.pattern)
     if args.list:
@@ -402,17 +599,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(errors) or f"all {len(chosen)} mutations apply")
         return 1 if errors else 0
     t0 = time.perf_counter()
-    outcomes = check(chosen, jobs=args.jobs, timeout=args.timeout,
-                     report=lambda line: print(line, flush=True))
+    outcomes = check(
+        chosen, jobs=args.jobs, timeout=args.timeout, report=lambda line: print(line, flush=True)
+    )
     bad = [o for o in outcomes if o.status != "killed"]
     killed = len(outcomes) - len(bad)
-    print(f"\n{killed} of {len(outcomes)} mutations killed, "
-          f"{sum(o.status == 'survived' for o in outcomes)} survived, "
-          f"{sum(o.status == 'error' for o in outcomes)} errors "
-          f"({time.perf_counter() - t0:.0f} s)")
+    print(
+        f"\n{killed} of {len(outcomes)} mutations killed, "
+        f"{sum(o.status == 'survived' for o in outcomes)} survived, "
+        f"{sum(o.status == 'error' for o in outcomes)} errors "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
     for o in bad:
-        print(f"\n{o.status.upper()}: {o.mutation.name} ({o.mutation.path}): "
-              f"{o.mutation.what}\n{o.detail}")
+        print(
+            f"\n{o.status.upper()}: {o.mutation.name} ({o.mutation.path}): "
+            f"{o.mutation.what}\n{o.detail}"
+        )
     return exit_status(outcomes)
 
 

@@ -19,8 +19,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 
 @contextlib.contextmanager
-def swap_bn_stats(bns: dict[str, _BatchNorm],
-                   stats: dict[str, tuple[Tensor, Tensor]]) -> Iterator[None]:
+def swap_bn_stats(
+    bns: dict[str, _BatchNorm], stats: dict[str, tuple[Tensor, Tensor]]
+) -> Iterator[None]:
     """Temporarily replace BN running mean/var buffers (restored as the same tensors)."""
     saved = {name: (bn.running_mean, bn.running_var) for name, bn in bns.items()}
     try:
@@ -33,8 +34,9 @@ def swap_bn_stats(bns: dict[str, _BatchNorm],
 
 
 @torch.no_grad()
-def batch_stats(model: nn.Module, bns: dict[str, _BatchNorm],
-                 x: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+def batch_stats(
+    model: nn.Module, bns: dict[str, _BatchNorm], x: Tensor
+) -> dict[str, tuple[Tensor, Tensor]]:
     """Per-BN (mean, biased var) of its input on batch x, as train-mode BN would normalise with.
 
     Runs one forward with only the BN modules in train mode, on clones of their running
@@ -73,4 +75,3 @@ def bn_scale(bn: _BatchNorm) -> Tensor:
     multiply by a."""
     a = torch.rsqrt(bn.running_var + bn.eps)
     return (a * bn.weight if bn.weight is not None else a).detach()
-

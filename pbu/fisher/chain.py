@@ -31,9 +31,14 @@ from pbu.fisher.settings import FisherSettings
 def non_overlapping(pool: nn.Module) -> bool:
     """A MaxPool2d whose windows never overlap: its backward is a scatter to the argmaxes."""
     pair = nn.modules.utils._pair
-    return (type(pool) is nn.MaxPool2d and not pool.return_indices and not pool.ceil_mode
-            and pair(pool.kernel_size) == pair(pool.stride or pool.kernel_size)
-            and pair(pool.padding) == (0, 0) and pair(pool.dilation) == (1, 1))
+    return (
+        type(pool) is nn.MaxPool2d
+        and not pool.return_indices
+        and not pool.ceil_mode
+        and pair(pool.kernel_size) == pair(pool.stride or pool.kernel_size)
+        and pair(pool.padding) == (0, 0)
+        and pair(pool.dilation) == (1, 1)
+    )
 
 
 class Chain:
@@ -52,16 +57,23 @@ class Chain:
     ``build`` raises ``Unsupported`` for any other model, saying why.
     """
 
-    def __init__(self, steps: list[tuple[str, tuple[nn.Module, ...]]], names: dict[int, str],
-                 sample_floats: int, classes: int, settings: FisherSettings) -> None:
+    def __init__(
+        self,
+        steps: list[tuple[str, tuple[nn.Module, ...]]],
+        names: dict[int, str],
+        sample_floats: int,
+        classes: int,
+        settings: FisherSettings,
+    ) -> None:
         self.steps, self.names = steps, names  # names: id(parameter) -> full name
         self.settings = settings
         # floats per sample of the largest activation: each [R, B, ...] gradient is R·B times it
         self.sample_floats, self.classes = sample_floats, classes
 
     @staticmethod
-    def build(model: nn.Module, trainable: dict[str, Tensor], x: Tensor,
-              settings: FisherSettings) -> Chain:
+    def build(
+        model: nn.Module, trainable: dict[str, Tensor], x: Tensor, settings: FisherSettings
+    ) -> Chain:
         """Trace one forward on ``x`` and check that it is a supported chain; raise
         ``Unsupported`` naming the first thing that is not."""
         leaves = [m for m in model.modules() if next(m.children(), None) is None]
@@ -78,15 +90,19 @@ class Chain:
             for h in handles:
                 h.remove()
         if not calls or logits is not calls[-1][2]:
-            raise Unsupported("the model's output is not the output of its last layer call "
-                              "(an operation outside the layers, e.g. a functional call)")
+            raise Unsupported(
+                "the model's output is not the output of its last layer call "
+                "(an operation outside the layers, e.g. a functional call)"
+            )
         names = {id(m): n or type(m).__name__ for n, m in model.named_modules()}
         prev: Any = x
         for mod, args, out in calls:
             if len(args) != 1 or args[0] is not prev or not isinstance(out, Tensor):
-                raise Unsupported(f"layer {names[id(mod)]!r} does not take the previous "
-                                  "layer's output as its only input (a branch, a residual or "
-                                  "an operation between layers)")
+                raise Unsupported(
+                    f"layer {names[id(mod)]!r} does not take the previous "
+                    "layer's output as its only input (a branch, a residual or "
+                    "an operation between layers)"
+                )
             prev = out
         mods = [m for m, _, _ in calls]
         if len({id(m) for m in mods}) != len(mods):
@@ -100,43 +116,63 @@ class Chain:
         i = 0
         while i < len(mods):
             m = mods[i]
-            quad = mods[i:i + 4]
-            if (len(quad) == 4 and type(quad[0]) is nn.Conv2d
-                    and type(quad[1]) is nn.BatchNorm2d and type(quad[2]) is nn.ReLU
-                    and non_overlapping(quad[3])):
+            quad = mods[i : i + 4]
+            if (
+                len(quad) == 4
+                and type(quad[0]) is nn.Conv2d
+                and type(quad[1]) is nn.BatchNorm2d
+                and type(quad[2]) is nn.ReLU
+                and non_overlapping(quad[3])
+            ):
                 steps.append(("block", tuple(quad)))
                 i += 4
                 continue
-            kind = {nn.Conv2d: "conv", nn.BatchNorm2d: "bn", nn.BatchNorm1d: "bn",
-                    nn.ReLU: "relu", nn.Flatten: "flatten", nn.Linear: "linear",
-                    nn.Dropout: "skip", nn.Identity: "skip"}.get(type(m))
+            kind = {
+                nn.Conv2d: "conv",
+                nn.BatchNorm2d: "bn",
+                nn.BatchNorm1d: "bn",
+                nn.ReLU: "relu",
+                nn.Flatten: "flatten",
+                nn.Linear: "linear",
+                nn.Dropout: "skip",
+                nn.Identity: "skip",
+            }.get(type(m))
             if kind is None and non_overlapping(m):
                 kind = "pool"
             if kind is None:
-                raise Unsupported(f"layer {names[id(m)]!r} ({type(m).__name__}) is not one the "
-                                  "chain knows (Conv2d, BatchNorm, ReLU, non-overlapping "
-                                  "MaxPool2d, Flatten, Linear, Dropout, Identity)")
+                raise Unsupported(
+                    f"layer {names[id(m)]!r} ({type(m).__name__}) is not one the "
+                    "chain knows (Conv2d, BatchNorm, ReLU, non-overlapping "
+                    "MaxPool2d, Flatten, Linear, Dropout, Identity)"
+                )
             steps.append((kind, (m,)))
             i += 1
         for kind, ms in steps:
             m = ms[0]
-            if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros"
-                                             or isinstance(m.padding, str)):
-                raise Unsupported(f"conv {names[id(m)]!r} is grouped, pads other than with "
-                                  "zeros, or has string padding")
+            if isinstance(m, nn.Conv2d) and (
+                m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str)
+            ):
+                raise Unsupported(
+                    f"conv {names[id(m)]!r} is grouped, pads other than with "
+                    "zeros, or has string padding"
+                )
             if kind == "flatten" and (m.start_dim != 1 or m.end_dim != -1):
-                raise Unsupported(f"Flatten {names[id(m)]!r} does not flatten all but the batch "
-                                  "dimension")
+                raise Unsupported(
+                    f"Flatten {names[id(m)]!r} does not flatten all but the batch dimension"
+                )
             for bn in ms:
                 if isinstance(bn, _BatchNorm) and bn.running_mean is None:
                     raise Unsupported(f"BatchNorm {names[id(bn)]!r} has no running statistics")
         for mod, args, _ in calls:
             if isinstance(mod, (nn.Linear, nn.BatchNorm1d)) and args[0].dim() != 2:
-                raise Unsupported(f"{type(mod).__name__} {names[id(mod)]!r} gets a "
-                                  f"{args[0].dim()}-d input, not [B, features]")
+                raise Unsupported(
+                    f"{type(mod).__name__} {names[id(mod)]!r} gets a "
+                    f"{args[0].dim()}-d input, not [B, features]"
+                )
         largest = max(max(a[0].numel(), o.numel()) for _, a, o in calls) // len(x)
-        return Chain(steps, {id(p): n for n, p in trainable.items()}, largest, logits.shape[1],
-                     settings)
+        return Chain(
+            steps, {id(p): n for n, p in trainable.items()}, largest, logits.shape[1], settings
+        )
 
     def max_chunk(self, rank: int) -> int:
         """Samples per chunk that keep each [R, B, ...] gradient under
@@ -168,8 +204,9 @@ class Chain:
                 c = conv(h)
                 r = relu(bn(c))
                 vals, idx = F.max_pool2d(r, pool.kernel_size, pool.stride, return_indices=True)
-                rec.update(c=c.contiguous(), a=bn_scale(bn), idx=idx.flatten(2),
-                           vals=vals.flatten(2))
+                rec.update(
+                    c=c.contiguous(), a=bn_scale(bn), idx=idx.flatten(2), vals=vals.flatten(2)
+                )
                 h = vals
             elif kind == "bn":
                 rec["a"] = bn_scale(m)
@@ -236,15 +273,17 @@ class Chain:
         dims = tuple(range(3, g.dim()))  # positions, summed per sample
         if self._want(bn.weight):
             shape = [1, -1] + [1] * (x.dim() - 2)
-            xhat = (x - bn.running_mean.view(shape)) * torch.rsqrt(bn.running_var.view(shape)
-                                                                  + bn.eps)
+            xhat = (x - bn.running_mean.view(shape)) * torch.rsqrt(
+                bn.running_var.view(shape) + bn.eps
+            )
             t = g * xhat
             self._put(out, bn.weight, (t.sum(dims) if dims else t).square().sum((0, 1)))
         if self._want(bn.bias):
             self._put(out, bn.bias, (g.sum(dims) if dims else g).square().sum((0, 1)))
 
-    def _conv(self, out: dict[str, Tensor], conv: nn.Conv2d, x: Tensor, g: Tensor,
-              bias: bool = True) -> None:
+    def _conv(
+        self, out: dict[str, Tensor], conv: nn.Conv2d, x: Tensor, g: Tensor, bias: bool = True
+    ) -> None:
         """Per-sample products of a conv from its output gradient g [R, B, O, H, W]."""
         R, B, O = g.shape[0], g.shape[1], g.shape[2]
         gl = g.reshape(R, B, O, -1)  # [R, B, O, L]
@@ -271,16 +310,32 @@ class Chain:
         w = conv.weight.contiguous()
         if self.settings.stacked(g.device):  # one convolution backward over all R·B images
             R, B = g.shape[0], g.shape[1]
-            gi = torch.nn.grad.conv2d_input((R * B, *x.shape[1:]), w,
-                                            g.reshape(R * B, *g.shape[2:]), conv.stride,
-                                            conv.padding, conv.dilation)
+            gi = torch.nn.grad.conv2d_input(
+                (R * B, *x.shape[1:]),
+                w,
+                g.reshape(R * B, *g.shape[2:]),
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+            )
             return gi.view(R, B, *x.shape[1:])
-        return torch.stack([torch.nn.grad.conv2d_input(x.shape, w, g[r], conv.stride,
-                                                       conv.padding, conv.dilation)
-                            for r in range(g.shape[0])])
+        return torch.stack(
+            [
+                torch.nn.grad.conv2d_input(
+                    x.shape, w, g[r], conv.stride, conv.padding, conv.dilation
+                )
+                for r in range(g.shape[0])
+            ]
+        )
 
-    def _block(self, out: dict[str, Tensor], ms: tuple[nn.Module, ...], rec: dict[str, Any],
-               g: Tensor, need_in: bool) -> Tensor:
+    def _block(
+        self,
+        out: dict[str, Tensor],
+        ms: tuple[nn.Module, ...],
+        rec: dict[str, Any],
+        g: Tensor,
+        need_in: bool,
+    ) -> Tensor:
         """Conv2d→BatchNorm2d→ReLU→MaxPool2d from the gradient g [R, B, C, h, w] at the pool's
         output; returns the gradient at the conv's input if ``need_in``."""
         conv, bn = ms[0], ms[1]
@@ -304,4 +359,3 @@ class Chain:
             g_t = gc.permute(1, 2, 0, 3).reshape(B * C, R, -1)  # [B·C, R, Q]
             self._put(out, conv.weight, argmax_conv_sq(g_t, idx, rec["in"], conv))
         return g
-

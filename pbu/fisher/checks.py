@@ -17,8 +17,14 @@ class Unsupported(Exception):
     """A backend cannot handle this model exactly; the message says why."""
 
 
-def check_arguments(kind: str, bn_mode: str, backend: str, mc_samples: int, chunk_size: int,
-                    settings: FisherSettings) -> None:
+def check_arguments(
+    kind: str,
+    bn_mode: str,
+    backend: str,
+    mc_samples: int,
+    chunk_size: int,
+    settings: FisherSettings,
+) -> None:
     """Raise ValueError naming the first bad argument."""
     if kind not in KINDS:
         raise ValueError(f"unknown Fisher kind {kind!r}; allowed: {', '.join(KINDS)}")
@@ -49,5 +55,6 @@ def batchnorms(model: nn.Module) -> dict[str, _BatchNorm]:
     if untracked:
         raise NotImplementedError(
             f"BatchNorm {untracked[0]!r} has no running statistics (track_running_stats=False); "
-            "its output then depends on the whole batch and per-sample gradients are undefined")
+            "its output then depends on the whole batch and per-sample gradients are undefined"
+        )
     return bns

@@ -38,7 +38,7 @@ def direct_sq_sum(g: Tensor, u: Tensor, block: int) -> Tensor:
     out = g.new_zeros(I, O) if flip else g.new_zeros(O, I)
     step = max(1, block // max(1, O * I + L * (O + I)))
     for s in range(0, B, step):
-        gb, ub = g[s:s + step], u[s:s + step]
+        gb, ub = g[s : s + step], u[s : s + step]
         if flip:
             per = torch.bmm(ub.transpose(1, 2), gb.transpose(1, 2))  # [b, I, O]
         else:
@@ -62,7 +62,7 @@ def gram_sq_sum(g: Tensor, u: Tensor, block: int) -> Tensor:
     out = g.new_zeros(O, I)
     step = max(1, block // max(1, O * L * L + tri * (O + I)))
     for s in range(0, B, step):
-        gb, ub = g[s:s + step], u[s:s + step]  # [b, R, O, L], [b, L, I]
+        gb, ub = g[s : s + step], u[s : s + step]  # [b, R, O, L], [b, L, I]
         b = gb.shape[0]
         gg = gb.permute(0, 2, 1, 3).reshape(b * O, R, L)  # [b*O, R, L]
         cov = torch.bmm(gg.transpose(1, 2), gg)  # [b*O, L, L] = Σ_r g_rp g_rq
@@ -80,8 +80,12 @@ def unfold_nhwc(x: Tensor, mod: nn.Conv2d) -> Tensor:
     after it also prefer. :func:`conv_columns` puts a result in these columns back into the
     weight's (C, kh, kw) order.
     """
-    (kh, kw), (ph, pw), (sh, sw), (dh, dw) = (mod.kernel_size, mod.padding, mod.stride,
-                                              mod.dilation)
+    (kh, kw), (ph, pw), (sh, sw), (dh, dw) = (
+        mod.kernel_size,
+        mod.padding,
+        mod.stride,
+        mod.dilation,
+    )
     xp = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()  # [B, H+2ph, W+2pw, C]
     B, Hp, Wp, C = xp.shape
     ho, wo = (Hp - dh * (kh - 1) - 1) // sh + 1, (Wp - dw * (kw - 1) - 1) // sw + 1

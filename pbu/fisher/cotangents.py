@@ -70,4 +70,3 @@ def cotangents(logits: Tensor, y: Tensor, kind: str, uniform: Tensor | None) -> 
     assert uniform is not None
     labels = sample_labels(logp, uniform)  # [B, S]
     return centered(logp.exp(), labels) / math.sqrt(uniform.shape[1])  # R = S, 1/S folded in
-

@@ -26,10 +26,19 @@ def _cannot(backend: str, err: Unsupported) -> ValueError:
     return ValueError(f"backend {backend!r} cannot handle this model: {err}")
 
 
-def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], kind: str = "true",
-                    *, bn_mode: str = "eval", mc_samples: int = 1, chunk_size: int = 64,
-                    seed: int = 0, progress: bool = False, backend: str = "auto",
-                    settings: FisherSettings | None = None) -> dict[str, Tensor]:
+def fisher_diagonal(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    kind: str = "true",
+    *,
+    bn_mode: str = "eval",
+    mc_samples: int = 1,
+    chunk_size: int = 64,
+    seed: int = 0,
+    progress: bool = False,
+    backend: str = "auto",
+    settings: FisherSettings | None = None,
+) -> dict[str, Tensor]:
     """Diagonal Fisher of a classifier, averaged over the samples of ``loader``.
 
     ``loader`` yields ``(x [B, ...], y int64 [B])`` on the model's device; ``model(x)`` must
@@ -63,8 +72,9 @@ def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], k
     model.eval()
     paths = _Paths(model, trainable, kind, mc_samples, backend, settings)
     step = chunk_size  # samples per chunk (fewer for a chain whose activations are large)
-    acc = {n: torch.zeros(p.shape, dtype=torch.float64, device=p.device)
-           for n, p in trainable.items()}
+    acc = {
+        n: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for n, p in trainable.items()
+    }
     generator: torch.Generator | None = None
     n_seen = 0
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
@@ -74,25 +84,31 @@ def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], k
     try:
         from tqdm.auto import tqdm
 
-        for x, y in tqdm(loader, total=total, desc=f"Fisher ({kind})", unit="batch",
-                         disable=not progress):
+        for x, y in tqdm(
+            loader, total=total, desc=f"Fisher ({kind})", unit="batch", disable=not progress
+        ):
             uniform = None
             if kind == "mc":  # [B, S] per loader batch, whatever the chunking
                 if generator is None:
                     generator = torch.Generator(device=x.device).manual_seed(seed)
-                uniform = torch.rand(x.shape[0], mc_samples, generator=generator,
-                                     device=x.device, dtype=torch.float64)
+                uniform = torch.rand(
+                    x.shape[0],
+                    mc_samples,
+                    generator=generator,
+                    device=x.device,
+                    dtype=torch.float64,
+                )
             stats = batch_stats(model, bns, x) if bn_mode == "train" and bns else {}
             if n_seen == 0 and len(x):  # the chain is decided once, on the first sample
                 with swap_bn_stats(bns, stats):
                     step = min(chunk_size, paths.try_chain(x[:1]))
             with swap_bn_stats(bns, stats):
                 for s in range(0, x.shape[0], step):
-                    uc = None if uniform is None else uniform[s:s + step]
-                    part = paths.chunk(x[s:s + step], y[s:s + step], uc)
+                    uc = None if uniform is None else uniform[s : s + step]
+                    part = paths.chunk(x[s : s + step], y[s : s + step], uc)
                     for n, v in part.items():
                         acc[n] += v
-                    n_seen += len(x[s:s + step])
+                    n_seen += len(x[s : s + step])
     finally:
         fp32.close()
         paths.close()
@@ -100,16 +116,30 @@ def fisher_diagonal(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], k
             m.train(mode)
     if n_seen == 0:
         raise ValueError("loader yielded no samples")
-    log.info("Fisher (%s, bn %s, %s backend): %d samples, %d classes, %.2fs", kind, bn_mode,
-             paths.name, n_seen, paths.n_classes, time.perf_counter() - t0)
+    log.info(
+        "Fisher (%s, bn %s, %s backend): %d samples, %d classes, %.2fs",
+        kind,
+        bn_mode,
+        paths.name,
+        n_seen,
+        paths.n_classes,
+        time.perf_counter() - t0,
+    )
     return {n: (acc[n] / n_seen).to(p.dtype) for n, p in trainable.items()}
 
 
 class _Paths:
     """The backends one ``fisher_diagonal`` call may use, and which one computes each chunk."""
 
-    def __init__(self, model: nn.Module, trainable: dict[str, Tensor], kind: str,
-                 mc_samples: int, backend: str, settings: FisherSettings) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        trainable: dict[str, Tensor],
+        kind: str,
+        mc_samples: int,
+        backend: str,
+        settings: FisherSettings,
+    ) -> None:
         self.model, self.trainable, self.kind, self.mc_samples = model, trainable, kind, mc_samples
         self.backend, self.settings = backend, settings
         self.params = {n: p.detach() for n, p in trainable.items()}

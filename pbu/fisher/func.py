@@ -15,8 +15,13 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 
 
-def func_chunk(model: nn.Module, params: dict[str, Tensor], x: Tensor,
-               cot_of: Callable[[Tensor], Tensor], vmap_floats: int) -> dict[str, Tensor]:
+def func_chunk(
+    model: nn.Module,
+    params: dict[str, Tensor],
+    x: Tensor,
+    cot_of: Callable[[Tensor], Tensor],
+    vmap_floats: int,
+) -> dict[str, Tensor]:
     """Σ_b Σ_r (J_bᵀ c_{b,r})² per parameter for one chunk x [B, ...]; ``cot_of`` maps the
     logits [B, K] to the cotangents [B, R, K]. At most ``vmap_floats`` per-sample gradient
     floats are held at once."""
@@ -36,7 +41,7 @@ def func_chunk(model: nn.Module, params: dict[str, Tensor], x: Tensor,
     step = max(1, vmap_floats // max(1, cot.shape[1] * n_par))  # bounds [b, R, n_params]
     res: dict[str, Tensor] = {}
     for s in range(0, x.shape[0], step):
-        part = vmap(per_sample)(x[s:s + step], cot[s:s + step])  # name -> [b, *shape]
+        part = vmap(per_sample)(x[s : s + step], cot[s : s + step])  # name -> [b, *shape]
         for n, g in part.items():
             res[n] = res[n] + g.sum(0) if n in res else g.sum(0)
     return res

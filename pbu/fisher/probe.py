@@ -43,8 +43,9 @@ from pbu.fisher.settings import FisherSettings
 class ProbePlan:
     """Hooks that add probes to parameter-owning modules, and their Fisher accumulators."""
 
-    def __init__(self, model: nn.Module, trainable: dict[str, Tensor],
-                 settings: FisherSettings) -> None:
+    def __init__(
+        self, model: nn.Module, trainable: dict[str, Tensor], settings: FisherSettings
+    ) -> None:
         self.settings = settings
         modules = dict(model.named_modules())
         seen: dict[int, str] = {}
@@ -64,8 +65,9 @@ class ProbePlan:
         self.records: dict[str, Record] = {}
         self.by_out: dict[int, str] = {}  # id of a hooked output -> its owner, during forward
         self.recording = False
-        self.handles = [o.module.register_forward_hook(self._hook, with_kwargs=True)
-                        for o in owners.values()]
+        self.handles = [
+            o.module.register_forward_hook(self._hook, with_kwargs=True) for o in owners.values()
+        ]
         # Conv2d→BatchNorm2d→ReLU→MaxPool2d as consecutive children of a plain nn.Sequential,
         # each module used once in the model: the intermediate tensors are then seen by the next
         # module only, so the chain can be cut at the pool's output (``_pool_hook`` checks at
@@ -79,17 +81,25 @@ class ProbePlan:
             for _, m in model.named_modules(remove_duplicate=False):
                 uses[id(m)] = uses.get(id(m), 0) + 1
             for seq in model.modules():
-                if not isinstance(seq, nn.Sequential) or type(seq).forward is not \
-                        nn.Sequential.forward:
+                if (
+                    not isinstance(seq, nn.Sequential)
+                    or type(seq).forward is not nn.Sequential.forward
+                ):
                     continue
                 kids = list(seq.children())
                 for conv, bn, relu, pool in zip(kids, kids[1:], kids[2:], kids[3:]):
                     oc, ob = self.by_module.get(conv), self.by_module.get(bn)
-                    if (oc is not None and oc.kind == "conv2d" and ob is not None
-                            and ob.kind == "bn" and isinstance(bn, nn.BatchNorm2d)
-                            and type(relu) is nn.ReLU and type(pool) is nn.MaxPool2d
-                            and not pool.return_indices
-                            and all(uses[id(m)] == 1 for m in (conv, bn, relu, pool))):
+                    if (
+                        oc is not None
+                        and oc.kind == "conv2d"
+                        and ob is not None
+                        and ob.kind == "bn"
+                        and isinstance(bn, nn.BatchNorm2d)
+                        and type(relu) is nn.ReLU
+                        and type(pool) is nn.MaxPool2d
+                        and not pool.return_indices
+                        and all(uses[id(m)] == 1 for m in (conv, bn, relu, pool))
+                    ):
                         self.chains[pool] = (oc.name, ob.name, relu)
                         self.handles.append(relu.register_forward_hook(self._relu_hook))
                         self.handles.append(pool.register_forward_hook(self._pool_hook))
@@ -98,12 +108,19 @@ class ProbePlan:
     def _kind(mod: nn.Module) -> str:
         if isinstance(mod, nn.Linear) and type(mod).forward is nn.Linear.forward:
             return "linear"
-        if (isinstance(mod, nn.Conv2d) and type(mod).forward is nn.Conv2d.forward
-                and mod.groups == 1 and mod.padding_mode == "zeros"
-                and not isinstance(mod.padding, str)):
+        if (
+            isinstance(mod, nn.Conv2d)
+            and type(mod).forward is nn.Conv2d.forward
+            and mod.groups == 1
+            and mod.padding_mode == "zeros"
+            and not isinstance(mod.padding, str)
+        ):
             return "conv2d"
-        if (isinstance(mod, _BatchNorm) and type(mod).forward is _BatchNorm.forward
-                and mod.running_mean is not None):
+        if (
+            isinstance(mod, _BatchNorm)
+            and type(mod).forward is _BatchNorm.forward
+            and mod.running_mean is not None
+        ):
             return "bn"
         return "module"
 
@@ -119,15 +136,20 @@ class ProbePlan:
         finally:
             self.recording = was
 
-    def _hook(self, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-              out: Any) -> Tensor | None:
+    def _hook(
+        self, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+    ) -> Tensor | None:
         if not self.recording:
             return None
         owner = self.by_module[mod]
         if owner.name in self.records:
             raise Unsupported(f"module {owner.name!r} is called more than once per forward")
-        if len(args) != 1 or kwargs or not isinstance(args[0], Tensor) \
-                or not isinstance(out, Tensor):
+        if (
+            len(args) != 1
+            or kwargs
+            or not isinstance(args[0], Tensor)
+            or not isinstance(out, Tensor)
+        ):
             raise Unsupported(f"module {owner.name!r} does not map one tensor to one tensor")
         x = args[0].detach()
         extra: tuple[Any, ...] = ()
@@ -135,9 +157,15 @@ class ProbePlan:
             extra = (mod.running_mean, mod.running_var, mod.eps)
             src = self.by_out.get(id(args[0]))
             prev = None if src is None else self.records[src]
-            if prev is not None and prev.out is args[0] and not prev.x_grad \
-                    and (self.owners[src].kind == "conv2d"
-                         or (self.owners[src].kind == "linear" and args[0].dim() == 2)):
+            if (
+                prev is not None
+                and prev.out is args[0]
+                and not prev.x_grad
+                and (
+                    self.owners[src].kind == "conv2d"
+                    or (self.owners[src].kind == "linear" and args[0].dim() == 2)
+                )
+            ):
                 # The BN's input is the output of a Linear/Conv2d whose own input needs no
                 # gradient (the first layer): nothing upstream needs the backward through this
                 # BN, so it is cut, and that layer's output gradient is a ⊙ (this BN's output
@@ -157,11 +185,11 @@ class ProbePlan:
                 out = out.detach() + (args[0] - x) * a.view(shape)
         # A zero scalar broadcast to the output: the gradient w.r.t. this view is the
         # gradient at the owner's output, full-shaped, and nothing is allocated for it.
-        probe = torch.zeros((), dtype=out.dtype, device=out.device,
-                            requires_grad=True).expand_as(out)
+        probe = torch.zeros((), dtype=out.dtype, device=out.device, requires_grad=True).expand_as(
+            out
+        )
         out = out + probe
-        self.records[owner.name] = Record(x, x._version, probe, extra, out,
-                                          args[0].requires_grad)
+        self.records[owner.name] = Record(x, x._version, probe, extra, out, args[0].requires_grad)
         self.by_out[id(out)] = owner.name
         return out
 
@@ -173,22 +201,42 @@ class ProbePlan:
         """Cut a Conv2d→BN→ReLU→MaxPool2d chain at the pool's output when the conv's input needs
         no gradient (its BN backward is cut already) and the tensors flowed through the chain
         (see ``PooledChainAcc``); otherwise leave the plain path alone."""
-        if not self.recording or mod in self.pooled \
-                or (self.rank is not None and self.rank < self.settings.pool_min_rank):
+        if (
+            not self.recording
+            or mod in self.pooled
+            or (self.rank is not None and self.rank < self.settings.pool_min_rank)
+        ):
             return None
         conv, bn, relu = self.chains[mod]
         crec, brec, link = self.records.get(conv), self.records.get(bn), self.links.get(relu)
-        if (crec is None or brec is None or link is None or crec.fold is None
-                or crec.fold[0] != bn or brec.out is None or link[0] is not brec.out
-                or len(args) != 1 or link[1] is not args[0] or not isinstance(out, Tensor)
-                or out.dim() != 4):
+        if (
+            crec is None
+            or brec is None
+            or link is None
+            or crec.fold is None
+            or crec.fold[0] != bn
+            or brec.out is None
+            or link[0] is not brec.out
+            or len(args) != 1
+            or link[1] is not args[0]
+            or not isinstance(out, Tensor)
+            or out.dim() != 4
+        ):
             return None
-        vals, idx = F.max_pool2d(args[0].detach(), mod.kernel_size, mod.stride, mod.padding,
-                                 mod.dilation, ceil_mode=mod.ceil_mode, return_indices=True)
+        vals, idx = F.max_pool2d(
+            args[0].detach(),
+            mod.kernel_size,
+            mod.stride,
+            mod.padding,
+            mod.dilation,
+            ceil_mode=mod.ceil_mode,
+            return_indices=True,
+        )
         if not torch.equal(vals, out):  # the same kernel, so the same values (and argmaxes)
             return None
-        probe = torch.zeros((), dtype=out.dtype, device=out.device,
-                            requires_grad=True).expand_as(out)
+        probe = torch.zeros((), dtype=out.dtype, device=out.device, requires_grad=True).expand_as(
+            out
+        )
         self.pooled[mod] = Pooled(conv, bn, probe, idx, vals)
         return out.detach() + probe
 
@@ -219,8 +267,9 @@ class ProbePlan:
             return BatchNormAcc(owner, rec, R, cache, self.settings)
         return ModuleAcc(owner, rec, R, cache, self.settings, self.paused)
 
-    def chunk(self, model: nn.Module, x: Tensor,
-              cot_of: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
+    def chunk(
+        self, model: nn.Module, x: Tensor, cot_of: Callable[[Tensor], Tensor]
+    ) -> dict[str, Tensor]:
         """Σ over the chunk's samples and cotangents of squared per-sample gradients: one
         forward, then one backward per cotangent (to the probes only), each consumed at once."""
         logits = self.forward(model, x)  # [B, K]
@@ -233,8 +282,17 @@ class ProbePlan:
         cut = [n for p in pooled for n in (p.conv, p.bn)]  # their probes must stay unreached
         names = [n for n in self.records if n not in cut]
         accs = [self._acc(self.owners[n], self.records[n], R, cache) for n in names]
-        chains = [PooledChainAcc(self.owners[p.conv], self.records[p.conv], self.owners[p.bn],
-                                  self.records[p.bn], p, R) for p in pooled]
+        chains = [
+            PooledChainAcc(
+                self.owners[p.conv],
+                self.records[p.conv],
+                self.owners[p.bn],
+                self.records[p.bn],
+                p,
+                R,
+            )
+            for p in pooled
+        ]
         probes = [self.records[n].probe for n in names]
         probes += [p.probe for p in pooled] + [self.records[n].probe for n in cut]
         index = {n: i for i, n in enumerate(names)}
@@ -245,14 +303,15 @@ class ProbePlan:
                 folds.append((acc, index[fold[0]], fold[1]))
         folded = {id(acc) for acc, _, _ in folds}
         for r in range(R):
-            grads = torch.autograd.grad(logits, probes, cot[:, r], retain_graph=r < R - 1,
-                                        allow_unused=True)
+            grads = torch.autograd.grad(
+                logits, probes, cot[:, r], retain_graph=r < R - 1, allow_unused=True
+            )
             for acc, g in zip(accs, grads):
                 if g is not None and id(acc) not in folded:  # None: does not reach the logits
                     acc.add(g)
-            if any(g is not None for g in grads[len(names) + len(pooled):]):
+            if any(g is not None for g in grads[len(names) + len(pooled) :]):
                 raise Unsupported("a conv/BN output of a pooled chain is used elsewhere")
-            for acc, g in zip(chains, grads[len(names):]):
+            for acc, g in zip(chains, grads[len(names) :]):
                 if g is not None:
                     acc.add(g)
             for acc, i, a in folds:
@@ -273,4 +332,3 @@ class ProbePlan:
             out.update(chain.result())
         self.records, self.pooled = {}, {}
         return out
-

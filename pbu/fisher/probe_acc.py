@@ -61,8 +61,9 @@ class Acc:
     {attr: Σ_b Σ_r (per-sample gradient)²}.
     """
 
-    def __init__(self, owner: Owner, rec: Record, R: int, cache: list[int],
-                 settings: FisherSettings) -> None:
+    def __init__(
+        self, owner: Owner, rec: Record, R: int, cache: list[int], settings: FisherSettings
+    ) -> None:
         self.owner, self.rec, self.R, self.settings = owner, rec, R, settings
         self.res: dict[str, Tensor] = {}
         self.stash: list[Tensor] = []
@@ -80,8 +81,9 @@ class Acc:
 class SharedWeightAcc(Acc):
     """Linear and Conv2d: per-sample weight gradient g u with u [B, L, I] (L positions)."""
 
-    def __init__(self, owner: Owner, rec: Record, R: int, cache: list[int],
-                 settings: FisherSettings) -> None:
+    def __init__(
+        self, owner: Owner, rec: Record, R: int, cache: list[int], settings: FisherSettings
+    ) -> None:
         super().__init__(owner, rec, R, cache, settings)
         self.B = rec.x.shape[0]
         self.L, self.I = self._dims()
@@ -165,8 +167,12 @@ class Conv2dAcc(SharedWeightAcc):
     def _dims(self) -> tuple[int, int]:
         mod, x = self.owner.module, self.rec.x
         I = mod.in_channels * mod.kernel_size[0] * mod.kernel_size[1]
-        hw = [(x.shape[2 + d] + 2 * mod.padding[d] - mod.dilation[d] * (mod.kernel_size[d] - 1)
-               - 1) // mod.stride[d] + 1 for d in range(2)]
+        hw = [
+            (x.shape[2 + d] + 2 * mod.padding[d] - mod.dilation[d] * (mod.kernel_size[d] - 1) - 1)
+            // mod.stride[d]
+            + 1
+            for d in range(2)
+        ]
         return hw[0] * hw[1], I
 
     def _unfold(self) -> Tensor:
@@ -179,8 +185,12 @@ class Conv2dAcc(SharedWeightAcc):
         return res
 
     def _gl(self, g: Tensor) -> Tensor:
-        if self.I < g.shape[1] and not self.gram and not g.is_contiguous() \
-                and g.is_contiguous(memory_format=torch.channels_last):
+        if (
+            self.I < g.shape[1]
+            and not self.gram
+            and not g.is_contiguous()
+            and g.is_contiguous(memory_format=torch.channels_last)
+        ):
             # channels_last, and direct_sq_sum will want [B, L, out] (its flipped GEMM): that
             # is this view, with no copy; for I > out the copy to [B, out, L] is as fast or
             # faster, so it stays (benchmarks/README.md, "Fisher design choices").
@@ -191,8 +201,9 @@ class Conv2dAcc(SharedWeightAcc):
 class BatchNormAcc(Acc):
     """BatchNorm with fixed statistics: per-sample γ gradient Σ_pos g·x̂, β gradient Σ_pos g."""
 
-    def __init__(self, owner: Owner, rec: Record, R: int, cache: list[int],
-                 settings: FisherSettings) -> None:
+    def __init__(
+        self, owner: Owner, rec: Record, R: int, cache: list[int], settings: FisherSettings
+    ) -> None:
         super().__init__(owner, rec, R, cache, settings)
         x = rec.x  # [B, C, *spatial], in the model's memory format (channels_last or not)
         self.dims = tuple(range(2, x.dim()))  # summed over per sample; () for [B, C]
@@ -219,9 +230,15 @@ class ModuleAcc(Acc):
     """Any other module: per-sample gradients of its own parameters with torch.func, from its
     recorded input and the output cotangents of all R vectors at once."""
 
-    def __init__(self, owner: Owner, rec: Record, R: int, cache: list[int],
-                 settings: FisherSettings,
-                 paused: Callable[[], AbstractContextManager[None]]) -> None:
+    def __init__(
+        self,
+        owner: Owner,
+        rec: Record,
+        R: int,
+        cache: list[int],
+        settings: FisherSettings,
+        paused: Callable[[], AbstractContextManager[None]],
+    ) -> None:
         super().__init__(owner, rec, R, cache, settings)
         self.paused = paused  # the probe plan's: hooks off while the module runs again
 
@@ -248,7 +265,7 @@ class ModuleAcc(Acc):
         step = max(1, self.settings.vmap_floats // max(1, self.R * n_par))
         with self.paused():  # the recomputed forward must not record probes
             for s in range(0, x.shape[0], step):
-                part = vmap(per_sample)(x[s:s + step], g[s:s + step])  # attr -> [b, *shape]
+                part = vmap(per_sample)(x[s : s + step], g[s : s + step])  # attr -> [b, *shape]
                 for a, t in part.items():
                     self._put(a, t.sum(0))
         return self.res
@@ -285,8 +302,9 @@ class PooledChainAcc:
     max-pool, ReLU or BN backward at full resolution.
     """
 
-    def __init__(self, conv: Owner, conv_rec: Record, bn: Owner, bn_rec: Record,
-                 pooled: Pooled, R: int) -> None:
+    def __init__(
+        self, conv: Owner, conv_rec: Record, bn: Owner, bn_rec: Record, pooled: Pooled, R: int
+    ) -> None:
         self.conv, self.conv_rec, self.bn, self.bn_rec = conv, conv_rec, bn, bn_rec
         self.pooled = pooled
         B, C, h, w = pooled.idx.shape
@@ -346,4 +364,3 @@ class PooledChainAcc:
             w = argmax_conv_sq(g_t, idx.transpose(1, 2), self.conv_rec.x, conv.module)
             out[conv.params["weight"]] = w * a2.view(-1, 1, 1, 1)
         return out
-

@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from pbu.fisher.diagonal import fisher_diagonal
 
 
-def float64_fisher(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], kind: str = "true",
-                   **kwargs: Any) -> dict[str, Tensor]:
+def float64_fisher(
+    model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], kind: str = "true", **kwargs: Any
+) -> dict[str, Tensor]:
     """``fisher_diagonal`` of a float64 copy of ``model`` on ``loader``'s images cast to float64
     (same device, same memory format); ``model`` is left untouched. Returns float64 tensors."""
     model64 = copy.deepcopy(model).double()
@@ -39,7 +40,7 @@ def brute_force(model: nn.Module, x: Tensor, weights: Tensor) -> dict[str, Tenso
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     out = {n: torch.zeros_like(p) for n, p in named}
     for i in range(len(x)):
-        logp = torch.log_softmax(model(x[i:i + 1]), dim=1)[0]  # [K]
+        logp = torch.log_softmax(model(x[i : i + 1]), dim=1)[0]  # [K]
         for k in range(logp.shape[0]):
             if weights[i, k] == 0:
                 continue

@@ -48,16 +48,24 @@ class FisherSettings:
     pool_min_rank: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("block_floats_cpu", "block_floats_gpu", "cache_floats", "vmap_floats",
-                     "chain_floats", "pool_min_rank"):
+        for name in (
+            "block_floats_cpu",
+            "block_floats_gpu",
+            "cache_floats",
+            "vmap_floats",
+            "chain_floats",
+            "pool_min_rank",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"FisherSettings.{name} must be an int, got {value!r}")
             if value < 0:
                 raise ValueError(f"FisherSettings.{name} must be >= 0, got {value}")
         if not isinstance(self.stack_device_types, frozenset):
-            raise TypeError("FisherSettings.stack_device_types must be a frozenset of device "
-                             f"types, got {self.stack_device_types!r}")
+            raise TypeError(
+                "FisherSettings.stack_device_types must be a frozenset of device "
+                f"types, got {self.stack_device_types!r}"
+            )
 
     def block_floats(self, device: torch.device) -> int:
         """Floats per block of per-sample products on ``device``."""

@@ -93,12 +93,28 @@ class MethodSpec:
 REGISTRY: dict[str, MethodSpec] = {}
 
 # Modules that register methods; imported lazily so `import pbu` stays light.
-_MODULES = ("pbu", "finetune", "neggrad", "random_labels", "unsir", "bad_teaching", "ssd",
-            "scrub", "salun", "boundary_shrink")
+_MODULES = (
+    "pbu",
+    "finetune",
+    "neggrad",
+    "random_labels",
+    "unsir",
+    "bad_teaching",
+    "ssd",
+    "scrub",
+    "salun",
+    "boundary_shrink",
+)
 
 
-def register(name: str, *, access: Access, hparams: tuple[str, ...], needs_fisher: bool = False,
-             summary: str = "") -> Callable:
+def register(
+    name: str,
+    *,
+    access: Access,
+    hparams: tuple[str, ...],
+    needs_fisher: bool = False,
+    summary: str = "",
+) -> Callable:
     """Decorator that adds a method to :data:`REGISTRY`."""
 
     def wrap(fn: Callable[..., MethodResult]) -> Callable[..., MethodResult]:
@@ -147,9 +163,16 @@ def check_hparams(spec: MethodSpec, hp: Mapping[str, Any]) -> dict[str, Any]:
     return dict(hp)
 
 
-def build_inputs(spec: MethodSpec, train: ImageData, forget_class: int, num_classes: int, *,
-                 retain_subset: int, seed: int,
-                 fisher: dict[str, torch.Tensor] | None = None) -> UnlearnInputs:
+def build_inputs(
+    spec: MethodSpec,
+    train: ImageData,
+    forget_class: int,
+    num_classes: int,
+    *,
+    retain_subset: int,
+    seed: int,
+    fisher: dict[str, torch.Tensor] | None = None,
+) -> UnlearnInputs:
     """Carve out of the training split exactly the data ``spec.access`` allows, as copies."""
     forget_idx, retain_idx = class_split(train.labels, forget_class)
     access = spec.access
@@ -164,8 +187,9 @@ def build_inputs(spec: MethodSpec, train: ImageData, forget_class: int, num_clas
         retain = None
     if spec.needs_fisher and fisher is None:
         raise ValueError(f"method {spec.name!r} needs the forget-set Fisher")
-    return UnlearnInputs(forget_class, num_classes, forget, retain,
-                         fisher if spec.needs_fisher else None)
+    return UnlearnInputs(
+        forget_class, num_classes, forget, retain, fisher if spec.needs_fisher else None
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -173,9 +197,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run(name: str, model: nn.Module, inputs: UnlearnInputs, hp: Mapping[str, Any], *,
-        device: str | torch.device = "cpu", seed: int = 0,
-        monitor: Monitor | None = None) -> tuple[MethodResult, float]:
+def run(
+    name: str,
+    model: nn.Module,
+    inputs: UnlearnInputs,
+    hp: Mapping[str, Any],
+    *,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    monitor: Monitor | None = None,
+) -> tuple[MethodResult, float]:
     """Run a method; return its result and its wall time in seconds, evaluation excluded.
 
     The time is CUDA-synchronised on a GPU and excludes every call to ``monitor``.

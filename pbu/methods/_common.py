@@ -56,8 +56,9 @@ class StepRecorder:
         for r in rows:
             bad = [k for k, v in r.items() if not math.isfinite(v)]
             if bad:
-                raise FloatingPointError(f"non-finite {', '.join(bad)} at step {int(r['step'])}; "
-                                         f"lower the learning rate")
+                raise FloatingPointError(
+                    f"non-finite {', '.join(bad)} at step {int(r['step'])}; lower the learning rate"
+                )
         return rows
 
     def info(self, **extra: Any) -> dict[str, Any]:
@@ -67,8 +68,12 @@ class StepRecorder:
 
 def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
     """Plain SGD over the trainable parameters (the optimiser most baselines' code uses)."""
-    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
-                           momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+    )
 
 
 def adam(model: nn.Module, lr: float) -> torch.optim.Adam:
@@ -76,8 +81,15 @@ def adam(model: nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
 
 
-def proportional_loaders(a: ImageData, b: ImageData, batch_size: int, *, seed: int,
-                         device: torch.device, shuffle: bool = True) -> tuple[Loader, Loader, int]:
+def proportional_loaders(
+    a: ImageData,
+    b: ImageData,
+    batch_size: int,
+    *,
+    seed: int,
+    device: torch.device,
+    shuffle: bool = True,
+) -> tuple[Loader, Loader, int]:
     """Two loaders with the same number of batches, sized in proportion to ``len(a)``, ``len(b)``.
 
     Concatenating their k-th batches gives mixed batches of about ``batch_size`` samples, and
@@ -110,7 +122,7 @@ def distill_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
     log_p_s = F.log_softmax(student_logits / temperature, dim=1)  # [B, K]
     log_p_t = F.log_softmax(teacher_logits.detach() / temperature, dim=1)  # [B, K]
     kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
-    return kl * temperature ** 2
+    return kl * temperature**2
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

@@ -25,8 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pbu.methods import FORGET_AND_RETAIN_SUBSET, MethodResult, Monitor, UnlearnInputs, register
-from pbu.methods._common import (StepRecorder, adam, check_positive, frozen_copy,
-                                 proportional_loaders)
+from pbu.methods._common import (
+    StepRecorder,
+    adam,
+    check_positive,
+    frozen_copy,
+    proportional_loaders,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +56,9 @@ def incompetent_teacher(model: nn.Module, seed: int) -> nn.Module:
     return frozen_copy(bad.to(device))
 
 
-def bad_teacher_targets(good_logits: Tensor, bad_logits: Tensor, is_forget: Tensor,
-                        temperature: float) -> Tensor:
+def bad_teacher_targets(
+    good_logits: Tensor, bad_logits: Tensor, is_forget: Tensor, temperature: float
+) -> Tensor:
     """Per-sample target distributions ``[B, K]``: the incompetent teacher's softened output
     for forget samples (``is_forget`` bool ``[B]``), the competent teacher's for the others."""
     p_good = F.softmax(good_logits / temperature, dim=1)  # [B, K]
@@ -60,18 +66,29 @@ def bad_teacher_targets(good_logits: Tensor, bad_logits: Tensor, is_forget: Tens
     return torch.where(is_forget[:, None], p_bad, p_good)
 
 
-@register("bad_teaching", access=FORGET_AND_RETAIN_SUBSET,
-          hparams=("epochs", "batch_size", "lr", "temperature"),
-          summary="student distilled from the original model on retained data and from a "
-                  "random teacher on forget data (Chundawat et al., AAAI 2023)")
-def _bad_teaching(model: nn.Module, inputs: UnlearnInputs, hp: dict, *, device: torch.device,
-                  seed: int, monitor: Monitor | None = None) -> MethodResult:
+@register(
+    "bad_teaching",
+    access=FORGET_AND_RETAIN_SUBSET,
+    hparams=("epochs", "batch_size", "lr", "temperature"),
+    summary="student distilled from the original model on retained data and from a "
+    "random teacher on forget data (Chundawat et al., AAAI 2023)",
+)
+def _bad_teaching(
+    model: nn.Module,
+    inputs: UnlearnInputs,
+    hp: dict,
+    *,
+    device: torch.device,
+    seed: int,
+    monitor: Monitor | None = None,
+) -> MethodResult:
     check_positive("bad_teaching", hp, "epochs", "batch_size", "lr", "temperature")
     assert inputs.forget is not None and inputs.retain is not None
     good = frozen_copy(model)
     bad = incompetent_teacher(model, seed)
-    forget, retain, steps = proportional_loaders(inputs.forget, inputs.retain, hp["batch_size"],
-                                                 seed=seed, device=device)
+    forget, retain, steps = proportional_loaders(
+        inputs.forget, inputs.retain, hp["batch_size"], seed=seed, device=device
+    )
     opt = adam(model, hp["lr"])
     T = hp["temperature"]
     rec = StepRecorder(model, monitor, steps)

@@ -28,14 +28,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pbu.methods import FORGET_ONLY, MethodResult, Monitor, UnlearnInputs, register
-from pbu.methods._common import (StepRecorder, check_bn_mode, check_non_negative,
-                                 check_positive, frozen_copy, set_train_mode, sgd)
+from pbu.methods._common import (
+    StepRecorder,
+    check_bn_mode,
+    check_non_negative,
+    check_positive,
+    frozen_copy,
+    set_train_mode,
+    sgd,
+)
 
 log = logging.getLogger(__name__)
 
 
-def fgsm_pixel(reference: nn.Module, x: Tensor, y: Tensor, bound: float, mean: Tensor,
-               std: Tensor) -> Tensor:
+def fgsm_pixel(
+    reference: nn.Module, x: Tensor, y: Tensor, bound: float, mean: Tensor, std: Tensor
+) -> Tensor:
     """One FGSM step of size ``bound`` in [0, 1] pixel space on normalised inputs ``x``.
 
     ``x`` ``[B, C, H, W]`` is normalised with ``mean``/``std`` (``[1, C, 1, 1]``); the result is
@@ -51,8 +59,9 @@ def fgsm_pixel(reference: nn.Module, x: Tensor, y: Tensor, bound: float, mean: T
     return (adv - mean) / std
 
 
-def neighbour_labels(reference: nn.Module, x: Tensor, y: Tensor, bound: float, mean: Tensor,
-                     std: Tensor) -> tuple[Tensor, Tensor]:
+def neighbour_labels(
+    reference: nn.Module, x: Tensor, y: Tensor, bound: float, mean: Tensor, std: Tensor
+) -> tuple[Tensor, Tensor]:
     """The nearest incorrect class of each sample and whether FGSM alone reached it.
 
     Returns ``(labels [B] int64, never equal to y; attack_success [B] bool)``. ``reference``
@@ -66,13 +75,22 @@ def neighbour_labels(reference: nn.Module, x: Tensor, y: Tensor, bound: float, m
         return logits.argmax(1), success
 
 
-@register("boundary_shrink", access=FORGET_ONLY,
-          hparams=("epochs", "batch_size", "lr", "momentum", "bound", "bn_mode"),
-          summary="fine-tune forget samples towards their nearest incorrect class found by "
-                  "FGSM (Chen et al., CVPR 2023)")
-def _boundary_shrink(model: nn.Module, inputs: UnlearnInputs, hp: dict, *,
-                     device: torch.device, seed: int,
-                     monitor: Monitor | None = None) -> MethodResult:
+@register(
+    "boundary_shrink",
+    access=FORGET_ONLY,
+    hparams=("epochs", "batch_size", "lr", "momentum", "bound", "bn_mode"),
+    summary="fine-tune forget samples towards their nearest incorrect class found by "
+    "FGSM (Chen et al., CVPR 2023)",
+)
+def _boundary_shrink(
+    model: nn.Module,
+    inputs: UnlearnInputs,
+    hp: dict,
+    *,
+    device: torch.device,
+    seed: int,
+    monitor: Monitor | None = None,
+) -> MethodResult:
     check_positive("boundary_shrink", hp, "epochs", "batch_size", "lr", "bound")
     check_non_negative("boundary_shrink", hp, "momentum")
     check_bn_mode("boundary_shrink", hp)

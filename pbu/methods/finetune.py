@@ -21,11 +21,21 @@ from pbu.methods._common import StepRecorder, check_non_negative, check_positive
 log = logging.getLogger(__name__)
 
 
-@register("finetune", access=RETAIN_ONLY,
-          hparams=("epochs", "batch_size", "lr", "momentum", "weight_decay"),
-          summary="SGD on all retained data for a few epochs (fine-tuning baseline)")
-def _finetune(model: nn.Module, inputs: UnlearnInputs, hp: dict, *, device: torch.device,
-              seed: int, monitor: Monitor | None = None) -> MethodResult:
+@register(
+    "finetune",
+    access=RETAIN_ONLY,
+    hparams=("epochs", "batch_size", "lr", "momentum", "weight_decay"),
+    summary="SGD on all retained data for a few epochs (fine-tuning baseline)",
+)
+def _finetune(
+    model: nn.Module,
+    inputs: UnlearnInputs,
+    hp: dict,
+    *,
+    device: torch.device,
+    seed: int,
+    monitor: Monitor | None = None,
+) -> MethodResult:
     check_positive("finetune", hp, "epochs", "batch_size", "lr")
     check_non_negative("finetune", hp, "momentum", "weight_decay")
     assert inputs.retain is not None

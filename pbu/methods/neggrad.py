@@ -24,21 +24,45 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pbu.methods import (FORGET_AND_RETAIN_SUBSET, FORGET_ONLY, MethodResult, Monitor,
-                         UnlearnInputs, register)
-from pbu.methods._common import (STOP_RULES, StepRecorder, accuracy_on, check_bn_mode,
-                                 check_fraction, check_non_negative, check_positive, cycle,
-                                 set_train_mode, sgd)
+from pbu.methods import (
+    FORGET_AND_RETAIN_SUBSET,
+    FORGET_ONLY,
+    MethodResult,
+    Monitor,
+    UnlearnInputs,
+    register,
+)
+from pbu.methods._common import (
+    STOP_RULES,
+    StepRecorder,
+    accuracy_on,
+    check_bn_mode,
+    check_fraction,
+    check_non_negative,
+    check_positive,
+    cycle,
+    set_train_mode,
+    sgd,
+)
 
 log = logging.getLogger(__name__)
 
 
-@register("neggrad", access=FORGET_ONLY,
-          hparams=("epochs", "batch_size", "lr", "momentum", "bn_mode", "stop_rule",
-                   "stop_threshold"),
-          summary="gradient ascent on the forget-class cross-entropy (NegGrad / GA)")
-def _neggrad(model: nn.Module, inputs: UnlearnInputs, hp: dict, *, device: torch.device,
-             seed: int, monitor: Monitor | None = None) -> MethodResult:
+@register(
+    "neggrad",
+    access=FORGET_ONLY,
+    hparams=("epochs", "batch_size", "lr", "momentum", "bn_mode", "stop_rule", "stop_threshold"),
+    summary="gradient ascent on the forget-class cross-entropy (NegGrad / GA)",
+)
+def _neggrad(
+    model: nn.Module,
+    inputs: UnlearnInputs,
+    hp: dict,
+    *,
+    device: torch.device,
+    seed: int,
+    monitor: Monitor | None = None,
+) -> MethodResult:
     check_positive("neggrad", hp, "epochs", "batch_size", "lr")
     check_non_negative("neggrad", hp, "momentum")
     check_bn_mode("neggrad", hp)
@@ -69,26 +93,48 @@ def _neggrad(model: nn.Module, inputs: UnlearnInputs, hp: dict, *, device: torch
         if stop_step is not None:
             break
     model.eval()
-    info = rec.info(stop_rule=hp["stop_rule"], stop_step=stop_step,
-                    stop_reason="max_epochs" if stop_step is None else
-                    f"forget_acc reached {hp['stop_threshold']}")
+    info = rec.info(
+        stop_rule=hp["stop_rule"],
+        stop_step=stop_step,
+        stop_reason="max_epochs"
+        if stop_step is None
+        else f"forget_acc reached {hp['stop_threshold']}",
+    )
     return MethodResult(model, rec.history(), info)
 
 
-@register("neggrad_plus", access=FORGET_AND_RETAIN_SUBSET,
-          hparams=("epochs", "batch_size", "forget_batch_size", "lr", "momentum",
-                   "weight_decay", "alpha"),
-          summary="descent on retained + ascent on forget batches, weighted alpha / 1-alpha "
-                  "(NegGrad+, Kurmanji et al. 2023)")
-def _neggrad_plus(model: nn.Module, inputs: UnlearnInputs, hp: dict, *, device: torch.device,
-                  seed: int, monitor: Monitor | None = None) -> MethodResult:
+@register(
+    "neggrad_plus",
+    access=FORGET_AND_RETAIN_SUBSET,
+    hparams=(
+        "epochs",
+        "batch_size",
+        "forget_batch_size",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "alpha",
+    ),
+    summary="descent on retained + ascent on forget batches, weighted alpha / 1-alpha "
+    "(NegGrad+, Kurmanji et al. 2023)",
+)
+def _neggrad_plus(
+    model: nn.Module,
+    inputs: UnlearnInputs,
+    hp: dict,
+    *,
+    device: torch.device,
+    seed: int,
+    monitor: Monitor | None = None,
+) -> MethodResult:
     check_positive("neggrad_plus", hp, "epochs", "batch_size", "forget_batch_size", "lr")
     check_non_negative("neggrad_plus", hp, "momentum", "weight_decay")
     check_fraction("neggrad_plus", hp, "alpha")
     assert inputs.forget is not None and inputs.retain is not None
     retain = inputs.retain.loader(hp["batch_size"], shuffle=True, seed=seed, device=device)
-    forget = cycle(inputs.forget.loader(hp["forget_batch_size"], shuffle=True, seed=seed + 1,
-                                        device=device))
+    forget = cycle(
+        inputs.forget.loader(hp["forget_batch_size"], shuffle=True, seed=seed + 1, device=device)
+    )
     opt = sgd(model, hp["lr"], hp["momentum"], hp["weight_decay"])
     a = hp["alpha"]
     rec = StepRecorder(model, monitor, len(retain))

@@ -14,8 +14,9 @@ training data and the Fisher, nothing else. The same holds for its stopping rule
   the forget-class TRAINING set (model in eval mode) and stop as soon as it is
   ``<= stop_threshold`` percent. ``check_samples`` > 0 measures a fixed seeded sample of that
   many forget-training images instead of all of them: the check's cost then stops growing with
-  |S_n| (on Fashion-MNIST's 6,000 images per class it cost more than the unlearning steps). The authors' own logs show retained accuracy peaking after 1-2
-  epochs and collapsing afterwards (−CE is unbounded), so the rule acts per step, not per epoch.
+  |S_n| (on Fashion-MNIST's 6,000 images per class it cost more than the unlearning steps).
+  The authors' own logs show retained accuracy peaking after 1-2 epochs and collapsing
+  afterwards (−CE is unbounded), so the rule acts per step, not per epoch.
 - ``stop_rule="forget_ce"``: stop once the mean CE on the forget training set reaches
   ``stop_threshold`` nats (e.g. ln K, the loss of a uniform guess).
 - ``stop_rule="none"``: the authors' behaviour, a fixed number of epochs.
@@ -86,8 +87,9 @@ class PBUConfig:
         if self.stop_rule not in STOP_RULES:
             raise ValueError(f"pbu.stop_rule must be one of {STOP_RULES}, got {self.stop_rule!r}")
         if self.fisher_scale not in FISHER_SCALES:
-            raise ValueError(f"pbu.fisher_scale must be one of {FISHER_SCALES}, "
-                             f"got {self.fisher_scale!r}")
+            raise ValueError(
+                f"pbu.fisher_scale must be one of {FISHER_SCALES}, got {self.fisher_scale!r}"
+            )
 
 
 def scale_fisher(fisher: dict[str, Tensor], how: str) -> dict[str, Tensor]:
@@ -102,13 +104,21 @@ def scale_fisher(fisher: dict[str, Tensor], how: str) -> dict[str, Tensor]:
     count = sum(f.numel() for f in fisher.values())
     mean = total / max(count, 1)
     if not (math.isfinite(mean) and mean > 0):
-        raise ValueError(f"fisher_scale unit_mean: the Fisher's mean is {mean}, so it cannot be "
-                         f"rescaled to unit mean (a zero or non-finite Fisher)")
+        raise ValueError(
+            f"fisher_scale unit_mean: the Fisher's mean is {mean}, so it cannot be "
+            f"rescaled to unit mean (a zero or non-finite Fisher)"
+        )
     return {n: f / mean for n, f in fisher.items()}
 
 
-def pbu_loss_terms(model: nn.Module, x: Tensor, y: Tensor, anchor: dict[str, Tensor],
-                   fisher: dict[str, Tensor], cfg: PBUConfig) -> dict[str, Tensor]:
+def pbu_loss_terms(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    anchor: dict[str, Tensor],
+    fisher: dict[str, Tensor],
+    cfg: PBUConfig,
+) -> dict[str, Tensor]:
     """The three terms of the PBU loss on one forget batch (each a scalar tensor)."""
     logits = model(x)
     ce = F.cross_entropy(logits, y)
@@ -144,10 +154,16 @@ def _forget_stats(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]]) -> 
     return 100.0 * correct / max(n, 1), ce_sum / max(n, 1)
 
 
-def unlearn_pbu(model: nn.Module, forget_loader: Iterable[tuple[Tensor, Tensor]],
-                fisher: dict[str, Tensor], cfg: PBUConfig, *,
-                check_loader: Iterable[tuple[Tensor, Tensor]] | None = None,
-                monitor: Monitor | None = None, inplace: bool = False) -> MethodResult:
+def unlearn_pbu(
+    model: nn.Module,
+    forget_loader: Iterable[tuple[Tensor, Tensor]],
+    fisher: dict[str, Tensor],
+    cfg: PBUConfig,
+    *,
+    check_loader: Iterable[tuple[Tensor, Tensor]] | None = None,
+    monitor: Monitor | None = None,
+    inplace: bool = False,
+) -> MethodResult:
     """Apply PBU to ``model`` (θ*) with forget-class batches from ``forget_loader``.
 
     ``forget_loader`` is any re-iterable of ``(x, y)`` batches on the model's device (shuffled
@@ -165,8 +181,10 @@ def unlearn_pbu(model: nn.Module, forget_loader: Iterable[tuple[Tensor, Tensor]]
         raise ValueError(f"Fisher lacks {len(missing)} trainable parameter(s), e.g. {missing[0]}")
     anchor = {n: p.detach().clone() for n, p in named}
     device = named[0][1].device
-    fisher = {n: fisher[n].detach().to(device=device, dtype=named[i][1].dtype)
-              for i, (n, _) in enumerate(named)}
+    fisher = {
+        n: fisher[n].detach().to(device=device, dtype=named[i][1].dtype)
+        for i, (n, _) in enumerate(named)
+    }
     fisher = scale_fisher(fisher, cfg.fisher_scale)  # over the trainable parameters it covers
     opt = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
     steps_per_epoch = max(1, len(forget_loader)) if hasattr(forget_loader, "__len__") else None
@@ -179,7 +197,9 @@ def unlearn_pbu(model: nn.Module, forget_loader: Iterable[tuple[Tensor, Tensor]]
             return False
         acc, ce = _forget_stats(model, check_loader)
         history[-1].update(acc_forget_train=acc, ce_forget_train=ce)
-        hit = acc <= cfg.stop_threshold if cfg.stop_rule == "forget_acc" else ce >= cfg.stop_threshold
+        hit = (
+            acc <= cfg.stop_threshold if cfg.stop_rule == "forget_acc" else ce >= cfg.stop_threshold
+        )
         if hit:
             info.update(stop_reason=f"{cfg.stop_rule} reached {cfg.stop_threshold}", stop_step=step)
         return hit
@@ -200,8 +220,9 @@ def unlearn_pbu(model: nn.Module, forget_loader: Iterable[tuple[Tensor, Tensor]]
             row = {k: v.item() for k, v in terms.items()}
             row.update(step=step, epoch=epoch, loss_total=loss.item())
             if not math.isfinite(row["loss_total"]):
-                raise FloatingPointError(f"PBU loss became {row['loss_total']} at step {step}; "
-                                         f"lower alpha or lr")
+                raise FloatingPointError(
+                    f"PBU loss became {row['loss_total']} at step {step}; lower alpha or lr"
+                )
             history.append(row)
             if step % cfg.check_every == 0 and check(step):
                 done = True
@@ -221,13 +242,36 @@ def unlearn_pbu(model: nn.Module, forget_loader: Iterable[tuple[Tensor, Tensor]]
     return MethodResult(model=model, history=history, info=info)
 
 
-@register("pbu", access=FORGET_ONLY, needs_fisher=True,
-          hparams=("alpha", "beta", "gamma", "lr", "batch_size", "epochs", "bn_mode",
-                   "stop_rule", "stop_threshold", "check_every", "check_samples", "fisher_scale"),
-          summary="gradient ascent on the forget class held near θ* by the forget-set Fisher "
-                  "and an l2 term (Panda et al., AAAI 2025)")
-def _pbu(model: nn.Module, inputs: UnlearnInputs, hp: dict, *, device: torch.device, seed: int,
-         monitor: Monitor | None = None) -> MethodResult:
+@register(
+    "pbu",
+    access=FORGET_ONLY,
+    needs_fisher=True,
+    hparams=(
+        "alpha",
+        "beta",
+        "gamma",
+        "lr",
+        "batch_size",
+        "epochs",
+        "bn_mode",
+        "stop_rule",
+        "stop_threshold",
+        "check_every",
+        "check_samples",
+        "fisher_scale",
+    ),
+    summary="gradient ascent on the forget class held near θ* by the forget-set Fisher "
+    "and an l2 term (Panda et al., AAAI 2025)",
+)
+def _pbu(
+    model: nn.Module,
+    inputs: UnlearnInputs,
+    hp: dict,
+    *,
+    device: torch.device,
+    seed: int,
+    monitor: Monitor | None = None,
+) -> MethodResult:
     cfg = PBUConfig(**hp)
     assert inputs.forget is not None and inputs.fisher is not None
     loader = inputs.forget.loader(cfg.batch_size, shuffle=True, seed=seed, device=device)
@@ -235,5 +279,6 @@ def _pbu(model: nn.Module, inputs: UnlearnInputs, hp: dict, *, device: torch.dev
     if 0 < cfg.check_samples < len(check_data):  # a fixed seeded sample of S_n, still blind
         check_data = check_data.subset(random_subset(len(check_data), cfg.check_samples, seed))
     check = check_data.loader(256, device=device)  # 256 beats 1024 on CPU (cache)
-    return unlearn_pbu(model, loader, inputs.fisher, cfg, check_loader=check, monitor=monitor,
-                       inplace=True)
+    return unlearn_pbu(
+        model, loader, inputs.fisher, cfg, check_loader=check, monitor=monitor, inplace=True
+    )

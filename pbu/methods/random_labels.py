@@ -23,8 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pbu.methods import FORGET_ONLY, MethodResult, Monitor, UnlearnInputs, register
-from pbu.methods._common import (StepRecorder, check_bn_mode, check_non_negative,
-                                 check_positive, set_train_mode, sgd)
+from pbu.methods._common import (
+    StepRecorder,
+    check_bn_mode,
+    check_non_negative,
+    check_positive,
+    set_train_mode,
+    sgd,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +47,21 @@ def random_other_labels(labels: Tensor, num_classes: int, generator: torch.Gener
     return (labels.cpu() + offset).remainder(num_classes).to(labels.device)
 
 
-@register("random_labels", access=FORGET_ONLY,
-          hparams=("epochs", "batch_size", "lr", "momentum", "bn_mode"),
-          summary="fine-tune on forget samples relabelled with a random other class")
-def _random_labels(model: nn.Module, inputs: UnlearnInputs, hp: dict, *, device: torch.device,
-                   seed: int, monitor: Monitor | None = None) -> MethodResult:
+@register(
+    "random_labels",
+    access=FORGET_ONLY,
+    hparams=("epochs", "batch_size", "lr", "momentum", "bn_mode"),
+    summary="fine-tune on forget samples relabelled with a random other class",
+)
+def _random_labels(
+    model: nn.Module,
+    inputs: UnlearnInputs,
+    hp: dict,
+    *,
+    device: torch.device,
+    seed: int,
+    monitor: Monitor | None = None,
+) -> MethodResult:
     check_positive("random_labels", hp, "epochs", "batch_size", "lr")
     check_non_negative("random_labels", hp, "momentum")
     check_bn_mode("random_labels", hp)
@@ -64,7 +80,10 @@ def _random_labels(model: nn.Module, inputs: UnlearnInputs, hp: dict, *, device:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            rec.record(epoch, ce_random=loss,
-                       acc_forget_batch=(logits.detach().argmax(1) == y).float().mean() * 100)
+            rec.record(
+                epoch,
+                ce_random=loss,
+                acc_forget_batch=(logits.detach().argmax(1) == y).float().mean() * 100,
+            )
     model.eval()
     return MethodResult(model, rec.history(), rec.info())

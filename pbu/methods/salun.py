@@ -30,15 +30,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pbu.methods import FORGET_AND_RETAIN_SUBSET, MethodResult, Monitor, UnlearnInputs, register
-from pbu.methods._common import (StepRecorder, check_fraction, check_non_negative,
-                                 check_positive, proportional_loaders, sgd, trainable)
+from pbu.methods._common import (
+    StepRecorder,
+    check_fraction,
+    check_non_negative,
+    check_positive,
+    proportional_loaders,
+    sgd,
+    trainable,
+)
 from pbu.methods.random_labels import random_other_labels
 
 log = logging.getLogger(__name__)
 
 
-def saliency_mask(model: nn.Module, forget_batches: Iterable[tuple[Tensor, Tensor]],
-                  fraction: float) -> dict[str, Tensor]:
+def saliency_mask(
+    model: nn.Module, forget_batches: Iterable[tuple[Tensor, Tensor]], fraction: float
+) -> dict[str, Tensor]:
     """Boolean masks (keyed like ``named_parameters``) selecting the ``fraction`` of all
     trainable weights with the largest |∇ forget CE| at the current θ (ties broken by topk).
 
@@ -59,28 +67,40 @@ def saliency_mask(model: nn.Module, forget_batches: Iterable[tuple[Tensor, Tenso
     if k > 0:
         keep[torch.topk(flat, k, sorted=False).indices] = True
     masks, start = {}, 0
-    for (n, p) in named:
-        masks[n] = keep[start:start + p.numel()].view_as(p)
+    for n, p in named:
+        masks[n] = keep[start : start + p.numel()].view_as(p)
         start += p.numel()
     return masks
 
 
-@register("salun", access=FORGET_AND_RETAIN_SUBSET,
-          hparams=("mask_fraction", "epochs", "batch_size", "lr", "momentum", "weight_decay"),
-          summary="random-label + retain fine-tuning of only the weights most salient for the "
-                  "forget loss (Fan et al., ICLR 2024)")
-def _salun(model: nn.Module, inputs: UnlearnInputs, hp: dict, *, device: torch.device,
-           seed: int, monitor: Monitor | None = None) -> MethodResult:
+@register(
+    "salun",
+    access=FORGET_AND_RETAIN_SUBSET,
+    hparams=("mask_fraction", "epochs", "batch_size", "lr", "momentum", "weight_decay"),
+    summary="random-label + retain fine-tuning of only the weights most salient for the "
+    "forget loss (Fan et al., ICLR 2024)",
+)
+def _salun(
+    model: nn.Module,
+    inputs: UnlearnInputs,
+    hp: dict,
+    *,
+    device: torch.device,
+    seed: int,
+    monitor: Monitor | None = None,
+) -> MethodResult:
     check_fraction("salun", hp, "mask_fraction")
     check_positive("salun", hp, "epochs", "batch_size", "lr")
     check_non_negative("salun", hp, "momentum", "weight_decay")
     assert inputs.forget is not None and inputs.retain is not None
-    masks = saliency_mask(model, inputs.forget.loader(hp["batch_size"], device=device),
-                          hp["mask_fraction"])
+    masks = saliency_mask(
+        model, inputs.forget.loader(hp["batch_size"], device=device), hp["mask_fraction"]
+    )
     named = trainable(model)
     theta0 = {n: p.detach().clone() for n, p in named}
-    forget, retain, steps = proportional_loaders(inputs.forget, inputs.retain, hp["batch_size"],
-                                                 seed=seed, device=device)
+    forget, retain, steps = proportional_loaders(
+        inputs.forget, inputs.retain, hp["batch_size"], seed=seed, device=device
+    )
     gen = torch.Generator().manual_seed(seed)
     opt = sgd(model, hp["lr"], hp["momentum"], hp["weight_decay"])
     rec = StepRecorder(model, monitor, steps)

@@ -25,14 +25,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pbu.methods import FORGET_AND_RETAIN_SUBSET, MethodResult, Monitor, UnlearnInputs, register
-from pbu.methods._common import (StepRecorder, check_non_negative, check_positive, distill_kl,
-                                 frozen_copy, sgd)
+from pbu.methods._common import (
+    StepRecorder,
+    check_non_negative,
+    check_positive,
+    distill_kl,
+    frozen_copy,
+    sgd,
+)
 
 log = logging.getLogger(__name__)
 
 
-def scrub_max_step(student: nn.Module, teacher: nn.Module, x: Tensor,
-                   opt: torch.optim.Optimizer, temperature: float) -> Tensor:
+def scrub_max_step(
+    student: nn.Module,
+    teacher: nn.Module,
+    x: Tensor,
+    opt: torch.optim.Optimizer,
+    temperature: float,
+) -> Tensor:
     """One max-step: ascend KL_T(teacher ‖ student) on forget inputs ``x``; returns the KL."""
     with torch.no_grad():
         t_logits = teacher(x)
@@ -43,9 +54,16 @@ def scrub_max_step(student: nn.Module, teacher: nn.Module, x: Tensor,
     return kl.detach()
 
 
-def scrub_min_step(student: nn.Module, teacher: nn.Module, x: Tensor, y: Tensor,
-                   opt: torch.optim.Optimizer, temperature: float, alpha: float,
-                   gamma: float) -> tuple[Tensor, Tensor]:
+def scrub_min_step(
+    student: nn.Module,
+    teacher: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    opt: torch.optim.Optimizer,
+    temperature: float,
+    alpha: float,
+    gamma: float,
+) -> tuple[Tensor, Tensor]:
     """One min-step on retained ``(x, y)``: descend gamma·CE + alpha·KL_T; returns (CE, KL)."""
     with torch.no_grad():
         t_logits = teacher(x)
@@ -59,22 +77,43 @@ def scrub_min_step(student: nn.Module, teacher: nn.Module, x: Tensor, y: Tensor,
     return ce.detach(), kl.detach()
 
 
-@register("scrub", access=FORGET_AND_RETAIN_SUBSET,
-          hparams=("epochs", "msteps", "lr", "momentum", "weight_decay", "temperature", "alpha",
-                   "gamma", "forget_batch_size", "retain_batch_size"),
-          summary="alternate max-steps (KL to the original on forget) and min-steps (CE + KL "
-                  "on retained) (Kurmanji et al., NeurIPS 2023)")
-def _scrub(model: nn.Module, inputs: UnlearnInputs, hp: dict, *, device: torch.device,
-           seed: int, monitor: Monitor | None = None) -> MethodResult:
-    check_positive("scrub", hp, "epochs", "lr", "temperature", "forget_batch_size",
-                   "retain_batch_size")
+@register(
+    "scrub",
+    access=FORGET_AND_RETAIN_SUBSET,
+    hparams=(
+        "epochs",
+        "msteps",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "temperature",
+        "alpha",
+        "gamma",
+        "forget_batch_size",
+        "retain_batch_size",
+    ),
+    summary="alternate max-steps (KL to the original on forget) and min-steps (CE + KL "
+    "on retained) (Kurmanji et al., NeurIPS 2023)",
+)
+def _scrub(
+    model: nn.Module,
+    inputs: UnlearnInputs,
+    hp: dict,
+    *,
+    device: torch.device,
+    seed: int,
+    monitor: Monitor | None = None,
+) -> MethodResult:
+    check_positive(
+        "scrub", hp, "epochs", "lr", "temperature", "forget_batch_size", "retain_batch_size"
+    )
     check_non_negative("scrub", hp, "msteps", "momentum", "weight_decay", "alpha", "gamma")
     assert inputs.forget is not None and inputs.retain is not None
     teacher = frozen_copy(model)
-    forget = inputs.forget.loader(hp["forget_batch_size"], shuffle=True, seed=seed,
-                                  device=device)
-    retain = inputs.retain.loader(hp["retain_batch_size"], shuffle=True, seed=seed + 1,
-                                  device=device)
+    forget = inputs.forget.loader(hp["forget_batch_size"], shuffle=True, seed=seed, device=device)
+    retain = inputs.retain.loader(
+        hp["retain_batch_size"], shuffle=True, seed=seed + 1, device=device
+    )
     opt = sgd(model, hp["lr"], hp["momentum"], hp["weight_decay"])
     T = hp["temperature"]
     rec = StepRecorder(model, monitor, len(retain))

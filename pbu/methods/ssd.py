@@ -39,8 +39,9 @@ from pbu.methods._common import StepRecorder, check_non_negative, check_positive
 log = logging.getLogger(__name__)
 
 
-def squared_grad_sums(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]
-                      ) -> tuple[dict[str, Tensor], int]:
+def squared_grad_sums(
+    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]
+) -> tuple[dict[str, Tensor], int]:
     """Σ over batches of the squared gradient of the batch-mean cross-entropy, per parameter,
     and the number of batches. The model is put in eval mode (as SSD does) and left so."""
     model.eval()
@@ -57,8 +58,13 @@ def squared_grad_sums(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]
 
 
 @torch.no_grad()
-def ssd_dampen(model: nn.Module, global_imp: dict[str, Tensor], forget_imp: dict[str, Tensor],
-               alpha: float, lam: float) -> dict[str, int]:
+def ssd_dampen(
+    model: nn.Module,
+    global_imp: dict[str, Tensor],
+    forget_imp: dict[str, Tensor],
+    alpha: float,
+    lam: float,
+) -> dict[str, int]:
     """Apply SSD's selection and dampening in place; return how many entries each parameter
     had selected (``{name: count}``)."""
     selected = {}
@@ -71,11 +77,22 @@ def ssd_dampen(model: nn.Module, global_imp: dict[str, Tensor], forget_imp: dict
     return selected
 
 
-@register("ssd", access=FULL_TRAIN, hparams=("alpha", "lambda", "batch_size"),
-          summary="dampen parameters far more important to the forget set than to the "
-                  "training set (Foster et al., AAAI 2024)")
-def _ssd(model: nn.Module, inputs: UnlearnInputs, hp: dict, *, device: torch.device, seed: int,
-         monitor: Monitor | None = None) -> MethodResult:
+@register(
+    "ssd",
+    access=FULL_TRAIN,
+    hparams=("alpha", "lambda", "batch_size"),
+    summary="dampen parameters far more important to the forget set than to the "
+    "training set (Foster et al., AAAI 2024)",
+)
+def _ssd(
+    model: nn.Module,
+    inputs: UnlearnInputs,
+    hp: dict,
+    *,
+    device: torch.device,
+    seed: int,
+    monitor: Monitor | None = None,
+) -> MethodResult:
     check_positive("ssd", hp, "batch_size")
     check_non_negative("ssd", hp, "alpha", "lambda")
     assert inputs.forget is not None and inputs.retain is not None

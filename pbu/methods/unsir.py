@@ -27,16 +27,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pbu.methods import (CLASS_ID_AND_RETAIN_SUBSET, MethodResult, Monitor, UnlearnInputs,
-                         register)
+from pbu.methods import CLASS_ID_AND_RETAIN_SUBSET, MethodResult, Monitor, UnlearnInputs, register
 from pbu.methods._common import StepRecorder, adam, check_non_negative, check_positive
 
 log = logging.getLogger(__name__)
 
 
-def learn_error_max_noise(model: nn.Module, forget_class: int, shape: tuple[int, ...], *,
-                          steps: int, lr: float, reg: float, seed: int,
-                          device: torch.device) -> Tensor:
+def learn_error_max_noise(
+    model: nn.Module,
+    forget_class: int,
+    shape: tuple[int, ...],
+    *,
+    steps: int,
+    lr: float,
+    reg: float,
+    seed: int,
+    device: torch.device,
+) -> Tensor:
     """Noise ``[shape]`` that maximises the model's cross-entropy for label ``forget_class``.
 
     The model is used in eval mode with its parameters frozen, and is left exactly as it was
@@ -66,36 +73,75 @@ def learn_error_max_noise(model: nn.Module, forget_class: int, shape: tuple[int,
     return noise.detach()
 
 
-@register("unsir", access=CLASS_ID_AND_RETAIN_SUBSET,
-          hparams=("noise_samples", "noise_steps", "noise_lr", "noise_reg", "noise_repeats",
-                   "batch_size", "impair_epochs", "impair_lr", "repair_epochs", "repair_lr"),
-          summary="error-maximising noise for the forget class, impair on noise + retain "
-                  "subset, repair on the retain subset (Tarun et al., TNNLS 2023)")
-def _unsir(model: nn.Module, inputs: UnlearnInputs, hp: dict, *, device: torch.device,
-           seed: int, monitor: Monitor | None = None) -> MethodResult:
-    check_positive("unsir", hp, "noise_samples", "noise_steps", "noise_lr", "noise_repeats",
-                   "batch_size", "impair_epochs", "impair_lr", "repair_lr")
+@register(
+    "unsir",
+    access=CLASS_ID_AND_RETAIN_SUBSET,
+    hparams=(
+        "noise_samples",
+        "noise_steps",
+        "noise_lr",
+        "noise_reg",
+        "noise_repeats",
+        "batch_size",
+        "impair_epochs",
+        "impair_lr",
+        "repair_epochs",
+        "repair_lr",
+    ),
+    summary="error-maximising noise for the forget class, impair on noise + retain "
+    "subset, repair on the retain subset (Tarun et al., TNNLS 2023)",
+)
+def _unsir(
+    model: nn.Module,
+    inputs: UnlearnInputs,
+    hp: dict,
+    *,
+    device: torch.device,
+    seed: int,
+    monitor: Monitor | None = None,
+) -> MethodResult:
+    check_positive(
+        "unsir",
+        hp,
+        "noise_samples",
+        "noise_steps",
+        "noise_lr",
+        "noise_repeats",
+        "batch_size",
+        "impair_epochs",
+        "impair_lr",
+        "repair_lr",
+    )
     check_non_negative("unsir", hp, "noise_reg", "repair_epochs")
     retain = inputs.retain
     assert retain is not None and inputs.forget is None
     spec = retain.spec
     shape = (hp["noise_samples"], spec.channels, spec.image_size, spec.image_size)
-    noise = learn_error_max_noise(model, inputs.forget_class, shape, steps=hp["noise_steps"],
-                                  lr=hp["noise_lr"], reg=hp["noise_reg"], seed=seed,
-                                  device=device)
+    noise = learn_error_max_noise(
+        model,
+        inputs.forget_class,
+        shape,
+        steps=hp["noise_steps"],
+        lr=hp["noise_lr"],
+        reg=hp["noise_reg"],
+        seed=seed,
+        device=device,
+    )
     with torch.no_grad():
         was = model.training
         model.eval()
-        noise_ce = F.cross_entropy(model(noise), torch.full((len(noise),), inputs.forget_class,
-                                                            device=device)).item()
+        noise_ce = F.cross_entropy(
+            model(noise), torch.full((len(noise),), inputs.forget_class, device=device)
+        ).item()
         model.train(was)
     noise_set = noise.repeat(hp["noise_repeats"], 1, 1, 1)  # [R*N, C, H, W]
     n_noise, n_r, bs = len(noise_set), len(retain), hp["batch_size"]
 
     # Impair: mixed batches, each with its share of noise and of retained samples.
     target_steps = max(1, math.ceil((n_noise + n_r) / bs))
-    impair_retain = retain.loader(math.ceil(n_r / target_steps), shuffle=True, seed=seed,
-                                  device=device)
+    impair_retain = retain.loader(
+        math.ceil(n_r / target_steps), shuffle=True, seed=seed, device=device
+    )
     impair_steps = len(impair_retain)
     repair_retain = retain.loader(bs, shuffle=True, seed=seed + 1, device=device)
     gen = torch.Generator().manual_seed(seed)

@@ -87,8 +87,9 @@ def _summary_section(runs: pd.DataFrame, settings: Mapping[str, Any]) -> list[st
             f"forget-test accuracy is back {within} of the original model's, and AIN "
             "(Anamnesis Index) those steps over the oracle's (about 1 = forgotten as deeply as "
             "retraining; relearned: runs that got there within the step budget, the others "
-            "count as the budget + 1, a lower bound); probe AUC: a linear probe on frozen penultimate features telling the "
-            "forget class from the rest. `tables/method_summary.*` has every metric, "
+            "count as the budget + 1, a lower bound); probe AUC: a linear probe on frozen "
+            "penultimate features telling the forget class from the rest. "
+            "`tables/method_summary.*` has every metric, "
             "`README.md` (Metrics) their sources."
         ),
         "",

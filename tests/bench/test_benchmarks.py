@@ -28,8 +28,14 @@ import gpu_check  # noqa: E402
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -46,9 +52,23 @@ def _positive(x: object) -> bool:
 @pytest.mark.slow
 def test_bench_train_tiny_run_reports_every_variant(tmp_path):
     out = tmp_path / "train.json"
-    proc = _run("bench_train.py", "--models", "small_cnn,resnet18", "--variants", "fp32,cl",
-                "--batch-size", "4", "--steps", "2", "--repeats", "1", "--threads", "1",
-                "--out", str(out))
+    proc = _run(
+        "bench_train.py",
+        "--models",
+        "small_cnn,resnet18",
+        "--variants",
+        "fp32,cl",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    )
     res = json.loads(out.read_text())
     assert res["machine"]["device"] == "cpu"
     rows = {(r["model"], r["variant"]): r for r in res["rows"]}
@@ -67,7 +87,8 @@ def test_bench_train_tiny_run_reports_every_variant(tmp_path):
         s = res["summary"][model]
         assert s["speedup_vs_fp32"]["fp32"] == pytest.approx(1.0)
         assert s["speedup_vs_fp32"]["cl"] == pytest.approx(
-            rows[(model, "cl")]["images_per_s"] / rows[(model, "fp32")]["images_per_s"])
+            rows[(model, "cl")]["images_per_s"] / rows[(model, "fp32")]["images_per_s"]
+        )
         assert s["best_images_per_s"] == max(s["images_per_s"].values())
         assert _positive(s["loop_vs_fixed_batch"])
         assert "target_met" not in s  # the GPU target is only judged on CUDA
@@ -106,8 +127,21 @@ def test_bench_train_random_data_uses_the_real_specs():
 @pytest.mark.slow
 def test_bench_pipeline_side_by_side_tiny(tmp_path):
     out, md = tmp_path / "pipe.json", tmp_path / "pipe.md"
-    _run("bench_pipeline.py", "--forget", "2,6", "--methods", "pbu,finetune", "--epochs", "1",
-         "--subset", "30", "--out", str(out), "--out-md", str(md))
+    _run(
+        "bench_pipeline.py",
+        "--forget",
+        "2,6",
+        "--methods",
+        "pbu,finetune",
+        "--epochs",
+        "1",
+        "--subset",
+        "30",
+        "--out",
+        str(out),
+        "--out-md",
+        str(md),
+    )
     res = json.loads(out.read_text())
     assert res["settings"]["train_samples"] == 300 and res["settings"]["recipe"]["epochs"] == 1
     assert res["settings"]["memory_format"] == "channels_last"  # as the pbu CLI loads models
@@ -119,8 +153,9 @@ def test_bench_pipeline_side_by_side_tiny(tmp_path):
         pbu = run["methods"]["pbu"]
         # PBU end to end = the Fisher + the unlearning step; the ratio is over the oracle
         assert pbu["end_to_end_wall_s"] == pytest.approx(pbu["wall_s"] + run["fisher"]["wall_s"])
-        assert pbu["ratio_wall"] == pytest.approx(pbu["end_to_end_wall_s"]
-                                                  / run["oracle"]["wall_s"])
+        assert pbu["ratio_wall"] == pytest.approx(
+            pbu["end_to_end_wall_s"] / run["oracle"]["wall_s"]
+        )
         ft = run["methods"]["finetune"]
         assert ft["end_to_end_wall_s"] == ft["wall_s"] and not ft["needs_fisher"]
         for m in (pbu, ft):
@@ -132,7 +167,8 @@ def test_bench_pipeline_side_by_side_tiny(tmp_path):
         for key in ("mean_ratio_wall", "mean_ratio_cpu"):
             assert _positive(m[key])
         assert m["mean_ratio_wall"] == pytest.approx(
-            sum(r["methods"][name]["ratio_wall"] for r in res["runs"]) / 2)
+            sum(r["methods"][name]["ratio_wall"] for r in res["runs"]) / 2
+        )
     assert s["pbu_over_oracle_wall"] == s["methods"]["pbu"]["mean_ratio_wall"]
     assert isinstance(s["pbu_target_met"], bool) and s["pbu_target"] == 0.05
     assert "| pbu (incl. Fisher) | forget |" in md.read_text()
@@ -156,8 +192,15 @@ def test_config_merge_is_nested_and_paper_config_is_picked():
 TSV_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
 
-def _job(results: Path, rel: str, s: float, rss: float, own: dict | None, own_file: str | None,
-         end: float) -> None:
+def _job(
+    results: Path,
+    rel: str,
+    s: float,
+    rss: float,
+    own: dict | None,
+    own_file: str | None,
+    end: float,
+) -> None:
     tsv = results / "benchmarks" / rel
     tsv.parent.mkdir(parents=True, exist_ok=True)
     tsv.write_text(TSV_HEADER + f"{s}\t0:00:{int(s):02d}\t{rss}\t1\t1\t1\t0\t0\t50\t{s / 2}\n")
@@ -174,14 +217,35 @@ def fake_results(tmp_path):
     r = tmp_path / "results"
     g = "mnist5k/small_cnn/seed0/forget2"
     t0 = 1_700_000_000.0
-    _job(r, "mnist5k/small_cnn/seed0/pretrain.tsv", 10.0, 300, {"time_s": 8.0},
-         "mnist5k/small_cnn/seed0/pretrain/info.json", t0 + 10)
-    _job(r, "mnist5k/small_cnn/seed1/pretrain.tsv", 12.0, 320, {"time_s": 9.0},
-         "mnist5k/small_cnn/seed1/pretrain/info.json", t0 + 12)
+    _job(
+        r,
+        "mnist5k/small_cnn/seed0/pretrain.tsv",
+        10.0,
+        300,
+        {"time_s": 8.0},
+        "mnist5k/small_cnn/seed0/pretrain/info.json",
+        t0 + 10,
+    )
+    _job(
+        r,
+        "mnist5k/small_cnn/seed1/pretrain.tsv",
+        12.0,
+        320,
+        {"time_s": 9.0},
+        "mnist5k/small_cnn/seed1/pretrain/info.json",
+        t0 + 12,
+    )
     _job(r, f"{g}/oracle.tsv", 9.0, 310, {"time_s": 7.0}, f"{g}/oracle/info.json", t0 + 20)
     _job(r, f"{g}/fisher.tsv", 4.0, 280, {"time_s": 1.0}, f"{g}/fisher.json", t0 + 14)
-    _job(r, f"{g}/pbu.tsv", 5.0, 290, {"time_s": 0.5, "peak_rss_mb": 400},
-         f"{g}/pbu/info.json", t0 + 19)
+    _job(
+        r,
+        f"{g}/pbu.tsv",
+        5.0,
+        290,
+        {"time_s": 0.5, "peak_rss_mb": 400},
+        f"{g}/pbu/info.json",
+        t0 + 19,
+    )
     _job(r, f"{g}/finetune.tsv", 6.0, 295, {"time_s": 2.0}, f"{g}/finetune/info.json", t0 + 20)
     _job(r, f"{g}/evaluate.tsv", 8.0, 350, {"time_s": 6.0}, f"{g}/metrics.json", t0 + 28)
     _job(r, "aggregate.tsv", 2.0, 100, None, None, t0 + 30)
@@ -221,11 +285,17 @@ def test_from_results_per_rule_numbers(fake_results):
 @pytest.mark.slow
 def test_from_results_cli_writes_markdown_and_json(fake_results, tmp_path):
     md, out = tmp_path / "b.md", tmp_path / "b.json"
-    proc = _run("bench_pipeline.py", "--from-results", str(fake_results), "--out-md", str(md),
-                "--out", str(out))
+    proc = _run(
+        "bench_pipeline.py",
+        "--from-results",
+        str(fake_results),
+        "--out-md",
+        str(md),
+        "--out",
+        str(out),
+    )
     text = md.read_text()
-    assert ("| pretrain | 2 | 22.0 | 11.00 | 12.00 | 11.0 | 5.50 | 320 | 23 % (2.50 s/job) |"
-            in text)
+    assert "| pretrain | 2 | 22.0 | 11.00 | 12.00 | 11.0 | 5.50 | 320 | 23 % (2.50 s/job) |" in text
     assert "| pbu | 1 | 100.0 % | 100.0 % | 21.4 % |" in text
     assert "| pbu | 1 |" in text and "| finetune | 1 |" in text
     res = json.loads(out.read_text())
@@ -235,8 +305,10 @@ def test_from_results_cli_writes_markdown_and_json(fake_results, tmp_path):
 
 def test_snakemake_log_elapsed(tmp_path):
     log = tmp_path / "x.snakemake.log"
-    log.write_text("[Thu Nov 26 19:38:00 2026]\nFinished job 3.\nFinished job 1.\n"
-                   "Complete log(s): x\nElapsed time: 0:50:31.864855\n")
+    log.write_text(
+        "[Thu Nov 26 19:38:00 2026]\nFinished job 3.\nFinished job 1.\n"
+        "Complete log(s): x\nElapsed time: 0:50:31.864855\n"
+    )
     rec = bench_pipeline.read_snakemake_log(log)
     assert rec["finished_jobs"] == 2 and rec["elapsed_s"] == pytest.approx(3031.864855)
 
@@ -256,13 +328,29 @@ def test_importtime_names_heavy_packages():
 @pytest.mark.slow
 def test_startup_mode_with_results(fake_results, tmp_path):
     out, md = tmp_path / "s.json", tmp_path / "s.md"
-    _run("bench_pipeline.py", "--startup", "--startup-repeats", "1", "--startup-commands",
-         "unlearn,aggregate", "--from-results",
-         str(fake_results), "--out", str(out), "--out-md", str(md))
+    _run(
+        "bench_pipeline.py",
+        "--startup",
+        "--startup-repeats",
+        "1",
+        "--startup-commands",
+        "unlearn,aggregate",
+        "--from-results",
+        str(fake_results),
+        "--out",
+        str(out),
+        "--out-md",
+        str(md),
+    )
     res = json.loads(out.read_text())
     times = res["startup"]["median_s"]
-    for key in ("python -c pass", "import torch", "import pbu.cli", "pbu --help",
-                "pbu unlearn imports"):
+    for key in (
+        "python -c pass",
+        "import torch",
+        "import pbu.cli",
+        "pbu --help",
+        "pbu unlearn imports",
+    ):
         assert _positive(times[key])
     assert "torch" in res["startup"]["importtime"]["unlearn"]["top_level_s"]
     assert set(res["startup_share_of_mean_job"]) == {"unlearn", "aggregate"}
@@ -277,10 +365,23 @@ def test_startup_mode_with_results(fake_results, tmp_path):
 
 def _gpu_check(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, dict, Path]:
     out = tmp_path / "gpu"
-    full = {**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(out), "TMPDIR": str(tmp_path),
-            "PYTHON": sys.executable, "GPU_CHECK_SITE": str(tmp_path / "site"), **env}
-    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh")], cwd=ROOT, env=full,
-                          capture_output=True, text=True, timeout=600)
+    full = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "OUT": str(out),
+        "TMPDIR": str(tmp_path),
+        "PYTHON": sys.executable,
+        "GPU_CHECK_SITE": str(tmp_path / "site"),
+        **env,
+    }
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh")],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return proc, json.loads((out / "gpu_check.json").read_text()), out
 
 
@@ -288,28 +389,37 @@ def _gpu_check(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess,
 def test_gpu_check_cpu_mode_writes_the_promised_files(tmp_path):
     """The script end to end in CPU mode on the steps that take seconds (all of them take
     ~95 s here: the pytest and rules steps are covered by their own tests)."""
-    proc, res, out = _gpu_check(tmp_path, GPU_CHECK_DEVICE="cpu",
-                                GPU_CHECK_STEPS="env,train,fisher_small,pipeline,train_compile")
+    proc, res, out = _gpu_check(
+        tmp_path,
+        GPU_CHECK_DEVICE="cpu",
+        GPU_CHECK_STEPS="env,train,fisher_small,pipeline,train_compile",
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "== all steps passed" in proc.stdout
     steps = {s["step"]: s for s in res["steps"]}
     assert list(steps) == ["env", "train", "fisher_small", "pipeline", "train_compile"]
-    assert all(steps[s]["status"] == "passed" and steps[s]["rc"] == 0
-               for s in ("env", "train", "fisher_small", "pipeline"))
+    assert all(
+        steps[s]["status"] == "passed" and steps[s]["rc"] == 0
+        for s in ("env", "train", "fisher_small", "pipeline")
+    )
     assert steps["train_compile"]["status"] == "skipped"  # torch.compile: CUDA only
     assert res["all_passed"] and res["finished"] and res["device"] == "cpu"
     assert res["env"]["torch"] and res["env"]["imports"]["pbu.fisher"] == "ok"
     # at most 8 files come back from the device, no folders
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["bench_fisher.json", "bench_pipeline.json", "bench_train.json",
-                     "gpu_check.json", "gpu_check.log"]
+    assert files == [
+        "bench_fisher.json",
+        "bench_pipeline.json",
+        "bench_train.json",
+        "gpu_check.json",
+        "gpu_check.log",
+    ]
     assert all((out / f).is_file() for f in files)
     h = res["headline"]
     for model in ("resnet18", "small_cnn"):
         t = h["train_images_per_s"][model]
         assert _positive(t["fp32"]["images_per_s"]) and _positive(t["cl"]["images_per_s"])
-        assert t["best"]["images_per_s"] == max(t["fp32"]["images_per_s"],
-                                                t["cl"]["images_per_s"])
+        assert t["best"]["images_per_s"] == max(t["fp32"]["images_per_s"], t["cl"]["images_per_s"])
     assert "target_met" not in h["train_images_per_s"]["resnet18"]["best"]  # judged on CUDA
     fisher = json.loads((out / "bench_fisher.json").read_text())
     assert [r["model"] for r in fisher["results"]] == ["small_cnn"]
@@ -330,8 +440,10 @@ def test_gpu_check_goes_on_after_a_failed_step_and_exits_nonzero(tmp_path):
     """CUDA mode on a machine without CUDA: each step fails, the next still runs."""
     proc, res, out = _gpu_check(tmp_path, GPU_CHECK_DEVICE="cuda", GPU_CHECK_STEPS="env,train")
     assert proc.returncode == 1
-    assert [(s["step"], s["status"]) for s in res["steps"]] == [("env", "failed"),
-                                                                ("train", "failed")]
+    assert [(s["step"], s["status"]) for s in res["steps"]] == [
+        ("env", "failed"),
+        ("train", "failed"),
+    ]
     assert not res["all_passed"] and res["finished"]
     assert "no .whl/" in proc.stdout or list((ROOT / ".whl").glob("*.whl"))
     assert "NOT all steps passed: env=failed train=failed" in proc.stdout
@@ -343,9 +455,15 @@ def test_gpu_check_budget_limits_every_step(tmp_path):
     proc, res, _ = _gpu_check(tmp_path, GPU_CHECK_DEVICE="cpu", GPU_CHECK_BUDGET="10")
     assert proc.returncode == 1
     assert {s["step"]: s["status"] for s in res["steps"]} == {
-        "env": "no_time", "pytest": "no_time", "train": "no_time", "fisher_small": "no_time",
-        "fisher_resnet": "no_time", "pipeline": "no_time", "rules": "no_time",
-        "train_compile": "skipped"}
+        "env": "no_time",
+        "pytest": "no_time",
+        "train": "no_time",
+        "fisher_small": "no_time",
+        "fisher_resnet": "no_time",
+        "pipeline": "no_time",
+        "rules": "no_time",
+        "train_compile": "skipped",
+    }
     assert not res["all_passed"]
 
 
@@ -360,28 +478,57 @@ def test_gpu_check_rules_records_every_rule(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gpu_check, "_pbu", in_process)
     out = tmp_path / "rules.json"
-    rc = gpu_check.main(["rules", "--device", "cpu", "--work", str(tmp_path / "w"), "--out",
-                         str(out), "--methods", "pbu,random_labels", "--max-train-per-class",
-                         "20", "--epochs", "1", "--eval-settings",
-                         '{"relearn": false, "probe": false, "mia_max_samples": 40}'])
+    rc = gpu_check.main(
+        [
+            "rules",
+            "--device",
+            "cpu",
+            "--work",
+            str(tmp_path / "w"),
+            "--out",
+            str(out),
+            "--methods",
+            "pbu,random_labels",
+            "--max-train-per-class",
+            "20",
+            "--epochs",
+            "1",
+            "--eval-settings",
+            '{"relearn": false, "probe": false, "mia_max_samples": 40}',
+        ]
+    )
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["all_ok"] and res["methods"] == ["pbu", "random_labels"]
-    assert [j["job"] for j in res["jobs"]] == ["download", "pretrain", "oracle", "fisher",
-                                               "unlearn_pbu", "unlearn_random_labels",
-                                               "evaluate"]
-    assert set(res["per_rule"]) == {"download", "pretrain", "oracle", "fisher", "unlearn",
-                                    "evaluate"}
+    assert [j["job"] for j in res["jobs"]] == [
+        "download",
+        "pretrain",
+        "oracle",
+        "fisher",
+        "unlearn_pbu",
+        "unlearn_random_labels",
+        "evaluate",
+    ]
+    assert set(res["per_rule"]) == {
+        "download",
+        "pretrain",
+        "oracle",
+        "fisher",
+        "unlearn",
+        "evaluate",
+    }
     assert res["per_rule"]["unlearn"]["jobs"] == 2
     by = {j["job"]: j for j in res["jobs"]}
     for job in ("pretrain", "oracle", "fisher", "unlearn_pbu", "evaluate"):
         assert _positive(by[job]["time_s"]) and _positive(by[job]["peak_rss_mb"]), job
         assert by[job].get("device", "cpu") == "cpu", job  # evaluate records no device
         assert "peak_gpu_mb" not in by[job], job  # CPU: no GPU record
-    assert res["per_rule"]["unlearn"]["max_time_s"] == max(by["unlearn_pbu"]["time_s"],
-                                                           by["unlearn_random_labels"]["time_s"])
+    assert res["per_rule"]["unlearn"]["max_time_s"] == max(
+        by["unlearn_pbu"]["time_s"], by["unlearn_random_labels"]["time_s"]
+    )
     assert res["pbu_own_time_over_oracle_own_time"] == pytest.approx(
-        (by["fisher"]["time_s"] + by["unlearn_pbu"]["time_s"]) / by["oracle"]["time_s"])
+        (by["fisher"]["time_s"] + by["unlearn_pbu"]["time_s"]) / by["oracle"]["time_s"]
+    )
     assert set(res["accuracies"]) == {"oracle", "original", "pbu", "random_labels"}
     assert res["recipe"]["epochs"] == 1 and res["fisher"]["kind"] == "true"
 
@@ -391,32 +538,106 @@ def test_gpu_check_summary_merges_fisher_runs_and_counts_tests(tmp_path):
     out.mkdir(), work.mkdir()
     head = {"device": "cuda", "device_name": "NVIDIA H100", "torch": "2.11"}
     for model, ratio in (("small_cnn", 2.0), ("resnet18", 3.0)):
-        (work / f"bench_fisher_{model}.json").write_text(json.dumps({**head, "results": [{
-            "model": model, "n": 8, "trained": False, "data": "random",
-            "methods": {"ours_true": {"images_per_s": 10 * ratio, "ratio_vs_nngeometry": ratio},
-                        "nngeometry_true": {"images_per_s": 10.0, "ratio_vs_nngeometry": 1.0}},
-            "vs_nngeometry": {"max_rel_diff_tensor": 1e-6, "ref_nan": 3,
-                              "test_nonfinite": 0, "entries": 100}}]}))
-    (out / "bench_train.json").write_text(json.dumps({"machine": {"device": "cuda"}, "rows": [
-        {"model": "resnet18", "variant": "fp32", "what": "train_model", "images_per_s": 9000.0,
-         "peak_gpu_mb": 900.0},
-        {"model": "resnet18", "variant": "loader_only", "what": "loader", "images_per_s": 1e6}]}))
-    (out / "bench_train_compile.json").write_text(json.dumps({"machine": {"device": "cuda"},
-        "rows": [{"model": "resnet18", "variant": "cl_bf16_compile", "what": "train_model",
-                  "images_per_s": 30000.0}]}))
+        (work / f"bench_fisher_{model}.json").write_text(
+            json.dumps(
+                {
+                    **head,
+                    "results": [
+                        {
+                            "model": model,
+                            "n": 8,
+                            "trained": False,
+                            "data": "random",
+                            "methods": {
+                                "ours_true": {
+                                    "images_per_s": 10 * ratio,
+                                    "ratio_vs_nngeometry": ratio,
+                                },
+                                "nngeometry_true": {
+                                    "images_per_s": 10.0,
+                                    "ratio_vs_nngeometry": 1.0,
+                                },
+                            },
+                            "vs_nngeometry": {
+                                "max_rel_diff_tensor": 1e-6,
+                                "ref_nan": 3,
+                                "test_nonfinite": 0,
+                                "entries": 100,
+                            },
+                        }
+                    ],
+                }
+            )
+        )
+    (out / "bench_train.json").write_text(
+        json.dumps(
+            {
+                "machine": {"device": "cuda"},
+                "rows": [
+                    {
+                        "model": "resnet18",
+                        "variant": "fp32",
+                        "what": "train_model",
+                        "images_per_s": 9000.0,
+                        "peak_gpu_mb": 900.0,
+                    },
+                    {
+                        "model": "resnet18",
+                        "variant": "loader_only",
+                        "what": "loader",
+                        "images_per_s": 1e6,
+                    },
+                ],
+            }
+        )
+    )
+    (out / "bench_train_compile.json").write_text(
+        json.dumps(
+            {
+                "machine": {"device": "cuda"},
+                "rows": [
+                    {
+                        "model": "resnet18",
+                        "variant": "cl_bf16_compile",
+                        "what": "train_model",
+                        "images_per_s": 30000.0,
+                    }
+                ],
+            }
+        )
+    )
     (work / "pytest.xml").write_text(
         '<testsuites><testsuite name="pytest" tests="14" failures="1" errors="0" skipped="2">'
-        "</testsuite></testsuites>")
+        "</testsuite></testsuites>"
+    )
     steps = work / "steps.tsv"
     steps.write_text("env\tpassed\t0\t3\t60\ntrain\ttimeout\t124\t150\t150\n")
-    assert gpu_check.main(["summary", "--steps", str(steps), "--out-dir", str(out),
-                           "--work", str(work), "--device", "cuda"]) == 0
+    assert (
+        gpu_check.main(
+            [
+                "summary",
+                "--steps",
+                str(steps),
+                "--out-dir",
+                str(out),
+                "--work",
+                str(work),
+                "--device",
+                "cuda",
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "gpu_check.json").read_text())
     assert not res["all_passed"] and [s["status"] for s in res["steps"]] == ["passed", "timeout"]
     h = res["headline"]
     best = h["train_images_per_s"]["resnet18"]["best"]
-    assert best == {"variant": "cl_bf16_compile", "images_per_s": 30000.0,
-                    "target_images_per_s": 25000.0, "target_met": True}
+    assert best == {
+        "variant": "cl_bf16_compile",
+        "images_per_s": 30000.0,
+        "target_images_per_s": 25000.0,
+        "target_met": True,
+    }
     assert h["train_images_per_s"]["resnet18"]["fp32"]["peak_gpu_mb"] == 900.0
     assert "loader_only" not in h["train_images_per_s"]["resnet18"]
     merged = json.loads((out / "bench_fisher.json").read_text())
@@ -430,13 +651,35 @@ def test_gpu_check_summary_merges_fisher_runs_and_counts_tests(tmp_path):
 @pytest.mark.slow
 def test_bench_fisher_compares_the_chain_with_the_layer_paths(tmp_path):
     out = tmp_path / "f.json"
-    _run("bench_fisher.py", "--models", "small_cnn", "--n", "24", "--batch-size", "8",
-         "--chunk-size", "8", "--threads", "1", "--skip-nngeometry", "--layers", "--plain",
-         "--unstacked", "--cpu-blocks", "--out", str(out))
+    _run(
+        "bench_fisher.py",
+        "--models",
+        "small_cnn",
+        "--n",
+        "24",
+        "--batch-size",
+        "8",
+        "--chunk-size",
+        "8",
+        "--threads",
+        "1",
+        "--skip-nngeometry",
+        "--layers",
+        "--plain",
+        "--unstacked",
+        "--cpu-blocks",
+        "--out",
+        str(out),
+    )
     report = json.loads(out.read_text())
     info = report["results"][0]
-    assert {"ours_true", "ours_true_layers", "ours_true_plain", "ours_true_unstacked",
-            "ours_true_cpu_blocks"} <= set(info["methods"])
+    assert {
+        "ours_true",
+        "ours_true_layers",
+        "ours_true_plain",
+        "ours_true_unstacked",
+        "ours_true_cpu_blocks",
+    } <= set(info["methods"])
     assert _positive(info["layers_over_default_cpu"]) and _positive(info["plain_over_shortcut_cpu"])
     assert _positive(info["unstacked_over_default_wall"])
     assert _positive(info["cpu_blocks_over_default_wall"])

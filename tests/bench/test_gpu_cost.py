@@ -24,8 +24,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_cost  # noqa: E402
 
 # The README's table "The paper's configs" (jobs of `snakemake -n`, every rule counted)
-README_JOBS = {"mnist": 341, "mnist_allcnn": 72, "cifar10": 220, "cifar10_allcnn": 219,
-               "cifar100": 207, "food101": 140, "food101_convnext": 73, "fashion_mnist": 72}
+README_JOBS = {
+    "mnist": 341,
+    "mnist_allcnn": 72,
+    "cifar10": 220,
+    "cifar10_allcnn": 219,
+    "cifar100": 207,
+    "food101": 140,
+    "food101_convnext": 73,
+    "fashion_mnist": 72,
+}
 
 
 @pytest.mark.parametrize("name", sorted(README_JOBS))
@@ -46,17 +54,37 @@ def test_linear_fit_reads_the_full_data_and_clamps_noise():
 
 
 def _pair(arch: str, fisher_image_s: float = 0.1) -> dict:
-    return {"config": "x", "arch": arch, "num_classes": 10, "errors": {}, "stages": {
-        "overhead": {"startup_s": 2.0, "build_s": 1.0, "save_s": 0.5, "load_s": 0.25},
-        "pretrain": {"epoch_s": 1000.0, "test_pass_s": 10.0, "epochs": 3, "rss_mb": 3500.0,
-                     "peak_gpu_mb": 10000.0},
-        "fisher": {"image_s": fisher_image_s, "class_images": {"0": 5000, "3": 4000},
-                   "full_s": fisher_image_s * 5000, "rss_mb": 1100.0, "peak_gpu_mb": 2000.0},
-        "unlearn_pbu": {"full_s": 20.0, "monitor_full_s": 5.0, "rss_mb": 1000.0,
-                        "peak_gpu_mb": 3000.0},
-        "unlearn_finetune": {"full_s": 60.0, "rss_mb": 1000.0, "peak_gpu_mb": 4000.0},
-        "evaluate": {"full_s": 30.0, "rss_mb": 1500.0, "peak_gpu_mb": 500.0},
-    }}
+    return {
+        "config": "x",
+        "arch": arch,
+        "num_classes": 10,
+        "errors": {},
+        "stages": {
+            "overhead": {"startup_s": 2.0, "build_s": 1.0, "save_s": 0.5, "load_s": 0.25},
+            "pretrain": {
+                "epoch_s": 1000.0,
+                "test_pass_s": 10.0,
+                "epochs": 3,
+                "rss_mb": 3500.0,
+                "peak_gpu_mb": 10000.0,
+            },
+            "fisher": {
+                "image_s": fisher_image_s,
+                "class_images": {"0": 5000, "3": 4000},
+                "full_s": fisher_image_s * 5000,
+                "rss_mb": 1100.0,
+                "peak_gpu_mb": 2000.0,
+            },
+            "unlearn_pbu": {
+                "full_s": 20.0,
+                "monitor_full_s": 5.0,
+                "rss_mb": 1000.0,
+                "peak_gpu_mb": 3000.0,
+            },
+            "unlearn_finetune": {"full_s": 60.0, "rss_mb": 1000.0, "peak_gpu_mb": 4000.0},
+            "evaluate": {"full_s": 30.0, "rss_mb": 1500.0, "peak_gpu_mb": 500.0},
+        },
+    }
 
 
 def _config() -> dict:
@@ -70,12 +98,12 @@ def test_gpu_hours_from_known_numbers():
     cfg = _config()
     cost = gpu_cost.config_cost(cfg, [_pair("resnet18")])
     # by hand: 2 pretrain jobs (2 seeds), 4 groups (2 seeds x 2 classes)
-    pretrain = 2 + 1 + 3 * 1010 + 0.5                     # 3033.5
-    oracle = 2 + 1 + 3 * 1010 * 9 / 10 + 0.5              # 2730.5
+    pretrain = 2 + 1 + 3 * 1010 + 0.5  # 3033.5
+    oracle = 2 + 1 + 3 * 1010 * 9 / 10 + 0.5  # 2730.5
     fisher = [2 + 0.25 + 0.1 * n + 0.5 for n in (5000, 4000)]  # class 0, class 3
-    pbu = 2 + 0.25 + 0.25 + 20 + 5 + 0.5                 # loads the model and the Fisher
+    pbu = 2 + 0.25 + 0.25 + 20 + 5 + 0.5  # loads the model and the Fisher
     finetune = 2 + 0.25 + 60 + 0.5
-    evaluate = 2 + 4 * 0.25 + 1 + 30                      # 4 models loaded, 1 built
+    evaluate = 2 + 4 * 0.25 + 1 + 30  # 4 models loaded, 1 built
     total = 2 * pretrain + 4 * oracle + 2 * sum(fisher) + 4 * (pbu + finetune) + 4 * evaluate
     assert cost["gpu_hours"] == pytest.approx(total / 3600)
     assert cost["startup_share"] == pytest.approx(2.0 * 22 / total)  # 22 jobs x 2 s start-up
@@ -91,8 +119,9 @@ def test_gpu_hours_from_known_numbers():
 def test_resources_are_the_longest_job_times_the_safety_factor():
     cfg = _config()
     cfg["archs"] = ["resnet18", "resnet50"]
-    res = gpu_cost.derive_resources(cfg, [_pair("resnet18"), dict(_pair("resnet50", 0.5),
-                                                                    arch="resnet50")], 2.0)
+    res = gpu_cost.derive_resources(
+        cfg, [_pair("resnet18"), dict(_pair("resnet50", 0.5), arch="resnet50")], 2.0
+    )
     assert res["pretrain"]["runtime"] == math.ceil(3033.5 * 2 / 60)  # 102 min
     assert res["pretrain"]["mem_mb"] == 7000 and res["pretrain"]["gpu_mem_gb"] == 20
     # the Fisher: resnet50's 0.5 s per image x 5,000 images is the longest
@@ -107,23 +136,27 @@ def test_resources_are_the_longest_job_times_the_safety_factor():
 
 def test_apply_rewrites_runtime_and_memory_and_nothing_else(tmp_path):
     src = (ROOT / "config" / "paper" / "mnist.yaml").read_text()
-    res = {"pretrain": {"runtime": 95, "mem_mb": 9000, "gpu_mem_gb": 12},
-           "fisher": {"runtime": 41, "mem_mb": 8000, "gpu_mem_gb": 30},
-           "unlearn": {"runtime": 30, "mem_mb": 6000, "gpu_mem_gb": 9},
-           "evaluate": {"runtime": 30, "mem_mb": 7000, "gpu_mem_gb": 5},
-           "tune": {"runtime": 180, "mem_mb": 6000, "gpu_mem_gb": 9}}
+    res = {
+        "pretrain": {"runtime": 95, "mem_mb": 9000, "gpu_mem_gb": 12},
+        "fisher": {"runtime": 41, "mem_mb": 8000, "gpu_mem_gb": 30},
+        "unlearn": {"runtime": 30, "mem_mb": 6000, "gpu_mem_gb": 9},
+        "evaluate": {"runtime": 30, "mem_mb": 7000, "gpu_mem_gb": 5},
+        "tune": {"runtime": 180, "mem_mb": 6000, "gpu_mem_gb": 9},
+    }
     out = gpu_cost.apply_to_text(src, res, "Measured here.\nTwice.")
     before, after = yaml.safe_load(src), yaml.safe_load(out)
     for rule, want in res.items():
         got = after["resources"][rule]
         assert (got["runtime"], got["mem_mb"]) == (want["runtime"], want["mem_mb"])
-        assert (got["threads"], got["gpu"]) == (before["resources"][rule]["threads"],
-                                                before["resources"][rule]["gpu"])
-    assert {k: v for k, v in after.items() if k != "resources"} == \
-        {k: v for k, v in before.items() if k != "resources"}
+        assert (got["threads"], got["gpu"]) == (
+            before["resources"][rule]["threads"],
+            before["resources"][rule]["gpu"],
+        )
+    assert {k: v for k, v in after.items() if k != "resources"} == {
+        k: v for k, v in before.items() if k != "resources"
+    }
     assert "# Measured here.\n# Twice.\nresources:" in out
-    assert "fisher: {threads: 4, mem_mb: 8000, runtime: 41, gpu: 1}   # GPU memory >= 30 GiB" \
-        in out
+    assert "fisher: {threads: 4, mem_mb: 8000, runtime: 41, gpu: 1}   # GPU memory >= 30 GiB" in out
     # every comment above the resources block's own is kept
     head = src.split("# Per job, one GPU.")[0]
     assert out.startswith(head)
@@ -136,21 +169,31 @@ def test_cpu_mode_measures_every_stage_and_reports(tmp_path):
     """The one command a GPU machine runs, in its CPU mode: every stage of a config measured,
     the cost table printed and the resources derived, from the script's own files."""
     out = tmp_path / "cost"
-    env = {**os.environ, "GPU_COST_DEVICE": "cpu", "OUT": str(out), "OMP_NUM_THREADS": "1",
-           "PYTHON": sys.executable, "GPU_COST_CONFIGS": "fashion_mnist"}
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_cost.sh")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    env = {
+        **os.environ,
+        "GPU_COST_DEVICE": "cpu",
+        "OUT": str(out),
+        "OMP_NUM_THREADS": "1",
+        "PYTHON": sys.executable,
+        "GPU_COST_CONFIGS": "fashion_mnist",
+    }
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_cost.sh")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     rec = json.loads((out / "gpu_cost.json").read_text())
     assert rec["tiny"] and rec["device"] == "cpu" and rec["startup_s"] > 0
     (pair,) = rec["pairs"]
-    assert (pair["config"], pair["arch"], pair["num_classes"]) == ("fashion_mnist", "small_cnn",
-                                                                   10)
+    assert (pair["config"], pair["arch"], pair["num_classes"]) == ("fashion_mnist", "small_cnn", 10)
     assert pair["errors"] == {}
     cfg = gpu_cost.load_config("fashion_mnist", tiny=True)
     stages = pair["stages"]
-    want = {"overhead", "pretrain", "fisher", "evaluate", *(f"unlearn_{m}" for m in
-                                                            cfg["methods"])}
+    want = {"overhead", "pretrain", "fisher", "evaluate", *(f"unlearn_{m}" for m in cfg["methods"])}
     assert want <= set(stages)
     pre = stages["pretrain"]
     assert pre["steps_per_epoch"] == 60000 // cfg["pretrain"]["batch_size"]
@@ -171,9 +214,19 @@ def test_cpu_mode_measures_every_stage_and_reports(tmp_path):
     assert "| config | compute jobs | GPU-hours |" in proc.stdout
     assert "| fashion_mnist | 66 |" in proc.stdout
     # CPU tiny-mode numbers never reach the configs
-    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_cost.py"), "apply",
-                              str(out / "resources.json"), "--paper-dir", str(tmp_path)],
-                             capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_cost.py"),
+            "apply",
+            str(out / "resources.json"),
+            "--paper-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode == 1 and "tiny" in refused.stderr
 
 
@@ -189,10 +242,20 @@ def test_report_merges_runs_and_a_later_pair_replaces_an_earlier(tmp_path, capsy
     files = []
     for i, pairs in enumerate(([first], [second])):
         f = tmp_path / f"m{i}.json"
-        f.write_text(json.dumps({"device": "cuda", "device_name": "H200", "date": "d",
-                                 "tiny": False, "pairs": pairs, "not_measured": [
-                                     {"config": "cifar10", "arch": "resnet18", "why": "budget"}]
-                                 if i == 0 else []}))
+        f.write_text(
+            json.dumps(
+                {
+                    "device": "cuda",
+                    "device_name": "H200",
+                    "date": "d",
+                    "tiny": False,
+                    "pairs": pairs,
+                    "not_measured": [{"config": "cifar10", "arch": "resnet18", "why": "budget"}]
+                    if i == 0
+                    else [],
+                }
+            )
+        )
         files.append(str(f))
     out = tmp_path / "res.json"
     assert gpu_cost.main(["report", *files, "--safety", "2", "--out", str(out)]) == 0

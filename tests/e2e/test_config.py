@@ -19,7 +19,10 @@ def test_snakemake_stops_before_any_job_with_one_line(tmp_path):
     bad.write_text(yaml.safe_dump({"pretrain": {"lr": -1.0}, "results": str(tmp_path / "r")}))
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr

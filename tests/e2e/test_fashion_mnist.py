@@ -27,8 +27,9 @@ PBU = Path(sys.executable).with_name("pbu")
 
 pytestmark = [
     pytest.mark.slow,  # the files are prepared by the pbu CLI, as the pipeline does
-    pytest.mark.skipif(not SOURCE.is_dir(),
-                       reason=f"{SOURCE} is absent: apt-get install dataset-fashion-mnist"),
+    pytest.mark.skipif(
+        not SOURCE.is_dir(), reason=f"{SOURCE} is absent: apt-get install dataset-fashion-mnist"
+    ),
 ]
 
 
@@ -38,7 +39,7 @@ def read_idx(path: Path) -> np.ndarray:
     raw = gzip.decompress(path.read_bytes())
     assert raw[:3] == b"\x00\x00\x08", f"{path}: not a uint8 IDX file"
     ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     assert data.size == int(np.prod(shape))
     return data.reshape(shape)
@@ -49,16 +50,31 @@ def prepared(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("fashion")
     out = tmp / "fm.pt"
     proc = subprocess.run(
-        [str(PBU), "download", "--dataset", "fashion_mnist", "--root", str(tmp / "root"),
-         "--source", str(SOURCE), "--no-download", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            str(PBU),
+            "download",
+            "--dataset",
+            "fashion_mnist",
+            "--root",
+            str(tmp / "root"),
+            "--source",
+            str(SOURCE),
+            "--no-download",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # adopted into torchvision's layout, uncompressed, without a download
     raw = tmp / "root" / "FashionMNIST" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(
-        f"{s}-{k}-idx{d}-ubyte" for s in ("train", "t10k") for k, d in (("images", 3),
-                                                                        ("labels", 1)))
+        f"{s}-{k}-idx{d}-ubyte"
+        for s in ("train", "t10k")
+        for k, d in (("images", 3), ("labels", 1))
+    )
     return out
 
 
@@ -105,8 +121,13 @@ pretrain: {{epochs: 3}}
 evaluation: {{relearn_max_steps: 10, mia_max_samples: 200}}
 mlflow: {{tracking_uri: "sqlite:///{tmp_path}/res/mlflow/mlflow.db", experiment: fm-e2e}}
 """)
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile",
-                           "fm.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "fm.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     train, test = load_prepared(tmp_path / "res/data/fashion_mnist.pt")
     assert torch.bincount(train.labels).tolist() == [150] * 10

@@ -40,13 +40,16 @@ def _run(argv, *, server_path=None, cwd=None, extra_env=None, timeout=120):
     if server_path:
         env[forkserver.ENV_VAR] = server_path
     env.update(extra_env or {})
-    return subprocess.run([PBU, *argv], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [PBU, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _workers(log: Path) -> list[tuple[int, str]]:
-    return [(int(m.group(1)), m.group(2))
-            for m in re.finditer(r"worker (\d+): pbu (.*)", log.read_text())]
+    return [
+        (int(m.group(1)), m.group(2))
+        for m in re.finditer(r"worker (\d+): pbu (.*)", log.read_text())
+    ]
 
 
 def _wait_gone(pid: int, timeout: float = 15.0) -> bool:
@@ -75,7 +78,10 @@ def test_output_identical_to_a_fresh_process_and_env_is_the_callers(server, argv
         served = _run(argv, server_path=path, extra_env={"COLUMNS": columns})
         assert len(_workers(log)) == n + 1, "the command did not go through the server"
         assert (served.returncode, served.stdout, served.stderr) == (
-            fresh.returncode, fresh.stdout, fresh.stderr)
+            fresh.returncode,
+            fresh.stdout,
+            fresh.stderr,
+        )
         assert fresh.returncode == 0 and fresh.stdout
         outs[columns] = served.stdout
     if argv[-1] == "--help":
@@ -92,8 +98,11 @@ def test_errors_keep_their_exit_status_and_message(server):
 
 def test_runs_in_the_callers_directory(server, tmp_path):
     path, _pid, _log = server
-    res = _run(["download", "--dataset", "mnist5k", "--out", "sub/mnist5k.pt"],
-               server_path=path, cwd=tmp_path)
+    res = _run(
+        ["download", "--dataset", "mnist5k", "--out", "sub/mnist5k.pt"],
+        server_path=path,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     from pbu.data import load_prepared
 
@@ -114,12 +123,33 @@ def test_falls_back_to_in_process(server, tmp_path):
 def _long_job(tmp_path: Path) -> list[str]:
     data = tmp_path / "d.pt"
     assert _run(["download", "--dataset", "mnist5k", "--out", str(data)]).returncode == 0
-    recipe = ('{"epochs":500,"batch_size":64,"optimizer":"adam","lr":0.001,"weight_decay":0.0,'
-              '"momentum":0.9,"schedule":"cosine","augment":false,"amp":false,'
-              '"channels_last":false,"compile":false}')
-    return ["pretrain", "--data", str(data), "--arch", "small_cnn", "--seed", "0",
-            "--weights", "none", "--recipe", recipe, "--device", "cpu", "--threads", "1",
-            "--quiet", "--out-model", str(tmp_path / "m.pt"), "--out-info", str(tmp_path / "i.json")]
+    recipe = (
+        '{"epochs":500,"batch_size":64,"optimizer":"adam","lr":0.001,"weight_decay":0.0,'
+        '"momentum":0.9,"schedule":"cosine","augment":false,"amp":false,'
+        '"channels_last":false,"compile":false}'
+    )
+    return [
+        "pretrain",
+        "--data",
+        str(data),
+        "--arch",
+        "small_cnn",
+        "--seed",
+        "0",
+        "--weights",
+        "none",
+        "--recipe",
+        recipe,
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out-model",
+        str(tmp_path / "m.pt"),
+        "--out-info",
+        str(tmp_path / "i.json"),
+    ]
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
@@ -129,8 +159,9 @@ def test_a_worker_never_outlives_its_command(server, tmp_path, how):
     n = len(_workers(log))
     env = {k: v for k, v in os.environ.items() if k != "SLURM_JOB_ID"}
     env[forkserver.ENV_VAR] = path
-    client = subprocess.Popen([PBU, *argv], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    client = subprocess.Popen(
+        [PBU, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 30
     while len(_workers(log)) == n and time.monotonic() < deadline:
         time.sleep(0.05)

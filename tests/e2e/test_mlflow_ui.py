@@ -29,13 +29,22 @@ CHROMIUM = shutil.which("chromium")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
-                       "(apt-get install chromium; .ci/run installs it)"),
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)",
+    ),
 ]
 # Metric names every model's run has and the compare view lists first (it renders a window of
 # the alphabetical list, so later names such as time_s are not in the DOM).
-SHARED_METRICS = ["acc_forget_test", "acc_retain_test", "anamnesis_index", "js_forget_test",
-                  "js_retain_test", "mia_entropy_svc", "mia_entropy_svc_bad_teaching"]
+SHARED_METRICS = [
+    "acc_forget_test",
+    "acc_retain_test",
+    "anamnesis_index",
+    "js_forget_test",
+    "js_retain_test",
+    "mia_entropy_svc",
+    "mia_entropy_svc_bad_teaching",
+]
 UNITS_S = {"ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -45,9 +54,13 @@ def finished_run(tmp_path_factory) -> Path:
     for item in ("Snakefile", "workflow", "config", "envs", ".test"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, wd / item)
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile",
-                           ".test/config.yaml"], cwd=wd, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", ".test/config.yaml"],
+        cwd=wd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return wd / "results-test"
 
@@ -64,10 +77,25 @@ def server(finished_run, tmp_path_factory):
     log = open(tmp_path_factory.mktemp("server") / "mlflow.log", "w")
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-         f"sqlite:///{finished_run}/mlflow/mlflow.db", "--host", "127.0.0.1", "--port",
-         str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, env=env,
-        start_new_session=True)  # its own process group: stopped with all its workers
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{finished_run}/mlflow/mlflow.db",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )  # its own process group: stopped with all its workers
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -95,8 +123,10 @@ def server(finished_run, tmp_path_factory):
 def _job_times(results: Path, group: Path) -> dict[str, float]:
     """time_s of each child run's job, read from the job records (not from MLflow)."""
     pre = json.loads((group.parent / "pretrain" / "info.json").read_text())
-    times = {"original": pre["time_s"],
-             "fisher": json.loads((group / "fisher.json").read_text())["time_s"]}
+    times = {
+        "original": pre["time_s"],
+        "fisher": json.loads((group / "fisher.json").read_text())["time_s"],
+    }
     for info in group.glob("*/info.json"):
         times[info.parent.name] = json.loads(info.read_text())["time_s"]
     return times
@@ -104,14 +134,28 @@ def _job_times(results: Path, group: Path) -> dict[str, float]:
 
 def _page_text(url: str, user_data: Path) -> list[str]:
     proc = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--disable-component-update", "--no-first-run",
-         f"--user-data-dir={user_data}", "--virtual-time-budget=15000", "--dump-dom", url],
-        capture_output=True, text=True, timeout=180)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={user_data}",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = re.sub(r"<script.*?</script>|<style.*?</style>", "", proc.stdout, flags=re.S)
-    return [html.unescape(t.strip()) for t in re.sub(r"<[^>]+>", "\n", text).splitlines()
-            if t.strip()]
+    return [
+        html.unescape(t.strip()) for t in re.sub(r"<[^>]+>", "\n", text).splitlines() if t.strip()
+    ]
 
 
 def _seconds(text: str) -> float:
@@ -126,21 +170,28 @@ def test_compare_view_shows_runs_metrics_and_job_durations(finished_run, server,
     client = MlflowClient(tracking_uri=f"sqlite:///{finished_run}/mlflow/mlflow.db")
     exp = client.get_experiment_by_name("pbu-e2e")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parent = next(r for r in runs if r.data.tags.get("rule") == "evaluate"
-                  and r.data.tags.get("method") == "all")
+    parent = next(
+        r
+        for r in runs
+        if r.data.tags.get("rule") == "evaluate" and r.data.tags.get("method") == "all"
+    )
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     names = [r.info.run_name for r in children]
     assert {"original", "oracle", "fisher", "pbu", "finetune"} <= set(names)
-    query = urllib.parse.urlencode({"runs": json.dumps([r.info.run_id for r in children]),
-                                    "experiments": json.dumps([exp.experiment_id])})
+    query = urllib.parse.urlencode(
+        {
+            "runs": json.dumps([r.info.run_id for r in children]),
+            "experiments": json.dumps([exp.experiment_id]),
+        }
+    )
     lines = _page_text(f"{server}/#/compare-runs?{query}", tmp_path / "chromium")
 
     assert f"Comparing {len(children)} Runs from 1 Experiment" in lines, lines[:60]
-    shown_names = lines[lines.index("Run Name:") + 1:][:len(children)]
+    shown_names = lines[lines.index("Run Name:") + 1 :][: len(children)]
     assert sorted(shown_names) == sorted(names)
     for metric in SHARED_METRICS:
         assert metric in lines, f"metric {metric} is not on the compare page"
-    durations = lines[lines.index("Duration:") + 1:][:len(children)]
+    durations = lines[lines.index("Duration:") + 1 :][: len(children)]
     group = finished_run / "mnist5k" / "small_cnn" / "seed0" / "forget2"
     times = _job_times(finished_run, group)
     for name, shown in zip(shown_names, durations):

@@ -41,8 +41,17 @@ def merged(name: str) -> dict:
 
 
 def test_the_expected_configs_exist():
-    assert set(NAMES) == {"mnist", "mnist_allcnn", "cifar10", "cifar10_allcnn", "cifar100",
-                          "food101", "food101_convnext", "fashion_mnist", "mnist5k_resnet18"}
+    assert set(NAMES) == {
+        "mnist",
+        "mnist_allcnn",
+        "cifar10",
+        "cifar10_allcnn",
+        "cifar100",
+        "food101",
+        "food101_convnext",
+        "fashion_mnist",
+        "mnist5k_resnet18",
+    }
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -70,11 +79,26 @@ def test_paper_configs_cover_every_row_of_the_paper_table():
 # Training images per class (the forget set PBU iterates), from each dataset's documentation:
 # MNIST's counts per digit, Fashion-MNIST 6,000, CIFAR-10 5,000, CIFAR-100 500, Food-101 750,
 # mnist5k 400 (its fixed split).
-MNIST_TRAIN = {0: 5923, 1: 6742, 2: 5958, 3: 6131, 4: 5842, 5: 5421, 6: 5918, 7: 6265, 8: 5851,
-               9: 5949}
-TRAIN_PER_CLASS = {"mnist": MNIST_TRAIN.__getitem__, "mnist5k": lambda c: 400,
-                   "fashion_mnist": lambda c: 6000, "cifar10": lambda c: 5000,
-                   "cifar100": lambda c: 500, "food101": lambda c: 750}
+MNIST_TRAIN = {
+    0: 5923,
+    1: 6742,
+    2: 5958,
+    3: 6131,
+    4: 5842,
+    5: 5421,
+    6: 5918,
+    7: 6265,
+    8: 5851,
+    9: 5949,
+}
+TRAIN_PER_CLASS = {
+    "mnist": MNIST_TRAIN.__getitem__,
+    "mnist5k": lambda c: 400,
+    "fashion_mnist": lambda c: 6000,
+    "cifar10": lambda c: 5000,
+    "cifar100": lambda c: 500,
+    "food101": lambda c: 750,
+}
 AUTHORS_STEPS = 5 * 94  # the notebook: 5 epochs of ceil(5,958 / 64) = 94 batches (MNIST class 2)
 
 
@@ -87,8 +111,7 @@ def _authors_pbu_settings(config: dict) -> None:
     # batches of the largest forget class; every forget class then gets 455-500 steps at most.
     forget = config["forget"]
     forget = range(get_spec(config["dataset"]).num_classes) if forget == "all" else forget
-    batches = [math.ceil(TRAIN_PER_CLASS[config["dataset"]](c) / pbu["batch_size"])
-               for c in forget]
+    batches = [math.ceil(TRAIN_PER_CLASS[config["dataset"]](c) / pbu["batch_size"]) for c in forget]
     assert pbu["epochs"] == math.ceil(AUTHORS_STEPS / max(batches)), (pbu["epochs"], batches)
     assert all(455 <= pbu["epochs"] * b <= 500 for b in batches), (pbu["epochs"], batches)
     # our blind stopping rule: forget-TRAIN accuracy only
@@ -125,12 +148,19 @@ def test_mnist5k_resnet18_is_the_authors_notebook_recipe_offline():
     from pbu.registry import DATASETS
 
     config = merged("mnist5k_resnet18")
-    assert (config["dataset"], config["archs"], config["forget"]) == ("mnist5k", ["resnet18"],
-                                                                      [2, 6, 8])
+    assert (config["dataset"], config["archs"], config["forget"]) == (
+        "mnist5k",
+        ["resnet18"],
+        [2, 6, 8],
+    )
     assert config["model"] == {"weights": "none", "stem": "imagenet"}  # offline: random init
     recipe = config["pretrain"]
-    assert (recipe["optimizer"], recipe["lr"], recipe["batch_size"], recipe["epochs"]) == \
-        ("adam", 1e-4, 48, 10)
+    assert (recipe["optimizer"], recipe["lr"], recipe["batch_size"], recipe["epochs"]) == (
+        "adam",
+        1e-4,
+        48,
+        10,
+    )
     assert (recipe["schedule"], recipe["augment"], recipe["weight_decay"]) == ("none", False, 0.0)
     spec = DATASETS["mnist5k"]  # the notebook's transforms.Normalize((0.1307,), (0.3081,))
     assert (spec.mean, spec.std) == ((0.1307,), (0.3081,))
@@ -178,7 +208,11 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "oracle": groups,
         "unlearn": groups * len(config["methods"]),
         "evaluate": groups,
-        "aggregate": 1, "track": 1, "report": 1, "track_report": 1, "all": 1,
+        "aggregate": 1,
+        "track": 1,
+        "report": 1,
+        "track_report": 1,
+        "all": 1,
     }
     if "pbu" in config["methods"]:  # PBU is the only method that reads the Fisher
         jobs["fisher"] = groups
@@ -205,14 +239,30 @@ def planned_jobs(output: str) -> dict[str, int]:
 def test_paper_config_dry_run_plans_the_expected_jobs(name, tmp_path):
     results = tmp_path / "results"
     override = tmp_path / "override.yaml"  # a second --configfile: results outside the repo
-    override.write_text(yaml.safe_dump({
-        "results": str(results),
-        "mlflow": {"tracking_uri": f"sqlite:///{results}/mlflow/mlflow.db"},
-    }))
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "results": str(results),
+                "mlflow": {"tracking_uri": f"sqlite:///{results}/mlflow/mlflow.db"},
+            }
+        )
+    )
     proc = subprocess.run(
-        [str(SNAKEMAKE), "-n", "--quiet", "rules", "--cores", "1",
-         "--configfile", f"config/paper/{name}.yaml", str(override)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            str(SNAKEMAKE),
+            "-n",
+            "--quiet",
+            "rules",
+            "--cores",
+            "1",
+            "--configfile",
+            f"config/paper/{name}.yaml",
+            str(override),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     planned = planned_jobs(proc.stdout + proc.stderr)
@@ -229,18 +279,36 @@ def test_each_arch_is_trained_with_its_configured_stem(tmp_path):
     oracle alike), per arch from mnist.yaml's mapping; the small CNN gets no --stem."""
     results = tmp_path / "results"
     override = tmp_path / "override.yaml"
-    override.write_text(yaml.safe_dump({
-        "results": str(results), "seeds": [0], "forget": [2],
-        "mlflow": {"tracking_uri": f"sqlite:///{results}/mlflow/mlflow.db"},
-    }))
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "results": str(results),
+                "seeds": [0],
+                "forget": [2],
+                "mlflow": {"tracking_uri": f"sqlite:///{results}/mlflow/mlflow.db"},
+            }
+        )
+    )
 
     def commands(*configfiles: str) -> list[str]:
         proc = subprocess.run(
-            [str(SNAKEMAKE), "-n", "-p", "--cores", "1", "--configfile", *configfiles,
-             str(override)], cwd=REPO, capture_output=True, text=True, timeout=120)
+            [
+                str(SNAKEMAKE),
+                "-n",
+                "-p",
+                "--cores",
+                "1",
+                "--configfile",
+                *configfiles,
+                str(override),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        return [line for line in (proc.stdout + proc.stderr).splitlines()
-                if "pbu pretrain" in line]
+        return [line for line in (proc.stdout + proc.stderr).splitlines() if "pbu pretrain" in line]
 
     stems = merged("mnist")["model"]["stem"]
     lines = commands("config/paper/mnist.yaml")

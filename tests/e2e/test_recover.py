@@ -45,8 +45,11 @@ def _server_of(snakemake_pid: int) -> psutil.Process | None:
     """The fork server started by the onstart hook of this snakemake (it watches its pid)."""
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if "pbu.forkserver" in cmd and "--watch-pid" in cmd and \
-                cmd[cmd.index("--watch-pid") + 1] == str(snakemake_pid):
+        if (
+            "pbu.forkserver" in cmd
+            and "--watch-pid" in cmd
+            and cmd[cmd.index("--watch-pid") + 1] == str(snakemake_pid)
+        ):
             return p
     return None
 
@@ -60,9 +63,14 @@ def test_kill_9_of_snakemake_then_the_documented_line_finishes_the_run(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "PBU_SERVER"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     log = open(tmp_path / "killed.log", "w")
-    run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile",
-                            CONFIG], cwd=wd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                           start_new_session=True)  # its own process group, as a shell gives it
+    run = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", CONFIG],
+        cwd=wd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # its own process group, as a shell gives it
     try:
         # wait until a training job is mid-way: its model is marked incomplete and a worker of
         # the fork server runs it
@@ -101,15 +109,21 @@ def test_kill_9_of_snakemake_then_the_documented_line_finishes_the_run(tmp_path)
     # what the kill left: a lock, and the interrupted jobs' outputs marked incomplete
     assert any((wd / ".snakemake" / "locks").iterdir())
     assert running and running <= _incomplete(wd)
-    plain = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile",
-                            CONFIG], cwd=wd, env=env, capture_output=True, text=True,
-                           timeout=300)
+    plain = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", CONFIG],
+        cwd=wd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert plain.returncode != 0 and "LockException" in plain.stdout + plain.stderr
 
     # the README's line finishes it
     line = f"snakemake --unlock && snakemake --cores all --configfile {CONFIG}"
-    rec = subprocess.run(["bash", "-c", line], cwd=wd, env=env, capture_output=True, text=True,
-                         timeout=900)
+    rec = subprocess.run(
+        ["bash", "-c", line], cwd=wd, env=env, capture_output=True, text=True, timeout=900
+    )
     out = rec.stdout + rec.stderr
     assert rec.returncode == 0, out[-4000:]
     assert "profiles/default" in out  # the workflow profile was loaded by itself
@@ -118,6 +132,12 @@ def test_kill_9_of_snakemake_then_the_documented_line_finishes_the_run(tmp_path)
         assert (wd / path).stat().st_mtime > killed_at, path
     assert (wd / "results-test" / "report.md").exists()
     assert (wd / "results-test" / "mlflow" / "tracked_report.json").exists()
-    again = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", CONFIG],
-                           cwd=wd, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", CONFIG],
+        cwd=wd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -72,13 +72,23 @@ def _copy_repo(wd: Path, override: dict) -> Path:
 
 def _snakemake_argv(*args: str) -> list[str]:
     # --configfile takes every word after it: targets and options go first
-    return [sys.executable, "-m", "snakemake", "--cores", "2", *args, "--configfile",
-            ".test/config.yaml", OVERRIDE]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        "2",
+        *args,
+        "--configfile",
+        ".test/config.yaml",
+        OVERRIDE,
+    ]
 
 
 def _snakemake(wd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(_snakemake_argv(*args), cwd=wd, capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+    return subprocess.run(
+        _snakemake_argv(*args), cwd=wd, capture_output=True, text=True, timeout=timeout, env=ENV
+    )
 
 
 def _dry_run(wd: Path) -> dict[str, int]:
@@ -115,7 +125,7 @@ def _listen_addrs(port: int) -> set[str]:
                 continue
             raw = bytes.fromhex(addr_hex)
             if sys.byteorder == "little":  # the kernel prints each 32-bit word in host order
-                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
             out.add(str(ipaddress.ip_address(raw)))
     return out
 
@@ -156,8 +166,14 @@ def _runs(uri: str, experiment: str = EXPERIMENT) -> list:
 
 def _expected_runs(methods: list[str]) -> dict[str, int]:
     """Runs per `rule` tag for one (dataset, arch, seed, forget) group."""
-    return {"pretrain": 1, "oracle": 1, "fisher": int("pbu" in methods),
-            "unlearn": len(methods), "evaluate": 2, "report": 1}
+    return {
+        "pretrain": 1,
+        "oracle": 1,
+        "fisher": int("pbu" in methods),
+        "unlearn": len(methods),
+        "evaluate": 2,
+        "report": 1,
+    }
 
 
 def _assert_counts(runs: list, expected: dict[str, int]) -> None:
@@ -224,12 +240,20 @@ def crashed(tmp_path_factory, tracking_port):
     import psutil
 
     uri = f"http://127.0.0.1:{tracking_port}"
-    wd = _copy_repo(tmp_path_factory.mktemp("crash"), {
-        "methods": METHODS, "mlflow": {"tracking_uri": uri, "experiment": EXPERIMENT}})
+    wd = _copy_repo(
+        tmp_path_factory.mktemp("crash"),
+        {"methods": METHODS, "mlflow": {"tracking_uri": uri, "experiment": EXPERIMENT}},
+    )
     oracle_log = wd / "results-test/logs/mnist5k/small_cnn/seed0/forget2/oracle.log"
     out = open(wd / "snakemake-crash.out", "w")
-    snake = subprocess.Popen(_snakemake_argv(), cwd=wd, stdout=out, stderr=subprocess.STDOUT,
-                             env=ENV, start_new_session=True)
+    snake = subprocess.Popen(
+        _snakemake_argv(),
+        cwd=wd,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=ENV,
+        start_new_session=True,
+    )
     victim = None
     try:
         deadline = time.monotonic() + 600
@@ -241,8 +265,11 @@ def crashed(tmp_path_factory, tracking_port):
                     except psutil.Error:
                         continue
                     # the python process itself, not the shell that started it
-                    if "oracle" in argv and "--forget" in argv and \
-                            any(a.endswith("/pbu") for a in argv):
+                    if (
+                        "oracle" in argv
+                        and "--forget" in argv
+                        and any(a.endswith("/pbu") for a in argv)
+                    ):
                         victim = child
             # `pbu oracle` logs "epoch 1: ..." when epoch 1 ends; epoch 2 (of 2) is then running
             elif oracle_log.exists() and "epoch 1:" in oracle_log.read_text():
@@ -250,17 +277,25 @@ def crashed(tmp_path_factory, tracking_port):
                 break
             time.sleep(0.02)
         else:
-            pytest.fail(f"the oracle's training never reached epoch 2 "
-                        f"(snakemake rc={snake.poll()})")
+            pytest.fail(
+                f"the oracle's training never reached epoch 2 (snakemake rc={snake.poll()})"
+            )
         rc = snake.wait(timeout=600)
     finally:
         _stop_group(snake)
         out.close()
-    return SimpleNamespace(wd=wd, uri=uri, rc=rc, log=(wd / "snakemake-crash.out").read_text(),
-                           oracle_log=oracle_log.read_text(), victim=victim.pid,
-                           temps=_check_final_files(wd / "results-test"),
-                           files={p.relative_to(wd).as_posix() for p in
-                                  (wd / "results-test").rglob("*") if p.is_file()})
+    return SimpleNamespace(
+        wd=wd,
+        uri=uri,
+        rc=rc,
+        log=(wd / "snakemake-crash.out").read_text(),
+        oracle_log=oracle_log.read_text(),
+        victim=victim.pid,
+        temps=_check_final_files(wd / "results-test"),
+        files={
+            p.relative_to(wd).as_posix() for p in (wd / "results-test").rglob("*") if p.is_file()
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -279,11 +314,25 @@ def mlflow_server(resumed, tracking_port, tmp_path_factory):
     uri = f"http://127.0.0.1:{tracking_port}"
     log = open(d / "server.log", "w")
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(tracking_port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{d}/m.db",
-         "--default-artifact-root", str(d / "art")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env=dict(ENV, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(tracking_port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{d}/m.db",
+            "--default-artifact-root",
+            str(d / "art"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=dict(ENV, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -294,8 +343,9 @@ def mlflow_server(resumed, tracking_port, tmp_path_factory):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("mlflow server did not come up:\n" + (d / "server.log").read_text()
-                            [-3000:])
+                pytest.fail(
+                    "mlflow server did not come up:\n" + (d / "server.log").read_text()[-3000:]
+                )
             time.sleep(0.5)
         yield SimpleNamespace(uri=uri, port=tracking_port, proc=proc, db=d / "m.db")
     finally:
@@ -318,10 +368,13 @@ def tracked(resumed, mlflow_server):
     second = _snakemake(wd, "--forcerun", "track")
     assert second.returncode == 0, _tail(second)
     assert re.search(r"rule track:", second.stdout + second.stderr), _tail(second)
-    return SimpleNamespace(wd=wd, dry=dry, runs_first=runs_first,
-                           runs_second=_runs(mlflow_server.uri),
-                           summary=json.loads((wd / "results-test/mlflow/tracked.json")
-                                              .read_text()))
+    return SimpleNamespace(
+        wd=wd,
+        dry=dry,
+        runs_first=runs_first,
+        runs_second=_runs(mlflow_server.uri),
+        summary=json.loads((wd / "results-test/mlflow/tracked.json").read_text()),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -369,9 +422,12 @@ def test_killed_training_job_fails_and_leaves_no_truncated_file(crashed):
 @pytest.mark.slow
 def test_rerun_after_crash_runs_only_the_incomplete_job_and_dependents(crashed, resumed):
     # a job is left to do exactly when its output is missing after the crash
-    outputs = [("download", "results-test/data/mnist5k.pt"),
-               ("pretrain", f"{SEED_DIR}/pretrain/model.pt"), ("oracle", ORACLE),
-               ("fisher", f"{GROUP}/fisher.pt")]
+    outputs = [
+        ("download", "results-test/data/mnist5k.pt"),
+        ("pretrain", f"{SEED_DIR}/pretrain/model.pt"),
+        ("oracle", ORACLE),
+        ("fisher", f"{GROUP}/fisher.pt"),
+    ]
     outputs += [("unlearn", f"{GROUP}/{m}/model.pt") for m in METHODS]
     expected = Counter(rule for rule, path in outputs if path not in crashed.files)
     expected.update(["evaluate", "aggregate", "track", "report", "track_report", "all"])
@@ -406,9 +462,13 @@ def test_unreachable_server_fails_only_tracking_and_keeps_results(crashed, resum
     wd = resumed.wd
     assert resumed.proc.returncode != 0
     assert re.search(r"Error in rule track:", resumed.log), resumed.log[-3000:]
-    for rel in (f"{SEED_DIR}/pretrain/model.pt", f"{GROUP}/oracle/model.pt",
-                f"{GROUP}/pbu/model.pt", f"{GROUP}/metrics.json",
-                "results-test/aggregate/runs.csv"):
+    for rel in (
+        f"{SEED_DIR}/pretrain/model.pt",
+        f"{GROUP}/oracle/model.pt",
+        f"{GROUP}/pbu/model.pt",
+        f"{GROUP}/metrics.json",
+        "results-test/aggregate/runs.csv",
+    ):
         assert (wd / rel).is_file(), rel
     load_checkpoint(wd / GROUP / "pbu/model.pt")
     assert "pbu" in json.loads((wd / GROUP / "metrics.json").read_text())["metrics"]
@@ -431,8 +491,9 @@ def test_server_back_logs_every_job_exactly_once(tracked, mlflow_server):
     _assert_one_run_per_job(tracked.runs_first, METHODS)
     # tracking again (--forcerun track) duplicates nothing
     _assert_one_run_per_job(tracked.runs_second, METHODS)
-    assert {r.data.tags["pbu.job"] for r in tracked.runs_second} == \
-        {r.data.tags["pbu.job"] for r in tracked.runs_first}
+    assert {r.data.tags["pbu.job"] for r in tracked.runs_second} == {
+        r.data.tags["pbu.job"] for r in tracked.runs_first
+    }
     assert tracked.summary["created"] == 0
     assert tracked.summary["unchanged"] == tracked.summary["runs"]
     assert tracked.summary["tracking_uri"] == mlflow_server.uri
@@ -449,8 +510,7 @@ def test_parallel_jobs_leave_the_store_intact(resumed, tracked, mlflow_server, s
     running, pairs = _concurrency(resumed.log)
     assert running == 2 and any("unlearn" in pair for pair in pairs), (running, pairs)
     # switching stores reruns only the tracking steps
-    assert set(sqlite_tracked.dry) == {"track", "report", "track_report", "all"}, \
-        sqlite_tracked.dry
+    assert set(sqlite_tracked.dry) == {"track", "report", "track_report", "all"}, sqlite_tracked.dry
     for db in (sqlite_tracked.db, mlflow_server.db):  # direct, and behind the server
         con = sqlite3.connect(db)
         try:
@@ -483,15 +543,33 @@ def test_simultaneous_track_processes_log_each_job_once(resumed, tmp_path):
     metrics = [str(resumed.wd / GROUP / "metrics.json")]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     MlflowClient(tracking_uri=uri).create_experiment(
-        "race", artifact_location=(tmp_path / "artifacts").as_uri())
+        "race", artifact_location=(tmp_path / "artifacts").as_uri()
+    )
     script = tmp_path / "track_at_a_signal.py"
     script.write_text(_TRACK_AT_A_SIGNAL)
-    argvs = [["track", "--tracking-uri", uri, "--experiment", "race", "--out",
-              str(tmp_path / f"tracked{i}.json"), *metrics] for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / f"ready{i}"),
-                               str(tmp_path / "go"), *argv], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=ENV)
-             for i, argv in enumerate(argvs)]
+    argvs = [
+        [
+            "track",
+            "--tracking-uri",
+            uri,
+            "--experiment",
+            "race",
+            "--out",
+            str(tmp_path / f"tracked{i}.json"),
+            *metrics,
+        ]
+        for i in range(2)
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / f"ready{i}"), str(tmp_path / "go"), *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        for i, argv in enumerate(argvs)
+    ]
     try:
         deadline = time.monotonic() + 300
         while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
@@ -509,8 +587,9 @@ def test_simultaneous_track_processes_log_each_job_once(resumed, tmp_path):
         assert "database is locked" not in err and "Traceback" not in err, err[-3000:]
         if p.returncode != 0:  # allowed: a clean one-line failure that a rerun fixes
             assert p.returncode == 2, err[-3000:]
-            rerun = subprocess.run([str(BIN / "pbu"), *argv], capture_output=True, text=True,
-                                   env=ENV, timeout=300)
+            rerun = subprocess.run(
+                [str(BIN / "pbu"), *argv], capture_output=True, text=True, env=ENV, timeout=300
+            )
             assert rerun.returncode == 0, rerun.stderr[-3000:]
         created += json.loads(Path(argv[argv.index("--out") + 1]).read_text())["created"]
     runs = _runs(uri, "race")
@@ -526,9 +605,13 @@ def test_simultaneous_track_processes_log_each_job_once(resumed, tmp_path):
 
 
 def _pbu(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "pbu"), *args, "--device", "cpu", "--threads", "1",
-                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV)
+    return subprocess.Popen(
+        [str(BIN / "pbu"), *args, "--device", "cpu", "--threads", "1", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
 
 
 def _finish(*procs: subprocess.Popen) -> None:
@@ -548,18 +631,72 @@ def determinism(tmp_path_factory):
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     recipe = json.dumps(dict(cfg["pretrain"], epochs=1))
     runs = {"a": 0, "b": 0, "c": 1}
-    _finish(*(_pbu("pretrain", "--data", str(d / "data.pt"), "--arch", "small_cnn",
-                   "--seed", str(seed), "--recipe", recipe, "--out-model", str(d / f"{n}.pt"),
-                   "--out-info", str(d / f"{n}.json")) for n, seed in runs.items()))
-    _finish(_pbu("fisher", "--data", str(d / "data.pt"), "--model", str(d / "a.pt"),
-                 "--forget", "2", "--out", str(d / "fisher.pt"),
-                 "--out-info", str(d / "fisher.json")))
+    _finish(
+        *(
+            _pbu(
+                "pretrain",
+                "--data",
+                str(d / "data.pt"),
+                "--arch",
+                "small_cnn",
+                "--seed",
+                str(seed),
+                "--recipe",
+                recipe,
+                "--out-model",
+                str(d / f"{n}.pt"),
+                "--out-info",
+                str(d / f"{n}.json"),
+            )
+            for n, seed in runs.items()
+        )
+    )
+    _finish(
+        _pbu(
+            "fisher",
+            "--data",
+            str(d / "data.pt"),
+            "--model",
+            str(d / "a.pt"),
+            "--forget",
+            "2",
+            "--out",
+            str(d / "fisher.pt"),
+            "--out-info",
+            str(d / "fisher.json"),
+        )
+    )
     hparams = json.dumps(cfg["hparams"]["pbu"])
-    _finish(*(_pbu("unlearn", "--data", str(d / "data.pt"), "--model", str(d / "a.pt"),
-                   "--forget", "2", "--method", "pbu", "--hparams", hparams, "--fisher",
-                   str(d / "fisher.pt"), "--seed", "0", "--monitor-retain", "300",
-                   "--out-model", str(d / f"u{n}.pt"), "--out-history", str(d / f"u{n}.hist.json"),
-                   "--out-info", str(d / f"u{n}.json")) for n in ("a", "b")))
+    _finish(
+        *(
+            _pbu(
+                "unlearn",
+                "--data",
+                str(d / "data.pt"),
+                "--model",
+                str(d / "a.pt"),
+                "--forget",
+                "2",
+                "--method",
+                "pbu",
+                "--hparams",
+                hparams,
+                "--fisher",
+                str(d / "fisher.pt"),
+                "--seed",
+                "0",
+                "--monitor-retain",
+                "300",
+                "--out-model",
+                str(d / f"u{n}.pt"),
+                "--out-history",
+                str(d / f"u{n}.hist.json"),
+                "--out-info",
+                str(d / f"u{n}.json"),
+            )
+            for n in ("a", "b")
+        )
+    )
     return d
 
 
@@ -583,8 +720,9 @@ def test_pbu_unlearning_is_deterministic(determinism):
     d = determinism
     _assert_bitwise_equal(_state(d / "ua.pt"), _state(d / "ub.pt"))
     # and it did change the model (the last layer's weights moved)
-    assert not torch.equal(_state(d / "ua.pt")["classifier.3.weight"],
-                           _state(d / "a.pt")["classifier.3.weight"])
+    assert not torch.equal(
+        _state(d / "ua.pt")["classifier.3.weight"], _state(d / "a.pt")["classifier.3.weight"]
+    )
     ha, hb = (json.loads((d / f"u{n}.hist.json").read_text()) for n in "ab")
     assert ha == hb and len(ha["history"]) >= 1
     ia, ib = (json.loads((d / f"u{n}.json").read_text()) for n in "ab")
@@ -633,16 +771,20 @@ def _not_a_number(d: Path, path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("corrupt,match", [
-    (_garbage, "corrupt or truncated"),
-    (_truncated, "corrupt or truncated"),
-    (_a_model_not_a_fisher, "not a Fisher file"),
-    (_wrong_model, "does not fit the model"),
-    (_wrong_shape, "does not fit the model"),
-    (_not_a_number, "negative or non-finite values"),
-])
-def test_corrupt_fisher_file_is_named_in_a_clean_error(determinism, tmp_path, capsys, corrupt,
-                                                       match):
+@pytest.mark.parametrize(
+    "corrupt,match",
+    [
+        (_garbage, "corrupt or truncated"),
+        (_truncated, "corrupt or truncated"),
+        (_a_model_not_a_fisher, "not a Fisher file"),
+        (_wrong_model, "does not fit the model"),
+        (_wrong_shape, "does not fit the model"),
+        (_not_a_number, "negative or non-finite values"),
+    ],
+)
+def test_corrupt_fisher_file_is_named_in_a_clean_error(
+    determinism, tmp_path, capsys, corrupt, match
+):
     from pbu.cli import main
 
     d = determinism
@@ -650,11 +792,34 @@ def test_corrupt_fisher_file_is_named_in_a_clean_error(determinism, tmp_path, ca
     corrupt(d, bad)
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     out = tmp_path / "out.pt"
-    rc = main(["unlearn", "--data", str(d / "data.pt"), "--model", str(d / "a.pt"),
-               "--forget", "2", "--method", "pbu", "--hparams", json.dumps(cfg["hparams"]["pbu"]),
-               "--fisher", str(bad), "--seed", "0", "--device", "cpu", "--quiet",
-               "--out-model", str(out), "--out-history", str(tmp_path / "h.json"),
-               "--out-info", str(tmp_path / "i.json")])
+    rc = main(
+        [
+            "unlearn",
+            "--data",
+            str(d / "data.pt"),
+            "--model",
+            str(d / "a.pt"),
+            "--forget",
+            "2",
+            "--method",
+            "pbu",
+            "--hparams",
+            json.dumps(cfg["hparams"]["pbu"]),
+            "--fisher",
+            str(bad),
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out-model",
+            str(out),
+            "--out-history",
+            str(tmp_path / "h.json"),
+            "--out-info",
+            str(tmp_path / "i.json"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err[-1].startswith(f"pbu: error: {bad}") and match in err[-1], err[-1]
@@ -703,9 +868,10 @@ def test_slurm_ci_script_binds_every_daemon_to_localhost():
 
 
 @pytest.mark.slurm
-@pytest.mark.skipif(os.environ.get("PBU_SLURM") != "1",
-                    reason="checks a running SLURM cluster: `bash .ci/slurm-ci.sh up` (as root), "
-                           "then PBU_SLURM=1")
+@pytest.mark.skipif(
+    os.environ.get("PBU_SLURM") != "1",
+    reason="checks a running SLURM cluster: `bash .ci/slurm-ci.sh up` (as root), then PBU_SLURM=1",
+)
 def test_running_slurm_cluster_listens_on_localhost_only():
     conf = Path("/etc/slurm/slurm.conf")
     text = conf.read_text()

@@ -39,7 +39,7 @@ pytestmark = [
     pytest.mark.skipif(
         os.environ.get("PBU_SLURM") != "1",
         reason="needs a running SLURM cluster with partition 'debug': "
-               "`bash .ci/slurm-ci.sh up` (as root), then PBU_SLURM=1",
+        "`bash .ci/slurm-ci.sh up` (as root), then PBU_SLURM=1",
     ),
 ]
 
@@ -47,17 +47,29 @@ pytestmark = [
 def sacct_works() -> bool:
     """True with accounting (slurmdbd): the plugin's default status polling (sacct) works."""
     try:
-        return subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True,
-                              timeout=30).returncode == 0
+        return (
+            subprocess.run(
+                ["sacct", "-n", "-X", "-S", "now"], capture_output=True, timeout=30
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
 
 def cluster_args() -> list[str]:
-    args = ["--profile", "slurm",
-            "--default-resources", "slurm_partition=debug",
-            "--slurm-init-seconds-before-status-checks", "2",
-            "--jobs", "2", "--latency-wait", "5"]
+    args = [
+        "--profile",
+        "slurm",
+        "--default-resources",
+        "slurm_partition=debug",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--jobs",
+        "2",
+        "--latency-wait",
+        "5",
+    ]
     if not sacct_works():
         args += ["--slurm-status-command", "squeue"]
     return args
@@ -66,8 +78,9 @@ def cluster_args() -> list[str]:
 def run_snakemake(args: list[str], cwd: Path, timeout_s: int) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")  # jobs inherit it
     cmd = ["timeout", "-k", "30", str(timeout_s), str(BIN / "snakemake"), *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True
+    )
 
 
 @pytest.fixture
@@ -75,8 +88,16 @@ def repo_copy(tmp_path: Path) -> Path:
     """The workflow's files in a fresh folder (no results, no .snakemake state)."""
     root = tmp_path / "repo"
     root.mkdir()
-    for name in ("Snakefile", "workflow", "config", "profiles", "slurm", "envs", ".test",
-                 "tests/e2e/slurm_fail"):
+    for name in (
+        "Snakefile",
+        "workflow",
+        "config",
+        "profiles",
+        "slurm",
+        "envs",
+        ".test",
+        "tests/e2e/slurm_fail",
+    ):
         src = REPO / name
         if src.is_symlink():  # ./slurm -> profiles/slurm, so `--profile slurm` resolves
             (root / name).symlink_to(os.readlink(src))
@@ -101,8 +122,9 @@ def slurm_records(job_ids: set[str]) -> dict[str, dict[str, str]]:
     job's jobcomp/filetxt line (fewer fields: no GPU request, TimeLimit in minutes)."""
     records = {}
     for job_id in job_ids:
-        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
-                             text=True).stdout
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True
+        ).stdout
         fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
         if fields.get("JobId") == job_id:
             records[job_id] = {**fields, "source": "scontrol"}
@@ -112,8 +134,11 @@ def slurm_records(job_ids: set[str]) -> dict[str, dict[str, str]]:
         for line in Path(where[1]).read_text().splitlines():  # the last line of an id wins
             fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
             if fields.get("JobId") in job_ids - set(records):
-                records[fields["JobId"]] = {**fields, "TRES": fields.get("Tres", ""),
-                                            "source": "jobcomp"}
+                records[fields["JobId"]] = {
+                    **fields,
+                    "TRES": fields.get("Tres", ""),
+                    "source": "jobcomp",
+                }
     return records
 
 
@@ -127,8 +152,9 @@ def time_limit_minutes(record: dict[str, str]) -> int:
 
 
 def partition_has_gpu() -> bool:
-    out = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%G"], capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["sinfo", "-h", "-p", "debug", "-o", "%G"], capture_output=True, text=True
+    ).stdout
     return "gpu" in out
 
 
@@ -143,8 +169,11 @@ def test_pipeline_runs_through_slurm(repo_copy: Path, tmp_path: Path):
         overrides["resources"] = {gpu_rule: {"gpu": 1}}
     override = tmp_path / "override.yaml"
     override.write_text(yaml.safe_dump(overrides))
-    proc = run_snakemake(["--configfile", ".test/config.yaml", str(override), *cluster_args()],
-                         repo_copy, PIPELINE_TIMEOUT_S)
+    proc = run_snakemake(
+        ["--configfile", ".test/config.yaml", str(override), *cluster_args()],
+        repo_copy,
+        PIPELINE_TIMEOUT_S,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"snakemake exited {proc.returncode}:\n{out[-6000:]}"
 
@@ -152,8 +181,13 @@ def test_pipeline_runs_through_slurm(repo_copy: Path, tmp_path: Path):
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     update_config(config, yaml.safe_load((REPO / ".test/config.yaml").read_text()))
     update_config(config, overrides)
-    group = (results / config["dataset"] / config["archs"][0] / f"seed{config['seeds'][0]}"
-             / f"forget{config['forget'][0]}")
+    group = (
+        results
+        / config["dataset"]
+        / config["archs"][0]
+        / f"seed{config['seeds'][0]}"
+        / f"forget{config['forget'][0]}"
+    )
     assert (results / "report.md").stat().st_size > 0
     assert (group / "metrics.json").stat().st_size > 0
     assert (results / "mlflow" / "mlflow.db").stat().st_size > 0
@@ -161,14 +195,17 @@ def test_pipeline_runs_through_slurm(repo_copy: Path, tmp_path: Path):
     assert not (results / "logs" / "pbu-server.log").exists()
     # the profile's glibc allocator settings (its precommand) reached the job's process
     malloc_env = json.loads((group / "fisher.json").read_text())["malloc_env"]
-    assert malloc_env.items() >= {"MALLOC_MMAP_MAX_": "0",
-                                  "MALLOC_TRIM_THRESHOLD_": "1073741824"}.items(), malloc_env
+    assert (
+        malloc_env.items()
+        >= {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "1073741824"}.items()
+    ), malloc_env
 
     # every compute job went through sbatch (one kept SLURM log each); localrules did not
     logs = slurm_logs(repo_copy)
     n_methods = len(config["methods"])
     assert {r: len(v) for r, v in logs.items()} == {
-        rule: n_methods if rule == "unlearn" else 1 for rule in SUBMITTED}
+        rule: n_methods if rule == "unlearn" else 1 for rule in SUBMITTED
+    }
     assert not set(LOCAL) & set(logs)
 
     # ... and slurmctld ran each one to completion, with the config's resources
@@ -194,17 +231,28 @@ def test_pipeline_runs_through_slurm(repo_copy: Path, tmp_path: Path):
 def test_failing_job_is_reported_not_waited_for(repo_copy: Path, tmp_path: Path):
     workdir = tmp_path / "fail"
     workdir.mkdir()
-    proc = run_snakemake(["--snakefile", str(repo_copy / "tests/e2e/slurm_fail/Snakefile"),
-                          "--directory", str(workdir), *cluster_args()],
-                         repo_copy, FAIL_TIMEOUT_S)
+    proc = run_snakemake(
+        [
+            "--snakefile",
+            str(repo_copy / "tests/e2e/slurm_fail/Snakefile"),
+            "--directory",
+            str(workdir),
+            *cluster_args(),
+        ],
+        repo_copy,
+        FAIL_TIMEOUT_S,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode not in (0, 124, 137), f"exit {proc.returncode}:\n{out[-6000:]}"
     assert "Error in rule fail" in out, out[-6000:]
     assert (workdir / "ok.txt").read_text().strip() == "ok"  # keep-going: the good job finished
     assert not (workdir / "fail.txt").exists()
     # the plugin keeps a failed job's SLURM log; it holds the job's own stderr
-    failed_logs = [p for base in (repo_copy, workdir)
-                   for p in base.glob(".snakemake/slurm_logs/rule_fail/**/*.log")]
+    failed_logs = [
+        p
+        for base in (repo_copy, workdir)
+        for p in base.glob(".snakemake/slurm_logs/rule_fail/**/*.log")
+    ]
     assert failed_logs, "no SLURM log kept for the failed job"
     assert any("pbu-slurm-test: failing on purpose" in p.read_text() for p in failed_logs)
     records = slurm_records({p.stem for p in failed_logs})

@@ -69,10 +69,15 @@ def _mlflow_runs(db: Path, experiment: str) -> list[dict[str, str]]:
             "SELECT r.run_uuid, r.status, t.key, t.value FROM runs r "
             "JOIN experiments e ON r.experiment_id = e.experiment_id "
             "LEFT JOIN tags t ON t.run_uuid = r.run_uuid "
-            "WHERE e.name = ? AND r.lifecycle_stage = 'active'", (experiment,)).fetchall()
-        metrics = dict(con.execute(
-            "SELECT m.run_uuid, COUNT(*) FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
-            "GROUP BY m.run_uuid").fetchall())
+            "WHERE e.name = ? AND r.lifecycle_stage = 'active'",
+            (experiment,),
+        ).fetchall()
+        metrics = dict(
+            con.execute(
+                "SELECT m.run_uuid, COUNT(*) FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
+                "GROUP BY m.run_uuid"
+            ).fetchall()
+        )
     finally:
         con.close()
     runs: dict[str, dict[str, str]] = {}
@@ -85,8 +90,11 @@ def _mlflow_runs(db: Path, experiment: str) -> list[dict[str, str]]:
 
 @pytest.mark.smoke
 @pytest.mark.slow
-@pytest.mark.skipif(not SMOKE, reason="the smoke set runs every paper config end to end (~15 "
-                                      "min on 2 cores): PBU_SMOKE=1 pytest -m smoke (.ci/run)")
+@pytest.mark.skipif(
+    not SMOKE,
+    reason="the smoke set runs every paper config end to end (~15 "
+    "min on 2 cores): PBU_SMOKE=1 pytest -m smoke (.ci/run)",
+)
 @pytest.mark.parametrize("name", NAMES)
 def test_paper_config_runs_end_to_end_on_stand_in_data(name, workdir):
     paper = workdir / "config" / "paper" / f"{name}.yaml"
@@ -95,13 +103,29 @@ def test_paper_config_runs_end_to_end_on_stand_in_data(name, workdir):
     first_class = 0 if first_class == "all" else first_class[0]  # the paper's, not smoke's 1
     res = workdir / "res"
     override = workdir / "here.yaml"
-    here = {"results": str(res), "forget": [first_class],
-            "mlflow": {"tracking_uri": f"sqlite:///{res}/mlflow/mlflow.db"}}
+    here = {
+        "results": str(res),
+        "forget": [first_class],
+        "mlflow": {"tracking_uri": f"sqlite:///{res}/mlflow/mlflow.db"},
+    }
     override.write_text(yaml.safe_dump(here))
     if name in CUT:  # plan every arch, run the others
         plan = subprocess.run(
-            [sys.executable, "-m", "snakemake", "-n", "--configfile", str(paper), str(smoke),
-             str(override)], cwd=workdir, capture_output=True, text=True, timeout=600)
+            [
+                sys.executable,
+                "-m",
+                "snakemake",
+                "-n",
+                "--configfile",
+                str(paper),
+                str(smoke),
+                str(override),
+            ],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert plan.returncode == 0, plan.stderr[-3000:]
         for arch in CUT[name]:  # pretrain, oracle, Fisher, 4 methods, evaluate
             planned = (plan.stdout + plan.stderr).count(f"arch={arch},")
@@ -113,11 +137,28 @@ def test_paper_config_runs_end_to_end_on_stand_in_data(name, workdir):
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(paper),
-         str(smoke), str(override)], cwd=workdir, capture_output=True, text=True, timeout=1800)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            "2",
+            "--configfile",
+            str(paper),
+            str(smoke),
+            str(override),
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     wall = time.perf_counter() - t0
-    logs = "".join(f"\n--- {p.relative_to(res)}\n{p.read_text()[-1500:]}"
-                   for p in sorted(res.glob("logs/**/*.log")) if "rror" in p.read_text())
+    logs = "".join(
+        f"\n--- {p.relative_to(res)}\n{p.read_text()[-1500:]}"
+        for p in sorted(res.glob("logs/**/*.log"))
+        if "rror" in p.read_text()
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs
     # the jobs' own CPU seconds (each job records them; the machine may be shared), per arch
     cpu: dict[str, dict[str, float]] = {}
@@ -127,9 +168,11 @@ def test_paper_config_runs_end_to_end_on_stand_in_data(name, workdir):
             job = {"info.json": rel[-2], "fisher.json": "fisher", "metrics.json": "evaluate"}
             cpu.setdefault(rel[0], {})[job[p.name]] = json.loads(p.read_text()).get("cpu_s", 0)
     total = sum(sum(v.values()) for v in cpu.values())
-    print(f"\nsmoke {name}: {wall:.0f} s wall, {total:.0f} s job CPU, "
-          f"{len(config['archs'])} arch(s), {spec.num_classes} classes; load average "
-          f"{load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"\nsmoke {name}: {wall:.0f} s wall, {total:.0f} s job CPU, "
+        f"{len(config['archs'])} arch(s), {spec.num_classes} classes; load average "
+        f"{load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     for arch, jobs in cpu.items():
         print(f"  {arch}: " + ", ".join(f"{j} {s:.0f}" for j, s in sorted(jobs.items())))
 
@@ -151,13 +194,16 @@ def test_paper_config_runs_end_to_end_on_stand_in_data(name, workdir):
     for arch in config["archs"]:
         group = res / spec.name / arch / "seed0" / f"forget{first_class}"
         # every model of the group was trained, unlearned and scored
-        info = json.loads((res / spec.name / arch / "seed0" / "pretrain" / "info.json")
-                          .read_text())
+        info = json.loads((res / spec.name / arch / "seed0" / "pretrain" / "info.json").read_text())
         assert info["arch"] == arch and info["train_samples"] == sum(per_class)
-        ck = torch.load(res / spec.name / arch / "seed0" / "pretrain" / "model.pt",
-                        weights_only=True, mmap=True)  # mmap: ConvNeXt-L's is 0.8 GB
-        assert ck["model_args"] == {"num_classes": spec.num_classes, "in_channels":
-                                    spec.channels, "image_size": min(spec.image_size, 16)}
+        ck = torch.load(
+            res / spec.name / arch / "seed0" / "pretrain" / "model.pt", weights_only=True, mmap=True
+        )  # mmap: ConvNeXt-L's is 0.8 GB
+        assert ck["model_args"] == {
+            "num_classes": spec.num_classes,
+            "in_channels": spec.channels,
+            "image_size": min(spec.image_size, 16),
+        }
         head = [v for v in ck["state_dict"].values() if v.dim() >= 2][-1]  # Linear or 1x1 conv
         assert head.shape[0] == spec.num_classes
         del ck
@@ -188,4 +234,3 @@ def test_paper_config_runs_end_to_end_on_stand_in_data(name, workdir):
             assert "fisher" in rules
         assert all(r["_metrics"] > 0 for r in mine if r.get("rule") == "unlearn")
     assert any(r.get("rule") == "report" for r in tracked)
-

@@ -45,8 +45,16 @@ def test_pipeline_tunes_uses_the_choice_and_tracks_it(tmp_path):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
     (tmp_path / "tune.yaml").write_text(E2E)
-    cmd = [sys.executable, "-m", "snakemake", "res/mlflow/tracked.json", "--cores", "2",
-           "--configfile", "tune.yaml"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "res/mlflow/tracked.json",
+        "--cores",
+        "2",
+        "--configfile",
+        "tune.yaml",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     group = tmp_path / "res/mnist5k/small_cnn/seed0/forget2"
@@ -77,7 +85,8 @@ def test_pipeline_tunes_uses_the_choice_and_tracks_it(tmp_path):
             assert math.isclose(r.data.metrics["score"], t["score"])
             assert r.data.params["hparams.lr"] == str(t["hparams"]["lr"])
     n = len(runs)
-    again = subprocess.run(cmd + ["--forcerun", "track"], cwd=tmp_path, capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(
+        cmd + ["--forcerun", "track"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert len(client.search_runs([exp.experiment_id], max_results=1000)) == n

@@ -18,8 +18,20 @@ pytestmark = pytest.mark.slow
 
 def _snakemake(wd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", ".test/config.yaml",
-         *args], cwd=wd, capture_output=True, text=True, timeout=timeout,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            "2",
+            "--configfile",
+            ".test/config.yaml",
+            *args,
+        ],
+        cwd=wd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -50,8 +62,13 @@ def test_tables_figures_report(workdir):
     long = list(csv.DictReader(open(res / "tables/paper_table_long.csv")))
     methods = {r["method"] for r in long}
     assert {"original", "oracle", "pbu", "finetune"} <= methods
-    for name in ("accuracy_per_class", "time_per_epoch", "pbu_trajectory", "mia_vs_oracle",
-                 "retain_gap_to_oracle"):
+    for name in (
+        "accuracy_per_class",
+        "time_per_epoch",
+        "pbu_trajectory",
+        "mia_vs_oracle",
+        "retain_gap_to_oracle",
+    ):
         for ext in ("png", "pdf"):
             assert (res / f"figures/{name}.{ext}").stat().st_size > 1000, name
     report = (res / "report.md").read_text()
@@ -63,11 +80,14 @@ def test_tables_figures_report(workdir):
     # A PBU that did nothing would keep the original's accuracy on the forgotten class.
     assert before >= 80 and after <= 15, (
         f"PBU's forget-test accuracy is {after:.1f} % (original {before:.1f} %): the pipeline's "
-        f"PBU did not forget class 2")
-    assert pbu["stop_reason"].startswith("forget_acc reached") and int(pbu["stop_step"]) >= 1, \
+        f"PBU did not forget class 2"
+    )
+    assert pbu["stop_reason"].startswith("forget_acc reached") and int(pbu["stop_step"]) >= 1, (
         f"PBU's blind stopping rule did not end the run ({pbu['stop_reason']!r})"
-    assert float(pbu["acc_retain_test"]) >= float(original["acc_retain_test"]) - 15, \
+    )
+    assert float(pbu["acc_retain_test"]) >= float(original["acc_retain_test"]) - 15, (
         "PBU lost the retained classes"
+    )
     assert float(pbu["time_s"]) > 0 and pbu["data_access"] == "forget"
     # per-step trajectory with the three loss terms and the stop marker
     hist = [r for r in csv.DictReader(open(res / "aggregate/history.csv")) if r["method"] == "pbu"]
@@ -79,8 +99,7 @@ def test_local_jobs_ran_in_the_fork_server_and_it_stopped(workdir):
     log = (workdir / "results-test/logs/pbu-server.log").read_text()
     served = re.findall(r"worker \d+: pbu (\w+)", log)
     # every compute job of the tiny config: download, pretrain, oracle, fisher, 2 methods, evaluate
-    for cmd, n in (("pretrain", 1), ("oracle", 1), ("fisher", 1), ("unlearn", 2),
-                   ("evaluate", 1)):
+    for cmd, n in (("pretrain", 1), ("oracle", 1), ("fisher", 1), ("unlearn", 2), ("evaluate", 1)):
         assert served.count(cmd) >= n, (cmd, served)
     socket_path = re.search(r"listening on (\S+)", log).group(1)
     assert not Path(socket_path).exists(), "onsuccess must stop the server"
@@ -96,10 +115,17 @@ def test_mlflow_one_run_per_job_with_tags(workdir):
         by_rule[t["rule"]] = by_rule.get(t["rule"], 0) + 1
     # pretrain 1, oracle 1, fisher 1, unlearn 2 (pbu, finetune), evaluate 2 (group + original),
     # report 1
-    assert by_rule == {"pretrain": 1, "oracle": 1, "fisher": 1, "unlearn": 2, "evaluate": 2,
-                       "report": 1}
-    pbu = next(r for r in runs if r.data.tags.get("method") == "pbu"
-               and r.data.tags["rule"] == "unlearn")
+    assert by_rule == {
+        "pretrain": 1,
+        "oracle": 1,
+        "fisher": 1,
+        "unlearn": 2,
+        "evaluate": 2,
+        "report": 1,
+    }
+    pbu = next(
+        r for r in runs if r.data.tags.get("method") == "pbu" and r.data.tags["rule"] == "unlearn"
+    )
     assert "acc_forget_test" in pbu.data.metrics and "params" not in pbu.data.metrics
     assert pbu.data.params["hparams.alpha"] == "631"
     assert pbu.data.tags["mlflow.parentRunId"]
@@ -129,8 +155,22 @@ def test_one_hyperparameter_reruns_exactly_its_dependents(workdir):
     over = workdir / "over.yaml"
     over.write_text("hparams:\n  finetune:\n    lr: 0.05\n")  # default: 0.03
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--configfile", ".test/config.yaml",
-         str(over), "--quiet", "rules"], cwd=workdir, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--configfile",
+            ".test/config.yaml",
+            str(over),
+            "--quiet",
+            "rules",
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
     counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", out.split("Job stats:")[-1], re.M))

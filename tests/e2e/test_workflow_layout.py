@@ -74,13 +74,28 @@ def _planned(text: str, key: str) -> set[str]:
 
 def test_dry_run_plans_exactly_the_files_the_layout_names(tmp_path):
     results = tmp_path / "results"
-    override = {"results": str(results),
-                "mlflow": {"tracking_uri": f"sqlite:///{results}/mlflow/mlflow.db"}}
+    override = {
+        "results": str(results),
+        "mlflow": {"tracking_uri": f"sqlite:///{results}/mlflow/mlflow.db"},
+    }
     (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "1",
-         "--configfile", ".test/config.yaml", str(tmp_path / "override.yaml")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--forceall",
+            "--cores",
+            "1",
+            "--configfile",
+            ".test/config.yaml",
+            str(tmp_path / "override.yaml"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     raw = yaml.safe_load((ROOT / "config/config.yaml").read_text())

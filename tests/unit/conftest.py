@@ -26,8 +26,9 @@ def pretrained_small_cnn(mnist5k):
     train, test = mnist5k
     seed_everything(0)
     model = build_model("small_cnn", num_classes=10, in_channels=1, image_size=28)
-    recipe = TrainRecipe(epochs=6, batch_size=64, optimizer="adam", lr=3e-3, weight_decay=0.0,
-                         schedule="cosine")
+    recipe = TrainRecipe(
+        epochs=6, batch_size=64, optimizer="adam", lr=3e-3, weight_decay=0.0, schedule="cosine"
+    )
     history = train_model(model, train, recipe, seed=0, test=test, progress=False)
     return model, history
 
@@ -55,7 +56,7 @@ def _square_images(num_classes: int, per_class: int, seed: int = 0):
     images = torch.randint(0, 80, (len(labels), 1, 28, 28), generator=g, dtype=torch.uint8)
     for c in range(num_classes):
         r, col = 7 * (c // 2) + 3, 7 * (c % 2) + 10
-        images[labels == c, :, r:r + 7, col:col + 7] = 255
+        images[labels == c, :, r : r + 7, col : col + 7] = 255
     order = torch.randperm(len(labels), generator=g)
     return TensorImages(DATASETS["mnist5k"], images[order].contiguous(), labels[order])
 
@@ -74,8 +75,13 @@ def _square_cnn(data, num_classes: int):
 
     torch.manual_seed(0)
     model = SmallCNN(num_classes, 1, 28, width=4, hidden=16)
-    train_model(model, data, TrainRecipe(epochs=5, batch_size=30, optimizer="adam", lr=3e-3,
-                                         weight_decay=0.0), seed=0, progress=False)
+    train_model(
+        model,
+        data,
+        TrainRecipe(epochs=5, batch_size=30, optimizer="adam", lr=3e-3, weight_decay=0.0),
+        seed=0,
+        progress=False,
+    )
     return model.eval()
 
 

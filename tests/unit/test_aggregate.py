@@ -7,9 +7,19 @@ import csv
 
 import pytest
 
-from .fake_results import (EPOCHS, FISHER_S, METHOD_S, ORACLE_S, PARAMETERS, PRETRAIN_S, TUNE_S,
-                           make_results, metrics_of)
 from pbu.aggregate import aggregate, collect, total_time
+
+from .fake_results import (
+    EPOCHS,
+    FISHER_S,
+    METHOD_S,
+    ORACLE_S,
+    PARAMETERS,
+    PRETRAIN_S,
+    TUNE_S,
+    make_results,
+    metrics_of,
+)
 
 
 @pytest.fixture
@@ -27,7 +37,8 @@ def test_headline_time_includes_prerequisites(runs):
     assert float(pbu["fisher_time_s"]) == pytest.approx(FISHER_S)
     assert float(pbu["total_time_s"]) == pytest.approx(METHOD_S["pbu"] + FISHER_S)
     assert float(pbu["total_time_per_epoch_s"]) == pytest.approx(
-        (METHOD_S["pbu"] + FISHER_S) / EPOCHS["pbu"])
+        (METHOD_S["pbu"] + FISHER_S) / EPOCHS["pbu"]
+    )
     # a tuned method: the tuning that chose its hyperparameters is part of what it needs
     ft = runs["finetune"]
     assert float(ft["tune_time_s"]) == pytest.approx(TUNE_S)
@@ -59,8 +70,9 @@ def test_total_time_is_unknown_when_a_part_is():
     out = total_time("pbu", {"time_s": 1.0, "epochs": 1.0, "fisher": "f.pt"}, {}, None)
     assert out["total_time_s"] is None and out["total_time_per_epoch_s"] is None
     # a method whose job took a Fisher file counts it, whatever its name (variants)
-    out = total_time("pbu_variant", {"time_s": 1.0, "epochs": 2.0, "fisher": "f.pt"},
-                     {"time_s": 0.5}, None)
+    out = total_time(
+        "pbu_variant", {"time_s": 1.0, "epochs": 2.0, "fisher": "f.pt"}, {"time_s": 0.5}, None
+    )
     assert out["total_time_s"] == pytest.approx(1.5)
     assert out["total_time_per_epoch_s"] == pytest.approx(0.75)
 
@@ -70,42 +82,51 @@ def test_total_time_is_unknown_when_a_part_is():
 # ------------------------------------------------------------------------------------------
 
 
-import csv
 import json
 
 import pytest
-
-from pbu.aggregate import aggregate
 
 
 def test_runs_csv_rows_hold_their_jobs_metrics_times_and_access(tmp_path, fake_results):
     results = tmp_path / "results"
     expected = fake_results(results)
     paths = aggregate(results, tmp_path / "agg")
-    rows = {(r["dataset"], r["arch"], r["seed"], r["forget"], r["method"]): r
-            for r in csv.DictReader(open(paths["runs"]))}
+    rows = {
+        (r["dataset"], r["arch"], r["seed"], r["forget"], r["method"]): r
+        for r in csv.DictReader(open(paths["runs"]))
+    }
     assert set(rows) == set(expected), sorted(set(rows) ^ set(expected))
     for key, metrics in expected.items():
         row = rows[key]
-        wrong = {k: (row.get(k), v) for k, v in metrics.items()
-                 if row.get(k) in (None, "") or float(row[k]) != pytest.approx(v)}
+        wrong = {
+            k: (row.get(k), v)
+            for k, v in metrics.items()
+            if row.get(k) in (None, "") or float(row[k]) != pytest.approx(v)
+        }
         assert not wrong, f"{'/'.join(key)}: runs.csv has (row, metrics.json) = {wrong}"
         dataset, arch, seed, forget, method = key
         seed_dir = results / dataset / arch / f"seed{seed}"
-        info = json.loads(((seed_dir / "pretrain") if method == "original" else
-                           (seed_dir / f"forget{forget}" / method)).joinpath("info.json")
-                          .read_text())
-        assert float(row["time_s"]) == pytest.approx(info["time_s"]), \
+        info = json.loads(
+            (
+                (seed_dir / "pretrain")
+                if method == "original"
+                else (seed_dir / f"forget{forget}" / method)
+            )
+            .joinpath("info.json")
+            .read_text()
+        )
+        assert float(row["time_s"]) == pytest.approx(info["time_s"]), (
             f"{'/'.join(key)}: time_s {row['time_s']} is not its own job's {info['time_s']}"
+        )
         # the oracle's record, as the pipeline writes it, states no access: "-"
-        assert row["data_access"] == ("-" if method == "original" else
-                                      info.get("data_access", "-"))
+        assert row["data_access"] == ("-" if method == "original" else info.get("data_access", "-"))
         if method == "pbu":
             fisher = json.loads((seed_dir / f"forget{forget}" / "fisher.json").read_text())
             want = info["time_s"] + fisher["time_s"]
             assert float(row["total_time_s"]) == pytest.approx(want), (
                 f"{'/'.join(key)}: PBU's time with its Fisher is {row['total_time_s']}, "
-                f"not its time {info['time_s']} + the Fisher's {fisher['time_s']}")
+                f"not its time {info['time_s']} + the Fisher's {fisher['time_s']}"
+            )
     history = list(csv.DictReader(open(paths["history"])))
     assert len(history) == 2 * 2 * 3  # pbu and finetune, 2 rows each, 3 groups
     timings = list(csv.DictReader(open(paths["timings"])))

@@ -32,21 +32,45 @@ def test_forget_all_expands_to_every_class(tmp_path):
     assert c["forget"] == list(range(100))
 
 
-@pytest.mark.parametrize("mutate,match", [
-    (lambda c: c.update(bogus=1), r"config key <top level>:.*'bogus' was unexpected"),
-    (lambda c: c["pretrain"].update(lr=-0.1), r"config key pretrain\.lr: -0\.1"),
-    (lambda c: c["pretrain"].update(epochs="5"), r"config key pretrain\.epochs: '5' is not of type"),
-    (lambda c: c.update(forget=[10]), r"config key forget: class 10 is out of range for mnist5k; allowed 0\.\.9"),
-    (lambda c: c.update(methods=["pbu", "magic"]), r"config key methods\.1: 'magic' is not one of"),
-    (lambda c: c.update(archs=["vgg"]), r"config key archs\.0: 'vgg' is not one of"),
-    (lambda c: c.update(dataset="imagenet"), r"config key dataset: 'imagenet' is not one of"),
-    (lambda c: c["hparams"]["pbu"].pop("gamma"), r"config key hparams\.pbu: 'gamma' is a required"),
-    (lambda c: c["hparams"]["pbu"].update(gama=1), r"config key hparams\.pbu:.*'gama' was unexpected"),
-    (lambda c: c["hparams"]["pbu"].update(stop_rule="never"), r"hparams\.pbu\.stop_rule: 'never'"),
-    (lambda c: c["mlflow"].update(tracking_uri="mysql://x"), r"config key mlflow\.tracking_uri"),
-    (lambda c: c["model"].update(weights="imagenet"), r"config key model\.weights: imagenet"),
-    (lambda c: c["data"].update(max_image_size=32), r"config key data\.max_image_size"),
-])
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda c: c.update(bogus=1), r"config key <top level>:.*'bogus' was unexpected"),
+        (lambda c: c["pretrain"].update(lr=-0.1), r"config key pretrain\.lr: -0\.1"),
+        (
+            lambda c: c["pretrain"].update(epochs="5"),
+            r"config key pretrain\.epochs: '5' is not of type",
+        ),
+        (
+            lambda c: c.update(forget=[10]),
+            r"config key forget: class 10 is out of range for mnist5k; allowed 0\.\.9",
+        ),
+        (
+            lambda c: c.update(methods=["pbu", "magic"]),
+            r"config key methods\.1: 'magic' is not one of",
+        ),
+        (lambda c: c.update(archs=["vgg"]), r"config key archs\.0: 'vgg' is not one of"),
+        (lambda c: c.update(dataset="imagenet"), r"config key dataset: 'imagenet' is not one of"),
+        (
+            lambda c: c["hparams"]["pbu"].pop("gamma"),
+            r"config key hparams\.pbu: 'gamma' is a required",
+        ),
+        (
+            lambda c: c["hparams"]["pbu"].update(gama=1),
+            r"config key hparams\.pbu:.*'gama' was unexpected",
+        ),
+        (
+            lambda c: c["hparams"]["pbu"].update(stop_rule="never"),
+            r"hparams\.pbu\.stop_rule: 'never'",
+        ),
+        (
+            lambda c: c["mlflow"].update(tracking_uri="mysql://x"),
+            r"config key mlflow\.tracking_uri",
+        ),
+        (lambda c: c["model"].update(weights="imagenet"), r"config key model\.weights: imagenet"),
+        (lambda c: c["data"].update(max_image_size=32), r"config key data\.max_image_size"),
+    ],
+)
 def test_bad_values_name_the_key(tmp_path, mutate, match):
     with pytest.raises(ConfigError, match=match):
         _check(mutate, tmp_path)
@@ -64,8 +88,9 @@ def test_config_readme_documents_every_key():
     from pbu.config import schema_markdown
 
     expected = schema_markdown(SCHEMA, DEFAULT)
-    assert (ROOT / "config/README.md").read_text() == expected, \
+    assert (ROOT / "config/README.md").read_text() == expected, (
         "config/README.md is stale: run `python -m pbu.config > config/README.md`"
+    )
     schema = yaml.safe_load(SCHEMA.read_text())
 
     def keys(node, prefix=""):
@@ -79,25 +104,52 @@ def test_config_readme_documents_every_key():
         assert f"`{k}`" in text
 
 
-@pytest.mark.parametrize("stem,archs,match", [
-    ("vgg", ["resnet18"], r"config key model\.stem: 'vgg' is not one of \['imagenet', 'cifar'\]"),
-    ({"resnet18": "imagenet"}, ["resnet18", "resnet50"],
-     r"config key model\.stem: no stem for resnet50: the mapping names only resnet18"),
-    ({"small_cnn": "cifar"}, ["small_cnn"],
-     r"config key model\.stem: 'small_cnn' is not one of \['resnet18'"),
-    ({"resnet18": "big"}, ["resnet18"], r"config key model\.stem\.resnet18: 'big' is not one of"),
-    ("imagenet", ["densenet121"], r"config key model\.stem: densenet121 with the imagenet stem "
-                                  r"cannot process 28-pixel images.*use cifar"),
-])
+@pytest.mark.parametrize(
+    "stem,archs,match",
+    [
+        (
+            "vgg",
+            ["resnet18"],
+            r"config key model\.stem: 'vgg' is not one of \['imagenet', 'cifar'\]",
+        ),
+        (
+            {"resnet18": "imagenet"},
+            ["resnet18", "resnet50"],
+            r"config key model\.stem: no stem for resnet50: the mapping names only resnet18",
+        ),
+        (
+            {"small_cnn": "cifar"},
+            ["small_cnn"],
+            r"config key model\.stem: 'small_cnn' is not one of \['resnet18'",
+        ),
+        (
+            {"resnet18": "big"},
+            ["resnet18"],
+            r"config key model\.stem\.resnet18: 'big' is not one of",
+        ),
+        (
+            "imagenet",
+            ["densenet121"],
+            r"config key model\.stem: densenet121 with the imagenet stem "
+            r"cannot process 28-pixel images.*use cifar",
+        ),
+    ],
+)
 def test_bad_stem_names_the_key(tmp_path, stem, archs, match):
     def mutate(c):
         c["model"]["stem"] = stem
         c["archs"] = archs
+
     with pytest.raises(ConfigError, match=match):
         _check(mutate, tmp_path)
 
 
 def test_stem_mapping_gives_each_arch_its_own(tmp_path):
-    c = _check(lambda c: c.update(archs=["small_cnn", "resnet18", "densenet121"], model={
-        "weights": "none", "stem": {"resnet18": "imagenet", "densenet121": "cifar"}}), tmp_path)
+    c = _check(
+        lambda c: c.update(
+            archs=["small_cnn", "resnet18", "densenet121"],
+            model={"weights": "none", "stem": {"resnet18": "imagenet", "densenet121": "cifar"}},
+        ),
+        tmp_path,
+    )
     assert c["model"]["stem"]["densenet121"] == "cifar"

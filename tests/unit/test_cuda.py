@@ -31,8 +31,10 @@ from pbu.train import TrainRecipe, evaluate_accuracy, train_model
 
 CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(
-    not CUDA, reason="needs a CUDA device: `bash benchmarks/gpu_check.sh` on a GPU machine "
-                     "(benchmarks/README.md, GPU check)")
+    not CUDA,
+    reason="needs a CUDA device: `bash benchmarks/gpu_check.sh` on a GPU machine "
+    "(benchmarks/README.md, GPU check)",
+)
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, requires_cuda])]
 CONFIG = yaml.safe_load((Path(__file__).parents[2] / "config" / "config.yaml").read_text())
 
@@ -102,8 +104,9 @@ def check_batches_resident_and_augmented_on(device: str, monkeypatch) -> None:
     monkeypatch.setattr(pbu.data, "augment_batch", spy)
     torch.manual_seed(0)
     model = build_model("small_cnn", num_classes=10, in_channels=3, image_size=32)
-    recipe = TrainRecipe(epochs=1, batch_size=16, optimizer="sgd", lr=0.01, weight_decay=0.0,
-                         augment=True)
+    recipe = TrainRecipe(
+        epochs=1, batch_size=16, optimizer="sgd", lr=0.01, weight_decay=0.0, augment=True
+    )
     history = train_model(model, resident, recipe, seed=0, device=dev, progress=False)
     assert seen == [(dev.type, dev.type, torch.uint8, "crop_flip")] * 3
     assert math.isfinite(history[0]["loss"])
@@ -125,12 +128,25 @@ def check_bf16_channels_last_training(device: str, side: int) -> None:
     data = _cifar_like(32, side=side).to(dev)
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=10, in_channels=3, image_size=32)
-    recipe = TrainRecipe(epochs=2, batch_size=16, optimizer="sgd", lr=0.01, weight_decay=5e-4,
-                         augment=True, amp=True, channels_last=True)
+    recipe = TrainRecipe(
+        epochs=2,
+        batch_size=16,
+        optimizer="sgd",
+        lr=0.01,
+        weight_decay=5e-4,
+        augment=True,
+        amp=True,
+        channels_last=True,
+    )
     stem_in, head_out = [], []
     model.conv1.register_forward_pre_hook(
-        lambda m, args: stem_in.append((args[0].is_contiguous(memory_format=torch.channels_last),
-                                        m.weight.is_contiguous(memory_format=torch.channels_last))))
+        lambda m, args: stem_in.append(
+            (
+                args[0].is_contiguous(memory_format=torch.channels_last),
+                m.weight.is_contiguous(memory_format=torch.channels_last),
+            )
+        )
+    )
     model.fc.register_forward_hook(lambda m, args, out: head_out.append(out.dtype))
     history = train_model(model, data, recipe, seed=0, device=dev, progress=False)
     assert len(history) == 2 and all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in history)
@@ -178,8 +194,9 @@ def _batches(x, y, dev, channels_last, size=8):
     return [(xb.to(dev), yb.to(dev)) for xb, yb in zip(x.split(size), y.split(size))]
 
 
-def check_fisher_matches_cpu(device: str, arch: str, channels_last: bool,
-                             backend: str = "auto") -> None:
+def check_fisher_matches_cpu(
+    device: str, arch: str, channels_last: bool, backend: str = "auto"
+) -> None:
     """``backend`` on the device; the CPU references take the default path."""
     dev = torch.device(device)
     model, x, y = _fisher_case(arch)
@@ -188,8 +205,9 @@ def check_fisher_matches_cpu(device: str, arch: str, channels_last: bool,
     if channels_last:
         model.to(memory_format=torch.channels_last)
     with tf32(True):  # the program's TF32 choice is on; the Fisher turns it off for itself
-        got = fisher_diagonal(model, _batches(x, y, dev, channels_last), "true", chunk_size=4,
-                              backend=backend)
+        got = fisher_diagonal(
+            model, _batches(x, y, dev, channels_last), "true", chunk_size=4, backend=backend
+        )
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     ref32 = fisher_diagonal(ref_model, _batches(x, y, "cpu", False), "true", chunk_size=4)
     ref64 = float64_fisher(ref_model, _batches(x, y, "cpu", False), "true", chunk_size=4)
@@ -207,9 +225,15 @@ def check_fisher_matches_cpu(device: str, arch: str, channels_last: bool,
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("arch,channels_last,backend", [
-    ("small_cnn", False, "auto"), ("small_cnn", True, "auto"),  # auto: the chain
-    ("small_cnn", True, "probe"), ("resnet18", True, "auto")])  # resnet18: the probe path
+@pytest.mark.parametrize(
+    "arch,channels_last,backend",
+    [
+        ("small_cnn", False, "auto"),
+        ("small_cnn", True, "auto"),  # auto: the chain
+        ("small_cnn", True, "probe"),
+        ("resnet18", True, "auto"),
+    ],
+)  # resnet18: the probe path
 def test_fisher_on_device_matches_cpu(device, arch, channels_last, backend):
     check_fisher_matches_cpu(device, arch, channels_last, backend)
 
@@ -225,19 +249,85 @@ def check_cli_job_records(device: str, tmp_path: Path, square_images) -> None:
     data = tmp_path / "data.pt"
     save_prepared(data, square_images(4, 20), square_images(4, 5, seed=1))
     p = lambda name: str(tmp_path / name)  # noqa: E731
-    recipe = {"epochs": 1, "batch_size": 20, "optimizer": "adam", "lr": 3e-3,
-              "weight_decay": 0.0, "channels_last": True}
+    recipe = {
+        "epochs": 1,
+        "batch_size": 20,
+        "optimizer": "adam",
+        "lr": 3e-3,
+        "weight_decay": 0.0,
+        "channels_last": True,
+    }
     common = ["--device", device, "--quiet"]
-    assert main(["pretrain", "--data", str(data), "--arch", "small_cnn", "--seed", "0",
-                 "--recipe", json.dumps(recipe), *common, "--out-model", p("original.pt"),
-                 "--out-info", p("pretrain.json")]) == 0
-    assert main(["fisher", "--data", str(data), "--model", p("original.pt"), "--forget", "1",
-                 *common, "--out", p("fisher.pt"), "--out-info", p("fisher.json")]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(data),
+                "--arch",
+                "small_cnn",
+                "--seed",
+                "0",
+                "--recipe",
+                json.dumps(recipe),
+                *common,
+                "--out-model",
+                p("original.pt"),
+                "--out-info",
+                p("pretrain.json"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "fisher",
+                "--data",
+                str(data),
+                "--model",
+                p("original.pt"),
+                "--forget",
+                "1",
+                *common,
+                "--out",
+                p("fisher.pt"),
+                "--out-info",
+                p("fisher.json"),
+            ]
+        )
+        == 0
+    )
     hp = dict(CONFIG["hparams"]["pbu"], batch_size=10, epochs=1)
-    assert main(["unlearn", "--data", str(data), "--model", p("original.pt"), "--forget", "1",
-                 "--method", "pbu", "--hparams", json.dumps(hp), "--fisher", p("fisher.pt"),
-                 "--seed", "0", *common, "--out-model", p("pbu.pt"), "--out-history",
-                 p("history.json"), "--out-info", p("unlearn.json")]) == 0
+    assert (
+        main(
+            [
+                "unlearn",
+                "--data",
+                str(data),
+                "--model",
+                p("original.pt"),
+                "--forget",
+                "1",
+                "--method",
+                "pbu",
+                "--hparams",
+                json.dumps(hp),
+                "--fisher",
+                p("fisher.pt"),
+                "--seed",
+                "0",
+                *common,
+                "--out-model",
+                p("pbu.pt"),
+                "--out-history",
+                p("history.json"),
+                "--out-info",
+                p("unlearn.json"),
+            ]
+        )
+        == 0
+    )
     for record in ("pretrain.json", "fisher.json", "unlearn.json"):
         rec = json.loads((tmp_path / record).read_text())
         assert rec["device"] == str(torch.device(device)), record
@@ -266,8 +356,10 @@ def check_pbu_forgets_on(device: str, square_images, square_cnn) -> None:
     model = copy.deepcopy(square_cnn(data, k)).to(dev)
     f_idx, r_idx = class_split(data.labels, forget)
     forget_data, retain_data = data.subset(f_idx), data.subset(r_idx)
-    before = (evaluate_accuracy(model, forget_data.loader(256, device=dev)),
-              evaluate_accuracy(model, retain_data.loader(256, device=dev)))
+    before = (
+        evaluate_accuracy(model, forget_data.loader(256, device=dev)),
+        evaluate_accuracy(model, retain_data.loader(256, device=dev)),
+    )
     assert before[0] > 90, before
     fisher = fisher_diagonal(model, forget_data.loader(256, device=dev), "true")
     assert all(f.device.type == dev.type and torch.isfinite(f).all() for f in fisher.values())
@@ -280,8 +372,10 @@ def check_pbu_forgets_on(device: str, square_images, square_cnn) -> None:
     result, elapsed = methods.run("pbu", model, inputs, hp, device=dev, seed=0)
     assert elapsed > 0
     assert all(p.device.type == dev.type for p in result.model.parameters())
-    after = (evaluate_accuracy(result.model, forget_data.loader(256, device=dev)),
-             evaluate_accuracy(result.model, retain_data.loader(256, device=dev)))
+    after = (
+        evaluate_accuracy(result.model, forget_data.loader(256, device=dev)),
+        evaluate_accuracy(result.model, retain_data.loader(256, device=dev)),
+    )
     assert result.info["stop_step"] is not None, result.info  # the blind rule fired
     assert after[0] <= hp["stop_threshold"], (before, after, result.info)
     assert after[1] >= 75, (before, after, result.info)  # the other classes are kept

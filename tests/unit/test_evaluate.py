@@ -50,7 +50,8 @@ def _images(ids: Tensor) -> Tensor:
 def _confident(labels: Tensor, g: torch.Generator, scale: float = 8.0) -> Tensor:
     """Logits that put almost all mass on ``labels`` (low entropy, high true-class confidence)."""
     return scale * nn.functional.one_hot(labels, K).float() + 0.3 * torch.randn(
-        len(labels), K, generator=g)
+        len(labels), K, generator=g
+    )
 
 
 def _vague(n: int, g: torch.Generator) -> Tensor:
@@ -93,8 +94,11 @@ def world():
     vague[:, FORGET] -= 1.0  # still near-uniform, but never right
     model[ids["forget_train"][sure:]] = vague
     model[ids["forget_test"]] = _confident(torch.full((SIZES["forget_test"],), 2), g, 3.0)
-    tables = {"model": model, "oracle": 2 * torch.randn(n, K, generator=g),
-              "incompetent": torch.randn(n, K, generator=g)}
+    tables = {
+        "model": model,
+        "oracle": 2 * torch.randn(n, K, generator=g),
+        "incompetent": torch.randn(n, K, generator=g),
+    }
     return train, test, tables
 
 
@@ -109,11 +113,19 @@ def evaluated(world):
     train, test, tables = world
     data = EvalData.build(train, test, FORGET)
     settings = EvalSettings(probe=False, relearn=False, mia_max_samples=1000)
-    rows = evaluate_models({"model": Lookup(tables["model"])}, Lookup(tables["oracle"]),
-                           Lookup(tables["incompetent"]), data, FORGET, settings=settings,
-                           seed=SEED)
-    out = {name: {s: _logits(tables[name], getattr(data, s)) for s in SPLITS}
-           for name in ("model", "oracle", "incompetent")}
+    rows = evaluate_models(
+        {"model": Lookup(tables["model"])},
+        Lookup(tables["oracle"]),
+        Lookup(tables["incompetent"]),
+        data,
+        FORGET,
+        settings=settings,
+        seed=SEED,
+    )
+    out = {
+        name: {s: _logits(tables[name], getattr(data, s)) for s in SPLITS}
+        for name in ("model", "oracle", "incompetent")
+    }
     return rows, out, settings
 
 
@@ -133,54 +145,64 @@ def test_accuracies_are_of_each_split(evaluated):
         for s in SPLITS:
             want = M.accuracy_from_logits(*out[name][s])
             assert rows[name][f"acc_{s}"] == pytest.approx(want), (
-                f"{name}'s acc_{s} = {rows[name][f'acc_{s}']} is not its accuracy on {s} ({want})")
+                f"{name}'s acc_{s} = {rows[name][f'acc_{s}']} is not its accuracy on {s} ({want})"
+            )
     assert rows["model"]["acc_forget_train"] == pytest.approx(75.0)  # the hand-made 3/4
 
 
-def test_mia_entropy_svc_attacks_retain_train_vs_test_without_the_class_on_forget_train(
-        evaluated):
+def test_mia_entropy_svc_attacks_retain_train_vs_test_without_the_class_on_forget_train(evaluated):
     """Members = retain-train, non-members = test without the forget class, targets =
     forget-train; a swap of any two sets gives another number."""
     rows, out, settings = evaluated
     o = {s: out["model"][s][0] for s in SPLITS}
 
     def mia(members: str, nonmembers: str, targets: str) -> float:
-        return M.mia_entropy_svc(o[members], o[nonmembers], o[targets], seed=SEED,
-                                 max_samples=settings.mia_max_samples)
+        return M.mia_entropy_svc(
+            o[members], o[nonmembers], o[targets], seed=SEED, max_samples=settings.mia_max_samples
+        )
 
     got = rows["model"]["mia_entropy_svc"]
     want = mia("retain_train", "retain_test", "forget_train")
     assert got == pytest.approx(want), (
         f"evaluate's mia_entropy_svc = {got}, but the attack on members = retain-train, "
-        f"non-members = retain-test, targets = forget-train gives {want}")
+        f"non-members = retain-test, targets = forget-train gives {want}"
+    )
     assert want == pytest.approx(0.75, abs=0.05)  # the sure 3/4 of the forget set are caught
-    for swapped, sets in {"members <-> non-members": ("retain_test", "retain_train",
-                                                      "forget_train"),
-                          "non-members <-> targets": ("retain_train", "forget_train",
-                                                      "retain_test"),
-                          "members <-> targets": ("forget_train", "retain_test",
-                                                  "retain_train")}.items():
+    for swapped, sets in {
+        "members <-> non-members": ("retain_test", "retain_train", "forget_train"),
+        "non-members <-> targets": ("retain_train", "forget_train", "retain_test"),
+        "members <-> targets": ("forget_train", "retain_test", "retain_train"),
+    }.items():
         other = mia(*sets)
-        assert abs(other - want) > 0.2, f"swapping {swapped} barely changes the MIA: the check " \
-                                        f"could not see that swap ({other} vs {want})"
+        assert abs(other - want) > 0.2, (
+            f"swapping {swapped} barely changes the MIA: the check "
+            f"could not see that swap ({other} vs {want})"
+        )
 
 
 def test_salun_and_loss_attacks_use_their_defined_sets(evaluated):
     rows, out, settings = evaluated
     m = out["model"]
-    want = M.mia_efficacy_salun(*m["retain_train"], *m["retain_test"], *m["forget_train"],
-                                seed=SEED, max_samples=settings.mia_max_samples)
+    want = M.mia_efficacy_salun(
+        *m["retain_train"],
+        *m["retain_test"],
+        *m["forget_train"],
+        seed=SEED,
+        max_samples=settings.mia_max_samples,
+    )
     assert rows["model"]["mia_efficacy_salun"] == pytest.approx(want), (
-        "mia_efficacy_salun is not the attack on (retain-train, retain-test, forget-train)")
+        "mia_efficacy_salun is not the attack on (retain-train, retain-test, forget-train)"
+    )
     loss = M.mia_loss_lr(*m["forget_train"], *m["forget_test"], seed=SEED)
-    assert rows["model"]["mia_loss_acc"] == pytest.approx(loss["acc"]), \
+    assert rows["model"]["mia_loss_acc"] == pytest.approx(loss["acc"]), (
         "mia_loss_acc is not the attack forget-train vs forget-test"
-    assert rows["model"]["mia_loss_auc"] == pytest.approx(loss["auc"]), \
+    )
+    assert rows["model"]["mia_loss_auc"] == pytest.approx(loss["auc"]), (
         "mia_loss_auc is not the attack forget-train vs forget-test"
+    )
 
 
-def test_distances_compare_each_test_split_with_the_oracle_and_zrf_with_the_incompetent(
-        evaluated):
+def test_distances_compare_each_test_split_with_the_oracle_and_zrf_with_the_incompetent(evaluated):
     rows, out, _ = evaluated
     m, o, inc = out["model"], out["oracle"], out["incompetent"]
     checks = {
@@ -194,10 +216,10 @@ def test_distances_compare_each_test_split_with_the_oracle_and_zrf_with_the_inco
     for key, want in checks.items():
         assert rows["model"][key] == pytest.approx(want), (
             f"{key} = {rows['model'][key]} but the metric on the model's and the reference's "
-            f"outputs of that split is {want}")
+            f"outputs of that split is {want}"
+        )
     # The oracle is compared with itself: zero distance, and nothing here is trivially zero.
-    for key in ("js_forget_test", "js_retain_test", "act_dist_forget_test",
-                "act_dist_retain_test"):
+    for key in ("js_forget_test", "js_retain_test", "act_dist_forget_test", "act_dist_retain_test"):
         assert rows["oracle"][key] == pytest.approx(0.0, abs=1e-9), (key, rows["oracle"][key])
         assert rows["model"][key] > 0.05, (key, rows["model"][key])
     assert all(math.isfinite(v) for v in rows["model"].values())
@@ -255,8 +277,9 @@ def _rows(monkeypatch, data, logits):
     model = scripted(monkeypatch, data, logits)
     torch.manual_seed(0)
     incompetent = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, K_MIA))
-    return E.evaluate_models({"m": model}, model, incompetent, data, 0, settings=NO_DEPTH,
-                             seed=0)["m"]
+    return E.evaluate_models({"m": model}, model, incompetent, data, 0, settings=NO_DEPTH, seed=0)[
+        "m"
+    ]
 
 
 def test_each_mia_gets_its_sets_in_their_roles(monkeypatch, eval_data):
@@ -265,16 +288,20 @@ def test_each_mia_gets_its_sets_in_their_roles(monkeypatch, eval_data):
     split, so forget-test among the non-members) do not."""
     rng = np.random.default_rng(0)
     n = {s: len(getattr(eval_data, s)) for s in E.SPLITS}
-    logits = {"retain_train": _confident_rows(n["retain_train"], rng),
-              "retain_test": _flat(n["retain_test"], rng),
-              "forget_train": _peaked(n["forget_train"], rng, 5.0),
-              "forget_test": _peaked(n["forget_test"], rng, 5.0)}
+    logits = {
+        "retain_train": _confident_rows(n["retain_train"], rng),
+        "retain_test": _flat(n["retain_test"], rng),
+        "forget_train": _peaked(n["forget_train"], rng, 5.0),
+        "forget_test": _peaked(n["forget_test"], rng, 5.0),
+    }
     row = _rows(monkeypatch, eval_data, logits)
-    rtr, rte, ftr, fte = (logits[s] for s in ("retain_train", "retain_test", "forget_train",
-                                              "forget_test"))
+    rtr, rte, ftr, fte = (
+        logits[s] for s in ("retain_train", "retain_test", "forget_train", "forget_test")
+    )
     assert row["mia_entropy_svc"] == M.mia_entropy_svc(rtr, rte, ftr, seed=0)
     assert row["mia_entropy_svc_bad_teaching"] == M.mia_entropy_svc(
-        rtr, torch.cat([rte, fte]), ftr, seed=0)
+        rtr, torch.cat([rte, fte]), ftr, seed=0
+    )
     # the case tells the wirings apart: each wrong one gives another number
     assert (row["mia_entropy_svc"], row["mia_entropy_svc_bad_teaching"]) == (1.0, 0.0)
     assert M.mia_entropy_svc(rte, rtr, ftr, seed=0) == 0.0  # members <-> non-members
@@ -285,14 +312,20 @@ def test_the_forget_train_samples_are_the_targets(monkeypatch, eval_data):
     member is 0 only if the attack is applied to forget-TRAIN."""
     rng = np.random.default_rng(1)
     n = {s: len(getattr(eval_data, s)) for s in E.SPLITS}
-    logits = {"retain_train": _confident_rows(n["retain_train"], rng),
-              "retain_test": _flat(n["retain_test"], rng),
-              "forget_train": _flat(n["forget_train"], rng),
-              "forget_test": _confident_rows(n["forget_test"], rng)}
+    logits = {
+        "retain_train": _confident_rows(n["retain_train"], rng),
+        "retain_test": _flat(n["retain_test"], rng),
+        "forget_train": _flat(n["forget_train"], rng),
+        "forget_test": _confident_rows(n["forget_test"], rng),
+    }
     row = _rows(monkeypatch, eval_data, logits)
     assert row["mia_entropy_svc"] == 0.0
-    assert M.mia_entropy_svc(logits["retain_train"], logits["retain_test"],
-                             logits["forget_test"], seed=0) == 1.0
+    assert (
+        M.mia_entropy_svc(
+            logits["retain_train"], logits["retain_test"], logits["forget_test"], seed=0
+        )
+        == 1.0
+    )
 
 
 def test_anamnesis_target_is_the_original_models_forget_accuracy(square_images, square_cnn):
@@ -306,11 +339,25 @@ def test_anamnesis_target_is_the_original_models_forget_accuracy(square_images, 
 
     oracle = SmallCNN(num_classes, 1, 28, width=4, hidden=16)  # knows nothing of class 0
     data = E.EvalData.build(train, test, forget_class=0)
-    settings = E.EvalSettings(batch_size=64, relearn_samples=16, relearn_batch_size=8,
-                              relearn_lr=1e-2, relearn_max_steps=60, anamnesis_alpha=10.0,
-                              relearn_threshold=20.0, probe=False)
-    rows = E.evaluate_models({"original": original}, oracle, SmallCNN(num_classes, 1, 28, 4, 16),
-                             data, 0, settings=settings, seed=0)
+    settings = E.EvalSettings(
+        batch_size=64,
+        relearn_samples=16,
+        relearn_batch_size=8,
+        relearn_lr=1e-2,
+        relearn_max_steps=60,
+        anamnesis_alpha=10.0,
+        relearn_threshold=20.0,
+        probe=False,
+    )
+    rows = E.evaluate_models(
+        {"original": original},
+        oracle,
+        SmallCNN(num_classes, 1, 28, 4, 16),
+        data,
+        0,
+        settings=settings,
+        seed=0,
+    )
     acc_original = rows["original"]["acc_forget_test"]
     assert acc_original > 50.0  # a model that knows the class: the target is far from 0
     for name, row in rows.items():
@@ -328,19 +375,27 @@ def test_relearn_counts_from_hand_made_trajectories():
     """Steps to the target and to the fixed threshold per model, their ratios to the oracle's,
     and the lower bound ``max_steps + 1`` when a model never gets there."""
     settings = E.EvalSettings(relearn_max_steps=4, relearn_threshold=50.0)
-    traj = {"oracle": [0.0, 20.0, 55.0, 77.0],     # target 76: 3 steps; 50 %: 2
-            "pbu": [0.0, 60.0, 78.0],              # 2 steps; 1
-            "stuck": [0.0, 10.0, 20.0, 30.0, 40.0]}  # never: 5 = max_steps + 1
-    counts = E._relearn_metrics({k: M.RelearnResult(len(v) - 1, True, v)
-                                 for k, v in traj.items()}, 76.0, settings)
+    traj = {
+        "oracle": [0.0, 20.0, 55.0, 77.0],  # target 76: 3 steps; 50 %: 2
+        "pbu": [0.0, 60.0, 78.0],  # 2 steps; 1
+        "stuck": [0.0, 10.0, 20.0, 30.0, 40.0],
+    }  # never: 5 = max_steps + 1
+    counts = E._relearn_metrics(
+        {k: M.RelearnResult(len(v) - 1, True, v) for k, v in traj.items()}, 76.0, settings
+    )
     assert (counts["oracle"]["relearn_steps"], counts["oracle"]["relearn_steps_fixed"]) == (3, 2)
     assert counts["pbu"]["anamnesis_index"] == pytest.approx(2 / 3)
     assert counts["pbu"]["relearn_ratio_fixed"] == pytest.approx(1 / 2)
     assert counts["stuck"]["relearn_steps"] == 5 and counts["stuck"]["relearn_reached"] == 0
     assert counts["stuck"]["anamnesis_index"] == pytest.approx(5 / 3)
     # an oracle that never relearns leaves every ratio undefined, not a made-up number
-    no_oracle = E._relearn_metrics({"oracle": M.RelearnResult(5, False, traj["stuck"]),
-                                    "pbu": M.RelearnResult(2, True, traj["pbu"])}, 76.0,
-                                   settings)
+    no_oracle = E._relearn_metrics(
+        {
+            "oracle": M.RelearnResult(5, False, traj["stuck"]),
+            "pbu": M.RelearnResult(2, True, traj["pbu"]),
+        },
+        76.0,
+        settings,
+    )
     assert math.isnan(no_oracle["pbu"]["anamnesis_index"])
     assert math.isnan(no_oracle["pbu"]["relearn_ratio_fixed"])

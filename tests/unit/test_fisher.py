@@ -80,15 +80,18 @@ def _with_running_stats(model: nn.Module, x: Tensor) -> nn.Module:
     return model.eval()
 
 
-def _data(n: int, shape: tuple[int, ...], classes: int, dtype: torch.dtype = torch.float64,
-          seed: int = 0) -> tuple[Tensor, Tensor]:
+def _data(
+    n: int, shape: tuple[int, ...], classes: int, dtype: torch.dtype = torch.float64, seed: int = 0
+) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, *shape, generator=g, dtype=dtype),
-            torch.randint(0, classes, (n,), generator=g))
+    return (
+        torch.randn(n, *shape, generator=g, dtype=dtype),
+        torch.randint(0, classes, (n,), generator=g),
+    )
 
 
 def _batches(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
-    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
 def _true_weights(model: nn.Module, x: Tensor) -> Tensor:
@@ -101,8 +104,9 @@ def _assert_close(ours: dict[str, Tensor], ref: dict[str, Tensor], rtol: float) 
     for n in ref:
         scale = ref[n].abs().max().item()
         assert scale > 0, n  # a zero reference would make the comparison vacuous
-        torch.testing.assert_close(ours[n], ref[n], rtol=rtol, atol=rtol * 1e-6 * scale,
-                                   msg=lambda m, n=n: f"{n}: {m}")
+        torch.testing.assert_close(
+            ours[n], ref[n], rtol=rtol, atol=rtol * 1e-6 * scale, msg=lambda m, n=n: f"{n}: {m}"
+        )
 
 
 @pytest.fixture(scope="module", params=[3, 7], ids=["K3", "K7"])
@@ -123,8 +127,9 @@ def test_true_matches_brute_force(tiny: tuple[nn.Module, Tensor, Tensor], backen
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_empirical_matches_brute_force(tiny: tuple[nn.Module, Tensor, Tensor],
-                                       backend: str) -> None:
+def test_empirical_matches_brute_force(
+    tiny: tuple[nn.Module, Tensor, Tensor], backend: str
+) -> None:
     model, x, y = tiny
     k = model.fc2.out_features
     ref = brute_force(model, x, F.one_hot(y, k).double())
@@ -133,18 +138,21 @@ def test_empirical_matches_brute_force(tiny: tuple[nn.Module, Tensor, Tensor],
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_mc_matches_brute_force_on_the_same_labels(tiny: tuple[nn.Module, Tensor, Tensor],
-                                                   backend: str) -> None:
+def test_mc_matches_brute_force_on_the_same_labels(
+    tiny: tuple[nn.Module, Tensor, Tensor], backend: str
+) -> None:
     model, x, y = tiny
     k, s = model.fc2.out_features, 5
     with torch.no_grad():  # one loader batch: uniforms [N, S] from a generator seeded with 7
-        uniform = torch.rand(len(x), s, generator=torch.Generator().manual_seed(7),
-                             dtype=torch.float64)
+        uniform = torch.rand(
+            len(x), s, generator=torch.Generator().manual_seed(7), dtype=torch.float64
+        )
         labels = sample_labels(torch.log_softmax(model(x), 1), uniform)  # [N, S]
     counts = F.one_hot(labels, k).sum(1).double() / s  # [N, K] weight of each class
     ref = brute_force(model, x, counts)
-    ours = fisher_diagonal(model, [(x, y)], "mc", mc_samples=s, seed=7, chunk_size=4,
-                           backend=backend)
+    ours = fisher_diagonal(
+        model, [(x, y)], "mc", mc_samples=s, seed=7, chunk_size=4, backend=backend
+    )
     _assert_close(ours, ref, rtol=1e-6)
     other = fisher_diagonal(model, [(x, y)], "mc", mc_samples=s, seed=8, backend=backend)
     assert not torch.allclose(other["fc2.weight"], ours["fc2.weight"])  # the seed is used
@@ -161,8 +169,10 @@ def test_mc_converges_to_true(tiny: tuple[nn.Module, Tensor, Tensor]) -> None:
 
 def test_true_cotangents_factor_the_softmax_covariance() -> None:
     """Σ_j c_j c_jᵀ = diag(p) − ppᵀ entry by entry, also for probabilities far below 1e-16."""
-    logits = torch.tensor([[0.0, 1.0, -2.0, 0.5], [80.0, 0.0, -40.0, 5.0],
-                           [-3.0, 50.0, 49.0, -60.0]], dtype=torch.float64)
+    logits = torch.tensor(
+        [[0.0, 1.0, -2.0, 0.5], [80.0, 0.0, -40.0, 5.0], [-3.0, 50.0, 49.0, -60.0]],
+        dtype=torch.float64,
+    )
     logp = torch.log_softmax(logits, 1)
     p = logp.exp()
     c = true_cotangents(logp)  # [B, K-1, K]
@@ -190,8 +200,9 @@ def _nngeometry_fim(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]
     from torch.utils.data import DataLoader, TensorDataset
 
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
-    fim = FIM(model=model, loader=loader, representation=PMatDiag, variant="classif_logits",
-              device="cpu")
+    fim = FIM(
+        model=model, loader=loader, representation=PMatDiag, variant="classif_logits", device="cpu"
+    )
     return _nng_dict(model, fim.get_diag())
 
 
@@ -230,9 +241,10 @@ def test_confident_model_stays_finite_and_accurate(backend: str) -> None:
     y = logp.argmax(1)  # empirical with the predicted label: its gradient is (1 - p_y) sized
     for kind in ("true", "empirical"):
         for i in confident.tolist():  # one sample each: no less confident one sets the scale
-            ref = fisher_diagonal(model, [(x[i:i + 1], y[i:i + 1])], kind, backend=backend)
-            ours = fisher_diagonal(model32, [(x[i:i + 1].float(), y[i:i + 1])], kind,
-                                   backend=backend)
+            ref = fisher_diagonal(model, [(x[i : i + 1], y[i : i + 1])], kind, backend=backend)
+            ours = fisher_diagonal(
+                model32, [(x[i : i + 1].float(), y[i : i + 1])], kind, backend=backend
+            )
             for n, r in ref.items():
                 # float32 keeps ~1e-7 of the tensor's scale; computing 1 - p_max as 1 - p in
                 # float32 would give 0 instead of ~1e-10 and errors of order one here.
@@ -287,9 +299,11 @@ def _batch_stat_model(model: nn.Module, x: Tensor) -> nn.Module:
     probe = copy.deepcopy(model).train()
     for name, mod in probe.named_modules():
         if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+
             def hook(m: nn.Module, args: tuple[Tensor], name: str = name) -> None:
                 dims = [d for d in range(args[0].dim()) if d != 1]
                 stats[name] = (args[0].mean(dims), args[0].var(dims, unbiased=False))
+
             mod.register_forward_pre_hook(hook)
     with torch.no_grad():
         train_out = probe(x)
@@ -309,11 +323,17 @@ def test_bn_train_mode_uses_each_batch_statistics(backend: str) -> None:
     x, y = _data(8, (2, 6, 6), 5)
     model = _with_running_stats(Tiny(5).double(), x * 3 + 1)  # running stats far from batch
     halves = _batches(x, y, 4)
-    ref = {n: sum(brute_force(_batch_stat_model(model, xb), xb,
-                         _true_weights(_batch_stat_model(model, xb), xb))[n] for xb, _ in halves)
-           / len(halves) for n, _ in model.named_parameters()}
-    ours = fisher_diagonal(model, halves, "true", bn_mode="train", chunk_size=3,
-                           backend=backend)
+    ref = {
+        n: sum(
+            brute_force(
+                _batch_stat_model(model, xb), xb, _true_weights(_batch_stat_model(model, xb), xb)
+            )[n]
+            for xb, _ in halves
+        )
+        / len(halves)
+        for n, _ in model.named_parameters()
+    }
+    ours = fisher_diagonal(model, halves, "true", bn_mode="train", chunk_size=3, backend=backend)
     _assert_close(ours, ref, rtol=1e-6)
     eval_mode = fisher_diagonal(model, halves, "true", bn_mode="eval", backend=backend)
     assert not torch.allclose(eval_mode["conv1.weight"], ours["conv1.weight"], rtol=1e-2)
@@ -339,8 +359,9 @@ def test_block_size_of_per_sample_products_does_not_change_the_result(block: int
     x, y = _data(7, (2, 6, 6), 5)
     model = _with_running_stats(Tiny(5).double(), x)
     ref = fisher_diagonal(model, [(x, y)], "true", backend="probe")
-    got = fisher_diagonal(model, [(x, y)], "true", backend="probe",
-                          settings=FisherSettings(block_floats_cpu=block))
+    got = fisher_diagonal(
+        model, [(x, y)], "true", backend="probe", settings=FisherSettings(block_floats_cpu=block)
+    )
     _assert_close(got, ref, rtol=1e-10)
 
 
@@ -353,14 +374,17 @@ def test_blocks_are_cache_sized_on_the_cpu_and_large_on_other_devices() -> None:
 
 
 @pytest.mark.parametrize("device, switched", [("cpu", False), ("cuda", True)])
-def test_tf32_is_off_while_the_fisher_runs_on_cuda_and_restored_after(device: str,
-                                                                      switched: bool) -> None:
+def test_tf32_is_off_while_the_fisher_runs_on_cuda_and_restored_after(
+    device: str, switched: bool
+) -> None:
     """Only the flags are touched, so this runs without a GPU; tests/unit/test_cuda.py checks the
     numbers on one with TF32 left on by the caller."""
     from pbu.fisher.settings import full_fp32
 
-    flags = lambda: (torch.backends.cudnn.allow_tf32,  # noqa: E731
-                     torch.backends.cuda.matmul.allow_tf32)
+    flags = lambda: (
+        torch.backends.cudnn.allow_tf32,  # noqa: E731
+        torch.backends.cuda.matmul.allow_tf32,
+    )
     saved = flags()
     try:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
@@ -383,8 +407,9 @@ def test_channels_last_model_gives_the_same_result(backend: str) -> None:
     model = _with_running_stats(Tiny(5).double(), x)
     ref = fisher_diagonal(model, [(x, y)], "true", backend=backend)
     model.to(memory_format=torch.channels_last)
-    ours = fisher_diagonal(model, [(x.contiguous(memory_format=torch.channels_last), y)], "true",
-                           backend=backend)
+    ours = fisher_diagonal(
+        model, [(x.contiguous(memory_format=torch.channels_last), y)], "true", backend=backend
+    )
     _assert_close(ours, ref, rtol=1e-10)
 
 
@@ -419,8 +444,11 @@ def test_nhwc_im2col_is_unfold_with_reordered_columns() -> None:
     from pbu.fisher.conv import conv_columns, unfold_nhwc
 
     torch.manual_seed(3)
-    for mod in (nn.Conv2d(5, 3, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
-                nn.Conv2d(4, 2, 3, padding=1), nn.Conv2d(6, 2, 1, stride=2)):
+    for mod in (
+        nn.Conv2d(5, 3, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+        nn.Conv2d(4, 2, 3, padding=1),
+        nn.Conv2d(6, 2, 1, stride=2),
+    ):
         for fmt in (torch.contiguous_format, torch.channels_last):
             x = torch.randn(3, mod.in_channels, 7, 6).contiguous(memory_format=fmt)
             ours = unfold_nhwc(x, mod)  # [B, L, kh·kw·C]
@@ -428,8 +456,9 @@ def test_nhwc_im2col_is_unfold_with_reordered_columns() -> None:
             assert ours.is_contiguous() and ours.shape == ref.transpose(1, 2).shape
             # the same columns: a per-column weight vector maps back to the weight's layout
             w = torch.randn(1, ours.shape[2])
-            torch.testing.assert_close(ours @ w[0], ref.transpose(1, 2)
-                                       @ conv_columns(w, mod).reshape(-1))
+            torch.testing.assert_close(
+                ours @ w[0], ref.transpose(1, 2) @ conv_columns(w, mod).reshape(-1)
+            )
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
@@ -476,8 +505,9 @@ def test_cut_batchnorm_backward_matches_brute_force(residual: bool) -> None:
     x, y = _data(6, (2, 4, 4), 4)
     model = _with_running_stats(Folded(4, residual).double(), x)
     model.bn1d.weight.requires_grad_(False)
-    plan = ProbePlan(model, {n: p for n, p in model.named_parameters() if p.requires_grad},
-                     FisherSettings())
+    plan = ProbePlan(
+        model, {n: p for n, p in model.named_parameters() if p.requires_grad}, FisherSettings()
+    )
     try:
         plan.forward(model, x)
         folds = {n: r.fold[0] for n, r in plan.records.items() if r.fold is not None}
@@ -489,8 +519,9 @@ def test_cut_batchnorm_backward_matches_brute_force(residual: bool) -> None:
         ours = fisher_diagonal(model, _batches(x, y, 4), "true", chunk_size=3, backend=backend)
         _assert_close(ours, ref, rtol=1e-6)
     model.to(memory_format=torch.channels_last)
-    ours = fisher_diagonal(model, [(x.contiguous(memory_format=torch.channels_last), y)],
-                           "true", backend="probe")
+    ours = fisher_diagonal(
+        model, [(x.contiguous(memory_format=torch.channels_last), y)], "true", backend="probe"
+    )
     _assert_close(ours, ref, rtol=1e-6)
 
 
@@ -519,12 +550,13 @@ def test_module_called_twice_falls_back_to_func() -> None:
 def test_rejects_bad_arguments() -> None:
     model = Tiny(3).double().eval()
     x, y = _data(2, (2, 6, 6), 3)
-    for kwargs, match in (({"kind": "fisher"}, "unknown Fisher kind 'fisher'"),
-                          ({"bn_mode": "batch"}, "unknown bn_mode 'batch'"),
-                          ({"backend": "layers"}, "unknown backend 'layers'; allowed: auto, "
-                                                  "chain, probe, func"),
-                          ({"kind": "mc", "mc_samples": 0}, "mc_samples must be >= 1"),
-                          ({"chunk_size": 0}, "chunk_size must be >= 1")):
+    for kwargs, match in (
+        ({"kind": "fisher"}, "unknown Fisher kind 'fisher'"),
+        ({"bn_mode": "batch"}, "unknown bn_mode 'batch'"),
+        ({"backend": "layers"}, "unknown backend 'layers'; allowed: auto, chain, probe, func"),
+        ({"kind": "mc", "mc_samples": 0}, "mc_samples must be >= 1"),
+        ({"chunk_size": 0}, "chunk_size must be >= 1"),
+    ):
         with pytest.raises(ValueError, match=match):
             fisher_diagonal(model, [(x, y)], **kwargs)
     with pytest.raises(TypeError, match="settings must be a pbu.fisher.FisherSettings"):
@@ -545,9 +577,13 @@ class PoolNet(nn.Module):
     def __init__(self, num_classes: int = 5, bias: bool = True, inplace: bool = False) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(2, 4, 3, padding=1, bias=bias), nn.BatchNorm2d(4), nn.ReLU(inplace),
+            nn.Conv2d(2, 4, 3, padding=1, bias=bias),
+            nn.BatchNorm2d(4),
+            nn.ReLU(inplace),
             nn.MaxPool2d(2),  # [B, 4, 8, 8] -> [B, 4, 4, 4]
-            nn.Conv2d(4, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+            nn.Conv2d(4, 6, 3, padding=1, bias=False),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
             nn.MaxPool2d(2),  # -> [B, 6, 2, 2]
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(24, num_classes))
@@ -588,13 +624,15 @@ def _pool_net(bias: bool, inplace: bool) -> tuple[nn.Module, Tensor, Tensor]:
     return model, x, y
 
 
-@pytest.mark.parametrize("bias,inplace", [(True, False), (False, True)],
-                         ids=["bias", "no_bias_inplace_relu"])
+@pytest.mark.parametrize(
+    "bias,inplace", [(True, False), (False, True)], ids=["bias", "no_bias_inplace_relu"]
+)
 def test_pooled_chain_shortcut_matches_brute_force(bias: bool, inplace: bool) -> None:
     """On the probe backend (PoolNet is also a chain, which ``auto`` would take)."""
     model, x, y = _pool_net(bias, inplace)
-    plan = ProbePlan(model, {n: p for n, p in model.named_parameters() if p.requires_grad},
-                     FisherSettings())
+    plan = ProbePlan(
+        model, {n: p for n, p in model.named_parameters() if p.requires_grad}, FisherSettings()
+    )
     try:
         plan.forward(model, x)
         taken = [(p.conv, p.bn) for p in plan.pooled.values()]
@@ -605,8 +643,13 @@ def test_pooled_chain_shortcut_matches_brute_force(bias: bool, inplace: bool) ->
     ours = fisher_diagonal(model, _batches(x, y, 5), "true", chunk_size=3, backend="probe")
     _assert_close(ours, ref, rtol=1e-6)
     plain = FisherSettings(pool_shortcut=False)  # the plain probe path agrees
-    _assert_close(fisher_diagonal(model, _batches(x, y, 5), "true", chunk_size=3,
-                                  backend="probe", settings=plain), ours, rtol=1e-10)
+    _assert_close(
+        fisher_diagonal(
+            model, _batches(x, y, 5), "true", chunk_size=3, backend="probe", settings=plain
+        ),
+        ours,
+        rtol=1e-10,
+    )
     xl = x.contiguous(memory_format=torch.channels_last)
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     _assert_close(fisher_diagonal(model_cl, [(xl, y)], "true", backend="probe"), ref, rtol=1e-6)
@@ -614,8 +657,9 @@ def test_pooled_chain_shortcut_matches_brute_force(bias: bool, inplace: bool) ->
     for fmt in (torch.channels_last, torch.contiguous_format):
         model32 = copy.deepcopy(model).float().to(memory_format=fmt)
         for backend in ("auto", "probe"):
-            ours32 = fisher_diagonal(model32, [(x.float().contiguous(memory_format=fmt), y)],
-                                     "true", backend=backend)
+            ours32 = fisher_diagonal(
+                model32, [(x.float().contiguous(memory_format=fmt), y)], "true", backend=backend
+            )
             for n, r in ref.items():
                 err = ((ours32[n].double() - r).abs().max() / r.abs().max()).item()
                 assert err < 1e-5, (fmt, backend, n, err)
@@ -630,10 +674,14 @@ def test_pooled_chain_shortcut_in_bn_train_mode_and_few_cotangents() -> None:
     for kind, extra, bn_mode in cases:
         args = dict(kind=kind, bn_mode=bn_mode, chunk_size=3, **extra)
         ref = fisher_diagonal(model, _batches(x, y, 4), backend="func", **args)
-        for backend, settings in (("probe", None), ("probe", FisherSettings(pool_shortcut=False)),
-                                  ("chain", None)):
-            ours = fisher_diagonal(model, _batches(x, y, 4), backend=backend, settings=settings,
-                                   **args)
+        for backend, settings in (
+            ("probe", None),
+            ("probe", FisherSettings(pool_shortcut=False)),
+            ("chain", None),
+        ):
+            ours = fisher_diagonal(
+                model, _batches(x, y, 4), backend=backend, settings=settings, **args
+            )
             _assert_close(ours, ref, rtol=1e-10)
 
 
@@ -648,14 +696,27 @@ def _chain_net(k: int, *, bias: bool, inplace: bool) -> nn.Sequential:
     stride (NHWC im2col) followed by a standalone BatchNorm2d, Flatten, Dropout, Identity,
     Linear, BatchNorm1d."""
     return nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1, bias=bias), nn.BatchNorm2d(4), nn.ReLU(inplace),
-        nn.MaxPool2d(2),                                          # [B, 4, 6, 6]
-        nn.Conv2d(4, 5, 3, padding=1, bias=not bias), nn.BatchNorm2d(5), nn.ReLU(),
-        nn.MaxPool2d(2),                                          # [B, 5, 3, 3]
-        nn.Conv2d(5, 6, 2, stride=1, padding=1), nn.ReLU(inplace), nn.MaxPool2d(2),  # [B, 6, 2, 2]
-        nn.Conv2d(6, 6, 2, stride=2, bias=bias), nn.BatchNorm2d(6),  # [B, 6, 1, 1]
-        nn.Flatten(), nn.Dropout(0.5), nn.Linear(6, 7), nn.BatchNorm1d(7), nn.ReLU(),
-        nn.Identity(), nn.Linear(7, k))
+        nn.Conv2d(2, 4, 3, padding=1, bias=bias),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace),
+        nn.MaxPool2d(2),  # [B, 4, 6, 6]
+        nn.Conv2d(4, 5, 3, padding=1, bias=not bias),
+        nn.BatchNorm2d(5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # [B, 5, 3, 3]
+        nn.Conv2d(5, 6, 2, stride=1, padding=1),
+        nn.ReLU(inplace),
+        nn.MaxPool2d(2),  # [B, 6, 2, 2]
+        nn.Conv2d(6, 6, 2, stride=2, bias=bias),
+        nn.BatchNorm2d(6),  # [B, 6, 1, 1]
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(6, 7),
+        nn.BatchNorm1d(7),
+        nn.ReLU(),
+        nn.Identity(),
+        nn.Linear(7, k),
+    )
 
 
 @pytest.fixture
@@ -674,12 +735,14 @@ def chain_spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("bias,inplace", [(True, False), (False, True)],
-                         ids=["bias", "nobias_inplace"])
+@pytest.mark.parametrize(
+    "bias,inplace", [(True, False), (False, True)], ids=["bias", "nobias_inplace"]
+)
 @pytest.mark.parametrize("kind", ["true", "empirical"])
 @pytest.mark.parametrize("stacked", [False, True], ids=["per_cotangent", "stacked"])
-def test_chain_matches_brute_force(bias: bool, inplace: bool, kind: str, stacked: bool,
-                                   chain_spy: list[int]) -> None:
+def test_chain_matches_brute_force(
+    bias: bool, inplace: bool, kind: str, stacked: bool, chain_spy: list[int]
+) -> None:
     """``stacked``: the GPU's form of the conv products and input gradients (all R cotangents
     in one kernel), forced onto the CPU here."""
     settings = FisherSettings(stack_device_types=frozenset({"cpu"})) if stacked else None
@@ -689,8 +752,9 @@ def test_chain_matches_brute_force(bias: bool, inplace: bool, kind: str, stacked
     model = _with_running_stats(_chain_net(k, bias=bias, inplace=inplace).double(), x)
     weights = _true_weights(model, x) if kind == "true" else F.one_hot(y, k).double()
     ref = brute_force(model, x, weights)
-    ours = fisher_diagonal(model, _batches(x, y, 4), kind, chunk_size=3, backend="chain",
-                           settings=settings)
+    ours = fisher_diagonal(
+        model, _batches(x, y, 4), kind, chunk_size=3, backend="chain", settings=settings
+    )
     assert sum(chain_spy) == len(x)  # every sample went through the chain
     _assert_close(ours, ref, rtol=1e-6)
 
@@ -713,8 +777,9 @@ def test_chain_with_frozen_parameters_and_bn_train_mode(chain_spy: list[int]) ->
 
 
 @pytest.mark.parametrize("stacked", [False, True], ids=["per_cotangent", "stacked"])
-def test_chain_agrees_with_the_probe_path_on_the_small_cnn(chain_spy: list[int],
-                                                           stacked: bool) -> None:
+def test_chain_agrees_with_the_probe_path_on_the_small_cnn(
+    chain_spy: list[int], stacked: bool
+) -> None:
     """float32, channels_last, as the pipeline's fisher job runs it; ``stacked``: the GPU's
     form forced onto the CPU (its conv2 GEMM has R·O = 288 rows against 144 columns, the
     flipped orientation)."""
@@ -727,10 +792,18 @@ def test_chain_agrees_with_the_probe_path_on_the_small_cnn(chain_spy: list[int],
     model = _with_running_stats(model, x).to(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
     for kind in ("true", "mc"):
-        chained = fisher_diagonal(model, _batches(x, y, 16), kind, chunk_size=8, seed=3,
-                                  settings=settings)  # auto: the chain
-        plain = fisher_diagonal(model, _batches(x, y, 16), kind, chunk_size=8, seed=3,
-                                backend="probe", settings=settings)
+        chained = fisher_diagonal(
+            model, _batches(x, y, 16), kind, chunk_size=8, seed=3, settings=settings
+        )  # auto: the chain
+        plain = fisher_diagonal(
+            model,
+            _batches(x, y, 16),
+            kind,
+            chunk_size=8,
+            seed=3,
+            backend="probe",
+            settings=settings,
+        )
         _assert_close(chained, plain, rtol=1e-5)
     assert chain_spy
 
@@ -769,16 +842,24 @@ def _tied() -> nn.Sequential:
     return net
 
 
-@pytest.mark.parametrize("model,why", [
-    (_Residual(), "layer 'head' does not take the previous layer's output"),
-    (_Functional(), "layer 'head' does not take the previous layer's output"),
-    (_Twice(), "a layer is called more than once"),
-    (_tied(), "a parameter is shared by two layers"),
-    (nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3)),
-     r"layer '1' \(Tanh\) is not one the chain knows"),
-    (nn.Sequential(nn.Linear(4, 4), nn.MaxPool1d(1), nn.Linear(4, 3)),
-     r"layer '1' \(MaxPool1d\) is not one the chain knows")],
-    ids=["residual", "functional", "twice", "tied", "unknown_layer", "pool1d"])
+@pytest.mark.parametrize(
+    "model,why",
+    [
+        (_Residual(), "layer 'head' does not take the previous layer's output"),
+        (_Functional(), "layer 'head' does not take the previous layer's output"),
+        (_Twice(), "a layer is called more than once"),
+        (_tied(), "a parameter is shared by two layers"),
+        (
+            nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3)),
+            r"layer '1' \(Tanh\) is not one the chain knows",
+        ),
+        (
+            nn.Sequential(nn.Linear(4, 4), nn.MaxPool1d(1), nn.Linear(4, 3)),
+            r"layer '1' \(MaxPool1d\) is not one the chain knows",
+        ),
+    ],
+    ids=["residual", "functional", "twice", "tied", "unknown_layer", "pool1d"],
+)
 def test_models_that_are_not_chains_take_the_other_paths(model: nn.Module, why: str) -> None:
     """``auto`` falls back to the other paths; ``backend="chain"`` says why it cannot."""
     from pbu.fisher.chain import Chain
@@ -800,8 +881,10 @@ def test_probe_backend_says_why_it_cannot() -> None:
     x, y = _data(5, (4,), 3)
     ref = brute_force(model, x, _true_weights(model, x))
     _assert_close(fisher_diagonal(model, [(x, y)], "true"), ref, rtol=1e-6)
-    with pytest.raises(ValueError, match="backend 'probe' cannot handle this model: parameter "
-                                         "shared by 0.weight and 2.weight"):
+    with pytest.raises(
+        ValueError,
+        match="backend 'probe' cannot handle this model: parameter shared by 0.weight and 2.weight",
+    ):
         fisher_diagonal(model, [(x, y)], "true", backend="probe")
 
 

@@ -40,8 +40,9 @@ def test_a_failed_write_leaves_no_file_and_no_temporary(tmp_path):
     assert seen["tmp"] != final, "atomic_write wrote under the final name, not a temporary one"
     assert seen["tmp"].parent == final.parent, "the temporary must sit beside the final file"
     assert not final.exists(), f"a failed write left {final.name}: {final.read_text()!r}"
-    assert _debris(final.parent, final) == [], \
+    assert _debris(final.parent, final) == [], (
         f"a failed write left temporary files {_debris(final.parent, final)}"
+    )
 
 
 def test_a_failed_overwrite_leaves_the_old_file_untouched(tmp_path):
@@ -52,12 +53,15 @@ def test_a_failed_overwrite_leaves_the_old_file_untouched(tmp_path):
         atomic_write(final, _failing_writer(final, seen))
     assert seen["final_during_write"] == b'{"old": 1}\n', (
         f"while the new content was being written, {final.name} held "
-        f"{seen['final_during_write']!r}: the write is not going to a temporary name")
+        f"{seen['final_during_write']!r}: the write is not going to a temporary name"
+    )
     assert final.exists() and final.read_text() == '{"old": 1}\n', (
         f"a failed overwrite changed {final.name}: "
-        f"{final.read_text() if final.exists() else 'deleted'!r}")
-    assert _debris(tmp_path, final) == [], \
+        f"{final.read_text() if final.exists() else 'deleted'!r}"
+    )
+    assert _debris(tmp_path, final) == [], (
         f"a failed write left temporary files {_debris(tmp_path, final)}"
+    )
 
 
 def test_a_successful_write_replaces_the_file_and_leaves_nothing_else(tmp_path):
@@ -75,5 +79,6 @@ def test_write_json_of_an_unserialisable_value_keeps_the_old_file(tmp_path):
     with pytest.raises(TypeError, match="not JSON serialisable: object"):
         write_json(final, {"a": list(range(1000)), "z": object()})
     assert final.read_text() == '{"old": 1}\n', "a failed write_json changed the file"
-    assert _debris(tmp_path, final) == [], \
+    assert _debris(tmp_path, final) == [], (
         f"a failed write_json left temporary files {_debris(tmp_path, final)}"
+    )

@@ -26,9 +26,11 @@ FINETUNE = {"epochs": 1, "batch_size": 8, "lr": 0.01, "momentum": 0.9, "weight_d
 
 def _images(n: int, seed: int) -> TensorImages:
     g = torch.Generator().manual_seed(seed)
-    return TensorImages(DATASETS["mnist5k"],
-                        torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8),
-                        torch.arange(n) % 10)
+    return TensorImages(
+        DATASETS["mnist5k"],
+        torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8),
+        torch.arange(n) % 10,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +39,9 @@ def files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("jobs")
     save_prepared(tmp / "d.pt", _images(10 * PER_CLASS, 0), _images(10 * PER_CLASS, 1))
     torch.manual_seed(0)
-    save_checkpoint(tmp / "m.pt", build_model("small_cnn", **ARGS), arch="small_cnn",
-                    model_args=ARGS)
+    save_checkpoint(
+        tmp / "m.pt", build_model("small_cnn", **ARGS), arch="small_cnn", model_args=ARGS
+    )
     return tmp
 
 
@@ -76,8 +79,16 @@ def test_download_stand_in_keeps_more_of_the_forget_class(tmp_path):
     from pbu.jobs.data import download
 
     out = tmp_path / "s.pt"
-    rec = download("mnist5k", out, stand_in=True, max_image_size=16, max_train_per_class=3,
-                   max_test_per_class=2, keep_classes=[FORGET], keep_per_class=5)
+    rec = download(
+        "mnist5k",
+        out,
+        stand_in=True,
+        max_image_size=16,
+        max_train_per_class=3,
+        max_test_per_class=2,
+        keep_classes=[FORGET],
+        keep_per_class=5,
+    )
     train, test = load_prepared(out)
     # 9 classes capped at 3 (train) / 2 (test), the forget class at 5
     assert (rec["train_samples"], rec["test_samples"]) == (9 * 3 + 5, 9 * 2 + 5)
@@ -96,9 +107,16 @@ def test_pretrain_and_oracle_records(files, tmp_path):
     from pbu.jobs.train import oracle, pretrain
 
     before = time.time()
-    rec = pretrain(files / "d.pt", arch="small_cnn", seed=0, recipe=RECIPE,
-                   out_model=tmp_path / "p.pt", out_info=tmp_path / "p.json", device="cpu",
-                   progress=False)
+    rec = pretrain(
+        files / "d.pt",
+        arch="small_cnn",
+        seed=0,
+        recipe=RECIPE,
+        out_model=tmp_path / "p.pt",
+        out_info=tmp_path / "p.json",
+        device="cpu",
+        progress=False,
+    )
     assert rec == _on_disk(tmp_path / "p.json")
     assert rec["role"] == "original" and rec["forget"] is None
     assert rec["train_samples"] == 10 * PER_CLASS and len(rec["history"]) == 1
@@ -106,17 +124,33 @@ def test_pretrain_and_oracle_records(files, tmp_path):
     _, ck = load_checkpoint(tmp_path / "p.pt", with_info=True)
     assert ck["meta"]["role"] == "original" and ck["hparams"]["recipe"] == rec["recipe"]
 
-    rec = oracle(files / "d.pt", forget=FORGET, arch="small_cnn", seed=0, recipe=RECIPE,
-                 out_model=tmp_path / "o.pt", out_info=tmp_path / "o.json", device="cpu",
-                 progress=False, started_at=123.0)
+    rec = oracle(
+        files / "d.pt",
+        forget=FORGET,
+        arch="small_cnn",
+        seed=0,
+        recipe=RECIPE,
+        out_model=tmp_path / "o.pt",
+        out_info=tmp_path / "o.json",
+        device="cpu",
+        progress=False,
+        started_at=123.0,
+    )
     assert rec == _on_disk(tmp_path / "o.json")
     assert rec["role"] == "oracle" and rec["forget"] == FORGET and rec["started_at"] == 123.0
     assert rec["train_samples"] == 9 * PER_CLASS  # never a sample of the forget class
     _, ck = load_checkpoint(tmp_path / "o.pt", with_info=True)
     assert ck["meta"] == {"role": "oracle", "forget": FORGET, "dataset": "mnist5k"}
     with pytest.raises(UsageError, match="recipe: lr must be > 0"):
-        pretrain(files / "d.pt", arch="small_cnn", seed=0, recipe=dict(RECIPE, lr=-1),
-                 out_model=tmp_path / "x.pt", out_info=tmp_path / "x.json", device="cpu")
+        pretrain(
+            files / "d.pt",
+            arch="small_cnn",
+            seed=0,
+            recipe=dict(RECIPE, lr=-1),
+            out_model=tmp_path / "x.pt",
+            out_info=tmp_path / "x.json",
+            device="cpu",
+        )
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -130,9 +164,17 @@ def test_fisher_is_the_forget_class_fisher(files, tmp_path):
     from pbu.jobs.common import load_fisher
     from pbu.jobs.fisher import fisher
 
-    rec = fisher(files / "d.pt", model=files / "m.pt", forget=FORGET, out=tmp_path / "f.pt",
-                 out_info=tmp_path / "f.json", batch_size=4, device="cpu",
-                 memory_format="contiguous", progress=False)
+    rec = fisher(
+        files / "d.pt",
+        model=files / "m.pt",
+        forget=FORGET,
+        out=tmp_path / "f.pt",
+        out_info=tmp_path / "f.json",
+        batch_size=4,
+        device="cpu",
+        memory_format="contiguous",
+        progress=False,
+    )
     assert rec == _on_disk(tmp_path / "f.json")
     assert rec["samples"] == PER_CLASS and rec["kind"] == "true"
     model = load_checkpoint(files / "m.pt")
@@ -155,10 +197,20 @@ def test_unlearn_record_history_and_monitor(files, tmp_path):
     from pbu.jobs.unlearn import unlearn
     from pbu.train import evaluate_accuracy
 
-    rec = unlearn(files / "d.pt", model=files / "m.pt", forget=FORGET, method="finetune",
-                  hparams=FINETUNE, seed=0, retain_subset=10, out_model=tmp_path / "u.pt",
-                  out_history=tmp_path / "h.json", out_info=tmp_path / "u.json", device="cpu",
-                  monitor_every=2)
+    rec = unlearn(
+        files / "d.pt",
+        model=files / "m.pt",
+        forget=FORGET,
+        method="finetune",
+        hparams=FINETUNE,
+        seed=0,
+        retain_subset=10,
+        out_model=tmp_path / "u.pt",
+        out_history=tmp_path / "h.json",
+        out_info=tmp_path / "u.json",
+        device="cpu",
+        monitor_every=2,
+    )
     assert rec == _on_disk(tmp_path / "u.json")
     assert rec["method"] == "finetune" and rec["hparams"] == FINETUNE
     assert rec["data_access"] == "class id + all retain" and rec["time_s"] > 0
@@ -168,17 +220,36 @@ def test_unlearn_record_history_and_monitor(files, tmp_path):
     _, test = load_prepared(files / "d.pt")
     forget_test = test.subset(class_split(test.labels, FORGET)[0]).loader(64)
     assert history[0]["acc_forget_test"] == pytest.approx(
-        evaluate_accuracy(load_checkpoint(files / "m.pt"), forget_test))
+        evaluate_accuracy(load_checkpoint(files / "m.pt"), forget_test)
+    )
     _, ck = load_checkpoint(tmp_path / "u.pt", with_info=True)
     assert ck["meta"] == {"method": "finetune", "forget": FORGET}
     with pytest.raises(UsageError, match="needs the Fisher: give fisher"):
-        unlearn(files / "d.pt", model=files / "m.pt", forget=FORGET, method="pbu",
-                hparams=CONFIG["hparams"]["pbu"], seed=0, out_model=tmp_path / "x.pt",
-                out_history=tmp_path / "x.json", out_info=tmp_path / "xi.json", device="cpu")
+        unlearn(
+            files / "d.pt",
+            model=files / "m.pt",
+            forget=FORGET,
+            method="pbu",
+            hparams=CONFIG["hparams"]["pbu"],
+            seed=0,
+            out_model=tmp_path / "x.pt",
+            out_history=tmp_path / "x.json",
+            out_info=tmp_path / "xi.json",
+            device="cpu",
+        )
     with pytest.raises(UsageError, match="unknown method 'magic'"):
-        unlearn(files / "d.pt", model=files / "m.pt", forget=FORGET, method="magic",
-                hparams={}, seed=0, out_model=tmp_path / "x.pt",
-                out_history=tmp_path / "x.json", out_info=tmp_path / "xi.json", device="cpu")
+        unlearn(
+            files / "d.pt",
+            model=files / "m.pt",
+            forget=FORGET,
+            method="magic",
+            hparams={},
+            seed=0,
+            out_model=tmp_path / "x.pt",
+            out_history=tmp_path / "x.json",
+            out_info=tmp_path / "xi.json",
+            device="cpu",
+        )
 
 
 def test_monitor_merge_puts_each_steps_accuracies_on_its_row():
@@ -187,8 +258,11 @@ def test_monitor_merge_puts_each_steps_accuracies_on_its_row():
     mon = AccuracyMonitor.__new__(AccuracyMonitor)
     mon.trajectory = [{"step": 0, "acc_forget_test": 90.0}, {"step": 2, "acc_forget_test": 10.0}]
     merged = mon.merge([{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}])
-    assert merged == [{"step": 0, "acc_forget_test": 90.0}, {"step": 1, "loss": 1.0},
-                      {"step": 2, "loss": 0.5, "acc_forget_test": 10.0}]
+    assert merged == [
+        {"step": 0, "acc_forget_test": 90.0},
+        {"step": 1, "loss": 1.0},
+        {"step": 2, "loss": 0.5, "acc_forget_test": 10.0},
+    ]
 
 
 # ------------------------------------------------------------------------------------------
@@ -200,10 +274,20 @@ def test_tune_record(files, tmp_path):
     from pbu.jobs.tune import tune
 
     hp = dict(CONFIG["hparams"]["neggrad"], epochs=1, batch_size=4)
-    kw = {"model": files / "m.pt", "forget": FORGET, "method": "neggrad", "hparams": hp,
-              "space": {"lr": [1e-3, 3e-3]}, "budget": 2, "threshold": 5.0, "seed": 0,
-              "out": tmp_path / "t.json", "device": "cpu", "memory_format": "contiguous",
-              "progress": False}
+    kw = {
+        "model": files / "m.pt",
+        "forget": FORGET,
+        "method": "neggrad",
+        "hparams": hp,
+        "space": {"lr": [1e-3, 3e-3]},
+        "budget": 2,
+        "threshold": 5.0,
+        "seed": 0,
+        "out": tmp_path / "t.json",
+        "device": "cpu",
+        "memory_format": "contiguous",
+        "progress": False,
+    }
     rec = tune(files / "d.pt", val_fraction=0.5, **kw)
     assert rec == _on_disk(tmp_path / "t.json")
     assert rec["method"] == "neggrad" and len(rec["trials"]) == 2
@@ -226,10 +310,18 @@ def test_evaluate_record(files, tmp_path):
     other = build_model("small_cnn", **ARGS)
     save_checkpoint(tmp_path / "other.pt", other, arch="small_cnn", model_args=ARGS)
     settings = {"batch_size": 64, "mia_max_samples": None, "relearn": False, "probe": False}
-    rec = evaluate(files / "d.pt", forget=FORGET, seed=0, original=files / "m.pt",
-                   oracle=tmp_path / "other.pt", models={"mine": tmp_path / "other.pt"},
-                   settings=settings, out=tmp_path / "e.json", device="cpu",
-                   memory_format="contiguous")
+    rec = evaluate(
+        files / "d.pt",
+        forget=FORGET,
+        seed=0,
+        original=files / "m.pt",
+        oracle=tmp_path / "other.pt",
+        models={"mine": tmp_path / "other.pt"},
+        settings=settings,
+        out=tmp_path / "e.json",
+        device="cpu",
+        memory_format="contiguous",
+    )
     assert rec == _on_disk(tmp_path / "e.json")
     assert set(rec["metrics"]) == {"original", "mine", "oracle"}
     assert rec["data"]["splits"]["forget_train"] == PER_CLASS
@@ -240,12 +332,18 @@ def test_evaluate_record(files, tmp_path):
     acc = evaluate_accuracy(load_checkpoint(files / "m.pt"), ft)
     assert rec["metrics"]["original"]["acc_forget_test"] == pytest.approx(acc)
     # the same model under two names scores the same
-    assert rec["metrics"]["mine"]["acc_retain_test"] == \
-        rec["metrics"]["oracle"]["acc_retain_test"]
+    assert rec["metrics"]["mine"]["acc_retain_test"] == rec["metrics"]["oracle"]["acc_retain_test"]
     with pytest.raises(UsageError, match="settings: unknown evaluation key"):
-        evaluate(files / "d.pt", forget=FORGET, seed=0, original=files / "m.pt",
-                 oracle=files / "m.pt", settings={"bogus": 1}, out=tmp_path / "x.json",
-                 device="cpu")
+        evaluate(
+            files / "d.pt",
+            forget=FORGET,
+            seed=0,
+            original=files / "m.pt",
+            oracle=files / "m.pt",
+            settings={"bogus": 1},
+            out=tmp_path / "x.json",
+            device="cpu",
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -266,9 +364,17 @@ def test_results_jobs(tmp_path, fake_results):
     assert {(r["forget"], r["method"]) for r in rows} == {(k[3], k[4]) for k in expected}
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(UsageError, match="bad.json: not a JSON file"):
-        report(tmp_path / "agg", reference="ref.csv", out_dir=tmp_path / "r",
-               settings=tmp_path / "bad.json")
+        report(
+            tmp_path / "agg",
+            reference="ref.csv",
+            out_dir=tmp_path / "r",
+            settings=tmp_path / "bad.json",
+        )
     pytest.importorskip("mlflow")
     with pytest.raises(UsageError, match="127.0.0.1:9"):
-        track(tracking_uri="http://127.0.0.1:9", experiment="t", out=tmp_path / "t.json",
-              results=tmp_path / "results")
+        track(
+            tracking_uri="http://127.0.0.1:9",
+            experiment="t",
+            out=tmp_path / "t.json",
+            results=tmp_path / "results",
+        )

@@ -35,33 +35,45 @@ def test_oracle_is_the_model_folder_named_oracle():
 
 
 def test_known_paths_are_spelled_as_the_readme_says():
-    assert layout.path("pretrain_model", "results", **WC) == \
-        "results/mnist5k/small_cnn/seed3/pretrain/model.pt"
-    assert layout.path("tune", "r", **WC) == \
-        "r/mnist5k/small_cnn/seed3/forget7/tune/neggrad_plus.json"
+    assert (
+        layout.path("pretrain_model", "results", **WC)
+        == "results/mnist5k/small_cnn/seed3/pretrain/model.pt"
+    )
+    assert (
+        layout.path("tune", "r", **WC) == "r/mnist5k/small_cnn/seed3/forget7/tune/neggrad_plus.json"
+    )
     assert layout.path("fisher", "r", **WC) == "r/mnist5k/small_cnn/seed3/forget7/fisher.pt"
     assert layout.path("runs_csv", "r") == "r/aggregate/runs.csv"
     assert layout.glob(layout.FILES["metrics"]) == "*/*/seed*/forget*/metrics.json"
 
 
 def test_missing_wildcards_stay_snakemake_placeholders():
-    assert layout.path("model", "results") == \
-        "results/{dataset}/{arch}/seed{seed}/forget{forget}/{method}/model.pt"
-    assert layout.path("model", "results", method="pbu") == \
-        "results/{dataset}/{arch}/seed{seed}/forget{forget}/pbu/model.pt"
+    assert (
+        layout.path("model", "results")
+        == "results/{dataset}/{arch}/seed{seed}/forget{forget}/{method}/model.pt"
+    )
+    assert (
+        layout.path("model", "results", method="pbu")
+        == "results/{dataset}/{arch}/seed{seed}/forget{forget}/pbu/model.pt"
+    )
 
 
 def test_logs_and_benchmarks_mirror_the_results_paths():
     pairs = {"pretrain": "pretrain_model", "oracle": "model", "unlearn": "model"}
     for job, name in pairs.items():
-        out = Path(layout.path(name, **{**WC, "method": layout.ORACLE if job == "oracle"
-                                        else WC["method"]}))
+        out = Path(
+            layout.path(
+                name, **{**WC, "method": layout.ORACLE if job == "oracle" else WC["method"]}
+            )
+        )
         assert layout.log(job, "r", **WC) == f"r/logs/{out.parent}.log"
         assert layout.benchmark(job, "r", **WC) == f"r/benchmarks/{out.parent}.tsv"
     tune = Path(layout.path("tune", **WC))
     assert layout.log("tune", "r", **WC) == f"r/logs/{tune.with_suffix('')}.log"
-    assert layout.log("fisher", "r", **WC) == \
-        f"r/logs/{Path(layout.path('fisher', **WC)).with_suffix('')}.log"
+    assert (
+        layout.log("fisher", "r", **WC)
+        == f"r/logs/{Path(layout.path('fisher', **WC)).with_suffix('')}.log"
+    )
 
 
 def test_a_foreign_path_is_rejected_naming_it():
@@ -130,8 +142,9 @@ def test_every_jobs_log_and_benchmark_parse_back_to_the_job(job):
 
 def test_a_job_record_is_found_from_its_benchmark_file():
     found = layout.parse_job(layout.benchmark("oracle", "res", **WC))
-    assert found.file("info", method=layout.ORACLE) == \
-        Path("res/mnist5k/small_cnn/seed3/forget7/oracle/info.json")
+    assert found.file("info", method=layout.ORACLE) == Path(
+        "res/mnist5k/small_cnn/seed3/forget7/oracle/info.json"
+    )
     with pytest.raises(LayoutError, match="not a job's"):
         layout.parse_job("res/benchmarks/mnist5k/small_cnn/seed3.tsv")
     with pytest.raises(LayoutError, match="not a job's"):

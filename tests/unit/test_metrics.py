@@ -20,8 +20,9 @@ K = 10
 TINY = DatasetSpec("tiny", 3, 1, 4, (0.5,), (0.25,), "none", "tensor", "unit-test images")
 
 
-def confident_logits(labels: np.ndarray, rng: np.random.Generator, scale: float = 20.0,
-                     k: int = K) -> torch.Tensor:
+def confident_logits(
+    labels: np.ndarray, rng: np.random.Generator, scale: float = 20.0, k: int = K
+) -> torch.Tensor:
     """Near one-hot softmax on ``labels``: entropy ~ 0, true-class confidence ~ 1."""
     logits = 0.1 * rng.standard_normal((len(labels), k))
     logits[np.arange(len(labels)), labels] += scale
@@ -47,8 +48,9 @@ def tiny_data(n_per_class: int = 20, seed: int = 0) -> TensorImages:
 
 def tiny_mlp(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(),
-                         nn.Linear(8, 3))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)
+    )
 
 
 def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -87,8 +89,14 @@ def test_accuracy_of_model_and_loader() -> None:
 
 def test_collect_outputs_eval_mode_restores_modes_and_bn_stats() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                          nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(64, 3),
+    )
     model.train()
     model[4].eval()  # a mixed state must come back exactly as it was
     before = state_copy(model)
@@ -183,14 +191,15 @@ def test_mia_entropy_svc_max_samples_caps_each_side_with_a_seeded_draw(monkeypat
     def fitted(seed: int | None, cap: int | None) -> tuple[list[float], list[float]]:
         fits.clear()
         M.mia_entropy_svc(retain, test, forget, seed=seed, max_samples=cap)
-        (x, y), = fits
+        ((x, y),) = fits
         return sorted(x[y == 1].round(9)), sorted(x[y == 0].round(9))
 
     full_m, full_n = fitted(0, None)
     assert (len(full_m), len(full_n)) == (300, 200), "max_samples=None must fit on every sample"
     m5, n5 = fitted(5, 50)
     assert 0 < len(m5) <= 50 and 0 < len(n5) <= 50, (
-        f"max_samples=50 fitted the attacker on {len(m5)} members and {len(n5)} non-members")
+        f"max_samples=50 fitted the attacker on {len(m5)} members and {len(n5)} non-members"
+    )
     assert len(set(m5)) == len(m5) and set(m5) <= members, "members not drawn from retain-train"
     assert len(set(n5)) == len(n5) and set(n5) <= nonmembers, "non-members not drawn from test"
     assert fitted(5, 50) == (m5, n5), "the same seed drew other samples"
@@ -210,14 +219,17 @@ def peaked_logits(n: int, rng: np.random.Generator, peak: float) -> torch.Tensor
     return torch.tensor(logits)
 
 
-@pytest.mark.parametrize(("n_member", "n_non", "cap", "expected"), [
-    (3600, 900, 1000, (800, 200)),    # the default run: 4:1 stays 4:1
-    (3600, 1000, 1000, (783, 217)),   # Bad Teaching's sets (whole test split)
-    (400, 100, None, (400, 100)),     # no cap: everything
-    (400, 100, 500, (400, 100)),      # already small enough: everything
-    (10, 1000, 50, (1, 49)),          # each side keeps at least one sample
-    (1000, 10, 50, (49, 1)),
-])
+@pytest.mark.parametrize(
+    ("n_member", "n_non", "cap", "expected"),
+    [
+        (3600, 900, 1000, (800, 200)),  # the default run: 4:1 stays 4:1
+        (3600, 1000, 1000, (783, 217)),  # Bad Teaching's sets (whole test split)
+        (400, 100, None, (400, 100)),  # no cap: everything
+        (400, 100, 500, (400, 100)),  # already small enough: everything
+        (10, 1000, 50, (1, 49)),  # each side keeps at least one sample
+        (1000, 10, 50, (49, 1)),
+    ],
+)
 def test_mia_fit_sizes_keep_the_member_non_member_ratio(n_member, n_non, cap, expected) -> None:
     k_member, k_non = M.mia_fit_sizes(n_member, n_non, cap)
     assert (k_member, k_non) == expected
@@ -236,8 +248,11 @@ def test_mia_entropy_svc_cap_keeps_what_the_unbalanced_attacker_learns(monkeypat
     assert full == pytest.approx(1.0)
     sizes = []
     fit = M._svc_member_rate
-    monkeypatch.setattr(M, "_svc_member_rate",
-                        lambda m, n, t: sizes.append((len(m), len(n), len(t))) or fit(m, n, t))
+    monkeypatch.setattr(
+        M,
+        "_svc_member_rate",
+        lambda m, n, t: sizes.append((len(m), len(n), len(t))) or fit(m, n, t),
+    )
     capped = M.mia_entropy_svc(members, non_members, targets, seed=0, max_samples=100)
     assert sizes == [(80, 20, 200)]  # ratio kept, targets never subsampled
     assert capped == pytest.approx(full)
@@ -259,15 +274,17 @@ def test_mia_entropy_svc_bad_teaching_counts_the_forget_test_split_as_non_member
     forget_test = peaked_logits(100, rng, 5.0)
     forget_train = peaked_logits(80, rng, 5.0)
     ours = M.mia_entropy_svc(retain_train, retain_test, forget_train, seed=0)
-    theirs = M.mia_entropy_svc_bad_teaching(retain_train, retain_test, forget_test, forget_train,
-                                            seed=0)
+    theirs = M.mia_entropy_svc_bad_teaching(
+        retain_train, retain_test, forget_test, forget_train, seed=0
+    )
     assert ours == pytest.approx(1.0) and theirs == pytest.approx(0.0)
     # it is exactly our attack with the whole test split as non-members
     whole = torch.cat([retain_test, forget_test])
     assert theirs == M.mia_entropy_svc(retain_train, whole, forget_train, seed=0)
     # and the cap keeps Bad Teaching's ratio too (300:190 -> 61:39 of 100)
-    assert M.mia_entropy_svc_bad_teaching(retain_train, retain_test, forget_test, forget_train,
-                                          seed=0, max_samples=100) == pytest.approx(0.0)
+    assert M.mia_entropy_svc_bad_teaching(
+        retain_train, retain_test, forget_test, forget_train, seed=0, max_samples=100
+    ) == pytest.approx(0.0)
 
 
 def test_mia_efficacy_salun_uses_true_class_confidence() -> None:
@@ -399,8 +416,13 @@ def test_zrf_and_zrf_as_coded_by_hand() -> None:
 
     # the literal Bad Teaching / SSD code (torch's default reduction='mean' = element mean)
     m = (p + q) / 2
-    literal = 1 - (0.5 * F.kl_div(torch.log(p), m, reduction="mean")
-                   + 0.5 * F.kl_div(torch.log(q), m, reduction="mean")).item()
+    literal = (
+        1
+        - (
+            0.5 * F.kl_div(torch.log(p), m, reduction="mean")
+            + 0.5 * F.kl_div(torch.log(q), m, reduction="mean")
+        ).item()
+    )
     assert M.zrf_as_coded(p.log(), q.log()) == pytest.approx(literal, rel=1e-12)
     # identical outputs: both scores are 1
     assert M.zrf(p.log(), p.log()) == pytest.approx(1.0)
@@ -419,8 +441,9 @@ def test_relearn_time_zero_steps_when_already_known_and_model_untouched() -> Non
     with torch.no_grad():
         model[4].bias.copy_(torch.tensor([100.0, 0.0, 0.0]))  # predicts class 0 for everything
     before = state_copy(model)
-    res = M.relearn_time(model, forget.loader(5), forget.loader(20), lr=0.1, max_steps=10,
-                         threshold=90.0, seed=0)
+    res = M.relearn_time(
+        model, forget.loader(5), forget.loader(20), lr=0.1, max_steps=10, threshold=90.0, seed=0
+    )
     assert res.steps == 0 and res.reached and res.accuracies == [100.0]
     assert_same_state(model, before)
 
@@ -447,13 +470,22 @@ def test_relearn_time_counts_steps_and_never_changes_the_callers_model() -> None
     # seeded: same count again; an evaluation callable gives the same count as the loader
     again = M.relearn_time(model, forget.loader(8, shuffle=True), forget.loader(20), **kwargs)
     assert again.steps == res.steps
-    by_fn = M.relearn_time(model, forget.loader(8, shuffle=True),
-                           lambda m: M.accuracy(m, forget.loader(20)), **kwargs)
+    by_fn = M.relearn_time(
+        model, forget.loader(8, shuffle=True), lambda m: M.accuracy(m, forget.loader(20)), **kwargs
+    )
     assert by_fn.steps == res.steps
 
     # lr = 0: never relearns; sentinel max_steps + 1
-    never = M.relearn_time(model, forget.loader(8), forget.loader(20), lr=0.0, max_steps=5,
-                           threshold=90.0, optimizer="sgd", seed=0)
+    never = M.relearn_time(
+        model,
+        forget.loader(8),
+        forget.loader(20),
+        lr=0.0,
+        max_steps=5,
+        threshold=90.0,
+        optimizer="sgd",
+        seed=0,
+    )
     assert never.steps == 6 and not never.reached and len(never.accuracies) == 6
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import pickle
-import zipfile
 
 import pytest
 import torch
@@ -15,8 +13,14 @@ from pbu.models import build_model
 
 @pytest.mark.parametrize(
     "arch,c,size,k",
-    [("small_cnn", 1, 28, 10), ("allcnn", 3, 32, 10), ("resnet18", 1, 28, 10),
-     ("resnet50", 3, 32, 100), ("densenet121", 3, 32, 7), ("convnext_tiny", 3, 32, 5)],
+    [
+        ("small_cnn", 1, 28, 10),
+        ("allcnn", 3, 32, 10),
+        ("resnet18", 1, 28, 10),
+        ("resnet50", 3, 32, 100),
+        ("densenet121", 3, 32, 7),
+        ("convnext_tiny", 3, 32, 5),
+    ],
 )
 def test_factory_adapts_to_dataset(arch, c, size, k):
     torch.manual_seed(0)
@@ -39,13 +43,20 @@ def test_factory_adapts_to_dataset(arch, c, size, k):
 # ConvNeXt imagenet (4x4 patches): 28 -> 7 -> 3 -> 1 -> 0; 32 -> 8 -> 4 -> 2 -> 1.
 # ConvNeXt cifar (2x2 patches): 28 -> 14 -> 7 -> 3 -> 1; 32 -> 16 -> 8 -> 4 -> 2.
 LAST_SIDE = {
-    ("resnet18", "imagenet", 1, 28): 1, ("resnet18", "imagenet", 3, 32): 1,
-    ("resnet18", "cifar", 1, 28): 4, ("resnet18", "cifar", 3, 32): 4,
-    ("resnet50", "imagenet", 1, 28): 1, ("resnet50", "cifar", 3, 32): 4,
-    ("densenet121", "imagenet", 1, 28): None, ("densenet121", "imagenet", 3, 32): 1,
-    ("densenet121", "cifar", 1, 28): 3, ("densenet121", "cifar", 3, 32): 4,
-    ("convnext_tiny", "imagenet", 1, 28): None, ("convnext_tiny", "imagenet", 3, 32): 1,
-    ("convnext_tiny", "cifar", 1, 28): 1, ("convnext_tiny", "cifar", 3, 32): 2,
+    ("resnet18", "imagenet", 1, 28): 1,
+    ("resnet18", "imagenet", 3, 32): 1,
+    ("resnet18", "cifar", 1, 28): 4,
+    ("resnet18", "cifar", 3, 32): 4,
+    ("resnet50", "imagenet", 1, 28): 1,
+    ("resnet50", "cifar", 3, 32): 4,
+    ("densenet121", "imagenet", 1, 28): None,
+    ("densenet121", "imagenet", 3, 32): 1,
+    ("densenet121", "cifar", 1, 28): 3,
+    ("densenet121", "cifar", 3, 32): 4,
+    ("convnext_tiny", "imagenet", 1, 28): None,
+    ("convnext_tiny", "imagenet", 3, 32): 1,
+    ("convnext_tiny", "cifar", 1, 28): 1,
+    ("convnext_tiny", "cifar", 3, 32): 2,
 }
 
 
@@ -65,15 +76,20 @@ def test_stem_layers_and_the_map_reaching_the_last_stage(arch, stem, c, size):
     want = LAST_SIDE[arch, stem, c, size]
     assert last_stage_side(arch, stem, size) == (want or 0)  # the config check's arithmetic
     if want is None:
-        with pytest.raises(ValueError, match=f"{arch} with the {stem} stem cannot process "
-                                             f"{size}-pixel images.*use cifar"):
+        with pytest.raises(
+            ValueError,
+            match=f"{arch} with the {stem} stem cannot process {size}-pixel images.*use cifar",
+        ):
             build_model(arch, num_classes=7, in_channels=c, image_size=size, stem=stem)
         return
     torch.manual_seed(0)
     model = build_model(arch, num_classes=7, in_channels=c, image_size=size, stem=stem).eval()
     if arch.startswith("resnet") or arch.startswith("densenet"):
-        conv, pool = ((model.conv1, model.maxpool) if arch.startswith("resnet")
-                      else (model.features.conv0, model.features.pool0))
+        conv, pool = (
+            (model.conv1, model.maxpool)
+            if arch.startswith("resnet")
+            else (model.features.conv0, model.features.pool0)
+        )
         assert conv.in_channels == c
         if stem == "imagenet":  # torchvision's 7x7 stride-2 conv and its 3x3 stride-2 max-pool
             assert (conv.kernel_size, conv.stride, conv.padding) == ((7, 7), (2, 2), (3, 3))
@@ -106,8 +122,12 @@ def test_model_args_record_the_resolved_stem_of_torchvision_archs_only():
     from pbu.registry import DATASETS
 
     spec = DATASETS["mnist5k"]
-    assert model_args("resnet18", spec) == {"num_classes": 10, "in_channels": 1,
-                                            "image_size": 28, "stem": "imagenet"}
+    assert model_args("resnet18", spec) == {
+        "num_classes": 10,
+        "in_channels": 1,
+        "image_size": 28,
+        "stem": "imagenet",
+    }
     assert model_args("resnet18", spec, "cifar")["stem"] == "cifar"
     assert "stem" not in model_args("small_cnn", spec)
     with pytest.raises(ValueError, match="small_cnn has a single stem"):
@@ -119,11 +139,14 @@ def test_config_stem_one_name_or_a_mapping_per_arch():
 
     mapping = {"resnet18": "imagenet", "densenet121": "cifar"}
     assert resolve_stem("densenet121", mapping) == "cifar"
-    assert resolve_stem("resnet18", "cifar") == "cifar" and resolve_stem("small_cnn", "cifar") is None
+    assert (
+        resolve_stem("resnet18", "cifar") == "cifar" and resolve_stem("small_cnn", "cifar") is None
+    )
     assert stem_problem(["small_cnn", "resnet18", "densenet121"], mapping, 28) is None
     assert "no stem for resnet50" in stem_problem(["resnet50"], mapping, 28)
-    assert "densenet121 with the imagenet stem cannot process 28-pixel" in \
-        stem_problem(["densenet121"], "imagenet", 28)
+    assert "densenet121 with the imagenet stem cannot process 28-pixel" in stem_problem(
+        ["densenet121"], "imagenet", 28
+    )
     assert stem_problem(["densenet121"], "imagenet", 32) is None
 
 
@@ -149,8 +172,15 @@ def _model():
 def test_checkpoint_roundtrip_carries_its_description(tmp_path):
     m = _model()
     args = {"num_classes": 10, "in_channels": 1, "image_size": 28}
-    save_checkpoint(tmp_path / "m.pt", m, arch="small_cnn", model_args=args,
-                    hparams={"lr": 0.1}, seed=3, meta={"role": "original"})
+    save_checkpoint(
+        tmp_path / "m.pt",
+        m,
+        arch="small_cnn",
+        model_args=args,
+        hparams={"lr": 0.1},
+        seed=3,
+        meta={"role": "original"},
+    )
     loaded, info = load_checkpoint(tmp_path / "m.pt", with_info=True)
     for (k, a), (_, b) in zip(m.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k
@@ -172,7 +202,9 @@ def test_checkpoint_rebuilds_the_stem_it_was_trained_with(tmp_path, stem):
     loaded, info = load_checkpoint(tmp_path / "r.pt", with_info=True)
     assert info["model_args"]["stem"] == stem
     assert loaded.conv1.kernel_size == ((7, 7) if stem == "imagenet" else (3, 3))
-    assert isinstance(loaded.maxpool, torch.nn.MaxPool2d if stem == "imagenet" else torch.nn.Identity)
+    assert isinstance(
+        loaded.maxpool, torch.nn.MaxPool2d if stem == "imagenet" else torch.nn.Identity
+    )
     for (k, a), (_, b) in zip(m.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k
     x = torch.randn(3, 1, 28, 28)
@@ -196,8 +228,9 @@ def test_checkpoint_without_a_stem_loads_as_its_factory_built_it(tmp_path, size,
     loaded, info = load_checkpoint(tmp_path / "old.pt", with_info=True)
     assert info["model_args"] == {**args, "stem": legacy}
     assert loaded.conv1.stride == ((1, 1) if legacy == "cifar" else (2, 2))
-    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(),
-                                                 loaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(m.state_dict().values(), loaded.state_dict().values())
+    )
 
 
 def test_pretrain_command_records_the_stem_it_built(tmp_path, capsys):
@@ -208,20 +241,50 @@ def test_pretrain_command_records_the_stem_it_built(tmp_path, capsys):
     from pbu.data import DATASETS, TensorImages, save_prepared
 
     g = torch.Generator().manual_seed(0)
-    data = TensorImages(DATASETS["mnist5k"],
-                        torch.randint(0, 256, (20, 1, 28, 28), generator=g, dtype=torch.uint8),
-                        torch.arange(20) % 10)
+    data = TensorImages(
+        DATASETS["mnist5k"],
+        torch.randint(0, 256, (20, 1, 28, 28), generator=g, dtype=torch.uint8),
+        torch.arange(20) % 10,
+    )
     save_prepared(tmp_path / "d.pt", data, data)
-    recipe = json.dumps({"epochs": 1, "batch_size": 10, "optimizer": "adam", "lr": 1e-4,
-                         "weight_decay": 0.0, "channels_last": False})
-    base = ["pretrain", "--data", str(tmp_path / "d.pt"), "--seed", "0", "--recipe", recipe,
-            "--device", "cpu", "--quiet", "--out-info", str(tmp_path / "i.json")]
-    assert main([*base, "--arch", "resnet18", "--stem", "cifar",
-                 "--out-model", str(tmp_path / "m.pt")]) == 0
+    recipe = json.dumps(
+        {
+            "epochs": 1,
+            "batch_size": 10,
+            "optimizer": "adam",
+            "lr": 1e-4,
+            "weight_decay": 0.0,
+            "channels_last": False,
+        }
+    )
+    base = [
+        "pretrain",
+        "--data",
+        str(tmp_path / "d.pt"),
+        "--seed",
+        "0",
+        "--recipe",
+        recipe,
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out-info",
+        str(tmp_path / "i.json"),
+    ]
+    assert (
+        main(
+            [*base, "--arch", "resnet18", "--stem", "cifar", "--out-model", str(tmp_path / "m.pt")]
+        )
+        == 0
+    )
     model, info = load_checkpoint(tmp_path / "m.pt", with_info=True)
     assert info["model_args"]["stem"] == "cifar" and model.conv1.stride == (1, 1)
-    assert main([*base, "--arch", "small_cnn", "--stem", "cifar",
-                 "--out-model", str(tmp_path / "s.pt")]) == 2
+    assert (
+        main(
+            [*base, "--arch", "small_cnn", "--stem", "cifar", "--out-model", str(tmp_path / "s.pt")]
+        )
+        == 2
+    )
     assert "small_cnn has a single stem" in capsys.readouterr().err
     assert not (tmp_path / "s.pt").exists()
 
@@ -229,8 +292,9 @@ def test_pretrain_command_records_the_stem_it_built(tmp_path, capsys):
 def test_truncated_checkpoint_names_the_file(tmp_path):
     m = _model()
     p = tmp_path / "m.pt"
-    save_checkpoint(p, m, arch="small_cnn",
-                    model_args={"num_classes": 10, "in_channels": 1, "image_size": 28})
+    save_checkpoint(
+        p, m, arch="small_cnn", model_args={"num_classes": 10, "in_channels": 1, "image_size": 28}
+    )
     p.write_bytes(p.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match=r"m\.pt.*corrupt or truncated"):
         load_checkpoint(p)
@@ -254,8 +318,9 @@ class _Payload:
 def test_pickle_payload_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "PWNED"
     p = tmp_path / "evil.pt"
-    torch.save({"state_dict": {}, "arch": "small_cnn", "model_args": {}, "x": _Payload(str(marker))},
-               p)
+    torch.save(
+        {"state_dict": {}, "arch": "small_cnn", "model_args": {}, "x": _Payload(str(marker))}, p
+    )
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="evil.pt.*refused"):
         load_checkpoint(p)
@@ -271,8 +336,9 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path):
 def test_state_dict_of_another_arch_is_a_clear_error(tmp_path):
     m = _model()
     p = tmp_path / "m.pt"
-    save_checkpoint(p, m, arch="small_cnn",
-                    model_args={"num_classes": 7, "in_channels": 1, "image_size": 28})
+    save_checkpoint(
+        p, m, arch="small_cnn", model_args={"num_classes": 7, "in_channels": 1, "image_size": 28}
+    )
     with pytest.raises(CheckpointError, match="does not fit small_cnn"):
         load_checkpoint(p)
 

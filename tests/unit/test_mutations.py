@@ -39,16 +39,23 @@ def m(name: str, old: str, new: str):
 
 
 def test_killed_survived_and_error_are_told_apart_and_each_file_is_restored(toy):
-    mutations = [m("kill", "return 2 * x", "return 3 * x"),
-                 m("no-op", "return 2 * x", "return 2 * x"),  # a "mutation" that changes nothing
-                 m("untested", "return x / 2", "return x / 3"),  # no test looks at half()
-                 m("missing", "return 4 * x", "return 5 * x"),
-                 m("ambiguous", "return", "return -1 *")]
+    mutations = [
+        m("kill", "return 2 * x", "return 3 * x"),
+        m("no-op", "return 2 * x", "return 2 * x"),  # a "mutation" that changes nothing
+        m("untested", "return x / 2", "return x / 3"),  # no test looks at half()
+        m("missing", "return 4 * x", "return 5 * x"),
+        m("ambiguous", "return", "return -1 *"),
+    ]
     lines: list[str] = []
     out = mut.check(mutations, toy, runner=in_process, report=lines.append)
     got = {o.mutation.name: o.status for o in out}
-    assert got == {"kill": "killed", "no-op": "survived", "untested": "survived",
-                   "missing": "error", "ambiguous": "error"}, got
+    assert got == {
+        "kill": "killed",
+        "no-op": "survived",
+        "untested": "survived",
+        "missing": "error",
+        "ambiguous": "error",
+    }, got
     errors = {o.mutation.name: o.detail for o in out if o.status == "error"}
     assert "occurs 0 times" in errors["missing"] and "occurs 2 times" in errors["ambiguous"]
     assert lines[0].startswith("baseline:") and len(lines) == 1 + len(mutations)
@@ -67,8 +74,9 @@ def test_two_copies_at_once_restore_their_files(toy):
 def test_a_failing_baseline_stops_the_check(toy):
     (toy / "calc.py").write_text("def double(x):\n    return x\n")
     with pytest.raises(RuntimeError, match="WITHOUT any mutation"):
-        mut.check([m("kill", "return x", "return 3 * x")], toy, runner=in_process,
-                  report=lambda _: None)
+        mut.check(
+            [m("kill", "return x", "return 3 * x")], toy, runner=in_process, report=lambda _: None
+        )
 
 
 def test_the_list_applies_to_the_code_as_it_is():
@@ -81,6 +89,12 @@ def test_the_list_applies_to_the_code_as_it_is():
         for t in x.tests:
             assert (ROOT / t.split("::")[0]).is_file(), f"{x.name}: no test file {t}"
         assert all(old != new for old, new in x.edits), f"{x.name} changes nothing"
-    issue17 = {"pbu-fisher-zeroed", "evaluate-mia-members-swapped", "salun-access-full-train",
-               "tracking-drops-mia", "atomic-write-in-place", "monitor-time-counted"}
+    issue17 = {
+        "pbu-fisher-zeroed",
+        "evaluate-mia-members-swapped",
+        "salun-access-full-train",
+        "tracking-drops-mia",
+        "atomic-write-in-place",
+        "monitor-time-counted",
+    }
     assert issue17 <= set(names)

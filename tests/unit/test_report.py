@@ -20,19 +20,38 @@ REFERENCE = REPO / "config" / "paper" / "reference.csv"
 FORGETS = [1, 7]
 SEEDS = [0, 1, 2]
 METHODS = ["original", "oracle", "finetune", "pbu", "neggrad", "unsir"]
-ACCESS = {"original": "-", "oracle": "-", "finetune": "all retain", "pbu": "forget",
-          "neggrad": "forget", "unsir": "forget + retain subset"}
+ACCESS = {
+    "original": "-",
+    "oracle": "-",
+    "finetune": "all retain",
+    "pbu": "forget",
+    "neggrad": "forget",
+    "unsir": "forget + retain subset",
+}
 # Mean A_Df / A_Dr per (method, forget class); PBU's class 7 is its worst on both.
-ACC_FORGET = {"original": (99.0, 98.0), "oracle": (0.0, 0.0), "finetune": (1.0, 2.0),
-              "pbu": (0.5, 6.0), "neggrad": (3.0, 1.0), "unsir": (0.2, 0.4)}
+ACC_FORGET = {
+    "original": (99.0, 98.0),
+    "oracle": (0.0, 0.0),
+    "finetune": (1.0, 2.0),
+    "pbu": (0.5, 6.0),
+    "neggrad": (3.0, 1.0),
+    "unsir": (0.2, 0.4),
+}
 FISHER_S = 1.5  # seconds of PBU's Fisher job, part of its headline time
 PARAMETERS = 105914  # what the small CNN's pretraining job counts
-ACC_RETAIN = {"original": (98.5, 98.7), "oracle": (98.0, 97.8), "finetune": (97.0, 96.5),
-              "pbu": (96.0, 90.0), "neggrad": (93.0, 94.0), "unsir": (91.0, 92.0)}
+ACC_RETAIN = {
+    "original": (98.5, 98.7),
+    "oracle": (98.0, 97.8),
+    "finetune": (97.0, 96.5),
+    "pbu": (96.0, 90.0),
+    "neggrad": (93.0, 94.0),
+    "unsir": (91.0, 92.0),
+}
 
 
-def make_runs(dataset: str = "mnist5k", arch: str = "small_cnn", forgets=FORGETS,
-              seed: int = 0) -> pd.DataFrame:
+def make_runs(
+    dataset: str = "mnist5k", arch: str = "small_cnn", forgets=FORGETS, seed: int = 0
+) -> pd.DataFrame:
     """Synthetic runs: known per-(method, class) means plus seeded noise."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -40,30 +59,39 @@ def make_runs(dataset: str = "mnist5k", arch: str = "small_cnn", forgets=FORGETS
         for s in SEEDS:
             for m_idx, method in enumerate(METHODS):
                 oracle = method == "oracle"
-                rows.append(dict(
-                    dataset=dataset, arch=arch, seed=s, forget=forget, method=method,
-                    data_access=ACCESS[method],
-                    acc_forget_test=ACC_FORGET[method][f_idx % 2] + (0 if oracle else
-                                                                     abs(rng.normal(0, 0.3))),
-                    acc_retain_test=ACC_RETAIN[method][f_idx % 2] + rng.normal(0, 0.4),
-                    mia_entropy_svc=0.2 + 0.1 * m_idx + rng.normal(0, 0.01),
-                    mia_loss_auc=0.5 + 0.05 * m_idx + rng.normal(0, 0.01),
-                    js_forget_test=0.0 if oracle else 0.01 * (m_idx + 1) + abs(rng.normal(0, 1e-3)),
-                    js_retain_test=0.0 if oracle else 0.002 * (m_idx + 1),
-                    time_s=5.0 * (m_idx + 1), epochs=2.0,
-                    time_per_epoch_s=2.5 * (m_idx + 1) + rng.normal(0, 0.1),
-                    # PBU's headline time includes its Fisher (FISHER_S); the others have none
-                    total_time_s=5.0 * (m_idx + 1) + (FISHER_S if method == "pbu" else 0.0),
-                    mia_entropy_svc_bad_teaching=0.5 + 0.05 * m_idx + rng.normal(0, 0.01),
-                    zrf_forget_test=0.7 + 0.02 * m_idx + rng.normal(0, 0.005),
-                    act_dist_forget_test=0.0 if oracle else 0.1 * (m_idx + 1),
-                    act_dist_retain_test=0.0 if oracle else 0.01 * (m_idx + 1),
-                    relearn_steps=float(3 * m_idx + s),
-                    relearn_reached=0.0 if (method == "unsir" and s == 2) else 1.0,
-                    anamnesis_index=float(3 * m_idx + s) / (3.0 + s),
-                    probe_auc=0.6 + 0.05 * m_idx + rng.normal(0, 0.01),
-                    parameters=PARAMETERS,
-                ))
+                rows.append(
+                    dict(
+                        dataset=dataset,
+                        arch=arch,
+                        seed=s,
+                        forget=forget,
+                        method=method,
+                        data_access=ACCESS[method],
+                        acc_forget_test=ACC_FORGET[method][f_idx % 2]
+                        + (0 if oracle else abs(rng.normal(0, 0.3))),
+                        acc_retain_test=ACC_RETAIN[method][f_idx % 2] + rng.normal(0, 0.4),
+                        mia_entropy_svc=0.2 + 0.1 * m_idx + rng.normal(0, 0.01),
+                        mia_loss_auc=0.5 + 0.05 * m_idx + rng.normal(0, 0.01),
+                        js_forget_test=0.0
+                        if oracle
+                        else 0.01 * (m_idx + 1) + abs(rng.normal(0, 1e-3)),
+                        js_retain_test=0.0 if oracle else 0.002 * (m_idx + 1),
+                        time_s=5.0 * (m_idx + 1),
+                        epochs=2.0,
+                        time_per_epoch_s=2.5 * (m_idx + 1) + rng.normal(0, 0.1),
+                        # PBU's headline time includes its Fisher (FISHER_S); the others have none
+                        total_time_s=5.0 * (m_idx + 1) + (FISHER_S if method == "pbu" else 0.0),
+                        mia_entropy_svc_bad_teaching=0.5 + 0.05 * m_idx + rng.normal(0, 0.01),
+                        zrf_forget_test=0.7 + 0.02 * m_idx + rng.normal(0, 0.005),
+                        act_dist_forget_test=0.0 if oracle else 0.1 * (m_idx + 1),
+                        act_dist_retain_test=0.0 if oracle else 0.01 * (m_idx + 1),
+                        relearn_steps=float(3 * m_idx + s),
+                        relearn_reached=0.0 if (method == "unsir" and s == 2) else 1.0,
+                        anamnesis_index=float(3 * m_idx + s) / (3.0 + s),
+                        probe_auc=0.6 + 0.05 * m_idx + rng.normal(0, 0.01),
+                        parameters=PARAMETERS,
+                    )
+                )
     return pd.DataFrame(rows)
 
 
@@ -73,27 +101,53 @@ def make_history(dataset: str = "mnist5k", arch: str = "small_cnn") -> pd.DataFr
         for s in SEEDS:
             stop = 12 + s
             for step in range(stop + 1):
-                ce = 0.1 * 1.3 ** step
+                ce = 0.1 * 1.3**step
                 monitored = step % 3 == 0 or step == stop
-                rows.append(dict(
-                    dataset=dataset, arch=arch, seed=s, forget=forget, method="pbu", step=step,
-                    epoch=step / 10, ce_forget=ce, term_forget=-631 * ce,
-                    term_fisher=90 * 1e-4 * step ** 2, term_l2=4001 * 1e-7 * step ** 2,
-                    loss_total=-631 * ce + 90 * 1e-4 * step ** 2 + 4001 * 1e-7 * step ** 2,
-                    acc_forget_batch=max(0.0, 100 - 8 * step),
-                    acc_forget_test=max(0.0, 100 - 8 * step) if monitored else np.nan,
-                    acc_retain_test=98 - 0.2 * step if monitored else np.nan,
-                    stopped=int(step == stop)))
+                rows.append(
+                    dict(
+                        dataset=dataset,
+                        arch=arch,
+                        seed=s,
+                        forget=forget,
+                        method="pbu",
+                        step=step,
+                        epoch=step / 10,
+                        ce_forget=ce,
+                        term_forget=-631 * ce,
+                        term_fisher=90 * 1e-4 * step**2,
+                        term_l2=4001 * 1e-7 * step**2,
+                        loss_total=-631 * ce + 90 * 1e-4 * step**2 + 4001 * 1e-7 * step**2,
+                        acc_forget_batch=max(0.0, 100 - 8 * step),
+                        acc_forget_test=max(0.0, 100 - 8 * step) if monitored else np.nan,
+                        acc_retain_test=98 - 0.2 * step if monitored else np.nan,
+                        stopped=int(step == stop),
+                    )
+                )
     return pd.DataFrame(rows)
 
 
 def make_timings() -> pd.DataFrame:
     rows = []
     for s in SEEDS:
-        for method, t in (("pretrain", 40.0), ("oracle", 30.0), ("finetune", 20.0),
-                          ("pbu", 0.1), ("unsir", 1.0)):
-            rows.append(dict(dataset="mnist5k", arch="small_cnn", seed=s, forget=1,
-                             method=method, time_s=t * 3, epochs=3.0, time_per_epoch_s=t))
+        for method, t in (
+            ("pretrain", 40.0),
+            ("oracle", 30.0),
+            ("finetune", 20.0),
+            ("pbu", 0.1),
+            ("unsir", 1.0),
+        ):
+            rows.append(
+                dict(
+                    dataset="mnist5k",
+                    arch="small_cnn",
+                    seed=s,
+                    forget=1,
+                    method=method,
+                    time_s=t * 3,
+                    epochs=3.0,
+                    time_per_epoch_s=t,
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -115,14 +169,21 @@ def md_rows(text: str) -> list[list[str]]:
 def md_alignment(text: str) -> list[str]:
     """The alignment row of the first Markdown table in ``text``: "right" / "left" per column."""
     line = next(ln for ln in text.splitlines() if re.fullmatch(r"\|(\s*:?-{3,}:?\s*\|)+", ln))
-    return ["right" if c.strip().endswith(":") and not c.strip().startswith(":") else "left"
-            for c in line.strip()[1:-1].split("|")]
+    return [
+        "right" if c.strip().endswith(":") and not c.strip().startswith(":") else "left"
+        for c in line.strip()[1:-1].split("|")
+    ]
 
 
-_TEX_MATH = [(r"A_{D_f}", "A_Df"), (r"A_{D_r}", "A_Dr"), (r"\pm", "±"), (r"\Delta{}", "Δ"),
-             (r"\times", "×"), ("-", "−")]
-_TEX_TEXT = [("--", "–"), (r"\_", "_"), (r"\%", "%"), (r"\&", "&"), (r"\#", "#"),
-             (r"\$", "$")]
+_TEX_MATH = [
+    (r"A_{D_f}", "A_Df"),
+    (r"A_{D_r}", "A_Dr"),
+    (r"\pm", "±"),
+    (r"\Delta{}", "Δ"),
+    (r"\times", "×"),
+    ("-", "−"),
+]
+_TEX_TEXT = [("--", "–"), (r"\_", "_"), (r"\%", "%"), (r"\&", "&"), (r"\#", "#"), (r"\$", "$")]
 
 
 def tex_text(cell: str) -> str:
@@ -147,7 +208,10 @@ def check_latex(tex: str, n_columns: int) -> list[list[str]]:
     assert begin and len(begin.group(1)) == n_columns, body[0]
     assert body[-1] == r"\end{tabular}"
     assert [ln for ln in body if ln in (r"\toprule", r"\midrule", r"\bottomrule")] == [
-        r"\toprule", r"\midrule", r"\bottomrule"]
+        r"\toprule",
+        r"\midrule",
+        r"\bottomrule",
+    ]
     assert "\n".join(body).count(r"\begin{") == 1 and "\n".join(body).count(r"\end{") == 1
     assert tex.isascii(), [ch for ch in tex if not ch.isascii()]  # ±, Δ, – ... all typeset
     rows = []
@@ -163,8 +227,9 @@ def check_latex(tex: str, n_columns: int) -> list[list[str]]:
         # outside math, no bare subscript
         assert all("_" not in part for part in unescaped.split("$")[::2]), line
         cells = [c.strip() for c in re.split(r"(?<!\\)&", text)]
-        spans = [int(m.group(1)) if (m := re.match(r"\\multicolumn\{(\d+)\}", c)) else 1
-                 for c in cells]
+        spans = [
+            int(m.group(1)) if (m := re.match(r"\\multicolumn\{(\d+)\}", c)) else 1 for c in cells
+        ]
         assert sum(spans) == n_columns, line
         rows.append(cells)
     return rows
@@ -183,17 +248,20 @@ def runs() -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------- reference.csv
 
+
 def test_reference_csv_is_the_paper_table_parsed():
     ref = report.read_reference(REFERENCE)
     assert len(ref) == 27
     assert set(ref["dataset_key"]) == {"mnist", "cifar100", "food101"}
     assert set(ref["arch_key"]) == {"resnet34", "densenet121", "convnext_large", "resnet50"}
-    row = ref[(ref["dataset_key"] == "mnist") & (ref["arch_key"] == "resnet34")
-              & (ref["forget"] == 2)].iloc[0]
+    row = ref[
+        (ref["dataset_key"] == "mnist") & (ref["arch_key"] == "resnet34") & (ref["forget"] == 2)
+    ].iloc[0]
     assert row["PBU_ADr"] == "98.73±0.57"
     assert (row["PBU_ADr_mean"], row["PBU_ADr_std"]) == (98.73, 0.57)
-    odd = ref[(ref["dataset_key"] == "cifar100") & (ref["arch_key"] == "resnet50")
-              & (ref["forget"] == 1)].iloc[0]
+    odd = ref[
+        (ref["dataset_key"] == "cifar100") & (ref["arch_key"] == "resnet50") & (ref["forget"] == 1)
+    ].iloc[0]
     assert (odd["PBU_ADf"], odd["PBU_ADf_mean"], odd["PBU_ADf_std"]) == ("0±1.15", 0.0, 1.15)
     # Every "mean±std" column has both numeric columns; no comment line leaked into the data.
     for col in [c for c in ref.columns if re.fullmatch(r"[A-Za-z]+_AD[fr]", c)]:
@@ -206,10 +274,12 @@ def test_reference_csv_is_the_paper_table_parsed():
 
 def test_parse_paper_table_splits_mean_std(tmp_path):
     raw = tmp_path / "raw.csv"
-    raw.write_text("# a comment, with commas\n"
-                   "dataset,model,forget_class,PBU_ADf,PBU_ADr\n"
-                   "CIFAR-100,ConvNeXt-L,3,1±1.15,72.51±0.91\n"
-                   "FOOD-101,DenseNet-121,10,0±0,64.97\n")
+    raw.write_text(
+        "# a comment, with commas\n"
+        "dataset,model,forget_class,PBU_ADf,PBU_ADr\n"
+        "CIFAR-100,ConvNeXt-L,3,1±1.15,72.51±0.91\n"
+        "FOOD-101,DenseNet-121,10,0±0,64.97\n"
+    )
     ref = report.parse_paper_table(raw)
     assert ref["dataset_key"].tolist() == ["cifar100", "food101"]
     assert ref["arch_key"].tolist() == ["convnext_large", "densenet121"]
@@ -219,6 +289,7 @@ def test_parse_paper_table_splits_mean_std(tmp_path):
 
 
 # ---------------------------------------------------------------------------- numbers
+
 
 def test_paper_table_mean_std_matches_numpy(runs):
     table = report.paper_table(runs)
@@ -264,7 +335,8 @@ def test_method_summary_pooled_stats_and_worst_class(runs):
     assert shown_pbu["A_Df"] == pm(pbu_runs["acc_forget_test"])
     assert shown_pbu["A_Dr"] == pm(pbu_runs["acc_retain_test"])
     assert shown_pbu["MIA entropy-SVC"] == (
-        f"{pbu_runs['mia_entropy_svc'].mean():.3f} ± {pbu_runs['mia_entropy_svc'].std():.3f}")
+        f"{pbu_runs['mia_entropy_svc'].mean():.3f} ± {pbu_runs['mia_entropy_svc'].std():.3f}"
+    )
     # Worst class: highest A_Df and lowest A_Dr (mean over seeds): class 7 for PBU on both,
     # class 1 for neggrad on both (see ACC_FORGET / ACC_RETAIN).
     assert pbu["worst_forget_class_df"] == 7 and pbu["worst_forget_class_dr"] == 7
@@ -278,19 +350,31 @@ def test_method_summary_pooled_stats_and_worst_class(runs):
 
 def _ranking_runs() -> pd.DataFrame:
     """Hand-made: one class, one seed; oracle A_Df 0 / A_Dr 90."""
+
     def row(method, js_f, js_r, a_f, a_r):
-        return dict(dataset="d", arch="a", seed=0, forget=0, method=method,
-                    acc_forget_test=a_f, acc_retain_test=a_r,
-                    js_forget_test=js_f, js_retain_test=js_r)
-    return pd.DataFrame([
-        row("oracle", 0.0, 0.0, 0.0, 90.0),
-        row("original", 0.001, 0.001, 99.0, 90.0),  # the starting point: never ranked
-        row("m_a", 0.01, 0.03, 0.0, 89.0),      # JS 0.02, gap 0.5
-        row("m_b", 0.03, 0.01, 2.0, 88.0),      # JS 0.02 (tie), gap 2.0 -> after m_a
-        row("m_c", 0.005, 0.005, 10.0, 10.0),   # smallest JS wins despite a huge gap
-        row("m_d", np.nan, np.nan, 0.0, 89.8),  # no JS: after all with JS, despite gap 0.1
-        row("m_e", 0.5, 0.5, 0.0, 90.0),        # large JS
-    ])
+        return dict(
+            dataset="d",
+            arch="a",
+            seed=0,
+            forget=0,
+            method=method,
+            acc_forget_test=a_f,
+            acc_retain_test=a_r,
+            js_forget_test=js_f,
+            js_retain_test=js_r,
+        )
+
+    return pd.DataFrame(
+        [
+            row("oracle", 0.0, 0.0, 0.0, 90.0),
+            row("original", 0.001, 0.001, 99.0, 90.0),  # the starting point: never ranked
+            row("m_a", 0.01, 0.03, 0.0, 89.0),  # JS 0.02, gap 0.5
+            row("m_b", 0.03, 0.01, 2.0, 88.0),  # JS 0.02 (tie), gap 2.0 -> after m_a
+            row("m_c", 0.005, 0.005, 10.0, 10.0),  # smallest JS wins despite a huge gap
+            row("m_d", np.nan, np.nan, 0.0, 89.8),  # no JS: after all with JS, despite gap 0.1
+            row("m_e", 0.5, 0.5, 0.0, 90.0),  # large JS
+        ]
+    )
 
 
 def test_ranking_by_distance_to_oracle():
@@ -313,18 +397,30 @@ def test_ranking_falls_back_to_accuracy_gap_without_js():
 
 # ---------------------------------------------------------------------------- missing data
 
+
 def test_missing_columns_and_methods_are_reported(runs, tmp_path, caplog):
     thin = runs[runs["method"] != "oracle"].drop(
-        columns=["mia_entropy_svc", "mia_entropy_svc_bad_teaching", "mia_loss_auc",
-                 "js_forget_test", "js_retain_test", "time_s", "total_time_s", "epochs",
-                 "time_per_epoch_s", "data_access"])
+        columns=[
+            "mia_entropy_svc",
+            "mia_entropy_svc_bad_teaching",
+            "mia_loss_auc",
+            "js_forget_test",
+            "js_retain_test",
+            "time_s",
+            "total_time_s",
+            "epochs",
+            "time_per_epoch_s",
+            "data_access",
+        ]
+    )
     with caplog.at_level(logging.WARNING, logger="pbu.report"):
         summary = report.method_summary(thin)
         notes = report.data_gaps(thin)
         figures = report.write_figures(thin, None, None, tmp_path / "fig")
         tables = report.write_tables(thin, tmp_path / "tab")
-        out = report.write_report(thin, REFERENCE, tmp_path / "report.md", figures=figures,
-                                  tables=tables, settings={})
+        out = report.write_report(
+            thin, REFERENCE, tmp_path / "report.md", figures=figures, tables=tables, settings={}
+        )
     assert summary["rank"].isna().all() and summary["gap_A_Dr"].isna().all()
     assert "mia_entropy_svc_mean" not in summary.columns
     assert any("mia_entropy_svc" in n and "absent" in n for n in notes)
@@ -353,8 +449,13 @@ def test_time_per_epoch_one_source_per_method(runs):
     assert "pretrain" not in set(frame["method"]) and "original" not in set(frame["method"])
     by_source = frame.groupby("method")["source"].unique().map(list).to_dict()
     # timings.csv has oracle, finetune, pbu, unsir: used alone for those; runs.csv for neggrad
-    assert by_source == {"oracle": ["timings"], "finetune": ["timings"], "pbu": ["timings"],
-                         "unsir": ["timings"], "neggrad": ["runs"]}
+    assert by_source == {
+        "oracle": ["timings"],
+        "finetune": ["timings"],
+        "pbu": ["timings"],
+        "unsir": ["timings"],
+        "neggrad": ["runs"],
+    }
     assert frame.loc[frame["method"] == "pbu", "time_per_epoch_s"].tolist() == [0.1] * 3
     # From runs.csv the bars are the headline time per epoch: PBU's includes its Fisher
     derived = report_figures.time_per_epoch_frame(runs.drop(columns="time_per_epoch_s"), None)
@@ -362,11 +463,13 @@ def test_time_per_epoch_one_source_per_method(runs):
     assert np.allclose(pbu["time_per_epoch_s"], (20.0 + FISHER_S) / 2.0)
     # files without the totals fall back to the method's own time
     legacy = report_figures.time_per_epoch_frame(
-        runs.drop(columns=["time_per_epoch_s", "total_time_s"]), None)
+        runs.drop(columns=["time_per_epoch_s", "total_time_s"]), None
+    )
     assert np.allclose(legacy.loc[legacy["method"] == "pbu", "time_per_epoch_s"], 20.0 / 2.0)
 
 
 # ---------------------------------------------------------------------------- files
+
 
 def _png_size(path: Path) -> tuple[int, int]:
     head = path.read_bytes()[:24]
@@ -394,15 +497,21 @@ PAPER_LABELS_ONLY = ("init", "fastEffective", "badTeaching", "retrain", "PBU")
 def test_write_tables_markdown_and_latex(runs, tmp_path):
     paths = report.write_tables(runs, tmp_path)
     assert sorted(p.name for p in paths) == sorted(
-        [f"{name}.{ext}" for name in ("main_table", "depth_table", "paper_table",
-                                      "method_summary") for ext in ("csv", "md", "tex")]
-        + ["paper_table_long.csv", "method_summary_numeric.csv"])
+        [
+            f"{name}.{ext}"
+            for name in ("main_table", "depth_table", "paper_table", "method_summary")
+            for ext in ("csv", "md", "tex")
+        ]
+        + ["paper_table_long.csv", "method_summary_numeric.csv"]
+    )
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     md_text = (tmp_path / "paper_table.md").read_text()
     md = md_rows(md_text)
     header = ["dataset", "arch", "forget"] + [
-        f"{n} {m}" for n in ("original", "oracle", "finetune", "pbu", "neggrad", "unsir")
-        for m in ("A_Df", "A_Dr")]
+        f"{n} {m}"
+        for n in ("original", "oracle", "finetune", "pbu", "neggrad", "unsir")
+        for m in ("A_Df", "A_Dr")
+    ]
     assert md[0] == header
     assert len(md) == 1 + len(FORGETS) and [r[2] for r in md[1:]] == ["1", "7"]
     # the class ids are numbers (right-aligned), the "mean ± std" cells text
@@ -411,8 +520,14 @@ def test_write_tables_markdown_and_latex(runs, tmp_path):
     assert md[2][header.index("pbu A_Dr")] == pm(pbu7)
     assert len(md_rows((tmp_path / "method_summary.md").read_text())) == 1 + len(METHODS)
     tex = (tmp_path / "paper_table.tex").read_text()
-    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\multicolumn{2}{c}{pbu}",
-                  r"$\pm$", r"\cmidrule(lr){4-5}"):
+    for token in (
+        r"\toprule",
+        r"\midrule",
+        r"\bottomrule",
+        r"\multicolumn{2}{c}{pbu}",
+        r"$\pm$",
+        r"\cmidrule(lr){4-5}",
+    ):
         assert token in tex
     rows = check_latex(tex, len(header))
     assert len(rows) == 2 + len(FORGETS)  # two header rows + data rows
@@ -434,8 +549,12 @@ def test_tables_markdown_and_latex_hold_the_csv_cells(runs, tmp_path):
     """Every table's Markdown parses back to the CSV's cells, and its LaTeX is a well-formed
     tabular whose cells, unescaped, are the CSV's cells too (underscores, '|', '&', '%', '±',
     'Δ' and absent values included)."""
-    runs = runs.replace({"method": {"neggrad": "neg_grad"},
-                         "data_access": {"forget + retain subset": "50% & more | all_retain"}})
+    runs = runs.replace(
+        {
+            "method": {"neggrad": "neg_grad"},
+            "data_access": {"forget + retain subset": "50% & more | all_retain"},
+        }
+    )
     runs.loc[runs["method"] == "unsir", "mia_entropy_svc"] = np.nan  # an absent number
     report.write_tables(runs, tmp_path)
     for name in report.TABLE_NAMES:
@@ -444,7 +563,7 @@ def test_tables_markdown_and_latex_hold_the_csv_cells(runs, tmp_path):
         assert cells and all(len(r) == csv.shape[1] for r in cells)
         assert md_rows((tmp_path / f"{name}.md").read_text()) == [list(csv.columns), *cells]
         rows = check_latex((tmp_path / f"{name}.tex").read_text(), csv.shape[1])
-        assert [[tex_text(c) for c in r] for r in rows[-len(cells):]] == cells, name
+        assert [[tex_text(c) for c in r] for r in rows[-len(cells) :]] == cells, name
         if name != "paper_table":  # its header is grouped (checked above)
             assert [tex_text(c) for c in rows[0]] == list(csv.columns), name
     shown = pd.read_csv(tmp_path / "main_table.csv", dtype=str, keep_default_na=False)
@@ -456,16 +575,26 @@ def test_tables_markdown_and_latex_hold_the_csv_cells(runs, tmp_path):
 def test_method_summary_csv_has_every_depth_metric(runs, tmp_path):
     report.write_tables(runs, tmp_path)
     summary = pd.read_csv(tmp_path / "method_summary.csv")
-    for label in ("ZRF", "act. dist. forget", "act. dist. retain", "relearn steps", "AIN",
-                  "probe AUC", "MIA entropy-SVC (Bad Teaching's sets)", "time (s)",
-                  "method time (s)"):
+    for label in (
+        "ZRF",
+        "act. dist. forget",
+        "act. dist. retain",
+        "relearn steps",
+        "AIN",
+        "probe AUC",
+        "MIA entropy-SVC (Bad Teaching's sets)",
+        "time (s)",
+        "method time (s)",
+    ):
         assert label in summary.columns, label
     pbu = summary[summary["method"] == "pbu"].iloc[0]
     pbu_runs = runs[runs["method"] == "pbu"]
-    assert pbu["AIN"] == (f"{pbu_runs['anamnesis_index'].mean():.2f} ± "
-                          f"{pbu_runs['anamnesis_index'].std():.2f}")
-    assert pbu["ZRF"] == (f"{pbu_runs['zrf_forget_test'].mean():.3f} ± "
-                          f"{pbu_runs['zrf_forget_test'].std():.3f}")
+    assert pbu["AIN"] == (
+        f"{pbu_runs['anamnesis_index'].mean():.2f} ± {pbu_runs['anamnesis_index'].std():.2f}"
+    )
+    assert pbu["ZRF"] == (
+        f"{pbu_runs['zrf_forget_test'].mean():.3f} ± {pbu_runs['zrf_forget_test'].std():.3f}"
+    )
 
 
 def test_main_and_depth_tables(runs):
@@ -476,12 +605,33 @@ def test_main_and_depth_tables(runs):
     assert main["method"].tolist() == ["original", "oracle", *ranked]
     assert depth["method"].tolist() == main["method"].tolist()
     assert list(main.columns) == [
-        "dataset", "arch", "method", "data needed", "A_Df", "A_Dr", "MIA entropy-SVC",
-        "MIA entropy-SVC (Bad Teaching's sets)", "JS to oracle", "|ΔA_Df|", "|ΔA_Dr|",
-        "time (s)", "method time (s)", "rank"]
-    assert list(depth.columns) == ["dataset", "arch", "method", "ZRF", "act. dist. forget",
-                                   "act. dist. retain", "relearn steps", "relearned", "AIN",
-                                   "probe AUC"]
+        "dataset",
+        "arch",
+        "method",
+        "data needed",
+        "A_Df",
+        "A_Dr",
+        "MIA entropy-SVC",
+        "MIA entropy-SVC (Bad Teaching's sets)",
+        "JS to oracle",
+        "|ΔA_Df|",
+        "|ΔA_Dr|",
+        "time (s)",
+        "method time (s)",
+        "rank",
+    ]
+    assert list(depth.columns) == [
+        "dataset",
+        "arch",
+        "method",
+        "ZRF",
+        "act. dist. forget",
+        "act. dist. retain",
+        "relearn steps",
+        "relearned",
+        "AIN",
+        "probe AUC",
+    ]
     # runs whose relearn count is only a lower bound are counted out: unsir's seed 2, 2 classes
     assert depth.loc[depth["method"] == "unsir", "relearned"].item() == "4/6"
     assert depth.loc[depth["method"] == "pbu", "relearned"].item() == "6/6"
@@ -493,11 +643,13 @@ def test_main_and_depth_tables(runs):
     assert pbu["time (s)"] != pbu["method time (s)"]
     assert pbu["MIA entropy-SVC (Bad Teaching's sets)"] == (
         f"{pbu_runs['mia_entropy_svc_bad_teaching'].mean():.3f} ± "
-        f"{pbu_runs['mia_entropy_svc_bad_teaching'].std():.3f}")
+        f"{pbu_runs['mia_entropy_svc_bad_teaching'].std():.3f}"
+    )
     oracle = depth[depth["method"] == "oracle"].iloc[0]
     o_runs = runs[runs["method"] == "oracle"]
-    assert oracle["relearn steps"] == (f"{o_runs['relearn_steps'].mean():.1f} ± "
-                                       f"{o_runs['relearn_steps'].std():.1f}")
+    assert oracle["relearn steps"] == (
+        f"{o_runs['relearn_steps'].mean():.1f} ± {o_runs['relearn_steps'].std():.1f}"
+    )
     assert oracle["act. dist. forget"] == "0.000 ± 0.000"
 
 
@@ -519,6 +671,7 @@ def test_markdown_and_latex_escaping():
 
 # ---------------------------------------------------------------------------- report
 
+
 def test_report_beside_paper_and_differs(tmp_path):
     matching = make_runs("mnist", "resnet34", forgets=[2], seed=1)
     ours_default = make_runs("mnist5k", "small_cnn", forgets=FORGETS, seed=2)
@@ -527,9 +680,18 @@ def test_report_beside_paper_and_differs(tmp_path):
     fig.parent.mkdir()
     fig.write_bytes(b"png")
     out = report.write_report(
-        runs, REFERENCE, tmp_path / "report.md", figures=[fig], tables=[],
-        settings={"dataset": "mnist5k", "arch": "small_cnn", "seeds": [0, 1, 2],
-                  "pbu": {"alpha": 631, "beta": 90, "gamma": 4001}})
+        runs,
+        REFERENCE,
+        tmp_path / "report.md",
+        figures=[fig],
+        tables=[],
+        settings={
+            "dataset": "mnist5k",
+            "arch": "small_cnn",
+            "seeds": [0, 1, 2],
+            "pbu": {"alpha": 631, "beta": 90, "gamma": 4001},
+        },
+    )
     text = out.read_text()
     # Matching row: the paper's PBU numbers on the same line as ours; our key first, the
     # paper's label beside it (the only place the paper's labels appear).
@@ -557,8 +719,11 @@ def test_report_beside_paper_and_differs(tmp_path):
     # Facts computed, not typed: the parameter count the pretraining job counted; the paper's
     # ImageNet-started retrain baseline stated only for the authors' ResNet-18 notebook.
     assert f"{PARAMETERS:,} parameters" in text and "~30k" not in text
-    assert re.search(r"only for the authors' released code, one notebook \(ResNet-18 on MNIST\)"
-                     r".*retrain baseline that also starts from ImageNet weights", text)
+    assert re.search(
+        r"only for the authors' released code, one notebook \(ResNet-18 on MNIST\)"
+        r".*retrain baseline that also starts from ImageNet weights",
+        text,
+    )
     # The ranking rule is one sentence.
     assert report.RANKING_RULE in text
     assert report.RANKING_RULE.count(". ") == 0 and report.RANKING_RULE.endswith(".")
@@ -574,9 +739,14 @@ def test_build_all_end_to_end(tmp_path):
     runs.to_csv(tmp_path / "runs.csv", index=False)
     make_history().to_csv(tmp_path / "history.csv", index=False)
     make_timings().to_csv(tmp_path / "timings.csv", index=False)
-    out = report.build_all(tmp_path / "runs.csv", tmp_path / "history.csv",
-                           tmp_path / "timings.csv", REFERENCE, tmp_path / "out",
-                           {"dataset": "mnist5k"})
+    out = report.build_all(
+        tmp_path / "runs.csv",
+        tmp_path / "history.csv",
+        tmp_path / "timings.csv",
+        REFERENCE,
+        tmp_path / "out",
+        {"dataset": "mnist5k"},
+    )
     assert set(out) == {"tables", "figures", "report"}
     assert len(out["figures"]) == 10 and len(out["tables"]) == 14
     text = out["report"][0].read_text()

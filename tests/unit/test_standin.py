@@ -14,8 +14,13 @@ import torch
 import yaml
 
 from pbu.config import ConfigError, check_config
-from pbu.data import (load_prepared, save_prepared, stand_in_dataset, stand_in_images,
-                      stratified_subset)
+from pbu.data import (
+    load_prepared,
+    save_prepared,
+    stand_in_dataset,
+    stand_in_images,
+    stratified_subset,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -59,7 +64,11 @@ def test_max_image_size_caps_only_larger_datasets():
     food, _ = stand_in_dataset("food101", max_image_size=32)
     mnist, _ = stand_in_dataset("mnist", max_image_size=32)
     assert food.spec.image_size == 32 and tuple(food.subset(torch.arange(2)).images().shape) == (
-        2, 3, 32, 32)
+        2,
+        3,
+        32,
+        32,
+    )
     assert mnist.spec.image_size == 28
     with pytest.raises(ValueError, match="max_image_size"):
         stand_in_dataset("cifar10", max_image_size=4)
@@ -117,10 +126,14 @@ def test_a_small_cnn_learns_stand_in_classes_in_one_epoch():
     def accuracy(data) -> float:
         seed_everything(0)
         model = SmallCNN(10, 1, 28, width=4, hidden=16)
-        history = train_model(model, data, TrainRecipe(epochs=1, batch_size=20,
-                                                       optimizer="adam", lr=3e-3,
-                                                       weight_decay=0.0),
-                              seed=0, test=test, progress=False)
+        history = train_model(
+            model,
+            data,
+            TrainRecipe(epochs=1, batch_size=20, optimizer="adam", lr=3e-3, weight_decay=0.0),
+            seed=0,
+            test=test,
+            progress=False,
+        )
         return history[-1]["test_acc"]
 
     learned, chance = accuracy(train), accuracy(control)
@@ -143,8 +156,9 @@ def test_caps_keep_more_of_the_forget_classes_when_asked():
     labels = torch.arange(10).repeat_interleave(20)  # 20 of each class
     idx = stratified_subset(labels, 1, 0, at_least={3: 5, 7: 30})
     assert torch.bincount(labels[idx], minlength=10).tolist() == [1, 1, 1, 5, 1, 1, 1, 20, 1, 1]
-    assert torch.equal(stratified_subset(labels, 2, 0), stratified_subset(labels, 2, 0,
-                                                                          at_least={}))
+    assert torch.equal(
+        stratified_subset(labels, 2, 0), stratified_subset(labels, 2, 0, at_least={})
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,8 +175,12 @@ def _config(**data) -> dict:
 
 
 def test_stand_in_keys_are_schema_checked():
-    assert check_config(_config(stand_in=True, max_image_size=32), SCHEMA,
-                        check_results=False)["data"]["stand_in"] is True
+    assert (
+        check_config(_config(stand_in=True, max_image_size=32), SCHEMA, check_results=False)[
+            "data"
+        ]["stand_in"]
+        is True
+    )
     with pytest.raises(ConfigError, match="data.stand_in"):
         check_config(_config(stand_in="yes"), SCHEMA, check_results=False)
     with pytest.raises(ConfigError, match="data.max_image_size"):

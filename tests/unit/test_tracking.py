@@ -24,26 +24,41 @@ def store(tmp_path_factory, _empty_mlflow_db):
 
     shutil.copyfile(_empty_mlflow_db, tmp_path / "mlflow.db")  # this module's own store
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    summary = track_results(None, tracking_uri=uri, experiment="pbu-test",
-                            out=tmp_path / "tracked.json", metrics_files=[str(mfile)])
+    summary = track_results(
+        None,
+        tracking_uri=uri,
+        experiment="pbu-test",
+        out=tmp_path / "tracked.json",
+        metrics_files=[str(mfile)],
+    )
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("pbu-test")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    return {"client": client, "exp": exp, "runs": runs, "summary": summary, "uri": uri,
-            "tmp": tmp_path, "mfile": mfile}
+    return {
+        "client": client,
+        "exp": exp,
+        "runs": runs,
+        "summary": summary,
+        "uri": uri,
+        "tmp": tmp_path,
+        "mfile": mfile,
+    }
 
 
 def _run(store, rule: str, method: str):
-    return next(r for r in store["runs"] if r.data.tags["rule"] == rule
-                and r.data.tags["method"] == method)
+    return next(
+        r for r in store["runs"] if r.data.tags["rule"] == rule and r.data.tags["method"] == method
+    )
 
 
 def test_runs_start_and_end_when_their_jobs_did(store):
-    expected = {("unlearn", "pbu"): span(30, METHOD_S["pbu"]),
-                ("unlearn", "finetune"): span(35, METHOD_S["finetune"]),
-                ("fisher", "pbu"): span(20, FISHER_S)}
+    expected = {
+        ("unlearn", "pbu"): span(30, METHOD_S["pbu"]),
+        ("unlearn", "finetune"): span(35, METHOD_S["finetune"]),
+        ("fisher", "pbu"): span(20, FISHER_S),
+    }
     for (rule, method), sp in expected.items():
         info = _run(store, rule, method).info
         assert info.start_time == int(sp["started_at"] * 1000), (rule, method)
@@ -65,8 +80,15 @@ def test_metrics_equal_runs_csv(store):
     for method in ("original", "oracle", "pbu", "finetune"):
         rule = {"original": "evaluate", "oracle": "oracle"}.get(method, "unlearn")
         logged = _run(store, rule, method).data.metrics
-        for key in ("time_s", "total_time_s", "acc_forget_test", "mia_entropy_svc",
-                    "mia_entropy_svc_bad_teaching", "anamnesis_index", "zrf_forget_test"):
+        for key in (
+            "time_s",
+            "total_time_s",
+            "acc_forget_test",
+            "mia_entropy_svc",
+            "mia_entropy_svc_bad_teaching",
+            "anamnesis_index",
+            "zrf_forget_test",
+        ):
             assert logged[key] == pytest.approx(float(rows[method][key])), (method, key)
     pbu = _run(store, "unlearn", "pbu").data.metrics
     assert pbu["total_time_s"] == pytest.approx(METHOD_S["pbu"] + FISHER_S)
@@ -79,8 +101,7 @@ def test_trajectories_never_replace_the_final_metrics(store):
     run = _run(store, "unlearn", "pbu")
     assert run.data.metrics["acc_forget_test"] == pytest.approx(4.0)
     curve = store["client"].get_metric_history(run.info.run_id, "trajectory/acc_forget_test")
-    assert [(m.step, m.value) for m in sorted(curve, key=lambda m: m.step)] == [(1, 50.0),
-                                                                                (2, 3.0)]
+    assert [(m.step, m.value) for m in sorted(curve, key=lambda m: m.step)] == [(1, 50.0), (2, 3.0)]
 
 
 def test_dataset_logged_as_each_runs_input(store):
@@ -103,8 +124,13 @@ def test_experiment_is_described_and_retracking_changes_nothing(store):
     assert "finetune, pbu" in note and "forget classes: 2" in note and "total_time_s" in note
     from pbu.tracking import track_results
 
-    again = track_results(None, tracking_uri=store["uri"], experiment="pbu-test",
-                          out=store["tmp"] / "again.json", metrics_files=[str(store["mfile"])])
+    again = track_results(
+        None,
+        tracking_uri=store["uri"],
+        experiment="pbu-test",
+        out=store["tmp"] / "again.json",
+        metrics_files=[str(store["mfile"])],
+    )
     assert again["created"] == 0 and again["unchanged"] == again["runs"]
 
 
@@ -129,8 +155,9 @@ def tracked(tmp_path, mlflow_uri, fake_results):
     results = tmp_path / "results"
     expected = fake_results(results)
     uri = mlflow_uri
-    summary = track_results(results, tracking_uri=uri, experiment="t",
-                            out=tmp_path / "mlflow/tracked.json")
+    summary = track_results(
+        results, tracking_uri=uri, experiment="t", out=tmp_path / "mlflow/tracked.json"
+    )
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([summary["experiment_id"]], max_results=1000)
     return expected, runs, client, summary
@@ -152,32 +179,45 @@ def test_every_runs_metrics_equal_its_metrics_json_key_by_key(tracked):
         missing = sorted(k for k in want if k not in got)
         assert not missing, f"{'/'.join(key)}: MLflow run lacks metrics {missing} of metrics.json"
         wrong = {k: (got[k], v) for k, v in want.items() if got[k] != pytest.approx(v)}
-        assert not wrong, (f"{'/'.join(key)}: MLflow shows (run, metrics.json) = {wrong}: the "
-                           f"compare view does not show the evaluation's numbers")
+        assert not wrong, (
+            f"{'/'.join(key)}: MLflow shows (run, metrics.json) = {wrong}: the "
+            f"compare view does not show the evaluation's numbers"
+        )
 
 
 def test_per_step_histories_are_kept_beside_the_evaluation(tracked):
     """A method's per-step trajectory stays in MLflow with its steps, every series under
     ``trajectory/<name>``, so none replaces the evaluation's number of the same name."""
     expected, runs, client, _ = tracked
-    run = next(r for r in runs if r.data.tags["rule"] == "unlearn"
-               and r.data.tags["method"] == "pbu" and r.data.tags["forget"] == "6")
+    run = next(
+        r
+        for r in runs
+        if r.data.tags["rule"] == "unlearn"
+        and r.data.tags["method"] == "pbu"
+        and r.data.tags["forget"] == "6"
+    )
     terms = client.get_metric_history(run.info.run_id, "trajectory/term_forget")
     rows = history_of(GROUPS.index((0, 6)))  # the rows written for seed0/forget6
     assert sorted((m.step, m.value) for m in terms) == [(r["step"], r["term_forget"]) for r in rows]
     traj = client.get_metric_history(run.info.run_id, "trajectory/acc_forget_test")
-    assert sorted((m.step, m.value) for m in traj) == [(r["step"], r["acc_forget_test"])
-                                                       for r in rows]
+    assert sorted((m.step, m.value) for m in traj) == [
+        (r["step"], r["acc_forget_test"]) for r in rows
+    ]
     final = client.get_metric_history(run.info.run_id, "acc_forget_test")
     want = expected[("mnist5k", "small_cnn", "0", "6", "pbu")]["acc_forget_test"]
-    assert [m.value for m in final] == [pytest.approx(want)], \
+    assert [m.value for m in final] == [pytest.approx(want)], (
         "acc_forget_test mixes the evaluation with the per-step trajectory"
+    )
 
 
 def test_a_second_tracking_changes_nothing(tracked, tmp_path):
     _, runs, _, summary = tracked
-    again = track_results(tmp_path / "results", tracking_uri=summary["tracking_uri"],
-                          experiment="t", out=tmp_path / "mlflow/tracked2.json")
+    again = track_results(
+        tmp_path / "results",
+        tracking_uri=summary["tracking_uri"],
+        experiment="t",
+        out=tmp_path / "mlflow/tracked2.json",
+    )
     assert again["created"] == 0 and again["unchanged"] == again["runs"] == len(runs)
 
 
@@ -191,11 +231,16 @@ def test_oracle_runs_logged_as_rule_retrain_are_replaced_not_duplicated(tracked,
         old_job = r.data.tags["pbu.job"].replace("oracle/", "retrain/", 1)
         for key, value in (("pbu.job", old_job), ("rule", "retrain"), ("pbu.digest", "old")):
             client.set_tag(r.info.run_id, key, value)
-    again = track_results(tmp_path / "results", tracking_uri=summary["tracking_uri"],
-                          experiment="t", out=tmp_path / "mlflow/tracked2.json")
+    again = track_results(
+        tmp_path / "results",
+        tracking_uri=summary["tracking_uri"],
+        experiment="t",
+        out=tmp_path / "mlflow/tracked2.json",
+    )
     assert again["replaced"] == len(oracles) and again["created"] == len(oracles)
     now = client.search_runs([summary["experiment_id"]], max_results=1000)
     assert len(now) == len(runs)
-    assert sorted(r.data.tags["pbu.job"] for r in now if r.data.tags["method"] == "oracle") == \
-        sorted(r.data.tags["pbu.job"] for r in oracles)
+    assert sorted(
+        r.data.tags["pbu.job"] for r in now if r.data.tags["method"] == "oracle"
+    ) == sorted(r.data.tags["pbu.job"] for r in oracles)
     assert all(r.data.tags["rule"] != "retrain" for r in now)

@@ -23,8 +23,16 @@ def _train(data, seed):
 
     seed_everything(seed)
     m = build_model("small_cnn", num_classes=3, in_channels=1, image_size=28)
-    recipe = TrainRecipe(epochs=2, batch_size=16, optimizer="sgd", lr=0.05, weight_decay=1e-4,
-                         schedule="step", step_size=1, augment=True)
+    recipe = TrainRecipe(
+        epochs=2,
+        batch_size=16,
+        optimizer="sgd",
+        lr=0.05,
+        weight_decay=1e-4,
+        schedule="step",
+        step_size=1,
+        augment=True,
+    )
     h = train_model(m, data, recipe, seed=seed, test=data, progress=False)
     return m, h
 
@@ -36,8 +44,9 @@ def test_same_seed_is_bitwise_identical_other_seed_differs(tiny_data):
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), k
     assert ha == hb
-    assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(),
-                                                    c.state_dict().values()))
+    assert any(
+        not torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values())
+    )
 
 
 def test_step_schedule_decays_lr(tiny_data):
@@ -45,10 +54,15 @@ def test_step_schedule_decays_lr(tiny_data):
     assert h[0]["lr"] == pytest.approx(0.005) and h[1]["lr"] == pytest.approx(0.0005)
 
 
-@pytest.mark.parametrize("bad,match", [
-    ({"lr": -1.0}, "lr must be > 0"), ({"optimizer": "rmsprop"}, "optimizer must be"),
-    ({"epochs": -1}, "epochs must be"), ({"schedule": "poly"}, "schedule must be"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"lr": -1.0}, "lr must be > 0"),
+        ({"optimizer": "rmsprop"}, "optimizer must be"),
+        ({"epochs": -1}, "epochs must be"),
+        ({"schedule": "poly"}, "schedule must be"),
+    ],
+)
 def test_recipe_rejects_bad_values(bad, match):
     base = dict(epochs=1, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=0.0)
     with pytest.raises(ValueError, match=match):
@@ -57,8 +71,16 @@ def test_recipe_rejects_bad_values(bad, match):
 
 def test_recipe_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown training key.*lrate"):
-        TrainRecipe.from_dict({"epochs": 1, "batch_size": 8, "optimizer": "adam", "lr": 1e-3,
-                               "weight_decay": 0.0, "lrate": 3})
+        TrainRecipe.from_dict(
+            {
+                "epochs": 1,
+                "batch_size": 8,
+                "optimizer": "adam",
+                "lr": 1e-3,
+                "weight_decay": 0.0,
+                "lrate": 3,
+            }
+        )
 
 
 def test_test_pass_time_is_reported_apart(tiny_data, monkeypatch):
@@ -78,7 +100,8 @@ def test_test_pass_time_is_reported_apart(tiny_data, monkeypatch):
     m = build_model("small_cnn", num_classes=3, in_channels=1, image_size=28)
     recipe = TrainRecipe(epochs=2, batch_size=16, optimizer="sgd", lr=0.05, weight_decay=0.0)
     timings: dict[str, float] = {}
-    history = train_model(m, tiny_data, recipe, seed=0, test=tiny_data, progress=False,
-                          timings=timings)
+    history = train_model(
+        m, tiny_data, recipe, seed=0, test=tiny_data, progress=False, timings=timings
+    )
     assert timings["eval_time_s"] >= 2 * 0.2  # both epochs' test passes, sleep included
     assert all("eval_time_s" not in row for row in history)  # histories stay deterministic

@@ -17,8 +17,16 @@ from pbu import methods
 from pbu.checkpoint import save_checkpoint
 from pbu.cli import main
 from pbu.data import TensorImages, save_prepared
-from pbu.tune import (carve_validation, grid, plan_trials, rank_trials, score_trial, space_size,
-                      split_inputs, tune_method)
+from pbu.tune import (
+    carve_validation,
+    grid,
+    plan_trials,
+    rank_trials,
+    score_trial,
+    space_size,
+    split_inputs,
+    tune_method,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -44,9 +52,21 @@ def _rows(images: torch.Tensor) -> set[bytes]:
 
 def _tune(name: str, data, model, space, budget, **kw):
     kw.setdefault("threshold", 5.0)
-    return tune_method(name, copy.deepcopy(model), data, FORGET, K, base_hparams=HP[name],
-                       space=space, budget=budget, val_fraction=FRACTION,
-                       retain_subset=RETAIN_SUBSET, seed=0, fisher_settings=FISHER, **kw)
+    return tune_method(
+        name,
+        copy.deepcopy(model),
+        data,
+        FORGET,
+        K,
+        base_hparams=HP[name],
+        space=space,
+        budget=budget,
+        val_fraction=FRACTION,
+        retain_subset=RETAIN_SUBSET,
+        seed=0,
+        fisher_settings=FISHER,
+        **kw,
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -70,11 +90,20 @@ def test_carve_validation_is_a_stratified_disjoint_partition():
 @pytest.mark.parametrize("name", ["neggrad", "finetune", "neggrad_plus", "ssd"])
 def test_split_comes_only_from_what_the_method_received(name, data):
     spec = methods.get_method(name)
-    inputs = methods.build_inputs(spec, data, FORGET, K, retain_subset=RETAIN_SUBSET, seed=0,
-                                  fisher={} if spec.needs_fisher else None)
+    inputs = methods.build_inputs(
+        spec,
+        data,
+        FORGET,
+        K,
+        retain_subset=RETAIN_SUBSET,
+        seed=0,
+        fisher={} if spec.needs_fisher else None,
+    )
     split = split_inputs(inputs, FRACTION, seed=0)
-    for part, given, fit, val in (("forget", inputs.forget, split.fit.forget, split.forget_val),
-                                  ("retain", inputs.retain, split.fit.retain, split.retain_val)):
+    for part, given, fit, val in (
+        ("forget", inputs.forget, split.fit.forget, split.forget_val),
+        ("retain", inputs.retain, split.fit.retain, split.retain_val),
+    ):
         if given is None:  # nothing undeclared appears
             assert fit is None and val is None and f"{part}_val" not in split.sizes
             continue
@@ -190,8 +219,10 @@ def test_plan_is_the_grid_when_it_fits_exactly_and_random_points_otherwise():
 
 def test_every_method_gets_the_same_number_of_trials(data, trained):
     budget = 3
-    spaces = {"neggrad": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
-              "random_labels": {"lr": [3e-4, 1e-3, 3e-3], "epochs": [1, 2]}}
+    spaces = {
+        "neggrad": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
+        "random_labels": {"lr": [3e-4, 1e-3, 3e-3], "epochs": [1, 2]},
+    }
     counts = {}
     for name, space in spaces.items():
         rec = _tune(name, data, trained, space, budget)
@@ -208,17 +239,18 @@ def test_every_method_gets_the_same_number_of_trials(data, trained):
 
 def _trial(i, forget, objective, threshold=5.0, agree=50.0):
     m = {"acc_forget_val": forget, "acc_retain_val": objective, "agree_forget_val": agree}
-    feasible, score = score_trial(m, objective="acc_retain_val", threshold=threshold,
-                                  forgetting_checked=True)
+    feasible, score = score_trial(
+        m, objective="acc_retain_val", threshold=threshold, forgetting_checked=True
+    )
     return {"trial": i, "metrics": m, "feasible": feasible, "score": score}
 
 
 def test_rank_follows_the_documented_rule():
     trials = [
         _trial(0, forget=40.0, objective=99.0),  # infeasible, best objective
-        _trial(1, forget=4.0, objective=90.0),   # feasible
-        _trial(2, forget=1.0, objective=90.0),   # feasible, same objective, lower forget
-        _trial(3, forget=5.0, objective=80.0),   # feasible at the threshold
+        _trial(1, forget=4.0, objective=90.0),  # feasible
+        _trial(2, forget=1.0, objective=90.0),  # feasible, same objective, lower forget
+        _trial(3, forget=5.0, objective=80.0),  # feasible at the threshold
         _trial(4, forget=10.0, objective=50.0),  # infeasible, closer to forgetting than 0
         {"trial": 5, "metrics": {}, "feasible": False, "score": None},  # failed
     ]
@@ -234,17 +266,26 @@ def test_blind_scores_are_what_they_claim(data, trained):
     """Recompute the chosen trial's validation metrics independently: rerun the method with the
     chosen hyperparameters on the fit split and score the val split by hand."""
     rec = _tune("neggrad_plus", data, trained, {"alpha": [0.5, 0.9], "lr": [1e-3, 1e-2]}, 4)
-    ranked = sorted(rec["trials"], key=lambda t: (
-        not t["feasible"], -t["score"], t["metrics"]["acc_forget_val"],
-        -t["metrics"]["acc_retain_val"], -t["metrics"]["agree_forget_val"], t["trial"]))
+    ranked = sorted(
+        rec["trials"],
+        key=lambda t: (
+            not t["feasible"],
+            -t["score"],
+            t["metrics"]["acc_forget_val"],
+            -t["metrics"]["acc_retain_val"],
+            -t["metrics"]["agree_forget_val"],
+            t["trial"],
+        ),
+    )
     assert rec["chosen"]["trial"] == ranked[0]["trial"]
     assert [t["rank"] for t in ranked] == list(range(1, len(ranked) + 1))
     chosen = rec["chosen"]
     spec = methods.get_method("neggrad_plus")
     inputs = methods.build_inputs(spec, data, FORGET, K, retain_subset=RETAIN_SUBSET, seed=0)
     split = split_inputs(inputs, FRACTION, seed=0)
-    result, _ = methods.run("neggrad_plus", copy.deepcopy(trained), split.fit, chosen["hparams"],
-                            seed=0)
+    result, _ = methods.run(
+        "neggrad_plus", copy.deepcopy(trained), split.fit, chosen["hparams"], seed=0
+    )
     with torch.no_grad():
         xr, yr = next(iter(split.retain_val.loader(len(split.retain_val))))
         xf, _ = next(iter(split.forget_val.loader(len(split.forget_val))))
@@ -259,8 +300,9 @@ def test_forget_only_objective_is_agreement_with_the_original_runner_up(data, tr
     rec = _tune("neggrad", data, trained, {"lr": [1e-3, 3e-2]}, 2)
     assert rec["rule"]["objective"] == "agree_forget_val"
     spec = methods.get_method("neggrad")
-    split = split_inputs(methods.build_inputs(spec, data, FORGET, K, retain_subset=0, seed=0),
-                         FRACTION, seed=0)
+    split = split_inputs(
+        methods.build_inputs(spec, data, FORGET, K, retain_subset=0, seed=0), FRACTION, seed=0
+    )
     x, _ = next(iter(split.forget_val.loader(len(split.forget_val))))
     with torch.no_grad():
         logits = trained(x)
@@ -268,8 +310,7 @@ def test_forget_only_objective_is_agreement_with_the_original_runner_up(data, tr
     ref = logits.argmax(1)
     assert FORGET not in ref.tolist()
     for t in rec["trials"]:
-        result, _ = methods.run("neggrad", copy.deepcopy(trained), split.fit, t["hparams"],
-                                seed=0)
+        result, _ = methods.run("neggrad", copy.deepcopy(trained), split.fit, t["hparams"], seed=0)
         with torch.no_grad():
             pred = result.model(x).argmax(1)
         agree = 100.0 * (pred == ref).double().mean().item()
@@ -293,17 +334,37 @@ def files(tmp_path, data, trained):
 
 
 def _cli(cmd: str, files: Path, method: str, **over) -> int:
-    args = {"--data": files / "d.pt", "--model": files / "m.pt", "--forget": str(FORGET),
-            "--method": method, "--seed": "0", "--retain-subset": str(RETAIN_SUBSET),
-            "--hparams": json.dumps(HP[method]), "--device": "cpu", "--quiet": None,
-            "--memory-format": "contiguous"}
+    args = {
+        "--data": files / "d.pt",
+        "--model": files / "m.pt",
+        "--forget": str(FORGET),
+        "--method": method,
+        "--seed": "0",
+        "--retain-subset": str(RETAIN_SUBSET),
+        "--hparams": json.dumps(HP[method]),
+        "--device": "cpu",
+        "--quiet": None,
+        "--memory-format": "contiguous",
+    }
     if cmd == "tune":
-        args.update({"--space": json.dumps({"lr": [1e-3, 3e-3]}), "--budget": "2",
-                     "--val-fraction": str(FRACTION), "--threshold": "5",
-                     "--out": files / "tune.json"})
+        args.update(
+            {
+                "--space": json.dumps({"lr": [1e-3, 3e-3]}),
+                "--budget": "2",
+                "--val-fraction": str(FRACTION),
+                "--threshold": "5",
+                "--out": files / "tune.json",
+            }
+        )
     else:
-        args.update({"--out-model": files / "u.pt", "--out-history": files / "h.json",
-                     "--out-info": files / "i.json", "--monitor-every": "0"})
+        args.update(
+            {
+                "--out-model": files / "u.pt",
+                "--out-history": files / "h.json",
+                "--out-info": files / "i.json",
+                "--monitor-every": "0",
+            }
+        )
     args.update(over)
     argv = [cmd]
     for k, v in args.items():
@@ -335,13 +396,22 @@ def test_pbu_tune_needs_fisher_settings(files, capsys):
     assert rec["fisher"]["samples"] == rec["split"]["forget_fit"]
 
 
-@pytest.mark.parametrize("mutate,match", [
-    (lambda t: t["space"].update(neggrad={"lr": [1e-3]}), r"tuning\.space\.neggrad: 1 point"),
-    (lambda t: t["space"]["ssd"].update(gamma=[1.0] * 1), r"tuning\.space\.ssd\.gamma: not a hyper"),
-    (lambda t: t["space"]["ssd"].update(alpha=[-1.0, 2.0, 3.0]), r"tuning\.space\.ssd\.alpha: -1"),
-    (lambda t: t["space"].pop("ssd"), r"tuning\.space\.ssd: missing"),
-    (lambda t: t.update(val_fraction=1.0), r"tuning\.val_fraction"),
-])
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda t: t["space"].update(neggrad={"lr": [1e-3]}), r"tuning\.space\.neggrad: 1 point"),
+        (
+            lambda t: t["space"]["ssd"].update(gamma=[1.0] * 1),
+            r"tuning\.space\.ssd\.gamma: not a hyper",
+        ),
+        (
+            lambda t: t["space"]["ssd"].update(alpha=[-1.0, 2.0, 3.0]),
+            r"tuning\.space\.ssd\.alpha: -1",
+        ),
+        (lambda t: t["space"].pop("ssd"), r"tuning\.space\.ssd: missing"),
+        (lambda t: t.update(val_fraction=1.0), r"tuning\.val_fraction"),
+    ],
+)
 def test_bad_tuning_config_names_the_key(tmp_path, mutate, match):
     from pbu.config import ConfigError, check_config
 

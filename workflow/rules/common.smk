@@ -128,10 +128,10 @@ def download_args():
     ]
     if data.get("min_forget_per_class"):  # the forget classes keep more under the caps
         classes = ",".join(str(c) for c in CONFIG["forget"])
-        args.append(
-            f"--keep-classes {classes} --keep-per-class {data['min_forget_per_class']}"
-        )
+        args.append(f"--keep-classes {classes} --keep-per-class {data['min_forget_per_class']}")
     return " ".join(args)
+
+
 def stem_arg(wildcards):
     """``--stem NAME`` for a torchvision arch (model.stem, one name or per arch), else nothing."""
     stem = resolve_stem(wildcards.arch, CONFIG["model"]["stem"])

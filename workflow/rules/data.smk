@@ -9,10 +9,10 @@ rule download:
         path("data"),
     log:
         log_path("download"),
-    params:
-        options=download_args(),
     conda:
         CONDA_ENV
+    params:
+        options=download_args(),
     shell:
         "pbu download --dataset {wildcards.dataset} {params.options} --out {output} 2> {log}"
 

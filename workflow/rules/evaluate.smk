@@ -11,17 +11,17 @@ rule evaluate:
         log_path("evaluate"),
     benchmark:
         bench_path("evaluate")
-    params:
-        models=model_args,
-        settings=as_json(CONFIG["evaluation"]),
-        device=CONFIG["device"],
+    conda:
+        CONDA_ENV
     threads: res("evaluate", "threads")
     resources:
         mem_mb=res("evaluate", "mem_mb"),
         runtime=res("evaluate", "runtime"),
         gpu=res("evaluate", "gpu"),
-    conda:
-        CONDA_ENV
+    params:
+        models=model_args,
+        settings=as_json(CONFIG["evaluation"]),
+        device=CONFIG["device"],
     shell:
         "pbu evaluate --data {input.data} --forget {wildcards.forget} --seed {wildcards.seed} "
         "--original {input.original} --oracle {input.oracle} {params.models} "
@@ -40,13 +40,13 @@ rule aggregate:
         log_path("aggregate"),
     benchmark:
         bench_path("aggregate")
-    params:
-        out_dir=parent_dir("runs"),
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        CONDA_ENV
+    params:
+        out_dir=parent_dir("runs"),
     shell:
         "pbu aggregate --out-dir {params.out_dir} {input} 2> {log}"

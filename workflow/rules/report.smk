@@ -26,16 +26,16 @@ rule report:
         log_path("report"),
     benchmark:
         bench_path("report")
-    params:
-        aggregate=parent_dir("runs"),
-        out_dir=parent_dir("report"),
-        settings=as_json(dict(report_settings(), evaluation=CONFIG["evaluation"])),
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        CONDA_ENV
+    params:
+        aggregate=parent_dir("runs"),
+        out_dir=parent_dir("report"),
+        settings=as_json(dict(report_settings(), evaluation=CONFIG["evaluation"])),
     shell:
         "pbu report --aggregate {params.aggregate} --reference {input.reference} "
         "--settings {params.settings:q} --out-dir {params.out_dir} 2> {log}"

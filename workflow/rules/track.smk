@@ -13,11 +13,11 @@ rule track:
         path("tracked"),
     log:
         log_path("track"),
+    conda:
+        CONDA_ENV
     params:
         uri=CONFIG["mlflow"]["tracking_uri"],
         experiment=CONFIG["mlflow"]["experiment"],
-    conda:
-        CONDA_ENV
     shell:
         "pbu track --tracking-uri {params.uri} "
         "--experiment {params.experiment} --out {output} {input.metrics} 2> {log}"
@@ -34,11 +34,11 @@ rule track_report:
         path("tracked_report"),
     log:
         log_path("track_report"),
+    conda:
+        CONDA_ENV
     params:
         uri=CONFIG["mlflow"]["tracking_uri"],
         experiment=CONFIG["mlflow"]["experiment"],
-    conda:
-        CONDA_ENV
     shell:
         "pbu track --tracking-uri {params.uri} "
         "--experiment {params.experiment} --report {input.report} "

@@ -14,18 +14,18 @@ rule pretrain:
         log_path("pretrain"),
     benchmark:
         bench_path("pretrain")
-    params:
-        recipe=as_json(CONFIG["pretrain"]),
-        weights=CONFIG["model"]["weights"],
-        stem=stem_arg,
-        device=CONFIG["device"],
+    conda:
+        CONDA_ENV
     threads: res("pretrain", "threads")
     resources:
         mem_mb=res("pretrain", "mem_mb"),
         runtime=res("pretrain", "runtime"),
         gpu=res("pretrain", "gpu"),
-    conda:
-        CONDA_ENV
+    params:
+        recipe=as_json(CONFIG["pretrain"]),
+        weights=CONFIG["model"]["weights"],
+        stem=stem_arg,
+        device=CONFIG["device"],
     shell:
         "pbu pretrain --data {input.data} --arch {wildcards.arch} --seed {wildcards.seed} "
         "--weights {params.weights} {params.stem} --recipe {params.recipe:q} "
@@ -44,18 +44,18 @@ rule oracle:
         log_path("oracle"),
     benchmark:
         bench_path("oracle")
-    params:
-        recipe=as_json(CONFIG["pretrain"]),
-        weights=CONFIG["model"]["weights"],
-        stem=stem_arg,
-        device=CONFIG["device"],
+    conda:
+        CONDA_ENV
     threads: res("pretrain", "threads")
     resources:
         mem_mb=res("pretrain", "mem_mb"),
         runtime=res("pretrain", "runtime"),
         gpu=res("pretrain", "gpu"),
-    conda:
-        CONDA_ENV
+    params:
+        recipe=as_json(CONFIG["pretrain"]),
+        weights=CONFIG["model"]["weights"],
+        stem=stem_arg,
+        device=CONFIG["device"],
     shell:
         "pbu oracle --data {input.data} --arch {wildcards.arch} --seed {wildcards.seed} "
         "--forget {wildcards.forget} --weights {params.weights} {params.stem} "

@@ -12,6 +12,13 @@ rule tune:
         log_path("tune"),
     benchmark:
         bench_path("tune")
+    conda:
+        CONDA_ENV
+    threads: res("tune", "threads")
+    resources:
+        mem_mb=res("tune", "mem_mb"),
+        runtime=res("tune", "runtime"),
+        gpu=res("tune", "gpu"),
     params:
         hparams=lambda wildcards: as_json(CONFIG["hparams"][wildcards.method]),
         space=lambda wildcards: as_json(CONFIG["tuning"]["space"][wildcards.method]),
@@ -21,13 +28,6 @@ rule tune:
         fisher=fisher_settings_arg,
         retain_subset=CONFIG["retain_subset"],
         device=CONFIG["device"],
-    threads: res("tune", "threads")
-    resources:
-        mem_mb=res("tune", "mem_mb"),
-        runtime=res("tune", "runtime"),
-        gpu=res("tune", "gpu"),
-    conda:
-        CONDA_ENV
     shell:
         "pbu tune --data {input.data} --model {input.model} --forget {wildcards.forget} "
         "--method {wildcards.method} --hparams {params.hparams:q} --space {params.space:q} "

@@ -12,6 +12,13 @@ rule fisher:
         log_path("fisher"),
     benchmark:
         bench_path("fisher")
+    conda:
+        CONDA_ENV
+    threads: res("fisher", "threads")
+    resources:
+        mem_mb=res("fisher", "mem_mb"),
+        runtime=res("fisher", "runtime"),
+        gpu=res("fisher", "gpu"),
     params:
         kind=CONFIG["fisher"]["kind"],
         bn_mode=CONFIG["fisher"]["bn_mode"],
@@ -19,13 +26,6 @@ rule fisher:
         chunk_size=CONFIG["fisher"]["chunk_size"],
         batch_size=CONFIG["fisher"]["batch_size"],
         device=CONFIG["device"],
-    threads: res("fisher", "threads")
-    resources:
-        mem_mb=res("fisher", "mem_mb"),
-        runtime=res("fisher", "runtime"),
-        gpu=res("fisher", "gpu"),
-    conda:
-        CONDA_ENV
     shell:
         "pbu fisher --data {input.data} --model {input.model} --forget {wildcards.forget} "
         "--kind {params.kind} --bn-mode {params.bn_mode} --mc-samples {params.mc_samples} "
@@ -45,25 +45,23 @@ rule unlearn:
         log_path("unlearn"),
     benchmark:
         bench_path("unlearn")
+    conda:
+        CONDA_ENV
+    threads: res("unlearn", "threads")
+    resources:
+        mem_mb=res("unlearn", "mem_mb"),
+        runtime=res("unlearn", "runtime"),
+        gpu=res("unlearn", "gpu"),
     params:
         hparams=lambda wildcards: as_json(CONFIG["hparams"][wildcards.method]),
         fisher=fisher_arg,
         tuned=tuned_arg,
         retain_subset=CONFIG["retain_subset"],
         monitor_every=lambda wildcards: (
-            CONFIG["monitor"]["every"]
-            if wildcards.method in CONFIG["monitor"]["methods"]
-            else 0
+            CONFIG["monitor"]["every"] if wildcards.method in CONFIG["monitor"]["methods"] else 0
         ),
         monitor_retain=CONFIG["monitor"]["retain_samples"],
         device=CONFIG["device"],
-    threads: res("unlearn", "threads")
-    resources:
-        mem_mb=res("unlearn", "mem_mb"),
-        runtime=res("unlearn", "runtime"),
-        gpu=res("unlearn", "gpu"),
-    conda:
-        CONDA_ENV
     shell:
         "pbu unlearn --data {input.data} --model {input.model} --forget {wildcards.forget} "
         "--method {wildcards.method} --hparams {params.hparams:q} {params.fisher} {params.tuned} "

@@ -27,7 +27,9 @@ K = 4  # classes
 FORGET = 1
 N_PER_CLASS = 30
 RETAIN_SUBSET = 20
-CONFIG = yaml.safe_load((Path(__file__).parents[3] / "config" / "config.yaml").read_text())["hparams"]
+CONFIG = yaml.safe_load((Path(__file__).parents[3] / "config" / "config.yaml").read_text())[
+    "hparams"
+]
 
 
 # ------------------------------------------------------------------------------------------
@@ -58,8 +60,15 @@ def _zero_fisher(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _inputs(name: str, data: TensorImages, model: nn.Module) -> methods.UnlearnInputs:
     spec = methods.get_method(name)
-    return build_inputs(spec, data, FORGET, K, retain_subset=RETAIN_SUBSET, seed=0,
-                        fisher=_zero_fisher(model) if spec.needs_fisher else None)
+    return build_inputs(
+        spec,
+        data,
+        FORGET,
+        K,
+        retain_subset=RETAIN_SUBSET,
+        seed=0,
+        fisher=_zero_fisher(model) if spec.needs_fisher else None,
+    )
 
 
 def _hp(name: str, **override) -> dict:
@@ -93,8 +102,19 @@ ALL = methods.available()
 
 
 def test_every_listed_module_registers_a_method():
-    expected = {"pbu", "finetune", "neggrad", "neggrad_plus", "random_labels", "unsir",
-                "bad_teaching", "ssd", "scrub", "salun", "boundary_shrink"}
+    expected = {
+        "pbu",
+        "finetune",
+        "neggrad",
+        "neggrad_plus",
+        "random_labels",
+        "unsir",
+        "bad_teaching",
+        "ssd",
+        "scrub",
+        "salun",
+        "boundary_shrink",
+    }
     assert expected <= set(ALL)
 
 
@@ -129,8 +149,10 @@ def test_inputs_hold_exactly_the_declared_data_as_copies(name, square_data, trai
 
     assert (inputs.fisher is not None) == spec.needs_fisher
     # Copies: no shared storage with the full training set, so it is unreachable from them.
-    full = {square_data.images.untyped_storage().data_ptr(),
-            square_data.labels.untyped_storage().data_ptr()}
+    full = {
+        square_data.images.untyped_storage().data_ptr(),
+        square_data.labels.untyped_storage().data_ptr(),
+    }
     for d in (inputs.forget, inputs.retain):
         if d is not None:
             assert d.images.untyped_storage().data_ptr() not in full
@@ -158,8 +180,9 @@ PAPER_ACCESS = {
 
 
 def test_paper_access_table_covers_every_method():
-    assert set(PAPER_ACCESS) == set(ALL), \
+    assert set(PAPER_ACCESS) == set(ALL), (
         f"methods without a paper access entry: {sorted(set(ALL) ^ set(PAPER_ACCESS))}"
+    )
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -169,14 +192,21 @@ def test_each_method_gets_the_data_its_paper_uses_and_no_more(name, square_data,
     forget, retain, fisher, _ = PAPER_ACCESS[name]
     spec = methods.get_method(name)
     inputs = _inputs(name, square_data, trained)
-    got_retain = ("none" if inputs.retain is None else
-                  "all" if len(inputs.retain) == (K - 1) * N_PER_CLASS else
-                  "subset" if len(inputs.retain) == RETAIN_SUBSET else f"{len(inputs.retain)}")
+    got_retain = (
+        "none"
+        if inputs.retain is None
+        else "all"
+        if len(inputs.retain) == (K - 1) * N_PER_CLASS
+        else "subset"
+        if len(inputs.retain) == RETAIN_SUBSET
+        else f"{len(inputs.retain)}"
+    )
     got = (inputs.forget is not None, got_retain, inputs.fisher is not None)
     assert got == (forget, retain, fisher), (
         f"{name} receives (forget={got[0]}, retain={got[1]}, fisher={got[2]}) but its paper "
         f"uses (forget={forget}, retain={retain}, fisher={fisher}); declared access: "
-        f"{spec.access.label!r}")
+        f"{spec.access.label!r}"
+    )
 
 
 def test_readme_access_table_states_the_paper_access():
@@ -187,7 +217,8 @@ def test_readme_access_table_states_the_paper_access():
     assert set(rows) == set(PAPER_ACCESS), sorted(set(rows) ^ set(PAPER_ACCESS))
     for name, (*_, want) in PAPER_ACCESS.items():
         assert rows[name] == want or rows[name].startswith(want + " ("), (
-            f"README says {name} needs {rows[name]!r}; its paper uses {want!r}")
+            f"README says {name} needs {rows[name]!r}; its paper uses {want!r}"
+        )
 
 
 class _RecordingLoader:
@@ -224,8 +255,9 @@ def spy_loaders(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_run_passes_only_the_inputs_and_the_method_reads_only_them(name, square_data, trained,
-                                                                   spy_loaders, monkeypatch):
+def test_run_passes_only_the_inputs_and_the_method_reads_only_them(
+    name, square_data, trained, spy_loaders, monkeypatch
+):
     spec = methods.get_method(name)
     inputs = _inputs(name, square_data, trained)
     got: dict = {}
@@ -236,8 +268,14 @@ def test_run_passes_only_the_inputs_and_the_method_reads_only_them(name, square_
 
     monkeypatch.setitem(REGISTRY, name, dataclasses.replace(spec, fn=spy))
     steps_seen: list[int] = []
-    result, seconds = methods.run(name, copy.deepcopy(trained), inputs, _hp(name), seed=0,
-                                  monitor=lambda m, s: steps_seen.append(s))
+    result, seconds = methods.run(
+        name,
+        copy.deepcopy(trained),
+        inputs,
+        _hp(name),
+        seed=0,
+        monitor=lambda m, s: steps_seen.append(s),
+    )
     # The method got the harness's inputs object itself and nothing besides the model and hp.
     assert got["inputs"] is inputs and got["hp"] == CONFIG[name]
     assert set(got["kwargs"]) == {"device", "seed", "monitor"}
@@ -270,13 +308,15 @@ def test_time_spent_in_the_monitor_is_not_the_methods_time(name, square_data, tr
         slept += time.perf_counter() - t0
 
     start = time.perf_counter()
-    result, seconds = methods.run(name, copy.deepcopy(trained), inputs, _hp(name), seed=0,
-                                  monitor=sleepy)
+    result, seconds = methods.run(
+        name, copy.deepcopy(trained), inputs, _hp(name), seed=0, monitor=sleepy
+    )
     wall = time.perf_counter() - start
     assert result.info["steps"] >= 1 and slept >= 0.01 * (result.info["steps"] + 1)
     assert 0 <= seconds <= wall - slept, (
         f"{name}: time_s = {seconds:.3f} s but the call took {wall:.3f} s of which {slept:.3f} s "
-        f"were spent sleeping in the monitor: monitoring time is counted as the method's time")
+        f"were spent sleeping in the monitor: monitoring time is counted as the method's time"
+    )
 
 
 def test_finetune_never_sees_the_forget_class(square_data, trained, spy_loaders):
@@ -345,20 +385,23 @@ def test_ssd_importance_is_the_mean_over_batches_of_squared_batch_gradients(squa
     x_all, y_all = forget.images, forget.labels
     expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for start in range(0, 30, 7):
-        x, y = next(iter(TensorImages(forget.spec, x_all[start:start + 7],
-                                      y_all[start:start + 7]).loader(7)))
+        x, y = next(
+            iter(
+                TensorImages(
+                    forget.spec, x_all[start : start + 7], y_all[start : start + 7]
+                ).loader(7)
+            )
+        )
         for n, g in _functional_grad(model, x, y).items():
-            expected[n] += g ** 2
+            expected[n] += g**2
     for n in expected:
         assert torch.allclose(sums[n], expected[n], rtol=1e-4, atol=1e-10), n
 
 
-def test_ssd_with_paper_alpha_selects_nothing_when_the_forget_share_is_large(square_data,
-                                                                            model):
+def test_ssd_with_paper_alpha_selects_nothing_when_the_forget_share_is_large(square_data, model):
     """With 4 classes I_Df <= 2·I_D (one of two batches), so alpha = 10 can never select."""
     inputs = _inputs("ssd", square_data, model)
-    res, _ = methods.run("ssd", model, inputs, {"alpha": 10.0, "lambda": 1.0,
-                                                "batch_size": 10_000})
+    res, _ = methods.run("ssd", model, inputs, {"alpha": 10.0, "lambda": 1.0, "batch_size": 10_000})
     assert res.info["dampened"] == 0
 
 
@@ -407,12 +450,16 @@ def test_incompetent_teacher_is_a_seeded_random_init_of_the_same_architecture(mo
 
     original = copy.deepcopy(model.state_dict())
     rng_before = torch.get_rng_state()
-    a, b, c = incompetent_teacher(model, 1), incompetent_teacher(model, 1), \
-        incompetent_teacher(model, 2)
+    a, b, c = (
+        incompetent_teacher(model, 1),
+        incompetent_teacher(model, 1),
+        incompetent_teacher(model, 2),
+    )
     assert torch.equal(torch.get_rng_state(), rng_before)  # global stream untouched
     assert type(a) is type(model) and not a.training
-    for (n, pa), pb, pc, pm in zip(a.named_parameters(), b.parameters(), c.parameters(),
-                                   model.parameters()):
+    for (n, pa), pb, pc, pm in zip(
+        a.named_parameters(), b.parameters(), c.parameters(), model.parameters()
+    ):
         assert not pa.requires_grad
         assert torch.equal(pa, pb), n  # same seed, same teacher
         if pa.numel() > 1 and "weight" in n and pa.dim() > 1:
@@ -447,9 +494,13 @@ def test_neggrad_increases_the_forget_loss(square_data, model):
     # running statistics also move towards forget-only batch statistics).
     inputs = _inputs("neggrad", square_data, model)
     ce0 = _ce(model, inputs.forget)
-    res, _ = methods.run("neggrad", copy.deepcopy(model), inputs,
-                         _hp("neggrad", epochs=2, batch_size=10, lr=0.01, stop_rule="none",
-                             bn_mode="eval"), seed=0)
+    res, _ = methods.run(
+        "neggrad",
+        copy.deepcopy(model),
+        inputs,
+        _hp("neggrad", epochs=2, batch_size=10, lr=0.01, stop_rule="none", bn_mode="eval"),
+        seed=0,
+    )
     assert _ce(res.model, inputs.forget) > ce0 + 1.0
     assert res.info["stop_step"] is None and res.info["steps"] == 6
     ces = [r["ce_forget"] for r in res.history]
@@ -473,9 +524,13 @@ def test_neggrad_plus_ascent_term_raises_the_forget_loss(square_data, model):
     inputs = _inputs("neggrad_plus", square_data, model)
     ce = {}
     for a in (1.0, 0.5):
-        res, _ = methods.run("neggrad_plus", copy.deepcopy(model), inputs,
-                             _hp("neggrad_plus", epochs=2, batch_size=4, alpha=a, lr=0.01),
-                             seed=0)
+        res, _ = methods.run(
+            "neggrad_plus",
+            copy.deepcopy(model),
+            inputs,
+            _hp("neggrad_plus", epochs=2, batch_size=4, alpha=a, lr=0.01),
+            seed=0,
+        )
         ce[a] = _ce(res.model, inputs.forget), _ce(res.model, inputs.retain)
         assert res.info["steps"] == 2 * RETAIN_SUBSET // 4  # epochs are over the retain subset
     assert ce[0.5][0] > 2 * ce[1.0][0]
@@ -489,9 +544,16 @@ def test_unsir_noise_raises_the_forget_class_loss_above_random_noise(model):
     state = copy.deepcopy(model.state_dict())
     model.train()
     shape = (16, 1, 28, 28)
-    noise = learn_error_max_noise(model, FORGET, shape, steps=hp["noise_steps"],
-                                  lr=hp["noise_lr"], reg=hp["noise_reg"], seed=0,
-                                  device=torch.device("cpu"))
+    noise = learn_error_max_noise(
+        model,
+        FORGET,
+        shape,
+        steps=hp["noise_steps"],
+        lr=hp["noise_lr"],
+        reg=hp["noise_reg"],
+        seed=0,
+        device=torch.device("cpu"),
+    )
     assert model.training and all(p.requires_grad for p in model.parameters())  # restored
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # untouched
     target = torch.full((16,), FORGET)
@@ -506,8 +568,9 @@ def test_unsir_noise_raises_the_forget_class_loss_above_random_noise(model):
 def test_unsir_impair_step_forgets_without_seeing_the_forget_class(square_data, model):
     inputs = _inputs("unsir", square_data, model)
     assert inputs.forget is None
-    res, _ = methods.run("unsir", model, inputs,
-                         _hp("unsir", impair_lr=0.02, batch_size=16, repair_epochs=0), seed=0)
+    res, _ = methods.run(
+        "unsir", model, inputs, _hp("unsir", impair_lr=0.02, batch_size=16, repair_epochs=0), seed=0
+    )
     forget, retain = (square_data.subset(i) for i in class_split(square_data.labels, FORGET))
     with torch.no_grad():
         for data, lo, hi in ((forget, 0.0, 0.5), (retain, 0.9, 1.0)):
@@ -547,7 +610,8 @@ def test_distill_kl_matches_the_definition():
 
 
 def test_boundary_shrink_neighbours_are_never_the_true_class_and_predictions_move_there(
-        square_data, model):
+    square_data, model
+):
     from pbu.methods.boundary_shrink import fgsm_pixel, neighbour_labels
 
     spec = square_data.spec
@@ -569,8 +633,13 @@ def test_boundary_shrink_neighbours_are_never_the_true_class_and_predictions_mov
     logits[torch.arange(len(y)), y] = -float("inf")
     assert torch.equal(nbr, logits.argmax(1))
 
-    res, _ = methods.run("boundary_shrink", model, inputs,
-                         _hp("boundary_shrink", epochs=10, lr=0.01, batch_size=10), seed=0)
+    res, _ = methods.run(
+        "boundary_shrink",
+        model,
+        inputs,
+        _hp("boundary_shrink", epochs=10, lr=0.01, batch_size=10),
+        seed=0,
+    )
     with torch.no_grad():
         pred = res.model(x).argmax(1)
         before = reference(x).argmax(1)
@@ -604,12 +673,22 @@ def test_missing_or_unknown_hparam_is_an_error_naming_it(name, square_data, trai
         methods.run(name, copy.deepcopy(trained), inputs, missing)
 
 
-@pytest.mark.parametrize("name,key,bad", [
-    ("finetune", "lr", 0.0), ("neggrad", "bn_mode", "frozen"), ("neggrad", "stop_rule", "x"),
-    ("neggrad_plus", "alpha", 1.5), ("salun", "mask_fraction", -0.1), ("scrub", "temperature", 0),
-    ("unsir", "noise_samples", 0), ("ssd", "alpha", -1.0), ("bad_teaching", "lr", -1.0),
-    ("boundary_shrink", "bound", 0.0), ("random_labels", "epochs", 0),
-])
+@pytest.mark.parametrize(
+    "name,key,bad",
+    [
+        ("finetune", "lr", 0.0),
+        ("neggrad", "bn_mode", "frozen"),
+        ("neggrad", "stop_rule", "x"),
+        ("neggrad_plus", "alpha", 1.5),
+        ("salun", "mask_fraction", -0.1),
+        ("scrub", "temperature", 0),
+        ("unsir", "noise_samples", 0),
+        ("ssd", "alpha", -1.0),
+        ("bad_teaching", "lr", -1.0),
+        ("boundary_shrink", "bound", 0.0),
+        ("random_labels", "epochs", 0),
+    ],
+)
 def test_invalid_hparam_values_are_rejected_by_name(name, key, bad, square_data, trained):
     inputs = _inputs(name, square_data, trained)
     with pytest.raises(ValueError, match=rf"{name}\.{key}"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,27 @@ from pbu import methods
 from pbu.data import class_split
 from pbu.methods.pbu import PBUConfig, pbu_loss_terms, unlearn_pbu
 
-CFG = dict(alpha=631.0, beta=100.0, gamma=4001.0, lr=1e-3, batch_size=8, epochs=2,
-           bn_mode="train", stop_rule="none", stop_threshold=5.0, check_every=1, check_samples=0,
-           fisher_scale="none")
+CFG = dict(
+    alpha=631.0,
+    beta=100.0,
+    gamma=4001.0,
+    lr=1e-3,
+    batch_size=8,
+    epochs=2,
+    bn_mode="train",
+    stop_rule="none",
+    stop_threshold=5.0,
+    check_every=1,
+    check_samples=0,
+    fisher_scale="none",
+)
 
 
 def _tiny_model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(2 * 26 * 26, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 26 * 26, 3)
+    )
 
 
 def test_loss_terms_match_an_independent_computation(tiny_data):
@@ -42,8 +53,9 @@ def test_loss_terms_match_an_independent_computation(tiny_data):
     theta = torch.cat([p.detach().flatten() for p in model.parameters()])
     d = theta - flat(anchor)
     assert t["term_forget"].item() == pytest.approx(-631.0 * ce.item(), rel=1e-6)
-    assert t["term_fisher"].item() == pytest.approx(100.0 * (flat(fisher) * d * d).sum().item(),
-                                                    rel=1e-5)
+    assert t["term_fisher"].item() == pytest.approx(
+        100.0 * (flat(fisher) * d * d).sum().item(), rel=1e-5
+    )
     assert t["term_l2"].item() == pytest.approx(4001.0 * (d * d).sum().item(), rel=1e-5)
 
 
@@ -54,8 +66,9 @@ def test_first_step_gradient_is_pure_gradient_ascent(tiny_data):
     fisher = {n: torch.ones_like(p) for n, p in model.named_parameters()}
     x, y = next(iter(tiny_data.loader(8)))
     t = pbu_loss_terms(model, x, y, anchor, fisher, PBUConfig(**CFG))
-    g = torch.autograd.grad(t["term_forget"] + t["term_fisher"] + t["term_l2"],
-                            list(model.parameters()))
+    g = torch.autograd.grad(
+        t["term_forget"] + t["term_fisher"] + t["term_l2"], list(model.parameters())
+    )
     ce_g = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
     for a, b in zip(g, ce_g):
         assert torch.allclose(a, -631.0 * b, rtol=1e-4, atol=1e-3)
@@ -69,8 +82,10 @@ def test_fixed_epochs_without_stop_rule(tiny_data):
     assert res.info["steps"] == 2 * 3 and res.info["epochs"] == pytest.approx(2.0)
     assert [r["step"] for r in res.history] == list(range(1, 7))
     # The caller's model is untouched (θ* stays available).
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
-                                                _tiny_model().state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), _tiny_model().state_dict().values())
+    )
 
 
 def test_pbu_declares_forget_only_and_gets_nothing_else(tiny_data):
@@ -91,9 +106,15 @@ def test_stop_rule_measures_a_fixed_sample_of_the_forget_set(tiny_data, check_sa
     inputs = methods.build_inputs(spec, tiny_data, 1, 3, retain_subset=0, seed=0, fisher=fisher)
     seen: list[torch.Tensor] = []
     model.register_forward_hook(
-        lambda m, args, _out: None if m.training else seen.append(args[0].sum((1, 2, 3))))
-    hp = {**CFG, "stop_rule": "forget_ce", "stop_threshold": 1e9, "epochs": 1,
-          "check_samples": check_samples}
+        lambda m, args, _out: None if m.training else seen.append(args[0].sum((1, 2, 3)))
+    )
+    hp = {
+        **CFG,
+        "stop_rule": "forget_ce",
+        "stop_threshold": 1e9,
+        "epochs": 1,
+        "check_samples": check_samples,
+    }
     result, _ = methods.run("pbu", model, inputs, hp, seed=0)
     checks = result.info["steps"]
     assert checks == 3  # 20 forget images, batch 8; a CE of 1e9 nats is never reached
@@ -130,19 +151,29 @@ def test_recorded_fisher_term_is_beta_sum_f_dtheta2_of_the_given_fisher(tiny_dat
         given = {n: f.double() / flat.mean() for n, f in given.items()}
     seen: dict[int, dict[str, torch.Tensor]] = {}
     cfg = PBUConfig(**{**CFG, "beta": 7.0, "epochs": 2, "fisher_scale": fisher_scale})
-    res = unlearn_pbu(model, forget.loader(8, shuffle=True, seed=0), fisher, cfg,
-                      monitor=lambda m, s: seen.update(
-                          {s: {n: p.detach().clone() for n, p in m.named_parameters()}}))
-    assert all(torch.equal(fisher[n], f) for n, f in zip(fisher, original)), \
+    res = unlearn_pbu(
+        model,
+        forget.loader(8, shuffle=True, seed=0),
+        fisher,
+        cfg,
+        monitor=lambda m, s: seen.update(
+            {s: {n: p.detach().clone() for n, p in m.named_parameters()}}
+        ),
+    )
+    assert all(torch.equal(fisher[n], f) for n, f in zip(fisher, original)), (
         "PBU modified the caller's Fisher"
+    )
     last = res.info["steps"]
     returned = {n: p.detach() for n, p in res.model.named_parameters()}
-    assert all(torch.equal(returned[n], seen[last][n]) for n in returned), \
+    assert all(torch.equal(returned[n], seen[last][n]) for n in returned), (
         "the returned model is not the model after the last recorded step"
+    )
 
     def expected(theta: dict[str, torch.Tensor]) -> float:
-        return 7.0 * sum(float((given[n].double() * (theta[n].double() - theta_star[n].double())
-                                ** 2).sum()) for n in given)
+        return 7.0 * sum(
+            float((given[n].double() * (theta[n].double() - theta_star[n].double()) ** 2).sum())
+            for n in given
+        )
 
     assert expected(returned) > 1e-3, "the model did not move away from θ*: the test is vacuous"
     assert len(res.history) == last
@@ -151,7 +182,8 @@ def test_recorded_fisher_term_is_beta_sum_f_dtheta2_of_the_given_fisher(tiny_dat
         assert row["term_fisher"] == pytest.approx(want, rel=1e-4), (
             f"step {int(row['step'])}: PBU recorded term_fisher = {row['term_fisher']:.6g}, but "
             f"β·ΣF(θ−θ*)² with the Fisher it was given is {want:.6g}: the training loop does not "
-            f"use the caller's Fisher")
+            f"use the caller's Fisher"
+        )
 
 
 def test_scale_fisher_unit_mean_divides_by_the_mean_over_every_entry():
@@ -170,10 +202,12 @@ def test_scale_fisher_unit_mean_divides_by_the_mean_over_every_entry():
         PBUConfig(**{**CFG, "fisher_scale": "unit_max"})
 
 
-def _displacement(model: nn.Module, theta_star: dict[str, torch.Tensor],
-                  names: list[str]) -> float:
-    return sum(float((p.detach() - theta_star[n]).abs().sum())
-               for n, p in model.named_parameters() if n in names)
+def _displacement(model: nn.Module, theta_star: dict[str, torch.Tensor], names: list[str]) -> float:
+    return sum(
+        float((p.detach() - theta_star[n]).abs().sum())
+        for n, p in model.named_parameters()
+        if n in names
+    )
 
 
 def test_with_gamma_zero_parameters_with_large_fisher_move_less(tiny_data):
@@ -187,36 +221,47 @@ def test_with_gamma_zero_parameters_with_large_fisher_move_less(tiny_data):
     cfg = PBUConfig(**{**CFG, "alpha": 1.0, "beta": 1.0, "gamma": 0.0, "epochs": 4})
     moved = {}
     for label, big in (("F = 0", 0.0), ("large F", 1e4)):
-        fisher = {n: torch.full_like(p, big if n in held else 0.0)
-                  for n, p in model.named_parameters()}
+        fisher = {
+            n: torch.full_like(p, big if n in held else 0.0) for n, p in model.named_parameters()
+        }
         res = unlearn_pbu(model, forget.loader(8, shuffle=True, seed=0), fisher, cfg)
-        moved[label] = (_displacement(res.model, theta_star, held),
-                        _displacement(res.model, theta_star, free))
+        moved[label] = (
+            _displacement(res.model, theta_star, held),
+            _displacement(res.model, theta_star, free),
+        )
     (held_f0, free_f0), (held_big, free_big) = moved["F = 0"], moved["large F"]
     assert held_f0 > 0 and free_f0 > 0 and free_big > 0, moved
     assert held_big < 0.3 * held_f0, (
         f"with γ = 0, parameters with F = 1e4 moved {held_big:.4g} (sum |θ−θ*|) against "
-        f"{held_f0:.4g} with F = 0: the Fisher term does not hold them near θ*")
+        f"{held_f0:.4g} with F = 0: the Fisher term does not hold them near θ*"
+    )
 
 
 @pytest.mark.parametrize("threshold,stops", [(100.0, True), (-1.0, False)])
-def test_forget_acc_rule_stops_at_the_first_check_at_or_below_the_threshold(tiny_data,
-                                                                             threshold, stops):
+def test_forget_acc_rule_stops_at_the_first_check_at_or_below_the_threshold(
+    tiny_data, threshold, stops
+):
     """Every accuracy is <= 100 %: the rule ends the run at its first check (step 1); none is
     <= -1 %: the run goes to its last epoch."""
     forget = _forget_of(tiny_data)
     cfg = PBUConfig(**{**CFG, "stop_rule": "forget_acc", "stop_threshold": threshold})
-    res = unlearn_pbu(_tiny_model(), forget.loader(8, shuffle=True, seed=0),
-                      {n: torch.ones_like(p) for n, p in _tiny_model().named_parameters()}, cfg)
+    res = unlearn_pbu(
+        _tiny_model(),
+        forget.loader(8, shuffle=True, seed=0),
+        {n: torch.ones_like(p) for n, p in _tiny_model().named_parameters()},
+        cfg,
+    )
     accs = [r["acc_forget_train"] for r in res.history]
     if stops:
         assert res.info["stop_step"] == res.info["steps"] == 1, (
             f"threshold 100 %: the forget_acc rule did not stop at the first check "
-            f"(stopped at {res.info['stop_step']} of {res.info['steps']} steps, accuracies {accs})")
+            f"(stopped at {res.info['stop_step']} of {res.info['steps']} steps, accuracies {accs})"
+        )
     else:
         assert res.info["stop_step"] is None and res.info["steps"] == 2 * 3, (
             f"threshold -1 %: the forget_acc rule stopped at step {res.info['stop_step']} although "
-            f"no accuracy can be that low")
+            f"no accuracy can be that low"
+        )
         assert len(accs) == 6, "the rule was not checked after every step"
 
 
@@ -234,11 +279,18 @@ def pbu_on_mnist5k(mnist5k, pretrained_small_cnn):
     fisher = fisher_diagonal(model, forget.loader(256), kind="true")
     # the default config's values (the authors' lr 1e-4, the epoch cap of their step budget), the
     # stop rule measuring the whole forget set
-    hp = yaml.safe_load((Path(__file__).resolve().parents[3] / "config" / "config.yaml").read_text())
+    hp = yaml.safe_load(
+        (Path(__file__).resolve().parents[3] / "config" / "config.yaml").read_text()
+    )
     cfg = PBUConfig(**{**hp["hparams"]["pbu"], "check_samples": 0})
     before = (evaluate_accuracy(model, ft), evaluate_accuracy(model, rt))
-    res = unlearn_pbu(model, forget.loader(64, shuffle=True, seed=0), fisher, cfg,
-                      check_loader=forget.loader(1000))
+    res = unlearn_pbu(
+        model,
+        forget.loader(64, shuffle=True, seed=0),
+        fisher,
+        cfg,
+        check_loader=forget.loader(1000),
+    )
     after = (evaluate_accuracy(res.model, ft), evaluate_accuracy(res.model, rt))
     return res, before, after, forget
 
@@ -265,4 +317,3 @@ def test_stop_rule_fires_at_the_first_step_below_threshold(pbu_on_mnist5k):
 
     assert evaluate_accuracy(res.model, forget.loader(1000)) == pytest.approx(accs[-1])
     assert [r["stopped"] for r in res.history].count(1.0) == 1
-
