@@ -37,6 +37,10 @@ def _plain(v):
     return v.item() if hasattr(v, "item") else v
 
 
+def _key(keys: list[str], values) -> dict:
+    return {k: _plain(v) for k, v in zip(keys, values)}
+
+
 def differences(before: pd.DataFrame, after: pd.DataFrame) -> list[str]:
     """One line per difference: a column or row present on one side only, or a changed cell."""
     out = [
@@ -55,12 +59,12 @@ def differences(before: pd.DataFrame, after: pd.DataFrame) -> list[str]:
         ("before", a.index.difference(b.index)),
         ("after", b.index.difference(a.index)),
     ):
-        out += [f"row only in {side}: {{k: _plain(v) for k, v in zip(keys, i)}}" for i in idx]
+        out += [f"row only in {side}: {_key(keys, i)}" for i in idx]
     both = a.index.intersection(b.index)
     a, b = a.loc[both], b.loc[both]
     changed = (a != b) & ~(a.isna() & b.isna())
     for row, col in zip(*changed.values.nonzero()):
-        key = {k: _plain(v) for k, v in zip(keys, both[row])}
+        key = _key(keys, both[row])
         out.append(
             f"{key} {a.columns[col]}: {_plain(a.iat[row, col])!r} -> {_plain(b.iat[row, col])!r}"
         )
