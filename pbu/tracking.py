@@ -487,7 +487,7 @@ def describe_experiment(jobs: list[_Job], experiment: str) -> str:
         f"job's timed work (a method alone, evaluation excluded); `total_time_s` adds its "
         f"prerequisites (PBU's Fisher), as the report's tables do.\n"
         f"- Each run's input is the prepared dataset (name, digest of the file, split sizes).\n"
-        f"- Definitions of every metric: README, section Metrics, and `pbu/metrics.py`."
+        f"- Definitions of every metric: README, section Metrics, and `pbu/metrics/`."
     )
 
 

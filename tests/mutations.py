@@ -272,7 +272,7 @@ MUTATIONS: list[Mutation] = [
     # --- the metrics ------------------------------------------------------------------------
     _m(
         "accuracy-counts-errors",
-        "pbu/metrics.py",
+        "pbu/metrics/core.py",
         "100.0 * (logits.argmax(1) == labels)",
         "100.0 * (logits.argmax(1) != labels)",
         (f"{T_METRICS}::test_accuracy_from_hand_made_logits", "tests/unit/test_evaluate.py"),
@@ -280,7 +280,7 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "js-without-half",
-        "pbu/metrics.py",
+        "pbu/metrics/distance.py",
         "(0.5 * (kl_pm + kl_qm)).clamp(0.0, LN2)",
         "(kl_pm + kl_qm).clamp(0.0, LN2)",
         f"{T_METRICS}::test_js_divergence_matches_scipy",
@@ -288,7 +288,7 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "zrf-not-one-minus",
-        "pbu/metrics.py",
+        "pbu/metrics/distance.py",
         "return 1.0 - js_divergence(model_logits, incompetent_logits)",
         "return js_divergence(model_logits, incompetent_logits)",
         f"{T_METRICS}::test_zrf_and_zrf_as_coded_by_hand",
@@ -296,7 +296,7 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "activation-distance-sum",
-        "pbu/metrics.py",
+        "pbu/metrics/distance.py",
         "(log_p.exp() - log_q.exp()).norm(dim=1).mean()",
         "(log_p.exp() - log_q.exp()).norm(dim=1).sum()",
         f"{T_METRICS}::test_activation_distance_matches_numpy",
@@ -304,7 +304,7 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "confidence-of-top-class",
-        "pbu/metrics.py",
+        "pbu/metrics/core.py",
         "torch.softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)",
         "torch.softmax(logits, dim=1).max(1).values",
         f"{T_METRICS}::test_mia_efficacy_salun_uses_true_class_confidence",

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-import pbu.data
+import pbu.images
 from pbu import methods
 from pbu.data import DATASETS, TensorImages, class_split, save_prepared
 from pbu.fisher import fisher_diagonal
@@ -94,14 +94,14 @@ def check_batches_resident_and_augmented_on(device: str, monkeypatch) -> None:
     assert n == 3
     # inside train_model: every batch is gathered and augmented on the device, as uint8
     seen = []
-    original = pbu.data.augment_batch
+    original = pbu.images.augment_batch
 
     def spy(x, mode, generator=None):
         out = original(x, mode, generator)
         seen.append((x.device.type, out.device.type, x.dtype, mode))
         return out
 
-    monkeypatch.setattr(pbu.data, "augment_batch", spy)
+    monkeypatch.setattr(pbu.images, "augment_batch", spy)
     torch.manual_seed(0)
     model = build_model("small_cnn", num_classes=10, in_channels=3, image_size=32)
     recipe = TrainRecipe(

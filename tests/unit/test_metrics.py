@@ -15,6 +15,7 @@ from torch import nn
 
 from pbu import metrics as M
 from pbu.data import DatasetSpec, TensorImages
+from pbu.metrics import mia as MIA
 
 K = 10
 TINY = DatasetSpec("tiny", 3, 1, 4, (0.5,), (0.25,), "none", "tensor", "unit-test images")
@@ -247,9 +248,9 @@ def test_mia_entropy_svc_cap_keeps_what_the_unbalanced_attacker_learns(monkeypat
     full = M.mia_entropy_svc(members, non_members, targets, seed=0)
     assert full == pytest.approx(1.0)
     sizes = []
-    fit = M._svc_member_rate
+    fit = MIA._svc_member_rate
     monkeypatch.setattr(
-        M,
+        MIA,
         "_svc_member_rate",
         lambda m, n, t: sizes.append((len(m), len(n), len(t))) or fit(m, n, t),
     )
@@ -259,7 +260,7 @@ def test_mia_entropy_svc_cap_keeps_what_the_unbalanced_attacker_learns(monkeypat
     # the same sets, balanced 1:1 as the old cap did, give another answer: the cap matters
     rng2 = np.random.default_rng(0)
     e = [M.softmax_entropy(x).numpy() for x in (members, non_members, targets)]
-    balanced = fit(M._subsample(e[0], 100, rng2), e[1], e[2])
+    balanced = fit(MIA._subsample(e[0], 100, rng2), e[1], e[2])
     assert balanced < 0.9
 
 
