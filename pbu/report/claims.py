@@ -229,6 +229,20 @@ def combine(parts: Sequence[Part]) -> tuple[str, str]:
     return SUPPORTED, ""
 
 
+def combine_by_method(parts: Sequence[Part]) -> tuple[str, str]:
+    """:func:`combine`, with a short reason for many parts: the compared methods that decided,
+    each with the metrics that did (``"against neggrad (A_Dr, distance to oracle), ssd
+    (A_Dr)"``)."""
+    verdict, _ = combine(parts)
+    if verdict == SUPPORTED or not parts:
+        return verdict, ""
+    which: dict[str, list[str]] = {}
+    for p in parts:
+        if p.verdict == verdict and not p.context and p.stat is not None:
+            which.setdefault(p.stat.b, []).append(_label(p.stat.metric))
+    return verdict, "against " + ", ".join(f"{m} ({', '.join(k)})" for m, k in which.items())
+
+
 def describe(stat: Paired) -> str:
     """One comparison in words: ``pbu − oracle, A_Dr: −4.70 (95 % CI −6.10 to −3.30), n = 9,
     Wilcoxon H1: d > −2, p = 0.998``."""
@@ -375,7 +389,7 @@ def _c7(runs, methods, threshold, variants) -> tuple[list[Part], str, tuple[str,
     elif not blind_parts:
         blind_verdict = (INCONCLUSIVE, "no forget-only method forgets")
     else:
-        blind_verdict = combine(blind_parts)
+        blind_verdict = combine_by_method(blind_parts)
     return parts, "; ".join(notes), blind_verdict
 
 
@@ -413,7 +427,7 @@ def _setting_claims(
     elif not c7:
         c7_verdict = (INCONCLUSIVE, "no other method forgets")
     else:
-        c7_verdict = combine(c7)
+        c7_verdict = combine_by_method(c7)
     n_peers = len({p.label.split(",")[0] for p in c7})
     c7_summary = "; ".join(
         x
