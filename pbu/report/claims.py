@@ -303,7 +303,14 @@ def _mean_df(runs: pd.DataFrame, method: str) -> float:
 
 
 def _forgets(runs: pd.DataFrame, method: str, threshold: float) -> bool:
+    """Mean A_Df ≤ threshold (False without A_Df values)."""
     return bool(_mean_df(runs, method) <= threshold)
+
+
+def _df_text(runs: pd.DataFrame, method: str) -> str:
+    """``"12.30 %"``, or ``"no A_Df"``."""
+    value = _mean_df(runs, method)
+    return "no A_Df" if np.isnan(value) else f"{value:.2f} %"
 
 
 def _greater(runs, methods, a, b, metric, label, shift=0.0, direction="greater") -> Part:
@@ -338,16 +345,12 @@ def _c5(runs, methods, threshold) -> list[Part]:
     for variant, what in (("pbu_ascent", "stability terms"), ("pbu_no_fisher", "Fisher term")):
         label = f"{what} (vs {variant})"
         part = _greater(runs, methods, PBU, variant, ACC_R, label)
-        if part.stat is not None and part.verdict != NOT_SUPPORTED:
+        if part.stat is not None and part.stat.n and part.verdict != NOT_SUPPORTED:
             loose = [m for m in (PBU, variant) if not _forgets(runs, m, threshold)]
             if loose:
-                part.verdict, part.reason = (
-                    INCONCLUSIVE,
-                    (
-                        "forgetting not matched: "
-                        + ", ".join(f"{m} A_Df {_mean_df(runs, m):.2f} %" for m in loose)
-                        + f" > {threshold:g} %"
-                    ),
+                part.verdict = INCONCLUSIVE
+                part.reason = f"forgetting not matched (mean A_Df ≤ {threshold:g} % needed): " + (
+                    ", ".join(f"{m} {_df_text(runs, m)}" for m in loose)
                 )
         parts.append(part)
         if part.stat is not None:
@@ -372,7 +375,7 @@ def _c7(runs, methods, threshold, variants) -> tuple[list[Part], str, tuple[str,
     if loose:
         notes.append(
             f"not at matched forgetting (mean A_Df > {threshold:g} %): "
-            + ", ".join(f"{m} ({_mean_df(runs, m):.2f} %)" for m in loose)
+            + ", ".join(f"{m} ({_df_text(runs, m)})" for m in loose)
         )
     parts: list[Part] = []
     by_peer: dict[str, list[Part]] = {}
@@ -419,11 +422,10 @@ def _setting_claims(
         for m, label in ((TIME_TOTAL, "in total"), (TIME_EPOCH, "per epoch"))
     ]
     c7, notes, blind = _c7(sub, methods, threshold, pbu_variants(sub))
-    if not _forgets(sub, PBU, threshold):
-        c7_verdict = (
-            NOT_SUPPORTED,
-            f"PBU's mean A_Df {_mean_df(sub, PBU):.2f} % > {threshold:g} %",
-        )
+    if np.isnan(_mean_df(sub, PBU)):
+        c7_verdict = (INCONCLUSIVE, "no A_Df for PBU: matched forgetting undefined")
+    elif not _forgets(sub, PBU, threshold):
+        c7_verdict = (NOT_SUPPORTED, f"PBU's mean A_Df {_df_text(sub, PBU)} > {threshold:g} %")
     elif not c7:
         c7_verdict = (INCONCLUSIVE, "no other method forgets")
     else:

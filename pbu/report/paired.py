@@ -122,9 +122,10 @@ def wilcoxon_test(
         p = float(wilcoxon(d, alternative=alternative).pvalue)
     note = ""
     if min_p >= ALPHA:
+        sided = "two-sided" if alternative == "two-sided" else "one-sided"
         note = (
-            f"{n_nonzero} non-zero difference(s): the exact {alternative} test cannot give "
-            f"p < {ALPHA:g} (smallest possible p = {min_p:.3g}); no significance can be shown"
+            f"{n_nonzero} non-zero difference(s): the exact {sided} test cannot give "
+            f"p < {ALPHA:g} (smallest p = {min_p:.3g})"
         )
     return p, n_nonzero, min_p, note
 
