@@ -68,7 +68,7 @@ from pbu.report.paired import (
 )
 from pbu.report.render import to_markdown, write_file, write_text
 from pbu.report.stats import run_distances
-from pbu.report.vocab import ACC_F, ACC_R, RUN_METRICS
+from pbu.report.vocab import ACC_F, ACC_R, RUN_METRICS, order_methods
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ def _c5(runs, methods, threshold) -> list[Part]:
 
 def _c7(runs, methods, threshold, variants) -> tuple[list[Part], str, tuple[str, str]]:
     """The parts of C7, a summary, and the blind-only verdict."""
-    peers = [m for m in methods if m not in (PBU, "oracle", "original", *variants)]
+    peers = order_methods(m for m in methods if m not in (PBU, "oracle", "original", *variants))
     access = (
         runs.groupby("method")["data_access"].agg(lambda s: "; ".join(sorted(set(s.dropna()))))
         if "data_access" in runs.columns

@@ -252,6 +252,13 @@ def test_c7_matched_forgetting_blind_first_and_flips():
     labels = [p.label for p in c7.parts]
     assert labels[:2] == ["vs neggrad (forget-only), A_Dr", "vs neggrad (forget-only), distance"]
     assert not any("pbu_" in label or "oracle" in label for label in labels)  # no variants
+    # then the others in the report's method order (the set of methods has none)
+    assert [lb.split(",")[0] for lb in labels[::2]] == [
+        "vs neggrad (forget-only)",
+        "vs finetune",
+        "vs bad_teaching",
+        "vs unsir",
+    ]
     assert c7.summary.startswith("blind-only: supported")
     # a method that keeps more A_Dr but does not forget (A_Df 50 % > 5 %) is left out ...
     c7 = _claim(_runs(finetune={"acc_forget_test": 50.0, "acc_retain_test": 99.0}), "C7")
