@@ -351,6 +351,30 @@ MUTATIONS: list[Mutation] = [
         "tests/unit/test_report.py",
         "the accuracy gap to the oracle is signed, so errors cancel",
     ),
+    _m(
+        "paired-difference-sign-flipped",
+        "pbu/report/paired.py",
+        'both["diff"] = both["a"] - both["b"]',
+        'both["diff"] = both["b"] - both["a"]',
+        "tests/unit/test_claims.py::test_compare_pairs_by_class_and_seed_and_subtracts_b",
+        "the paired difference a − b is computed as b − a",
+    ),
+    _m(
+        "claims-matched-forgetting-dropped",
+        "pbu/report/claims.py",
+        "matched = [m for m in peers if _forgets(runs, m, threshold)]",
+        "matched = list(peers)",
+        "tests/unit/test_claims.py::test_c7_matched_forgetting_blind_first_and_flips",
+        "C7 compares PBU with methods that did not forget (no matched forgetting)",
+    ),
+    _m(
+        "claims-significance-ignored",
+        "pbu/report/claims.py",
+        "if ci_clear and significant(stat):",
+        "if ci_clear:",
+        "tests/unit/test_claims.py::test_too_few_pairs_leave_a_claim_inconclusive",
+        "a claim is supported by its bootstrap CI alone, even where the test cannot be significant",
+    ),
     # --- the jobs (which data reaches each stage) -------------------------------------------
     _m(
         "oracle-trains-on-forget-class",

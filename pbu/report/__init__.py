@@ -26,6 +26,9 @@ One module per concern, imported in this order (each imports only those above it
 - :mod:`~pbu.report.inputs`: reading the result files, what is missing from them;
 - :mod:`~pbu.report.render`: atomic files; Markdown and LaTeX through pandas' writers;
 - :mod:`~pbu.report.stats`: per-method statistics, distances to the oracle, the ranking;
+- :mod:`~pbu.report.paired`: paired differences over (forget class, seed) pairs, their
+  bootstrap CI and Wilcoxon signed-rank test;
+- :mod:`~pbu.report.claims`: the paper's claims C1–C7, a verdict each per setting;
 - :mod:`~pbu.report.tables`: the tables and :func:`write_tables`;
 - :mod:`~pbu.report.style`: how every figure looks (size, fonts, colours, saving);
 - :mod:`~pbu.report.figures`: the figures and :func:`write_figures`;
@@ -44,9 +47,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pbu.report.claims import RULES, evaluate_claims, write_claims
 from pbu.report.figures import FIGURE_NAMES, write_figures
 from pbu.report.inputs import data_gaps, read_history, read_runs, read_timings
 from pbu.report.markdown import write_report
+from pbu.report.paired import Paired, compare, equivalence
 from pbu.report.paper import PAPER_NAMES, arch_key, dataset_key, parse_paper_table, read_reference
 from pbu.report.render import to_latex, to_markdown
 from pbu.report.stats import RANKING_RULE, method_summary
@@ -71,16 +76,24 @@ def build_all(
     out_dir: str | os.PathLike,
     settings: Mapping[str, Any],
 ) -> dict[str, list[Path]]:
-    """Read the result files and write ``out_dir/tables/*``, ``out_dir/figures/*`` and
-    ``out_dir/report.md``. Returns ``{"tables": [...], "figures": [...], "report": [path]}``."""
+    """Read the result files and write ``out_dir/tables/*`` (the claims' verdicts among them),
+    ``out_dir/figures/*`` and ``out_dir/report.md``. Returns ``{"tables": [...], "figures":
+    [...], "report": [path]}``."""
     out = Path(out_dir)
     runs = read_runs(runs_csv)
     history = read_history(history_csv)
     timings = read_timings(timings_csv)
-    tables = write_tables(runs, out / "tables")
+    claims = evaluate_claims(runs, settings)
+    tables = write_tables(runs, out / "tables") + write_claims(claims, out / "tables", runs)
     figures = write_figures(runs, history, timings, out / "figures")
     report = write_report(
-        runs, reference_csv, out / "report.md", figures=figures, tables=tables, settings=settings
+        runs,
+        reference_csv,
+        out / "report.md",
+        figures=figures,
+        tables=tables,
+        settings=settings,
+        claims=claims,
     )
     return {"tables": tables, "figures": figures, "report": [report]}
 
@@ -90,14 +103,19 @@ __all__ = [
     "FIGURE_NAMES",
     "FIG_WIDTH_IN",
     "PAPER_NAMES",
+    "Paired",
     "RANKING_RULE",
+    "RULES",
     "RUN_METRICS",
     "TABLE_NAMES",
     "arch_key",
     "build_all",
+    "compare",
     "data_gaps",
     "dataset_key",
     "depth_table",
+    "equivalence",
+    "evaluate_claims",
     "format_mean_std",
     "main_table",
     "method_summary",
@@ -112,6 +130,7 @@ __all__ = [
     "summary_display",
     "to_latex",
     "to_markdown",
+    "write_claims",
     "write_figures",
     "write_report",
     "write_tables",

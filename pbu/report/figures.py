@@ -1,4 +1,4 @@
-"""The five figures, drawn with seaborn/matplotlib from the result files alone.
+"""The figures, drawn with seaborn/matplotlib from the result files alone.
 
 Every figure is 7 in wide (full text width) with fonts of at least 8 pt, saved as PNG (dpi 200)
 and PDF. A figure whose data is missing is skipped with a logged warning, never a crash.
@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pbu.report.inputs import present, setting_pairs
+from pbu.report.inputs import pbu_variants, present, setting_pairs
+from pbu.report.paired import compare, paired_values
 from pbu.report.style import (
     FIG_WIDTH_IN,
     RC,
@@ -35,6 +36,7 @@ FIGURE_NAMES = [
     "pbu_trajectory",
     "mia_vs_oracle",
     "retain_gap_to_oracle",
+    "ablation",
 ]
 
 
@@ -385,15 +387,96 @@ def _fig_retain_gap(runs: pd.DataFrame) -> Any | None:
     return fig
 
 
+def ablation_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per setting and PBU variant: the paired A_Dr difference variant − PBU over the
+    (forget class, seed) pairs (``mean_diff``, bootstrap ``ci_low`` / ``ci_high``, two-sided
+    Wilcoxon ``p_value``, ``n``), one row each; empty without variants."""
+    rows = []
+    if not present(runs, ACC_R):
+        return pd.DataFrame()
+    for dataset, arch in setting_pairs(runs):
+        sub = runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)]
+        if "pbu" not in set(sub["method"]):
+            continue
+        for variant in pbu_variants(sub):
+            stat = compare(sub, variant, "pbu", ACC_R, alternative="two-sided")
+            if stat.n:
+                rows.append({"dataset": dataset, "arch": arch, **stat.as_dict()})
+    return pd.DataFrame(rows)
+
+
+def _fig_ablation(runs: pd.DataFrame) -> Any | None:
+    """(6) PBU's ablation: per variant, the paired A_Dr difference to PBU (variant − PBU, in
+    points) over (forget class, seed) pairs: each pair (dots), the mean and its bootstrap 95 %
+    CI (bar); one panel per setting."""
+    import matplotlib.pyplot as plt
+
+    table = ablation_frame(runs)
+    if table.empty:
+        log.warning("figure ablation skipped: no PBU variant shares a pair with pbu")
+        return None
+    settings = setting_pairs(table)
+    heights = [
+        0.35 * int(((table["dataset"] == d) & (table["arch"] == a)).sum()) + 0.9
+        for d, a in settings
+    ]
+    fig, axes = plt.subplots(
+        len(settings),
+        1,
+        squeeze=False,
+        layout="constrained",
+        figsize=(FIG_WIDTH_IN, sum(heights) + 0.5),
+        gridspec_kw={"height_ratios": heights},
+    )
+    for ax, (dataset, arch) in zip(axes[:, 0], settings):
+        here = table[(table["dataset"] == dataset) & (table["arch"] == arch)]
+        sub = runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)]
+        variants = list(here["a"])
+        for y, row in enumerate(here.itertuples()):
+            pairs = paired_values(sub, row.a, "pbu", ACC_R)
+            jitter = np.linspace(-0.15, 0.15, len(pairs)) if len(pairs) > 1 else [0.0]
+            ax.scatter(pairs["diff"], y + np.asarray(jitter), s=10, color="0.6", zorder=2)
+            if not np.isnan(row.ci_low):
+                ax.errorbar(
+                    row.mean_diff,
+                    y,
+                    xerr=[[row.mean_diff - row.ci_low], [row.ci_high - row.mean_diff]],
+                    fmt="o",
+                    color="C0",
+                    capsize=3,
+                    zorder=3,
+                )
+            else:
+                ax.plot(row.mean_diff, y, "o", color="C0", zorder=3)
+            p = "–" if np.isnan(row.p_value) else f"{row.p_value:.2g}"
+            ax.annotate(
+                f"n = {row.n}, p = {p}",
+                xy=(1.0, y),
+                xycoords=("axes fraction", "data"),
+                xytext=(4, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8,
+            )
+        ax.axvline(0.0, color="black", linewidth=0.8, linestyle="--")
+        ax.set_yticks(range(len(variants)), variants)
+        ax.set_ylim(len(variants) - 0.5, -0.5)
+        ax.set_xlabel(
+            "A_Dr of the variant − A_Dr of PBU (points), paired; p: Wilcoxon signed-rank, two-sided"
+        )
+        ax.set_title(f"{dataset} / {arch}: PBU's ablation (mean, bootstrap 95 % CI; dots: pairs)")
+    return fig
+
+
 def write_figures(
     runs: pd.DataFrame,
     history: pd.DataFrame | None,
     timings: pd.DataFrame | None,
     out_dir: str | os.PathLike,
 ) -> list[Path]:
-    """Draw the five figures as ``<name>.png`` (dpi 200) and ``<name>.pdf`` in ``out_dir``,
-    7 in wide with fonts of at least 8 pt; names from :data:`FIGURE_NAMES`. A figure whose data
-    is missing is skipped with a logged warning."""
+    """Draw the figures as ``<name>.png`` (dpi 200) and ``<name>.pdf`` in ``out_dir``, 7 in
+    wide with fonts of at least 8 pt; names from :data:`FIGURE_NAMES`. A figure whose data is
+    missing (the ablation without PBU variants) is skipped with a logged warning."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -407,6 +490,7 @@ def write_figures(
         "pbu_trajectory": lambda: _fig_pbu_trajectory(history),
         "mia_vs_oracle": lambda: _fig_mia(runs),
         "retain_gap_to_oracle": lambda: _fig_retain_gap(runs),
+        "ablation": lambda: _fig_ablation(runs),
     }
     paths: list[Path] = []
     with sns.axes_style("whitegrid"), plt.rc_context(RC):

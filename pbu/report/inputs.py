@@ -15,6 +15,7 @@ from pbu.report.vocab import (
     ACC_R,
     EXPECTED_METHODS,
     KEYS,
+    PBU_VARIANTS,
     RUN_METRICS,
     SETTING,
     order_methods,
@@ -118,3 +119,16 @@ def data_gaps(runs: pd.DataFrame) -> list[str]:
 def setting_pairs(df: pd.DataFrame) -> list[tuple[str, str]]:
     """The (dataset, arch) pairs present in ``df``, sorted."""
     return [tuple(k) for k in df[SETTING].drop_duplicates().sort_values(SETTING).to_numpy()]
+
+
+def pbu_variants(runs: pd.DataFrame) -> list[str]:
+    """The methods of ``runs`` that are variants of PBU: the names of
+    :data:`~pbu.report.vocab.PBU_VARIANTS`, any other ``pbu_*`` method, and any method whose
+    ``base_method`` column (if there is one) says ``pbu``. Known names first, then the rest
+    alphabetically."""
+    methods = {str(m) for m in runs["method"].dropna()} - {"pbu"}
+    found = {m for m in methods if m in PBU_VARIANTS or m.startswith("pbu_")}
+    if "base_method" in runs.columns:
+        base = runs.loc[runs["base_method"].astype("string").str.strip() == "pbu", "method"]
+        found |= {str(m) for m in base} - {"pbu"}
+    return [m for m in PBU_VARIANTS if m in found] + sorted(found - set(PBU_VARIANTS))

@@ -1,6 +1,6 @@
-"""The Markdown report, ``report.md``: our numbers (summary and ranking), the paper's beside
-them, the figures and table files linked relative to the report, what data is missing, and the
-settings used.
+"""The Markdown report, ``report.md``: our numbers (summary and ranking), a verdict for each of
+the paper's claims, the paper's numbers beside ours, the figures and table files linked relative
+to the report, what data is missing, and the settings used.
 
 The report is a list of sections, each a function returning Markdown lines; a new section is one
 more function and one more entry in :func:`write_report`.
@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from pbu.report.claims import Claim, claims_section, evaluate_claims
 from pbu.report.inputs import data_gaps
 from pbu.report.paper import comparison_section, read_reference
 from pbu.report.render import flatten_settings, to_markdown, write_text
@@ -140,8 +141,10 @@ def write_report(
     figures: Sequence[str | os.PathLike],
     tables: Sequence[str | os.PathLike],
     settings: Mapping[str, Any],
+    claims: Sequence[Claim] | None = None,
 ) -> Path:
-    """Write ``report.md``: our numbers (summary and ranking), the paper's beside them wherever
+    """Write ``report.md``: our numbers (summary and ranking), the claims' verdicts (``claims``,
+    computed from ``runs`` when not given), the paper's numbers beside ours wherever
     the setting matches (and plainly where it differs), the figures linked relative to the
     report, the table files, what data is missing, and the settings used."""
     out_path = Path(out_path)
@@ -158,6 +161,7 @@ def write_report(
         "",
     ]
     lines += _summary_section(runs, settings)
+    lines += claims_section(evaluate_claims(runs, settings) if claims is None else claims, settings)
     lines += comparison_section(runs, ref, settings)
     lines += _figures_section(figures, base)
     lines += _tables_section(tables, base)

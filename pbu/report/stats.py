@@ -55,6 +55,29 @@ def _oracle_reference(runs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def run_distances(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with each run's distance to the oracle added (same rows, same order):
+
+    - ``gap_A_Df`` / ``gap_A_Dr``: |A − oracle A| in percentage points, the oracle averaged over
+      its seeds for the same (dataset, arch, forget class); NaN without an oracle;
+    - ``acc_gap_to_oracle``: the mean of the two gaps present;
+    - ``js_to_oracle``: the mean of the run's JS divergences to the oracle (forget-test,
+      retain-test) present; NaN without JS columns.
+    """
+    runs = runs.reset_index(drop=True)
+    oracle = _oracle_reference(runs)
+    if oracle.empty:
+        log.warning("no oracle runs: distances to the oracle and the ranking are undefined")
+    runs = runs.merge(oracle, on=["dataset", "arch", "forget"], how="left")
+    for col, gap in ((ACC_F, "gap_A_Df"), (ACC_R, "gap_A_Dr")):
+        ref = f"oracle_{col}"
+        runs[gap] = (runs[col] - runs[ref]).abs() if ref in runs.columns else np.nan
+    runs["acc_gap_to_oracle"] = runs[["gap_A_Df", "gap_A_Dr"]].mean(axis=1)
+    js_present = [c for c in JS_COLUMNS if c in runs.columns]
+    runs["js_to_oracle"] = runs[js_present].mean(axis=1) if js_present else np.nan
+    return runs
+
+
 def method_summary(runs: pd.DataFrame) -> pd.DataFrame:
     """Per (dataset, arch, method): numbers pooled over forget classes × seeds.
 
@@ -78,19 +101,10 @@ def method_summary(runs: pd.DataFrame) -> pd.DataFrame:
     decides. Only unlearning methods are ranked: the oracle (the target) and the original model
     (the starting point, nothing forgotten) get no rank, nor does a method with neither number.
     """
-    runs = runs.copy()
+    runs = run_distances(runs)
     metrics = [c for c in SUMMARY_METRICS if c in runs.columns]
     if "data_access" not in runs.columns:
         runs["data_access"] = np.nan
-    oracle = _oracle_reference(runs)
-    if oracle.empty:
-        log.warning("no oracle runs: distances to the oracle and the ranking are undefined")
-    runs = runs.merge(oracle, on=["dataset", "arch", "forget"], how="left")
-    for col, gap in ((ACC_F, "gap_A_Df"), (ACC_R, "gap_A_Dr")):
-        ref = f"oracle_{col}"
-        runs[gap] = (runs[col] - runs[ref]).abs() if ref in runs.columns else np.nan
-    js_present = [c for c in JS_COLUMNS if c in runs.columns]
-    runs["js_to_oracle"] = runs[js_present].mean(axis=1) if js_present else np.nan
 
     rows = []
     for (dataset, arch, method), grp in runs.groupby(["dataset", "arch", "method"], sort=True):

@@ -100,7 +100,14 @@ DEPTH_METRICS = [
 EXPECTED_METHODS = ["original", "oracle", "finetune", "pbu"]
 _FIRST_METHODS = ["original", "oracle", "finetune", "pbu"]
 MISSING = "–"  # how an absent number is printed in the Markdown and LaTeX tables
-UNRANKED = ("oracle", "original")  # the target and the starting point, not unlearning methods
+UNRANKED = ("oracle", "original")
+#: PBU's ablation variants of the default config (issue 14), in the order the figure shows them.
+PBU_VARIANTS = [
+    "pbu_no_fisher",
+    "pbu_no_l2",
+    "pbu_ascent",
+    "pbu_fisher_unit",
+]  # the target and the starting point, not unlearning methods
 
 
 def order_methods(methods: Iterable[str]) -> list[str]:

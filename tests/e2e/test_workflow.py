@@ -73,6 +73,14 @@ def test_tables_figures_report(workdir):
             assert (res / f"figures/{name}.{ext}").stat().st_size > 1000, name
     report = (res / "report.md").read_text()
     assert "The setting differs" in report and "PBU" in report
+    # a verdict line per claim (one pair: nothing can be significant, but every claim is listed)
+    claims = report.split("## Claims")[1].split("\n## ")[0]
+    verdict = r"\*\*(supported|not supported|inconclusive)\*\*"
+    lines = re.finditer(rf"^- \*\*(C\d)\*\* .*?: {verdict}", claims, flags=re.M)
+    assert [m.group(1) for m in lines] == [f"C{i}" for i in range(1, 8)], claims
+    assert (res / "tables/claims.csv").is_file() and (
+        res / "tables/claims_comparisons.csv"
+    ).is_file()
     runs = list(csv.DictReader(open(res / "aggregate/runs.csv")))
     pbu = next(r for r in runs if r["method"] == "pbu")
     original = next(r for r in runs if r["method"] == "original")

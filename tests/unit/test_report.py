@@ -477,8 +477,18 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
+def with_variants(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` plus PBU's ablation variants: copies of PBU's rows with A_Dr moved."""
+    pbu = runs[runs["method"] == "pbu"]
+    variants = [
+        pbu.assign(method=name, acc_retain_test=pbu["acc_retain_test"] + shift)
+        for name, shift in (("pbu_no_fisher", 0.1), ("pbu_ascent", -2.0))
+    ]
+    return pd.concat([runs, *variants], ignore_index=True)
+
+
 def test_write_figures_files(runs, tmp_path):
-    paths = report.write_figures(runs, make_history(), make_timings(), tmp_path)
+    paths = report.write_figures(with_variants(runs), make_history(), make_timings(), tmp_path)
     expected = {f"{n}.{e}" for n in report.FIGURE_NAMES for e in ("png", "pdf")}
     assert {p.name for p in paths} == expected
     assert {p.name for p in tmp_path.iterdir()} == expected  # no temp files left behind
@@ -748,9 +758,11 @@ def test_build_all_end_to_end(tmp_path):
         {"dataset": "mnist5k"},
     )
     assert set(out) == {"tables", "figures", "report"}
-    assert len(out["figures"]) == 10 and len(out["tables"]) == 14
+    # no PBU variant in these runs: the ablation figure is skipped; claims.{csv,md} and
+    # claims_comparisons.{csv,md} join the 14 table files
+    assert len(out["figures"]) == 10 and len(out["tables"]) == 18
     text = out["report"][0].read_text()
     links = re.findall(r"\]\(([^)]+)\)", text)
-    assert len(links) == 10 + 14
+    assert len(links) == 10 + 18
     for link in links:
         assert (tmp_path / "out" / link).is_file(), link

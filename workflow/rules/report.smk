@@ -35,7 +35,13 @@ rule report:
     params:
         aggregate=parent_dir("runs"),
         out_dir=parent_dir("report"),
-        settings=as_json(dict(report_settings(), evaluation=CONFIG["evaluation"])),
+        settings=as_json(
+            dict(
+                report_settings(),
+                evaluation=CONFIG["evaluation"],
+                tuning={"threshold": CONFIG["tuning"]["threshold"]},  # claims: matched forgetting
+            )
+        ),
     shell:
         "pbu report --aggregate {params.aggregate} --reference {input.reference} "
         "--settings {params.settings:q} --out-dir {params.out_dir} 2> {log}"
