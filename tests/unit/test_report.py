@@ -674,6 +674,12 @@ def test_main_and_depth_tables(runs):
     assert oracle["act. dist. forget"] == "0.000 ± 0.000"
 
 
+def test_protocol_column_survives_runs_csv(runs, tmp_path):
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    main = report.main_table(report.method_summary(report.read_runs(tmp_path / "runs.csv")))
+    assert dict(zip(main["method"], main["protocol"])) == PROTOCOL
+
+
 def test_markdown_and_latex_escaping():
     df = pd.DataFrame({"name": ["a|b", "x_y & 5%"], "value": [1.5, np.nan]})
     md_text = report.to_markdown(df)
