@@ -4,8 +4,9 @@ Read, per group (:mod:`pbu.layout` says where each file lives): ``metrics.json``
 of the group, evaluated), the original model's ``pretrain/info.json``, the oracle's and each
 method's ``info.json`` and ``history.json``, ``fisher.json`` and the tuning records.
 
-Written: ``runs.csv`` (one row per dataset/arch/seed/forget/method), ``history.csv`` (per-step
-trajectories) and ``timings.csv`` (wall time of every compute job, including Fisher).
+Written: ``runs.csv`` (one row per dataset/arch/seed/forget/method, with ``protocol``: which
+tuning protocol chose the row's hyperparameters, see :func:`protocol_of`), ``history.csv``
+(per-step trajectories) and ``timings.csv`` (wall time of every compute job, including Fisher).
 
 Times (seconds): ``time_s`` is a job's own timed work, as its record states it (a method alone,
 evaluation excluded; the oracle's and the original model's training without their per-epoch
@@ -103,6 +104,18 @@ def total_time(
     return out
 
 
+def protocol_of(method: str, info: dict[str, Any]) -> str:
+    """Which protocol chose a model's hyperparameters: its unlearn record's ``protocol``
+    (``blind`` / ``validation`` from a tuning record, ``config`` when they came from the config
+    file untuned); a record from before the protocols says ``blind`` when a tuning record chose
+    them. The original model and the oracle are trained by the config's recipe: ``config``."""
+    if method in ("original", "oracle"):
+        return "config"
+    if info.get("protocol"):
+        return str(info["protocol"])
+    return "blind" if info.get("hparams_from") else "config"
+
+
 def tune_file(group: layout.Found, method: str, hparams_from: dict[str, Any]) -> Path:
     """The tuning record an unlearn job used: the pipeline's place for it, else the recorded
     path."""
@@ -160,6 +173,7 @@ def collect(
                 row["data_access"] = info.get("data_access", "-")
                 total = total_time(method, info, fisher, tune_record(group, method, info))
                 timings.append(_timing(key, method, info, total))
+            row["protocol"] = protocol_of(method, info)
             row.update(metrics)
             for k in ("time_s", "epochs", "time_per_epoch_s", "peak_rss_mb", "peak_gpu_mb"):
                 row[k] = info.get(k)

@@ -158,6 +158,7 @@ def cmd_fisher(args: argparse.Namespace) -> None:
         chunk_size=args.chunk_size,
         batch_size=args.batch_size,
         seed=args.seed,
+        holdout=args.holdout,
         memory_format=args.memory_format,
         progress=not args.quiet,
         **_run(args),
@@ -180,6 +181,7 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
         retain_subset=args.retain_subset,
         fisher=args.fisher,
         hparams_from=args.hparams_from,
+        holdout=args.holdout,
         monitor_every=args.monitor_every,
         monitor_retain=args.monitor_retain,
         memory_format=args.memory_format,
@@ -207,6 +209,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
         out=args.out,
         retain_subset=args.retain_subset,
         fisher_settings=fisher_settings,
+        protocol=args.protocol,
         memory_format=args.memory_format,
         progress=not args.quiet,
         **_run(args),
@@ -386,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--forget", type=int, required=True, help="the class the oracle never sees")
     sp.set_defaults(fn=cmd_oracle)
 
+    holdout_help = (
+        "the validation protocol's share of every class of the training set, held out "
+        "(seeded by --seed) so that the method never sees it (pbu tune --protocol validation)"
+    )
+
     sp = sub.add_parser("fisher", help="diagonal Fisher on the forget class's training samples")
     common(sp)
     sp.add_argument("--model", required=True)
@@ -396,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--chunk-size", type=int, default=64)
     sp.add_argument("--batch-size", type=int, default=256)
     sp.add_argument("--seed", type=_int_nonneg, default=0)
+    sp.add_argument("--holdout", type=float, default=None, metavar="FRACTION", help=holdout_help)
     sp.add_argument("--out", required=True)
     sp.add_argument("--out-info", required=True)
     sp.set_defaults(fn=cmd_fisher)
@@ -430,11 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TUNE.json",
         help="override --hparams with the choice of a pbu tune record",
     )
+    sp.add_argument("--holdout", type=float, default=None, metavar="FRACTION", help=holdout_help)
     sp.set_defaults(fn=cmd_unlearn)
 
     sp = sub.add_parser(
         "tune",
-        help="tune one method blind, on a validation split of the data it may see (pbu.tune)",
+        help="tune one method (pbu.tune): blind, on a validation split of the data it may see, "
+        "or on the experimenter's held-out split of the training set",
     )
     common(sp)
     sp.add_argument("--model", required=True, help="the original model's checkpoint")
@@ -475,6 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="JSON: kind, bn_mode, mc_samples, chunk_size, batch_size (methods that "
         "need the Fisher; computed on the fit part of the forget data)",
+    )
+    sp.add_argument(
+        "--protocol",
+        default="blind",
+        choices=("blind", "validation"),
+        help="blind: validate on a share of the data the method may see; validation: on a "
+        "share (--val-fraction) of every class of the training set, held out from the method",
     )
     sp.add_argument("--out", required=True, help="the tuning record (JSON)")
     sp.set_defaults(fn=cmd_tune)

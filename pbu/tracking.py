@@ -173,7 +173,7 @@ def _model_metrics(
 
 def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
     """Turn result files into the runs to log (parents before children)."""
-    from pbu.aggregate import tune_file, tune_record
+    from pbu.aggregate import protocol_of, tune_file, tune_record
 
     jobs: list[_Job] = []
     pretrain_done: set[Path] = set()
@@ -273,6 +273,7 @@ def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
             else:
                 j.params = _flatten({"hparams": info.get("hparams", {})})
                 j.tags["data_access"] = str(info.get("data_access"))
+                j.tags["protocol"] = protocol_of(method, info)
                 hist = _read(hist_file) or {}
                 j.add_history(hist.get("history", []), "step")
                 if hist_file.exists():
@@ -310,6 +311,7 @@ def plan_tune_jobs(path: Path, tags: dict[str, str], jid: str, parent: str | Non
     tune = _Job(f"tune/{jid}", f"tune {tags['method']}", tags | {"rule": "tune"}, parent)
     tune.params = _flatten(
         {
+            "protocol": rec.get("protocol", "blind"),
             "budget": rec.get("budget"),
             "sampling": rec.get("sampling"),
             "val_fraction": rec.get("val_fraction"),

@@ -1,7 +1,15 @@
-"""Blind hyperparameter tuning: every method tuned on data it may see, with the same budget.
+"""Hyperparameter tuning under two protocols, every method with the same budget, never on test data.
 
-No method is tuned on test data. For one method, one trained model θ* and one forget class,
-:func:`tune_method`
+``blind`` (the default): a method is tuned only on data it may see. ``validation`` (what most
+unlearning papers do for their baselines): the experimenter holds out a seeded, class-stratified
+validation split of the TRAINING set (:func:`hold_out`), with forget-class and retained-class
+images; the method never receives it, neither in a trial nor in the unlearn job that uses the
+choice (``pbu unlearn --holdout``, and PBU's Fisher: ``pbu fisher --holdout``), and every method
+is scored on it by one rule. The split is held out from the unlearning method only: the original
+model and the oracle are trained on the full training set, so pretraining is the same under
+both protocols (and without tuning).
+
+For one method, one trained model θ* and one forget class, :func:`tune_method` under ``blind``
 
 1. builds the method's inputs with :func:`pbu.methods.build_inputs`, so its declared data access
    is enforced exactly as in ``pbu unlearn``;
@@ -37,11 +45,29 @@ No method is tuned on test data. For one method, one trained model θ* and one f
      is the gentler), then the earlier trial. A trial whose loss went non-finite scores ``null``
      and ranks last.
 
-The record (:func:`tune_method`'s return value, written as JSON by ``pbu tune``) holds every trial
-(hyperparameters, validation metrics, score, method wall time, evaluation time), the chosen trial
-and hyperparameters, the rule, the budget and the split sizes. ``pbu unlearn --hparams-from``
-reads the choice; ``pbu track`` mirrors the record into MLflow (a ``tune`` run per method with one
-child run per trial).
+Under ``validation`` it instead
+
+1. takes the experimenter's split out of the training set first (:func:`hold_out`: a
+   class-stratified ``val_fraction`` of every class, seeded by the run's seed; the same split for
+   every method and forget class of that seed, disjoint from the test split by construction);
+2. builds the method's inputs from the rest, exactly as ``pbu unlearn --holdout`` does, and
+   runs every trial on them (PBU's Fisher on their forget part);
+3. scores every trial on the held-out split, measured by the experimenter, so every method is
+   checked for forgetting, including those that never see the forget class (finetune, unsir):
+   ``acc_forget_val`` on the held-out forget-class images, ``acc_retain_val`` on the held-out
+   retained-class images. One rule for every method: *feasible* when ``acc_forget_val <=
+   threshold``; ``score`` = ``acc_retain_val`` when feasible, ``-acc_forget_val`` when not; the
+   highest score wins, ties go to the lower ``acc_forget_val``, then to the higher
+   ``acc_retain_val``, then to the earlier trial. When no trial is feasible the one closest to
+   forgetting (lowest ``acc_forget_val``) is chosen, a warning is logged and the record says
+   ``chosen.feasible: false``. ``agree_forget_val`` is recorded but plays no part.
+
+The record (:func:`tune_method`'s return value, written as JSON by ``pbu tune``) holds the
+protocol, every trial (hyperparameters, validation metrics, score, method wall time, evaluation
+time), the chosen trial and hyperparameters, the rule, the budget, the split sizes and, under
+``validation``, the held-out split (:func:`hold_out`'s record, with a digest of its indices).
+``pbu unlearn --hparams-from`` reads the choice; ``pbu track`` mirrors the record into MLflow (a
+``tune`` run per method with one child run per trial).
 
 Torch is imported inside the functions that need it, so the plan helpers stay cheap to import.
 """
@@ -49,6 +75,7 @@ Torch is imported inside the functions that need it, so the plan helpers stay ch
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import logging
 import math
@@ -67,6 +94,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+PROTOCOLS = ("blind", "validation")
 RULE = (
     "feasible: acc_forget_val <= threshold (not checked for methods that never see forget "
     "data); objective: acc_retain_val when the method sees retain data, else "
@@ -74,6 +102,14 @@ RULE = (
     "wins, ties: lower acc_forget_val, higher objective, higher agree_forget_val, earlier "
     "trial; failed trials last"
 )
+RULE_VALIDATION = (
+    "validation protocol, every method: feasible: acc_forget_val <= threshold (forget-class "
+    "images of the held-out training split); objective: acc_retain_val (its retained-class "
+    "images); score = acc_retain_val if feasible else -acc_forget_val; highest score wins, "
+    "ties: lower acc_forget_val, higher acc_retain_val, earlier trial; failed trials last; "
+    "no feasible trial: the lowest acc_forget_val wins (chosen.feasible false)"
+)
+RULES = {"blind": RULE, "validation": RULE_VALIDATION}
 UNITS = {
     "acc_forget_val": "%",
     "acc_retain_val": "%",
@@ -215,6 +251,68 @@ def split_inputs(inputs: UnlearnInputs, fraction: float, seed: int) -> TuneSplit
 
 
 # ------------------------------------------------------------------------------------------
+# The validation protocol: the experimenter's split of the training set
+# ------------------------------------------------------------------------------------------
+
+
+def index_digest(idx: Tensor) -> str:
+    """A short digest of an index tensor (sha256 of its int64 values, 16 hex digits): two jobs
+    that hold out the same images record the same digest."""
+    import torch
+
+    values = idx.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()
+    return hashlib.sha256(values).hexdigest()[:16]
+
+
+class HoldoutError(ValueError):
+    """The validation split would miss the forget class or the retained classes."""
+
+
+@dataclass
+class Holdout:
+    """The training split with the experimenter's validation split taken out: ``fit`` (what
+    every method's data is built from), ``forget_val`` / ``retain_val`` (the held-out images of
+    the forget class / of the other classes) and ``record`` (what jobs write down)."""
+
+    fit: ImageData
+    forget_val: ImageData
+    retain_val: ImageData
+    record: dict[str, Any]
+
+
+def hold_out(train: ImageData, fraction: float, seed: int, forget_class: int) -> Holdout:
+    """The ``validation`` protocol's split: a seeded, class-stratified ``fraction`` of every
+    class of the TRAINING split ``train`` (:func:`carve_validation` on its labels) is held out;
+    the rest is returned as ``fit``. The split depends on the training labels, ``fraction`` and
+    ``seed`` only (not on the forget class or the method), so every method and forget class of
+    a seed share it; it is never the test split, which is not an argument. Raises ValueError
+    (:class:`HoldoutError`) when the forget class or the retained classes would have no
+    held-out image."""
+    from pbu.data import class_split
+
+    fit_idx, val_idx = carve_validation(train.labels, fraction, seed)
+    val = train.subset(val_idx)
+    forget_idx, retain_idx = class_split(val.labels, forget_class)
+    if not len(forget_idx) or not len(retain_idx):
+        raise HoldoutError(
+            f"validation split ({fraction:g} of each class of {len(train)} training images) "
+            f"holds {len(forget_idx)} forget-class and {len(retain_idx)} retained-class "
+            f"images: both need at least one (raise the fraction)"
+        )
+    record = {
+        "fraction": fraction,
+        "seed": seed,
+        "train": len(train),
+        "fit": len(fit_idx),
+        "val": len(val_idx),
+        "forget_val": len(forget_idx),
+        "retain_val": len(retain_idx),
+        "digest": index_digest(val_idx),
+    }
+    return Holdout(train.subset(fit_idx), val.subset(forget_idx), val.subset(retain_idx), record)
+
+
+# ------------------------------------------------------------------------------------------
 # Scoring
 # ------------------------------------------------------------------------------------------
 
@@ -262,10 +360,13 @@ def score_trial(
     return feasible, float(score)
 
 
-def rank_trials(trials: Sequence[Mapping[str, Any]], objective: str) -> list[int]:
+def rank_trials(
+    trials: Sequence[Mapping[str, Any]], objective: str, *, agreement: bool = True
+) -> list[int]:
     """Trial positions, best first: highest score, then lower acc_forget_val, then higher
-    objective, then higher agree_forget_val, then earlier trial; failed trials (score ``None``)
-    last, in trial order. A metric the method cannot measure counts as a tie."""
+    objective, then (``agreement``: the blind protocol) higher agree_forget_val, then earlier
+    trial; failed trials (score ``None``) last, in trial order. A metric the method cannot
+    measure counts as a tie."""
 
     def metric(m: Mapping[str, float], name: str) -> float:
         v = m.get(name)
@@ -281,7 +382,7 @@ def rank_trials(trials: Sequence[Mapping[str, Any]], objective: str) -> list[int
             -t["score"],
             metric(m, "acc_forget_val"),
             -metric(m, objective),
-            -metric(m, "agree_forget_val"),
+            -metric(m, "agree_forget_val") if agreement else 0.0,
             i,
         )
 
@@ -321,21 +422,27 @@ def tune_method(
     fisher_settings: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    protocol: str = "blind",
 ) -> dict[str, Any]:
     """Tune ``method`` for removing ``forget_class`` from ``model`` (θ*, left untouched).
 
-    ``train`` is the full training split; the method's share of it is carved by
-    :func:`pbu.methods.build_inputs` exactly as ``pbu unlearn`` does (``retain_subset``,
-    ``seed``), and the validation split out of that share. ``base_hparams`` are the method's
-    full hyperparameters; each trial overrides the names in ``space``. ``fisher_settings``
-    (keys of ``pbu.fisher.fisher_diagonal``: kind, bn_mode, mc_samples, chunk_size, plus the
-    loader's batch_size) is required when the method needs the Fisher. Returns the JSON record.
+    ``train`` is the full training split. Under ``protocol="blind"`` the method's share of it
+    is carved by :func:`pbu.methods.build_inputs` exactly as ``pbu unlearn`` does
+    (``retain_subset``, ``seed``), and the validation split out of that share; under
+    ``"validation"`` the experimenter's split (:func:`hold_out`, ``val_fraction`` of every
+    class) is taken out of ``train`` first and the method's share built from the rest, as
+    ``pbu unlearn --holdout`` does. ``base_hparams`` are the method's full hyperparameters; each
+    trial overrides the names in ``space``. ``fisher_settings`` (keys of
+    ``pbu.fisher.fisher_diagonal``: kind, bn_mode, mc_samples, chunk_size, plus the loader's
+    batch_size) is required when the method needs the Fisher. Returns the JSON record.
     """
     import torch
     from tqdm.auto import tqdm
 
     from pbu import methods
 
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown tuning protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
     started = time.perf_counter()
     device = torch.device(device)
     spec = methods.get_method(method)
@@ -343,22 +450,53 @@ def tune_method(
     space = {k: list(v) for k, v in space.items()}
     check_space(method, spec.hparams, space, budget)
     sampling, points = plan_trials(space, budget, seed)
-    objective = objective_of(spec)
-    forgetting_checked = spec.access.forget
-
-    # The Fisher is computed below from forget_fit only; build_inputs just needs to know one
-    # will be there.
-    inputs = methods.build_inputs(
-        spec,
-        train,
-        forget_class,
-        num_classes,
-        retain_subset=retain_subset,
-        seed=seed,
-        fisher={} if spec.needs_fisher else None,
-    )
-    split = split_inputs(inputs, val_fraction, seed)
-    del inputs
+    holdout = None
+    if protocol == "validation":
+        # The experimenter's split leaves the training set before the method's data is built;
+        # every method is scored on retained-class accuracy and checked for forgetting.
+        held = hold_out(train, val_fraction, seed, forget_class)
+        objective, forgetting_checked = "acc_retain_val", True
+        inputs = methods.build_inputs(
+            spec,
+            held.fit,
+            forget_class,
+            num_classes,
+            retain_subset=retain_subset,
+            seed=seed,
+            fisher={} if spec.needs_fisher else None,
+        )
+        sizes = {
+            f"{name}_fit": len(part)
+            for name, part in (("forget", inputs.forget), ("retain", inputs.retain))
+            if part is not None
+        }
+        sizes.update(forget_val=len(held.forget_val), retain_val=len(held.retain_val))
+        split = TuneSplit(
+            methods.UnlearnInputs(
+                inputs.forget_class, inputs.num_classes, inputs.forget, inputs.retain, None
+            ),
+            held.forget_val,
+            held.retain_val,
+            sizes,
+        )
+        holdout = held.record
+        del held, inputs
+    else:
+        objective = objective_of(spec)
+        forgetting_checked = spec.access.forget
+        # The Fisher is computed below from forget_fit only; build_inputs just needs to know
+        # one will be there.
+        inputs = methods.build_inputs(
+            spec,
+            train,
+            forget_class,
+            num_classes,
+            retain_subset=retain_subset,
+            seed=seed,
+            fisher={} if spec.needs_fisher else None,
+        )
+        split = split_inputs(inputs, val_fraction, seed)
+        del inputs
     fit = split.fit
     model = model.to(device).eval()
     fisher_info = None
@@ -443,7 +581,7 @@ def tune_method(
         )
         trials.append(trial)
 
-    order = rank_trials(trials, objective)
+    order = rank_trials(trials, objective, agreement=protocol == "blind")
     for rank, i in enumerate(order, start=1):
         trials[i]["rank"] = rank
     best = trials[order[0]]
@@ -460,9 +598,10 @@ def tune_method(
         "method": method,
         "forget": forget_class,
         "seed": seed,
+        "protocol": protocol,
         "data_access": spec.access.label,
         "rule": {
-            "text": RULE,
+            "text": RULES[protocol],
             "objective": objective,
             "threshold": threshold,
             "forgetting_checked": forgetting_checked,
@@ -473,6 +612,7 @@ def tune_method(
         "space_size": space_size(space),
         "val_fraction": val_fraction,
         "split": split.sizes,
+        "holdout": holdout,
         "retain_subset": retain_subset,
         "fisher": fisher_info,
         "base_hparams": base,

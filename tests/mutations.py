@@ -243,6 +243,31 @@ MUTATIONS: list[Mutation] = [
     ),
     # --- the splits -------------------------------------------------------------------------
     _m(
+        "holdout-given-to-method",
+        "pbu/tune.py",
+        "return Holdout(train.subset(fit_idx), val.subset(forget_idx),",
+        "return Holdout(train, val.subset(forget_idx),",
+        "tests/unit/test_tune.py::test_validation_tuning_never_gives_the_method_the_held_out_split",
+        "the validation protocol's trials run on the whole training set, held-out split included",
+    ),
+    _m(
+        "unlearn-ignores-holdout",
+        "pbu/jobs/unlearn.py",
+        "train, held = split.fit, split.record",
+        "held = split.record",
+        "tests/unit/test_tune.py::test_unlearn_job_with_holdout_never_gives_the_method_the_held_"
+        "out_split",
+        "pbu unlearn --holdout records the held-out split but hands it to the method anyway",
+    ),
+    _m(
+        "tune-job-validates-on-test",
+        "pbu/jobs/tune.py",
+        "train, _test = load_data(data, forget)",
+        "_test, train = load_data(data, forget)",
+        "tests/unit/test_tune.py::test_tune_job_validates_on_training_images_never_test_images",
+        "the tune job carves its validation split (and trains) from the test split",
+    ),
+    _m(
         "class-split-retain-has-forget",
         "pbu/data.py",
         "torch.nonzero(~is_forget).flatten()",

@@ -106,12 +106,21 @@ def load_model(
     return to_memory_format(model, fmt), info
 
 
-def load_fisher(path: PathLike, model: nn.Module) -> dict[str, Tensor]:
+def load_fisher(
+    path: PathLike, model: nn.Module, *, holdout_digest: str | None = None
+) -> dict[str, Tensor]:
     """The Fisher diagonal at ``path``, checked against ``model`` before any training starts:
-    one finite, non-negative tensor of each trainable parameter's shape."""
+    one finite, non-negative tensor of each trainable parameter's shape, computed without the
+    same held-out validation split as the job that loads it (``holdout_digest``, None: none)."""
     obj = load_tensors(path)
     if "fisher" not in obj or not isinstance(obj["fisher"], dict):
         raise CheckpointError(f"{path}: not a Fisher file (no 'fisher' dict)")
+    if obj.get("holdout_digest") != holdout_digest:
+        raise CheckpointError(
+            f"{path}: computed with held-out validation split {obj.get('holdout_digest')}, "
+            f"but this job holds out {holdout_digest} (pbu fisher --holdout must match "
+            f"pbu unlearn --holdout)"
+        )
     fisher = obj["fisher"]
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -11,8 +11,10 @@ import torch
 
 from pbu.checkpoint import save_tensors, write_json
 from pbu.data import class_split
+from pbu.errors import UsageError
 from pbu.fisher import fisher_diagonal
 from pbu.jobs.common import load_data, load_model, resolve_device, resources, started
+from pbu.tune import HoldoutError, hold_out
 
 PathLike = str | os.PathLike
 
@@ -30,6 +32,7 @@ def fisher(
     chunk_size: int = 64,
     batch_size: int = 256,
     seed: int = 0,
+    holdout: float | None = None,
     device: str | torch.device = "auto",
     memory_format: str = "channels_last",
     progress: bool = True,
@@ -37,14 +40,26 @@ def fisher(
 ) -> dict[str, Any]:
     """Compute the diagonal Fisher of checkpoint ``model`` on class ``forget``'s training
     samples of the prepared file ``data`` (see :func:`pbu.fisher_diagonal` for ``kind``,
-    ``bn_mode``, ``mc_samples``, ``chunk_size``).
+    ``bn_mode``, ``mc_samples``, ``chunk_size``). ``holdout``: the ``validation`` protocol's
+    fraction; its split of the training set (:func:`pbu.tune.hold_out`, seeded by ``seed``) is
+    left out, as ``pbu unlearn --holdout`` leaves it out of PBU's data.
 
     Writes the tensors to ``out`` (loaded back by :func:`pbu.jobs.common.load_fisher`) and the
     record ``out_info`` (returned): samples, time, throughput, the diagonal's sum, resources.
     """
     began = started(started_at)
     dev = resolve_device(device)
+    if holdout is not None and not 0.0 < holdout < 1.0:
+        raise UsageError(f"holdout (--holdout) must be in (0, 1), got {holdout}")
     train, _ = load_data(data, forget)
+    held = None
+    if holdout:
+        try:
+            split = hold_out(train, holdout, seed, forget)
+        except HoldoutError as err:
+            raise UsageError(f"holdout (--holdout): {err}") from None
+        train, held = split.fit, split.record
+        del split
     net, _info = load_model(model, dev, memory_format)
     forget_data = train.subset(class_split(train.labels, forget)[0])
     loader = forget_data.loader(batch_size, device=dev)
@@ -70,6 +85,7 @@ def fisher(
             "bn_mode": bn_mode,
             "samples": len(forget_data),
             "forget": forget,
+            "holdout_digest": held["digest"] if held else None,
         },
     )
     total = sum(float(v.sum()) for v in diag.values())
@@ -78,6 +94,7 @@ def fisher(
         "bn_mode": bn_mode,
         "samples": len(forget_data),
         "forget": forget,
+        "holdout": held,
         "time_s": elapsed,
         "images_per_s": len(forget_data) / elapsed,
         "trace": total,

@@ -18,6 +18,7 @@ from pbu.data import ImageData, class_split, stratified_subset
 from pbu.errors import UsageError
 from pbu.jobs.common import load_data, load_fisher, load_model, resolve_device, resources, started
 from pbu.train import evaluate_accuracy, seed_everything
+from pbu.tune import HoldoutError, hold_out
 
 PathLike = str | os.PathLike
 
@@ -104,10 +105,36 @@ def tuned_hparams(
         raise UsageError(f"hparams_from (--hparams-from) {path}: {err}") from None
     return hp, {
         "file": str(path),
+        "protocol": record.get("protocol", "blind"),  # records from before the protocols: blind
         "trial": chosen.get("trial"),
         "varied": chosen.get("varied"),
+        "feasible": chosen.get("feasible"),
+        "holdout": record.get("holdout"),
         "base_hparams": dict(base),
     }
+
+
+def check_holdout(
+    tuned: Mapping[str, Any] | None, held: Mapping[str, Any] | None, path: PathLike | None
+) -> None:
+    """A choice made under the ``validation`` protocol is only used on data without the split it
+    was validated on: the unlearn job must hold out the same images (same digest)."""
+    if not tuned or tuned.get("protocol") != "validation":
+        return
+    want = tuned.get("holdout") or {}
+    if held is None:
+        raise UsageError(
+            f"hparams_from (--hparams-from) {path}: tuned under the validation protocol, whose "
+            f"split ({want.get('fraction')} of the training set) the method must never see; "
+            f"give holdout (--holdout {want.get('fraction')})"
+        )
+    if want.get("digest") != held.get("digest"):
+        raise UsageError(
+            f"hparams_from (--hparams-from) {path}: validated on another held-out split "
+            f"(fraction {want.get('fraction')}, seed {want.get('seed')}, digest "
+            f"{want.get('digest')}) than this job holds out (fraction {held.get('fraction')}, "
+            f"seed {held.get('seed')}, digest {held.get('digest')})"
+        )
 
 
 def check_method(
@@ -136,6 +163,7 @@ def unlearn(
     retain_subset: int = 0,
     fisher: PathLike | None = None,
     hparams_from: PathLike | None = None,
+    holdout: float | None = None,
     monitor_every: int = 1,
     monitor_retain: int = 0,
     device: str | torch.device = "auto",
@@ -146,7 +174,12 @@ def unlearn(
     ``forget`` of the prepared file ``data``.
 
     ``fisher``: the file ``pbu fisher`` wrote (methods that need the Fisher). ``hparams_from``:
-    a ``pbu tune`` record whose chosen hyperparameters override ``hparams``. The monitor records
+    a ``pbu tune`` record whose chosen hyperparameters override ``hparams``. ``holdout``: the
+    ``validation`` protocol's fraction; that split of the training set
+    (:func:`pbu.tune.hold_out`, seeded by ``seed``) is taken out before the method's data is
+    built, so the method never receives it (required, with the same split, when
+    ``hparams_from`` was tuned under ``validation``). The record's ``protocol`` says what chose
+    the hyperparameters: the tune record's protocol, or ``config``. The monitor records
     forget/retain test accuracy every ``monitor_every`` steps (0: never) on ``monitor_retain``
     retain-test samples (0: all). Writes the model ``out_model``, the merged per-step history
     ``out_history`` and the record ``out_info`` (returned): hyperparameters, the method's own
@@ -158,7 +191,18 @@ def unlearn(
     tuned = None
     if hparams_from:
         hp, tuned = tuned_hparams(hparams_from, spec, hp, method=method, forget=forget, seed=seed)
+    if holdout is not None and not 0.0 < holdout < 1.0:
+        raise UsageError(f"holdout (--holdout) must be in (0, 1), got {holdout}")
     train, test = load_data(data, forget)
+    held = None
+    if holdout:
+        try:
+            split = hold_out(train, holdout, seed, forget)
+        except HoldoutError as err:
+            raise UsageError(f"holdout (--holdout): {err}") from None
+        train, held = split.fit, split.record
+        del split
+    check_holdout(tuned, held, hparams_from)
     net, info = load_model(model, dev, memory_format)
     fisher_diag = None
     if spec.needs_fisher:
@@ -167,7 +211,7 @@ def unlearn(
                 f"method {method!r} needs the Fisher: give fisher (--fisher), the "
                 f"file pbu fisher writes"
             )
-        fisher_diag = load_fisher(fisher, net)
+        fisher_diag = load_fisher(fisher, net, holdout_digest=held["digest"] if held else None)
     inputs = methods.build_inputs(
         spec,
         train,
@@ -199,7 +243,9 @@ def unlearn(
         "forget": forget,
         "seed": seed,
         "hparams": hp,
+        "protocol": tuned["protocol"] if tuned else "config",
         "hparams_from": tuned,
+        "holdout": held,
         "fisher": str(fisher) if spec.needs_fisher else None,
         "data_access": spec.access.label,
         "time_s": elapsed,

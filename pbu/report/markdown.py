@@ -75,7 +75,10 @@ def _summary_section(runs: pd.DataFrame, settings: Mapping[str, Any]) -> list[st
         RANKING_RULE,
         "",
         (
-            "Mean ± std over forget classes × seeds (sample std). A_Df / A_Dr: accuracy (%) on "
+            "Mean ± std over forget classes × seeds (sample std). protocol: what chose the "
+            "row's hyperparameters (blind: tuned on data the method may see; validation: "
+            "tuned on the experimenter's held-out split of the training set; config: the "
+            "config file's values, untuned; see README, Tuning). A_Df / A_Dr: accuracy (%) on "
             "the forgotten / retained classes, test split. MIA entropy-SVC: the share of the "
             'forget class\'s training images an entropy attack calls "member" when fitted on '
             "retained training images against the test split without the forgotten class; "

@@ -83,7 +83,9 @@ def method_summary(runs: pd.DataFrame) -> pd.DataFrame:
 
     Columns:
 
-    - ``data_access`` ("data needed"), ``n_runs``, ``n_classes``, ``n_seeds``;
+    - ``data_access`` ("data needed"), ``protocol`` (what chose the hyperparameters: ``blind``,
+      ``validation`` or ``config``; several joined by "; "), ``n_runs``, ``n_classes``,
+      ``n_seeds``;
     - ``<metric>_mean`` / ``<metric>_std`` (ddof=1) for each metric of :data:`SUMMARY_METRICS`
       present in ``runs``;
     - the worst forget class: ``worst_forget_class_df`` (highest A_Df, averaged over seeds) with
@@ -103,17 +105,20 @@ def method_summary(runs: pd.DataFrame) -> pd.DataFrame:
     """
     runs = run_distances(runs)
     metrics = [c for c in SUMMARY_METRICS if c in runs.columns]
-    if "data_access" not in runs.columns:
-        runs["data_access"] = np.nan
+    for col in ("data_access", "protocol"):  # absent from runs.csv files of older versions
+        if col not in runs.columns:
+            runs[col] = np.nan
 
     rows = []
     for (dataset, arch, method), grp in runs.groupby(["dataset", "arch", "method"], sort=True):
         access = sorted({str(a) for a in grp["data_access"].dropna()})
+        protocols = sorted({str(a) for a in grp["protocol"].dropna()})
         row: dict[str, Any] = {
             "dataset": dataset,
             "arch": arch,
             "method": method,
             "data_access": "; ".join(access) if access else None,
+            "protocol": "; ".join(protocols) if protocols else None,
             "n_runs": len(grp),
             "n_classes": grp["forget"].nunique(),
             "n_seeds": grp["seed"].nunique(),

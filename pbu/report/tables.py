@@ -116,6 +116,13 @@ def _fmt(series: pd.Series, fmt: str) -> list[str | None]:
     return [None if pd.isna(v) else fmt.format(v) for v in series]
 
 
+def _protocol(summary: pd.DataFrame) -> pd.Series:
+    """The "protocol" column: what chose each row's hyperparameters (blind, validation, config)."""
+    if "protocol" not in summary.columns:
+        return pd.Series([MISSING] * len(summary), index=summary.index)
+    return summary["protocol"].fillna(MISSING)
+
+
 def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
     """The human-readable form of :func:`method_summary`: "mean ± std" strings of every metric,
     the worst classes as "class (value)", distances to the oracle and the rank."""
@@ -127,6 +134,7 @@ def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
             "arch": summary["arch"],
             "method": summary["method"],
             "data needed": summary["data_access"].fillna(MISSING),
+            "protocol": _protocol(summary),
         }
     )
     for label, cells in _formatted(summary, SUMMARY_METRICS).items():
@@ -163,7 +171,8 @@ def _reading_order(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def main_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The main table: per (dataset, arch) and method, accuracy, both entropy-SVC MIAs,
+    """The main table: per (dataset, arch) and method, the data it needs and the protocol that
+    chose its hyperparameters, accuracy, both entropy-SVC MIAs,
     distance to the oracle, time (prerequisites included, then the method alone) and rank;
     mean ± std over forget classes × seeds. The original model's and the oracle's rows first."""
     if summary.empty:
@@ -175,6 +184,7 @@ def main_table(summary: pd.DataFrame) -> pd.DataFrame:
             "arch": summary["arch"],
             "method": summary["method"],
             "data needed": summary["data_access"].fillna(MISSING),
+            "protocol": _protocol(summary),
         }
     )
     cells = _formatted(summary, MAIN_METRICS)

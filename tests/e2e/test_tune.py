@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -90,3 +91,91 @@ def test_pipeline_tunes_uses_the_choice_and_tracks_it(tmp_path):
     )
     assert again.returncode == 0, again.stderr[-2000:]
     assert len(client.search_runs([exp.experiment_id], max_results=1000)) == n
+
+
+# ------------------------------------------------------------------------------------------
+# The validation protocol, end to end
+# ------------------------------------------------------------------------------------------
+
+E2E_VALIDATION = """
+experiment: validation-e2e
+results: res
+seeds: [0]
+forget: [2]
+methods: [pbu, finetune, neggrad]
+pretrain: {epochs: 1}
+monitor: {methods: []}
+evaluation: {relearn: false, probe: false, mia_max_samples: 100}
+tuning:
+  enabled: true
+  protocol: validation
+  methods: [pbu, finetune]
+  budget: 2
+  space:
+    pbu: {lr: [1.0e-4, 3.0e-4], stop_threshold: [5.0]}
+    finetune: {lr: [0.003, 0.03], epochs: [2]}
+mlflow: {tracking_uri: "sqlite:///res/mlflow/mlflow.db", experiment: pbu-validation-e2e}
+"""
+
+
+@pytest.mark.slow
+def test_validation_protocol_in_the_pipeline(tmp_path):
+    """Two methods tuned under validation (one that never sees the forget class), one from the
+    config: the tune records, every unlearn job and the Fisher hold out the same split; every
+    row of runs.csv, the main table and MLflow says its protocol."""
+    import csv
+
+    for item in ("Snakefile", "workflow", "config", "envs"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
+    (tmp_path / "v.yaml").write_text(E2E_VALIDATION)
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "v.yaml"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    group = tmp_path / "res/mnist5k/small_cnn/seed0/forget2"
+    digests = set()
+    for m in ("pbu", "finetune"):
+        rec = json.loads((group / "tune" / f"{m}.json").read_text())
+        assert rec["protocol"] == "validation" and rec["rule"]["forgetting_checked"] is True
+        assert rec["rule"]["objective"] == "acc_retain_val" and len(rec["trials"]) == 2
+        assert all("acc_forget_val" in t["metrics"] for t in rec["trials"])  # finetune too
+        hold = rec["holdout"]
+        assert hold["fraction"] == 0.2 and hold["forget_val"] > 0 and hold["retain_val"] > 0
+        info = json.loads((group / m / "info.json").read_text())
+        assert info["protocol"] == "validation" and info["hparams"] == rec["chosen"]["hparams"]
+        assert info["holdout"] == hold
+        digests.add(hold["digest"])
+    neggrad = json.loads((group / "neggrad" / "info.json").read_text())
+    assert neggrad["protocol"] == "config" and neggrad["hparams_from"] is None
+    digests.add(neggrad["holdout"]["digest"])
+    digests.add(json.loads((group / "fisher.json").read_text())["holdout"]["digest"])
+    assert len(digests) == 1  # one split for every job of the seed
+    with open(tmp_path / "res/aggregate/runs.csv") as fh:
+        rows = {r["method"]: r["protocol"] for r in csv.DictReader(fh)}
+    assert rows == {
+        "original": "config",
+        "oracle": "config",
+        "pbu": "validation",
+        "finetune": "validation",
+        "neggrad": "config",
+    }
+    main = (tmp_path / "res/tables/main_table.csv").read_text().splitlines()
+    assert "protocol" in main[0].split(",")
+    report = (tmp_path / "res/report.md").read_text()
+    assert re.search(r"\|\s*finetune\s*\|[^|]*\|\s*validation\s*\|", report)
+    assert re.search(r"\|\s*neggrad\s*\|[^|]*\|\s*config\s*\|", report)
+    assert re.search(r"\|\s*tuning\.protocol\s*\|\s*validation\s*\|", report)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/res/mlflow/mlflow.db")
+    exp = client.get_experiment_by_name("pbu-validation-e2e")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    unlearn = {r.data.tags["method"]: r for r in runs if r.data.tags["rule"] == "unlearn"}
+    assert {m: r.data.tags["protocol"] for m, r in unlearn.items()} == {
+        "pbu": "validation",
+        "finetune": "validation",
+        "neggrad": "config",
+    }
+    tune = [r for r in runs if r.data.tags["rule"] == "tune"]
+    assert len(tune) == 2 and {r.data.params["protocol"] for r in tune} == {"validation"}

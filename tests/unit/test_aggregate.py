@@ -132,3 +132,29 @@ def test_runs_csv_rows_hold_their_jobs_metrics_times_and_access(tmp_path, fake_r
     timings = list(csv.DictReader(open(paths["timings"])))
     # 2 pretrains, a fisher per group, and oracle, pbu, finetune per group
     assert sorted(r["method"] for r in timings).count("fisher") == 3 and len(timings) == 2 + 3 * 4
+
+
+@pytest.mark.parametrize(
+    "record,want",
+    [
+        ({"protocol": "validation"}, "validation"),  # the unlearn job's own word
+        ({"protocol": "blind"}, "blind"),
+        ({"protocol": "config"}, "config"),
+        ({}, "config"),  # older records, untuned
+    ],
+)
+def test_protocol_reaches_runs_csv(tmp_path, record, want):
+    import json
+
+    mfile = make_results(tmp_path / "results")
+    info_file = mfile.parent / "pbu" / "info.json"
+    info = json.loads(info_file.read_text())
+    info.pop("protocol", None)
+    info_file.write_text(json.dumps({**info, **record}))
+    paths = aggregate(tmp_path / "results", tmp_path / "agg")
+    with open(paths["runs"]) as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    assert rows["pbu"]["protocol"] == want
+    # finetune's record (from before the protocols) names a tuning record: blind
+    assert rows["finetune"]["protocol"] == "blind"
+    assert rows["original"]["protocol"] == rows["oracle"]["protocol"] == "config"

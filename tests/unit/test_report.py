@@ -28,6 +28,15 @@ ACCESS = {
     "neggrad": "forget",
     "unsir": "forget + retain subset",
 }
+# What chose each method's hyperparameters (runs.csv's protocol column).
+PROTOCOL = {
+    "original": "config",
+    "oracle": "config",
+    "finetune": "validation",
+    "pbu": "config",
+    "neggrad": "blind",
+    "unsir": "validation",
+}
 # Mean A_Df / A_Dr per (method, forget class); PBU's class 7 is its worst on both.
 ACC_FORGET = {
     "original": (99.0, 98.0),
@@ -67,6 +76,7 @@ def make_runs(
                         forget=forget,
                         method=method,
                         data_access=ACCESS[method],
+                        protocol=PROTOCOL[method],
                         acc_forget_test=ACC_FORGET[method][f_idx % 2]
                         + (0 if oracle else abs(rng.normal(0, 0.3))),
                         acc_retain_test=ACC_RETAIN[method][f_idx % 2] + rng.normal(0, 0.4),
@@ -614,11 +624,22 @@ def test_main_and_depth_tables(runs):
     ranked = summary.dropna(subset=["rank"]).sort_values("rank")["method"].tolist()
     assert main["method"].tolist() == ["original", "oracle", *ranked]
     assert depth["method"].tolist() == main["method"].tolist()
+    # every row says which protocol chose its hyperparameters, in both tables
+    display = report.summary_display(summary)
+    for table in (main, display):
+        assert dict(zip(table["method"], table["protocol"])) == PROTOCOL
+    mixed = runs.copy()
+    mixed.loc[(mixed["method"] == "pbu") & (mixed["seed"] == 0), "protocol"] = "blind"
+    mixed_main = report.main_table(report.method_summary(mixed))
+    assert mixed_main.loc[mixed_main["method"] == "pbu", "protocol"].item() == "blind; config"
+    old = report.main_table(report.method_summary(runs.drop(columns="protocol")))
+    assert set(old["protocol"]) == {"–"}  # a runs.csv from before the column
     assert list(main.columns) == [
         "dataset",
         "arch",
         "method",
         "data needed",
+        "protocol",
         "A_Df",
         "A_Dr",
         "MIA entropy-SVC",
@@ -661,6 +682,12 @@ def test_main_and_depth_tables(runs):
         f"{o_runs['relearn_steps'].mean():.1f} ± {o_runs['relearn_steps'].std():.1f}"
     )
     assert oracle["act. dist. forget"] == "0.000 ± 0.000"
+
+
+def test_protocol_column_survives_runs_csv(runs, tmp_path):
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    main = report.main_table(report.method_summary(report.read_runs(tmp_path / "runs.csv")))
+    assert dict(zip(main["method"], main["protocol"])) == PROTOCOL
 
 
 def test_markdown_and_latex_escaping():

@@ -119,6 +119,14 @@ def test_dataset_logged_as_each_runs_input(store):
             assert context == {"pbu": "forget", "finetune": "all retain"}[r.data.tags["method"]]
 
 
+def test_unlearn_and_tune_runs_say_which_protocol_chose_the_hyperparameters(store):
+    # pbu's record names no tuning record: the config's values; finetune's names one written
+    # before the protocols existed: blind
+    assert _run(store, "unlearn", "pbu").data.tags["protocol"] == "config"
+    assert _run(store, "unlearn", "finetune").data.tags["protocol"] == "blind"
+    assert _run(store, "tune", "finetune").data.params["protocol"] == "blind"
+
+
 def test_experiment_is_described_and_retracking_changes_nothing(store):
     note = store["exp"].tags["mlflow.note.content"]
     assert "finetune, pbu" in note and "forget classes: 2" in note and "total_time_s" in note

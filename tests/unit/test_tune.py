@@ -4,6 +4,7 @@ validation images, equal budgets, the documented choice rule, the CLI and the pi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -18,8 +19,10 @@ from pbu.checkpoint import save_checkpoint
 from pbu.cli import main
 from pbu.data import TensorImages, save_prepared
 from pbu.tune import (
+    HoldoutError,
     carve_validation,
     grid,
+    hold_out,
     plan_trials,
     rank_trials,
     score_trial,
@@ -425,3 +428,407 @@ def test_bad_tuning_config_names_the_key(tmp_path, mutate, match):
 def test_default_spaces_all_hold_the_budget():
     t = CONFIG["tuning"]
     assert t["methods"] and all(space_size(t["space"][m]) >= t["budget"] for m in t["methods"])
+    # every method of the default run can be tuned, with the same budget: a whole grid each
+    assert set(CONFIG["methods"]) <= set(t["space"])
+    assert all(space_size(t["space"][m]) == t["budget"] for m in CONFIG["methods"])
+    # and every space holds the value the config runs untuned
+    for m in CONFIG["methods"]:
+        for k, values in t["space"][m].items():
+            assert HP[m][k] in values, (m, k)
+    # off by default: the default run's wall time does not pay for tuning
+    assert t["enabled"] is False and t["protocol"] == "blind"
+
+
+def _merged(*overlays: dict) -> dict:
+    def merge(base, over):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(base[k], v) if isinstance(v, dict) and k in base else v
+        return out
+
+    c = copy.deepcopy(CONFIG)
+    for o in overlays:
+        c = merge(c, o)
+    return c
+
+
+def test_validation_overlay_tunes_every_method_of_the_default_run(tmp_path):
+    from pbu.config import check_config
+
+    overlay = yaml.safe_load((ROOT / "config" / "validation.yaml").read_text())
+    c = _merged(overlay)
+    assert c["tuning"]["enabled"] and c["tuning"]["protocol"] == "validation"
+    assert sorted(c["tuning"]["methods"]) == sorted(c["methods"])
+    assert c["results"] != CONFIG["results"] and c["results"] in c["mlflow"]["tracking_uri"]
+    # the default setting otherwise: same data, model, seeds, classes, recipes, hparams
+    for k in ("dataset", "archs", "seeds", "forget", "pretrain", "hparams", "retain_subset"):
+        assert c[k] == CONFIG[k], k
+    c["results"] = str(tmp_path / "r")
+    check_config(c, ROOT / "workflow/schemas/config.schema.yaml")
+
+
+def test_bad_protocol_names_the_key(tmp_path):
+    from pbu.config import ConfigError, check_config
+
+    c = _merged({"results": str(tmp_path / "r"), "tuning": {"protocol": "test-set"}})
+    with pytest.raises(ConfigError, match=r"tuning\.protocol: 'test-set' is not one of"):
+        check_config(c, ROOT / "workflow/schemas/config.schema.yaml")
+
+
+# ------------------------------------------------------------------------------------------
+# The validation protocol: the experimenter's held-out split of the training set
+# ------------------------------------------------------------------------------------------
+
+
+def _labels_rows(d) -> dict[bytes, int]:
+    return {bytes(im.flatten().tolist()): int(y) for im, y in zip(d.images, d.labels)}
+
+
+def test_holdout_is_a_seeded_stratified_split_with_forget_and_retained_images(data):
+    held = hold_out(data, FRACTION, seed=0, forget_class=FORGET)
+    val = {**_labels_rows(held.forget_val), **_labels_rows(held.retain_val)}
+    fit = _labels_rows(held.fit)
+    # a partition of the training set, by content
+    assert set(val).isdisjoint(fit) and {**val, **fit} == _labels_rows(data)
+    # stratified: round(fraction * n) of every class; the forget class on one side only
+    per_class = {c: sum(1 for y in val.values() if y == c) for c in range(K)}
+    assert per_class == {c: round(FRACTION * N_PER_CLASS) for c in range(K)}
+    assert set(held.forget_val.labels.tolist()) == {FORGET}
+    assert FORGET not in held.retain_val.labels.tolist() and len(held.retain_val) > 0
+    rec = held.record
+    assert (rec["forget_val"], rec["retain_val"]) == (len(held.forget_val), len(held.retain_val))
+    assert rec["fit"] + rec["val"] == rec["train"] == len(data)
+    # seeded: the same seed gives the same split; other seeds other splits
+    again = hold_out(data, FRACTION, seed=0, forget_class=FORGET)
+    assert torch.equal(again.forget_val.images, held.forget_val.images)
+    assert torch.equal(again.retain_val.images, held.retain_val.images)
+    assert again.record == rec
+    others = {
+        hold_out(data, FRACTION, seed=s, forget_class=FORGET).record["digest"] for s in (1, 2)
+    }
+    assert rec["digest"] not in others
+    # one split per seed, whatever the forget class: every method and class of a seed share it
+    assert (
+        hold_out(data, FRACTION, seed=0, forget_class=FORGET + 1).record["digest"]
+        == (rec["digest"])
+    )
+
+
+def test_holdout_needs_forget_and_retained_images(data):
+    lonely = data.subset(
+        torch.cat(
+            [
+                torch.nonzero(data.labels != FORGET).flatten(),
+                torch.nonzero(data.labels == FORGET).flatten()[:1],
+            ]
+        )
+    )
+    with pytest.raises(HoldoutError, match="holds 0 forget-class"):
+        hold_out(lonely, FRACTION, seed=0, forget_class=FORGET)
+
+
+def test_holdout_of_real_digits_never_meets_the_test_set(mnist5k):
+    train, test = mnist5k
+    held = hold_out(train, FRACTION, seed=0, forget_class=2)
+    val = set(_labels_rows(held.forget_val)) | set(_labels_rows(held.retain_val))
+    assert len(val) == held.record["val"] == round(FRACTION * len(train))
+    assert val <= set(_labels_rows(train))
+    assert val.isdisjoint(_labels_rows(test))
+
+
+class _Recorder:
+    """Wraps a registered method: records the images of every input it is called with."""
+
+    def __init__(self, name: str, monkeypatch):
+        spec = methods.get_method(name)
+        self.calls: list[methods.UnlearnInputs] = []
+
+        def fn(model, inputs, hp, **kw):
+            self.calls.append(inputs)
+            return spec.fn(model, inputs, hp, **kw)
+
+        monkeypatch.setitem(methods.REGISTRY, name, dataclasses.replace(spec, fn=fn))
+
+    def rows(self) -> list[set[bytes]]:
+        return [
+            set().union(*(_rows(d.images) for d in (c.forget, c.retain) if d is not None))
+            for c in self.calls
+        ]
+
+
+SPACES = {
+    "finetune": {"lr": [1e-3, 1e-2]},
+    "neggrad": {"lr": [1e-3, 3e-3]},
+    "scrub": {"lr": [5e-4, 1e-3]},
+    "pbu": {"lr": [1e-3, 3e-3]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_validation_tuning_never_gives_the_method_the_held_out_split(
+    name, data, trained, monkeypatch
+):
+    """A recording method sees, in every trial, its declared share of the training set minus
+    the held-out split, and never a held-out image; PBU's Fisher neither."""
+    import pbu.fisher
+
+    recorder = _Recorder(name, monkeypatch)
+    fisher_seen: list[torch.Tensor] = []
+    real_fisher = pbu.fisher.fisher_diagonal
+
+    def fisher_spy(model, loader, *a, **k):
+        batches = list(loader)
+        fisher_seen.extend(x for x, _ in batches)
+        return real_fisher(model, batches, *a, **k)
+
+    monkeypatch.setattr(pbu.fisher, "fisher_diagonal", fisher_spy)
+    rec = _tune(name, data, trained, SPACES[name], 2, protocol="validation")
+    held = hold_out(data, FRACTION, seed=0, forget_class=FORGET)
+    val = _rows(held.forget_val.images) | _rows(held.retain_val.images)
+    assert rec["protocol"] == "validation" and rec["holdout"] == held.record
+    assert len(recorder.calls) == 2  # one per trial
+    spec = methods.get_method(name)
+    fit_forget = _rows(held.fit.subset(torch.nonzero(held.fit.labels == FORGET).flatten()).images)
+    for inputs, seen in zip(recorder.calls, recorder.rows()):
+        assert seen and seen.isdisjoint(val)
+        if spec.access.forget:  # every forget-class training image but the held-out ones
+            assert _rows(inputs.forget.images) == fit_forget
+        else:
+            assert inputs.forget is None
+    if spec.needs_fisher:
+        x = torch.cat(fisher_seen)
+        forget = held.fit.subset(torch.nonzero(held.fit.labels == FORGET).flatten())
+        want = torch.cat([xb for xb, _ in forget.loader(len(forget))])
+        as_rows = lambda t: {bytes(r.numpy().tobytes()) for r in t}  # noqa: E731
+        assert as_rows(x) == as_rows(want) and rec["fisher"]["samples"] == len(forget)
+
+
+def test_validation_scores_every_method_by_one_rule(data, trained):
+    """finetune never sees the forget class, yet under validation its forgetting is measured:
+    recompute every trial's metrics by hand on the held-out split, and the choice by the rule."""
+    rec = _tune(
+        "finetune", data, trained, {"lr": [1e-3, 3e-2], "epochs": [1, 3]}, 4, protocol="validation"
+    )
+    assert rec["rule"]["forgetting_checked"] is True
+    assert rec["rule"]["objective"] == "acc_retain_val"
+    assert rec["rule"]["text"].startswith("validation protocol")
+    held = hold_out(data, FRACTION, seed=0, forget_class=FORGET)
+    spec = methods.get_method("finetune")
+    inputs = methods.build_inputs(spec, held.fit, FORGET, K, retain_subset=RETAIN_SUBSET, seed=0)
+    assert rec["split"] == {
+        "retain_fit": len(inputs.retain),
+        "forget_val": len(held.forget_val),
+        "retain_val": len(held.retain_val),
+    }
+    xf, _ = next(iter(held.forget_val.loader(len(held.forget_val))))
+    xr, yr = next(iter(held.retain_val.loader(len(held.retain_val))))
+    for t in rec["trials"]:
+        result, _ = methods.run("finetune", copy.deepcopy(trained), inputs, t["hparams"], seed=0)
+        with torch.no_grad():
+            acc_f = 100.0 * (result.model(xf).argmax(1) == FORGET).double().mean().item()
+            acc_r = 100.0 * (result.model(xr).argmax(1) == yr).double().mean().item()
+        assert math.isclose(t["metrics"]["acc_forget_val"], acc_f, abs_tol=1e-9)
+        assert math.isclose(t["metrics"]["acc_retain_val"], acc_r, abs_tol=1e-9)
+        assert t["feasible"] == (acc_f <= 5.0)
+        assert t["score"] == (acc_r if t["feasible"] else -acc_f)
+    best = max(
+        rec["trials"],
+        key=lambda t: (
+            t["score"],
+            -t["metrics"]["acc_forget_val"],
+            t["metrics"]["acc_retain_val"],
+            -t["trial"],
+        ),
+    )
+    assert rec["chosen"]["trial"] == best["trial"]
+
+
+def test_validation_without_a_feasible_trial_takes_the_closest_to_forgetting(data, trained, caplog):
+    rec = _tune("finetune", data, trained, {"lr": [1e-3, 3e-2]}, 2, protocol="validation")
+    rec0 = _tune(
+        "finetune", data, trained, {"lr": [1e-3, 3e-2]}, 2, protocol="validation", threshold=-1.0
+    )
+    assert not any(t["feasible"] for t in rec0["trials"]) and rec0["chosen"]["feasible"] is False
+    forget = [t["metrics"]["acc_forget_val"] for t in rec0["trials"]]
+    assert rec0["chosen"]["metrics"]["acc_forget_val"] == min(forget)
+    assert "no trial reached acc_forget_val" in caplog.text
+    # the same trials as with the real threshold: only the choice rule differs
+    assert [t["metrics"] for t in rec0["trials"]] == [t["metrics"] for t in rec["trials"]]
+
+
+def _vtrial(i, forget, retain, agree=50.0, threshold=5.0):
+    m = {"acc_forget_val": forget, "acc_retain_val": retain, "agree_forget_val": agree}
+    feasible, score = score_trial(
+        m, objective="acc_retain_val", threshold=threshold, forgetting_checked=True
+    )
+    return {"trial": i, "metrics": m, "feasible": feasible, "score": score}
+
+
+def test_validation_rule_on_hand_made_trials():
+    rank = lambda ts: rank_trials(ts, "acc_retain_val", agreement=False)  # noqa: E731
+    trials = [
+        _vtrial(0, forget=6.0, retain=99.0),  # infeasible: best retain, but forgets too little
+        _vtrial(1, forget=5.0, retain=90.0),  # feasible at the threshold
+        _vtrial(2, forget=0.0, retain=95.0),  # feasible, best retain: chosen
+        _vtrial(3, forget=50.0, retain=99.5),  # infeasible, far from forgetting
+        {"trial": 4, "metrics": {}, "feasible": False, "score": None},  # failed
+    ]
+    assert [t["feasible"] for t in trials[:4]] == [False, True, True, False]
+    assert rank(trials) == [2, 1, 0, 3, 4]
+    # equal retain-val: the lower forget-val wins, then the earlier trial
+    assert rank([_vtrial(0, 4.0, 90.0), _vtrial(1, 1.0, 90.0)]) == [1, 0]
+    assert rank([_vtrial(0, 1.0, 90.0), _vtrial(1, 1.0, 90.0)]) == [0, 1]
+    # agree_forget_val plays no part under validation (it breaks the blind protocol's ties)
+    tied = [_vtrial(0, 1.0, 90.0, agree=10.0), _vtrial(1, 1.0, 90.0, agree=90.0)]
+    assert rank(tied) == [0, 1] and rank_trials(tied, "acc_retain_val") == [1, 0]
+    # nothing feasible: the closest to forgetting, ties to the higher retain-val
+    none = [_vtrial(0, 30.0, 99.0), _vtrial(1, 10.0, 60.0), _vtrial(2, 10.0, 80.0)]
+    assert not any(t["feasible"] for t in none) and rank(none) == [2, 1, 0]
+
+
+def test_tune_refuses_an_unknown_protocol(data, trained):
+    with pytest.raises(ValueError, match="unknown tuning protocol 'test'"):
+        _tune("neggrad", data, trained, {"lr": [1e-3]}, 1, protocol="test")
+
+
+@pytest.fixture
+def split_files(tmp_path, data, trained, square_images):
+    """A prepared file whose test split holds other images than its training split."""
+    save_prepared(tmp_path / "d.pt", data, square_images(K, 10, seed=1))
+    save_checkpoint(tmp_path / "m.pt", trained, arch="small_cnn", model_args=MODEL_ARGS)
+    return tmp_path
+
+
+def test_tune_job_validates_on_training_images_never_test_images(split_files, monkeypatch):
+    """Every image a validation-protocol trial is scored on is a held-out TRAINING image of the
+    prepared file (recomputed from its train split), and none is a test image."""
+    import pbu.tune
+    from pbu.data import load_prepared
+    from pbu.jobs.tune import tune
+
+    scored: list[torch.Tensor] = []
+    real = pbu.tune._predictions
+
+    def spy(model, d, device):
+        scored.append(d.images.clone())
+        return real(model, d, device)
+
+    monkeypatch.setattr(pbu.tune, "_predictions", spy)
+    rec = tune(
+        split_files / "d.pt",
+        model=split_files / "m.pt",
+        forget=FORGET,
+        method="finetune",
+        hparams=HP["finetune"],
+        space={"lr": [1e-3, 1e-2]},
+        budget=2,
+        val_fraction=FRACTION,
+        threshold=5.0,
+        seed=0,
+        retain_subset=RETAIN_SUBSET,
+        out=split_files / "t.json",
+        device="cpu",
+        memory_format="contiguous",
+        progress=False,
+        protocol="validation",
+    )
+    train, test = load_prepared(split_files / "d.pt")
+    held = hold_out(train, FRACTION, seed=0, forget_class=FORGET)
+    seen = set().union(*(_rows(x) for x in scored))
+    assert seen == _rows(held.forget_val.images) | _rows(held.retain_val.images)
+    assert seen <= _rows(train.images) and seen.isdisjoint(_rows(test.images))
+    assert rec["holdout"] == held.record and json.loads((split_files / "t.json").read_text())
+
+
+def _unlearn(files, method, **kw):
+    from pbu.jobs.unlearn import unlearn
+
+    return unlearn(
+        files / "d.pt",
+        model=files / "m.pt",
+        forget=FORGET,
+        method=method,
+        hparams=HP[method],
+        seed=0,
+        retain_subset=RETAIN_SUBSET,
+        out_model=files / "u.pt",
+        out_history=files / "h.json",
+        out_info=files / "i.json",
+        device="cpu",
+        memory_format="contiguous",
+        monitor_every=0,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("method", ["finetune", "scrub"])
+def test_unlearn_job_with_holdout_never_gives_the_method_the_held_out_split(
+    method, split_files, monkeypatch
+):
+    from pbu.data import load_prepared
+
+    recorder = _Recorder(method, monkeypatch)
+    info = _unlearn(split_files, method, holdout=FRACTION)
+    train, _ = load_prepared(split_files / "d.pt")
+    held = hold_out(train, FRACTION, seed=0, forget_class=FORGET)
+    (seen,) = recorder.rows()
+    assert seen and seen <= _rows(train.images)
+    assert seen.isdisjoint(_rows(held.forget_val.images) | _rows(held.retain_val.images))
+    assert info["holdout"] == held.record and info["protocol"] == "config"
+    # without the holdout the same job's data does include held-out images
+    recorder.calls.clear()
+    assert _unlearn(split_files, method)["holdout"] is None
+    (seen,) = recorder.rows()
+    assert not seen.isdisjoint(_rows(held.retain_val.images))
+
+
+def test_unlearn_job_uses_a_validation_choice_only_without_its_split(split_files, capsys):
+    from pbu.errors import CheckpointError, UsageError
+    from pbu.jobs.fisher import fisher
+
+    tuned = split_files / "t.json"
+    assert _cli_files("tune", split_files, "pbu", tuned, **{"--protocol": "validation"}) == 0
+    rec = json.loads(tuned.read_text())
+    assert rec["protocol"] == "validation"
+    with pytest.raises(UsageError, match=r"give holdout \(--holdout 0.2\)"):
+        _unlearn(split_files, "pbu", hparams_from=tuned, fisher=split_files / "f.pt")
+    with pytest.raises(UsageError, match="validated on another held-out split"):
+        _unlearn(split_files, "pbu", hparams_from=tuned, holdout=0.3, fisher=split_files / "f.pt")
+    kw = {"model": split_files / "m.pt", "forget": FORGET, "device": "cpu", "progress": False}
+    kw.update(memory_format="contiguous", batch_size=16, chunk_size=16)
+    fisher(split_files / "d.pt", out=split_files / "f.pt", out_info=split_files / "f.json", **kw)
+    with pytest.raises(CheckpointError, match="computed with held-out validation split None"):
+        _unlearn(split_files, "pbu", hparams_from=tuned, holdout=0.2, fisher=split_files / "f.pt")
+    f_rec = fisher(
+        split_files / "d.pt",
+        out=split_files / "f.pt",
+        out_info=split_files / "f.json",
+        holdout=0.2,
+        **kw,
+    )
+    assert f_rec["holdout"] == rec["holdout"]
+    assert f_rec["samples"] == N_PER_CLASS - rec["holdout"]["forget_val"]
+    info = _unlearn(
+        split_files, "pbu", hparams_from=tuned, holdout=0.2, fisher=split_files / "f.pt"
+    )
+    assert info["protocol"] == "validation" and info["hparams"] == rec["chosen"]["hparams"]
+    assert info["holdout"] == rec["holdout"] and info["hparams_from"]["protocol"] == "validation"
+    # the CLI passes --holdout through
+    assert (
+        _cli_files(
+            "unlearn",
+            split_files,
+            "finetune",
+            None,
+            **{"--holdout": "0.2", "--monitor-every": "0"},
+        )
+        == 0
+    )
+    assert json.loads((split_files / "i.json").read_text())["holdout"] == rec["holdout"]
+
+
+def _cli_files(cmd: str, files: Path, method: str, out: Path | None, **over) -> int:
+    """``_cli`` with the Fisher settings and the record's path for ``tune``."""
+    if cmd == "tune":
+        over = {"--out": out, "--fisher-settings": json.dumps(FISHER), **over}
+    return _cli(cmd, files, method, **over)

@@ -75,8 +75,18 @@ def fisher_arg(wildcards, input):
 
 
 def is_tuned(method):
-    """Whether blind tuning (config tuning:) chooses this method's hyperparameters."""
+    """Whether tuning (config tuning:, either protocol) chooses this method's hyperparameters."""
     return CONFIG["tuning"]["enabled"] and method in CONFIG["tuning"]["methods"]
+
+
+def holdout_arg():
+    """``--holdout FRACTION`` under the validation protocol (tuning enabled): every unlearn job
+    and the Fisher then leave the experimenter's validation split out of the training set, tuned
+    method or not, so every row of the run had the same data; else nothing."""
+    tuning = CONFIG["tuning"]
+    if tuning["enabled"] and tuning["protocol"] == "validation":
+        return f"--holdout {tuning['val_fraction']}"
+    return ""
 
 
 def tuned_arg(wildcards, input):
@@ -154,6 +164,11 @@ def report_settings():
         retain_subset=CONFIG["retain_subset"],
         hparams={m: CONFIG["hparams"][m] for m in CONFIG["methods"]},
     )
+    if CONFIG["tuning"]["enabled"]:  # which protocol chose which method's hyperparameters
+        out["tuning"] = {
+            k: CONFIG["tuning"][k]
+            for k in ("protocol", "methods", "budget", "val_fraction", "threshold")
+        }
     if CONFIG["data"].get("stand_in"):  # the report says when its numbers are stand-in's
         out["data"] = CONFIG["data"]
     return out

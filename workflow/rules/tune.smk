@@ -1,5 +1,7 @@
-# Blind tuning (pbu/tune.py): one job per tuned method, on a validation split carved from the data
-# that method may see; the unlearn job of a tuned method reads the choice (unlearn_inputs).
+# Tuning (pbu/tune.py): one job per tuned method, under the blind protocol (a validation split
+# carved from the data that method may see) or the validation protocol (the experimenter's
+# held-out split of the training set); the unlearn job of a tuned method reads the choice
+# (unlearn_inputs).
 
 
 rule tune:
@@ -22,6 +24,7 @@ rule tune:
     params:
         hparams=lambda wildcards: as_json(CONFIG["hparams"][wildcards.method]),
         space=lambda wildcards: as_json(CONFIG["tuning"]["space"][wildcards.method]),
+        protocol=CONFIG["tuning"]["protocol"],
         budget=CONFIG["tuning"]["budget"],
         val_fraction=CONFIG["tuning"]["val_fraction"],
         threshold=CONFIG["tuning"]["threshold"],
@@ -31,7 +34,8 @@ rule tune:
     shell:
         "pbu tune --data {input.data} --model {input.model} --forget {wildcards.forget} "
         "--method {wildcards.method} --hparams {params.hparams:q} --space {params.space:q} "
-        "--budget {params.budget} --val-fraction {params.val_fraction} "
+        "--protocol {params.protocol} --budget {params.budget} "
+        "--val-fraction {params.val_fraction} "
         "--threshold {params.threshold} {params.fisher} "
         "--retain-subset {params.retain_subset} --seed {wildcards.seed} "
         "--device {params.device} --threads {threads} --quiet --out {output} 2> {log}"

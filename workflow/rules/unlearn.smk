@@ -25,11 +25,12 @@ rule fisher:
         mc_samples=CONFIG["fisher"]["mc_samples"],
         chunk_size=CONFIG["fisher"]["chunk_size"],
         batch_size=CONFIG["fisher"]["batch_size"],
+        holdout=holdout_arg(),
         device=CONFIG["device"],
     shell:
         "pbu fisher --data {input.data} --model {input.model} --forget {wildcards.forget} "
         "--kind {params.kind} --bn-mode {params.bn_mode} --mc-samples {params.mc_samples} "
-        "--chunk-size {params.chunk_size} --batch-size {params.batch_size} "
+        "--chunk-size {params.chunk_size} --batch-size {params.batch_size} {params.holdout} "
         "--seed {wildcards.seed} --device {params.device} --threads {threads} --quiet "
         "--out {output.fisher} --out-info {output.info} 2> {log}"
 
@@ -56,6 +57,7 @@ rule unlearn:
         hparams=lambda wildcards: as_json(CONFIG["hparams"][wildcards.method]),
         fisher=fisher_arg,
         tuned=tuned_arg,
+        holdout=holdout_arg(),
         retain_subset=CONFIG["retain_subset"],
         monitor_every=lambda wildcards: (
             CONFIG["monitor"]["every"] if wildcards.method in CONFIG["monitor"]["methods"] else 0
@@ -65,6 +67,7 @@ rule unlearn:
     shell:
         "pbu unlearn --data {input.data} --model {input.model} --forget {wildcards.forget} "
         "--method {wildcards.method} --hparams {params.hparams:q} {params.fisher} {params.tuned} "
+        "{params.holdout} "
         "--retain-subset {params.retain_subset} --seed {wildcards.seed} "
         "--monitor-every {params.monitor_every} --monitor-retain {params.monitor_retain} "
         "--device {params.device} --threads {threads} "
