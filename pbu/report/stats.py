@@ -60,7 +60,8 @@ def method_summary(runs: pd.DataFrame) -> pd.DataFrame:
 
     Columns:
 
-    - ``data_access`` ("data needed"), ``n_runs``, ``n_classes``, ``n_seeds``;
+    - ``base_method`` (a config variant's registered method; a method's own name),
+      ``data_access`` ("data needed"), ``n_runs``, ``n_classes``, ``n_seeds``;
     - ``<metric>_mean`` / ``<metric>_std`` (ddof=1) for each metric of :data:`SUMMARY_METRICS`
       present in ``runs``;
     - the worst forget class: ``worst_forget_class_df`` (highest A_Df, averaged over seeds) with
@@ -95,10 +96,13 @@ def method_summary(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (dataset, arch, method), grp in runs.groupby(["dataset", "arch", "method"], sort=True):
         access = sorted({str(a) for a in grp["data_access"].dropna()})
+        bases = grp["base_method"].dropna() if "base_method" in grp.columns else ()
         row: dict[str, Any] = {
             "dataset": dataset,
             "arch": arch,
             "method": method,
+            # a config variant's registered method (runs.csv base_method), else the method
+            "base_method": str(bases.iloc[0]) if len(bases) else method,
             "data_access": "; ".join(access) if access else None,
             "n_runs": len(grp),
             "n_classes": grp["forget"].nunique(),
