@@ -198,7 +198,7 @@ def unlearn(
         model_args=info["model_args"],
         hparams=hp,
         seed=seed,
-        meta={"method": name, "base_method": method, "forget": forget},
+        meta={"method": name, "forget": forget, **({"base_method": method} if variant else {})},
     )
     write_json(out_history, {"method": name, "history": history})
     record = {
