@@ -54,7 +54,7 @@ def base_of(method):
 
 def hparams_of(method):
     """The hyperparameters a methods entry runs with: hparams.<base method>, with a variant's
-    overrides merged (a rule param: changing one override reruns only that variant)."""
+    overrides merged (the jobs' params, so changing one override reruns only that variant)."""
     return method_hparams(CONFIG, method)
 
 
