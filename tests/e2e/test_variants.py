@@ -40,7 +40,7 @@ mlflow: {tracking_uri: "sqlite:///res/mlflow/mlflow.db", experiment: pbu-variant
 
 def _snakemake(wd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "v.yaml", *args],
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args, "--configfile", "v.yaml"],
         cwd=wd,
         capture_output=True,
         text=True,
@@ -55,7 +55,7 @@ def workdir(tmp_path_factory):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, wd / item)
     (wd / "v.yaml").write_text(CONFIG)
-    proc = _snakemake(wd, "res/mlflow/tracked.json")
+    proc = _snakemake(wd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return wd
 
@@ -69,7 +69,6 @@ def _planned_jobs(wd: Path, override: str) -> dict[str, list[str]]:
             "-m",
             "snakemake",
             "-n",
-            "res/mlflow/tracked.json",
             "--configfile",
             "v.yaml",
             "over.yaml",
