@@ -46,7 +46,12 @@ def test_default_config_runs_pbus_ablation(tmp_path):
         "pbu_no_fisher": {"beta": 0},
         "pbu_no_l2": {"gamma": 0},
         "pbu_ascent": {"beta": 0, "gamma": 0},
-        "pbu_fisher_unit": {"fisher_scale": "unit_mean", "beta": pbu["gamma"]},
+        # beta = gamma, splitting the authors' gamma (F has unit mean): PBU's pull, F's shape
+        "pbu_fisher_unit": {
+            "fisher_scale": "unit_mean",
+            "beta": pbu["gamma"] / 2,
+            "gamma": pbu["gamma"] / 2,
+        },
     }
     for name, changed in expected.items():
         assert base_method(c, name) == "pbu" and overrides(c, name) == changed
