@@ -91,6 +91,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from pbu import methods
+    from pbu.config import base_method, method_hparams
     from pbu.data import class_split, load_dataset, stratified_subset
     from pbu.evaluation import EvalData
     from pbu.fisher import fisher_diagonal
@@ -138,7 +139,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
     forget = [int(c) for c in args.forget.split(",")] if args.forget else cfg["forget"]
     selected = args.methods.split(",") if args.methods else list(cfg["methods"])
     if args.methods == "all":
-        selected = sorted(cfg["hparams"])
+        selected = [*sorted(cfg["hparams"]), *(cfg.get("variants") or {})]
     if "pbu" not in selected:
         selected = ["pbu", *selected]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -213,8 +214,8 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
                 )
             row["fisher"] = {"wall_s": t.wall, "cpu_s": t.cpu, "samples": len(forget_data)}
             del fmodel
-            for name in selected:
-                mspec = methods.get_method(name)
+            for name in selected:  # a method or a config variant (its base, its hparams)
+                mspec = methods.get_method(base_method(cfg, name))
                 inputs = methods.build_inputs(
                     mspec,
                     train,
@@ -228,7 +229,12 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
                 seed_everything(seed)
                 with Clock(device) as t:
                     result, elapsed = methods.run(
-                        name, model, inputs, cfg["hparams"][name], device=device, seed=seed
+                        mspec.name,
+                        model,
+                        inputs,
+                        method_hparams(cfg, name),
+                        device=device,
+                        seed=seed,
                     )
                 info = {
                     k: v
@@ -285,7 +291,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
             "device": str(device),
             "memory_format": args.memory_format,
             "threads": torch.get_num_threads(),
-            "hparams": {m: cfg["hparams"][m] for m in selected},
+            "hparams": {m: method_hparams(cfg, m) for m in selected},
         },
         "original": originals,
         "runs": runs,
@@ -450,6 +456,7 @@ def read_results(results: Path) -> dict[str, Any]:
             except json.JSONDecodeError:
                 rec = {}
             job["time_s"] = _num(rec.get("time_s", rec.get("total_time_s")))  # tune: total
+            job["base_method"] = rec.get("base_method")  # a config variant's method
             if rec.get("fork_server") and _num(rec.get("cpu_s")) is not None:
                 # A fork-server worker is not the benchmarked process's child: Snakemake saw
                 # only the thin `pbu` client, so add the CPU the worker measured itself.
@@ -557,7 +564,9 @@ def ratios_vs_oracle(jobs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             if name in ("oracle", "fisher") or j["rule"] != "unlearn":
                 continue
             parts = [j] + (
-                [g["fisher"]] if name in METHODS_NEEDING_FISHER and "fisher" in g else []
+                [g["fisher"]]
+                if (j.get("base_method") or name) in METHODS_NEEDING_FISHER and "fisher" in g
+                else []
             )
             for key, field in (("job_wall", "s"), ("job_cpu", "cpu_time"), ("own", "time_s")):
                 vals = [p.get(field) for p in parts]

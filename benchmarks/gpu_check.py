@@ -234,11 +234,15 @@ def rules(args: argparse.Namespace) -> int:
         )
     )
     methods = [x for x in args.methods.split(",") if x]
-    for meth in methods:
-        hp = cfg["hparams"][meth]
+    from pbu.config import base_method, method_hparams, overrides
+
+    for meth in methods:  # a method or a config variant (run as its base method)
+        base, hp = base_method(cfg, meth), method_hparams(cfg, meth)
         mon = cfg["monitor"]
         every = mon["every"] if meth in mon["methods"] else 0
-        fisher = ["--fisher", m("fisher.pt")] if meth == "pbu" else []
+        fisher = ["--fisher", m("fisher.pt")] if base == "pbu" else []
+        if base != meth:
+            fisher += ["--variant", meth, "--overrides", json.dumps(overrides(cfg, meth))]
         jobs.append(
             (
                 "unlearn",
@@ -252,7 +256,7 @@ def rules(args: argparse.Namespace) -> int:
                     "--forget",
                     str(c),
                     "--method",
-                    meth,
+                    base,
                     "--hparams",
                     json.dumps(hp),
                     *fisher,

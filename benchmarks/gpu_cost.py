@@ -109,6 +109,8 @@ def forget_classes(cfg: dict[str, Any]) -> list[int]:
 def job_counts(cfg: dict[str, Any]) -> dict[str, int]:
     """Compute jobs per rule that a config plans (one per arch x seed, or per arch x seed x forget
     class, times methods for unlearn); tune jobs only with tuning enabled."""
+    from pbu.config import base_method
+
     archs, seeds, groups = len(cfg["archs"]), len(cfg["seeds"]), None
     groups = archs * seeds * len(forget_classes(cfg))
     counts = {
@@ -116,7 +118,8 @@ def job_counts(cfg: dict[str, Any]) -> dict[str, int]:
         "oracle": groups,
         "evaluate": groups,
         "unlearn": groups * len(cfg["methods"]),
-        "fisher": groups if "pbu" in cfg["methods"] else 0,
+        # one Fisher per group for PBU and its config variants
+        "fisher": groups if "pbu" in {base_method(cfg, m) for m in cfg["methods"]} else 0,
     }
     tuned = [m for m in cfg["tuning"]["methods"] if m in cfg["methods"]]
     counts["tune"] = groups * len(tuned) if cfg["tuning"]["enabled"] else 0
@@ -193,6 +196,7 @@ def measure_pair(
     import pbu
     from pbu import methods
     from pbu.checkpoint import load_checkpoint, save_checkpoint
+    from pbu.config import base_method, method_hparams
     from pbu.data import class_split, random_subset, stand_in_dataset
     from pbu.evaluation import EvalData, EvalSettings, evaluate_models
     from pbu.models import build_model
@@ -362,7 +366,6 @@ def measure_pair(
     # --- methods and the evaluation at two data scales ----------------------------------
     r1 = max(args.scale, 1.0 / min(train_counts))  # at least one image of every class
     scales = (r1, args.scale_ratio * r1)
-    hp_all = cfg["hparams"]
     mon = cfg["monitor"]
     settings_keys = set(EvalSettings.__dataclass_fields__)
     settings = EvalSettings.from_dict(
@@ -382,10 +385,10 @@ def measure_pair(
             else rt_all
         )
         outputs = {}
-        for meth in cfg["methods"]:
-            spec_m = methods.get_method(meth)
-            hp = dict(hp_all[meth])
-            if meth == "pbu":
+        for meth in cfg["methods"]:  # a method or a config variant (its base, its hparams)
+            spec_m = methods.get_method(base_method(cfg, meth))
+            hp = method_hparams(cfg, meth)
+            if spec_m.name == "pbu":
                 hp["stop_rule"] = "none"  # the upper bound: every epoch
             monitored = meth in mon["methods"] and mon["every"] > 0
             calls = {"n": 0, "s": 0.0}
@@ -411,7 +414,7 @@ def measure_pair(
                 seed_everything(0)
                 with Clock(device) as clk:
                     result, elapsed = methods.run(
-                        meth,
+                        spec_m.name,
                         copy.deepcopy(model),
                         inputs,
                         hp,

@@ -5,8 +5,10 @@ of the group, evaluated), the original model's ``pretrain/info.json``, the oracl
 method's ``info.json`` and ``history.json``, ``fisher.json`` and the tuning records.
 
 Written: ``runs.csv`` (one row per dataset/arch/seed/forget/method, with ``protocol``: which
-tuning protocol chose the row's hyperparameters, see :func:`protocol_of`), ``history.csv``
-(per-step trajectories) and ``timings.csv`` (wall time of every compute job, including Fisher).
+tuning protocol chose the row's hyperparameters, see :func:`protocol_of`; a config variant is a
+method of its own name, and ``base_method`` names the registered method it runs, a method's own
+name otherwise), ``history.csv`` (per-step trajectories) and ``timings.csv`` (wall time of every
+compute job, including Fisher).
 
 Times (seconds): ``time_s`` is a job's own timed work, as its record states it (a method alone,
 evaluation excluded; the oracle's and the original model's training without their per-epoch
@@ -84,14 +86,15 @@ def total_time(
 ) -> dict[str, Any]:
     """The headline time of one model and its parts (see the module docstring).
 
-    PBU (any method whose job took a Fisher file, or that :data:`METHODS_NEEDING_FISHER` lists)
-    adds the Fisher job's time; a tuned method adds its tuning record's ``total_time_s``. None
-    when the model's own time is unknown.
+    PBU (any method whose job took a Fisher file, or that :data:`METHODS_NEEDING_FISHER` lists,
+    and its variants) adds the Fisher job's time; a tuned method adds its tuning record's
+    ``total_time_s``. None when the model's own time is unknown.
     """
     own = _num(info.get("time_s"))
     out: dict[str, Any] = {}
     parts = [own]
-    if info.get("fisher") or method in METHODS_NEEDING_FISHER:
+    base = info.get("base_method") or method
+    if info.get("fisher") or base in METHODS_NEEDING_FISHER:
         out["fisher_time_s"] = _num(fisher.get("time_s"))
         parts.append(out["fisher_time_s"])
     if tune is not None:
@@ -166,10 +169,13 @@ def collect(
             row: dict[str, Any] = {**key, "method": method}
             if method == "original":
                 info = pre
+                row["base_method"] = method
                 row["data_access"] = "-"
                 total = total_time(method, info, fisher, None)
             else:
                 info = _read(group.file("info", method=method)) or {}
+                # a variant's registered method (config variants:); a method's is itself
+                row["base_method"] = info.get("base_method") or method
                 row["data_access"] = info.get("data_access", "-")
                 total = total_time(method, info, fisher, tune_record(group, method, info))
                 timings.append(_timing(key, method, info, total))

@@ -182,6 +182,8 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
         fisher=args.fisher,
         hparams_from=args.hparams_from,
         holdout=args.holdout,
+        variant=args.variant,
+        overrides=_json_arg(args.overrides, "overrides") if args.overrides else None,
         monitor_every=args.monitor_every,
         monitor_retain=args.monitor_retain,
         memory_format=args.memory_format,
@@ -415,6 +417,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--forget", type=int, required=True)
     sp.add_argument("--method", required=True)
     sp.add_argument("--hparams", required=True, help="JSON object of the method's hyperparameters")
+    sp.add_argument(
+        "--variant",
+        default=None,
+        metavar="NAME",
+        help="record the model as this variant of --method (config variants:); default: --method",
+    )
+    sp.add_argument(
+        "--overrides",
+        default=None,
+        metavar="JSON",
+        help="the variant's hyperparameter overrides, merged over --hparams (recorded)",
+    )
     sp.add_argument("--retain-subset", type=_int_nonneg, default=0)
     sp.add_argument("--fisher", default=None)
     sp.add_argument("--seed", type=_int_nonneg, required=True)

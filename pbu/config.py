@@ -2,8 +2,14 @@
 
 ``check_config(config, schema_path)`` applies the JSON schema (draft 2020-12, strict) and the
 checks a schema cannot express (a forget class must exist in the chosen dataset, every selected
-method needs its hyperparameters, the results folder must be writable). Each problem is reported
-in one line that names the key and what is allowed.
+method needs its hyperparameters, a variant's overrides must be hyperparameters of its method,
+the results folder must be writable). Each problem is reported in one line that names the key
+and what is allowed.
+
+Variants (``variants:``) are a registered method plus hyperparameter overrides, run under a name
+of their own: :func:`base_method`, :func:`overrides` and :func:`method_hparams` resolve a name of
+``methods`` (a method or a variant) for the rules, so a variant's job gets its base method's
+hyperparameters with its overrides merged in.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from pbu.layout import RESERVED_NAMES
 from pbu.registry import get_spec, stem_problem
 
 
@@ -66,29 +73,121 @@ def forget_classes(config: dict[str, Any]) -> list[int]:
     return list(range(k)) if config["forget"] == "all" else list(config["forget"])
 
 
+def variants(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The config's variants (name -> {method, hparams}); none when the section is absent."""
+    return config.get("variants") or {}
+
+
+def base_method(config: dict[str, Any], name: str) -> str:
+    """The registered method behind ``name``: a variant's ``method``, else ``name`` itself."""
+    variant = variants(config).get(name)
+    return variant["method"] if variant else name
+
+
+def overrides(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """A variant's hyperparameter overrides; ``{}`` for a plain method."""
+    variant = variants(config).get(name)
+    return dict(variant.get("hparams") or {}) if variant else {}
+
+
+def method_hparams(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The hyperparameters ``name`` runs with: ``hparams.<method>`` of its base method, with a
+    variant's overrides merged over them."""
+    return {**config["hparams"][base_method(config, name)], **overrides(config, name)}
+
+
+def _hparams_schema(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per registered method, its declared hyperparameters' schemas (the schema's ``hparams``
+    section mirrors ``@register(..., hparams=...)``; a test keeps the two equal)."""
+    per_method = schema["properties"]["hparams"]["properties"]
+    return {m: node["properties"] for m, node in per_method.items()}
+
+
+def _check_value(where: str, node: dict[str, Any], value: Any) -> None:
+    import jsonschema
+
+    err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(node).iter_errors(value))
+    if err is not None:
+        raise ConfigError(f"{where}: {err.message}")
+
+
+def check_variants(config: dict[str, Any], declared: dict[str, dict[str, Any]]) -> None:
+    """Every variant has a name of its own, a base method with hyperparameters, and overrides
+    that are declared hyperparameters of that method with values its schema accepts."""
+    for name, variant in variants(config).items():
+        where = f"config key variants.{name}"
+        if name in declared:
+            raise ConfigError(
+                f"{where}: {name!r} is a method's name; a variant needs its own "
+                f"(e.g. {name}_<what changes>)"
+            )
+        if name in RESERVED_NAMES:
+            raise ConfigError(
+                f"{where}: {name!r} is reserved (a results file or another model's row); "
+                f"reserved: {', '.join(RESERVED_NAMES)}"
+            )
+        base = variant["method"]
+        if base not in config["hparams"]:
+            raise ConfigError(
+                f"config key hparams.{base}: missing; variant {name!r} is based on {base!r}"
+            )
+        names = declared[base]
+        for key, value in variant["hparams"].items():
+            if key not in names:
+                raise ConfigError(
+                    f"{where}.hparams.{key}: not a hyperparameter of {base}; "
+                    f"allowed: {', '.join(names)}"
+                )
+            _check_value(f"{where}.hparams.{key}", names[key], value)
+
+
+def _check_names(config: dict[str, Any], key: str, names: list[str], declared: Any) -> None:
+    """Each entry of ``names`` (config key ``key``) is a registered method or a variant."""
+    for i, name in enumerate(names):
+        if name not in declared and name not in variants(config):
+            raise ConfigError(
+                f"config key {key}.{i}: {name!r} is neither a method ({', '.join(declared)}) "
+                f"nor a variant ({', '.join(variants(config)) or 'none under variants'})"
+            )
+
+
+def _check_tuning_names(config: dict[str, Any], declared: Any) -> None:
+    """tuning.methods and tuning.space name registered methods or variants only."""
+    _check_names(config, "tuning.methods", config["tuning"]["methods"], declared)
+    for m in config["tuning"]["space"]:
+        if m not in declared and m not in variants(config):
+            raise ConfigError(
+                f"config key tuning.space.{m}: not a method ({', '.join(declared)}) or a variant "
+                f"({', '.join(variants(config)) or 'none under variants'})"
+            )
+
+
 def check_tuning(config: dict[str, Any], schema_path: str | os.PathLike) -> None:
-    """Every tuned method has hyperparameters and a search space of its own declared names, with
-    values its hparams schema accepts and at least ``tuning.budget`` points (equal budgets)."""
+    """Every tuned method or variant has hyperparameters and a search space of its base method's
+    declared names, with values its hparams schema accepts and at least ``tuning.budget`` points
+    (equal budgets)."""
     import jsonschema
 
     from pbu.tune import space_size
 
     tuning = config["tuning"]
     hp_schema = yaml.safe_load(Path(schema_path).read_text())["properties"]["hparams"]
+    _check_tuning_names(config, hp_schema["properties"])
     for m in tuning["methods"]:
         where = f"config key tuning.space.{m}"
-        if m not in config["hparams"]:
-            raise ConfigError(f"config key hparams.{m}: missing; tuning.methods lists {m!r}")
+        base = base_method(config, m)
+        if base not in config["hparams"]:
+            raise ConfigError(f"config key hparams.{base}: missing; tuning.methods lists {m!r}")
         if m not in tuning["space"]:
             raise ConfigError(
                 f"{where}: missing; tuning.methods lists {m!r}, so it needs a search space"
             )
         space = tuning["space"][m]
-        names = hp_schema["properties"][m]["properties"]
+        names = hp_schema["properties"][base]["properties"]
         for k, values in space.items():
             if k not in names:
                 raise ConfigError(
-                    f"{where}.{k}: not a hyperparameter of {m}; allowed: {', '.join(names)}"
+                    f"{where}.{k}: not a hyperparameter of {base}; allowed: {', '.join(names)}"
                 )
             for v in values:
                 err = jsonschema.exceptions.best_match(
@@ -117,11 +216,16 @@ def check_config(
                     f"config key forget: class {c} is out of range for "
                     f'{spec.name}; allowed 0..{spec.num_classes - 1} or "all"'
                 )
+    declared = _hparams_schema(yaml.safe_load(Path(schema_path).read_text()))
+    check_variants(config, declared)
+    _check_names(config, "methods", config["methods"], declared)
     for m in config["methods"]:
-        if m not in config["hparams"]:
+        base = base_method(config, m)
+        if base not in config["hparams"]:
+            what = f"method {m!r} is selected" if base == m else f"variant {m!r} of it is listed"
             raise ConfigError(
-                f"config key hparams.{m}: missing; method {m!r} is selected in "
-                f"methods, so its hyperparameters must be given"
+                f"config key hparams.{base}: missing; {what} in methods, so its "
+                f"hyperparameters must be given"
             )
     check_tuning(config, schema_path)
     # data.source is not checked here: a plan (snakemake -n) or stand-in data never reads it,
@@ -145,6 +249,7 @@ def check_config(
         check_writable(config["results"])
     resolved = dict(config)
     resolved["forget"] = forget_classes(config)
+    resolved["variants"] = variants(config)
     return resolved
 
 
@@ -179,6 +284,13 @@ def schema_markdown(schema_path: str | os.PathLike, defaults: dict[str, Any]) ->
             return f"list of {typ(node.get('items', {}))}"
         return " or ".join(t) if isinstance(t, list) else str(t)
 
+    def row(name: str, sub: dict[str, Any], shown: str) -> None:
+        desc = str(sub.get("description", "")).replace("|", "\\|").replace("\n", " ")
+        lines.append(
+            f"| `{name}` | {typ(sub) if sub.get('type') != 'object' else 'mapping'} "
+            f"| {shown} | {desc} |"
+        )
+
     def walk(node: dict[str, Any], prefix: str, default: Any) -> None:
         for key, sub in node.get("properties", {}).items():
             name = f"{prefix}{key}"
@@ -190,13 +302,15 @@ def schema_markdown(schema_path: str | os.PathLike, defaults: dict[str, Any]) ->
                 if dflt is not None or (isinstance(default, dict) and key in default)
                 else ""
             )
-            desc = str(sub.get("description", "")).replace("|", "\\|").replace("\n", " ")
-            lines.append(
-                f"| `{name}` | {typ(sub) if sub.get('type') != 'object' else 'mapping'} "
-                f"| {shown} | {desc} |"
-            )
+            row(name, sub, shown)
             if sub.get("type") == "object":
                 walk(sub, f"{name}.", dflt or {})
+        # a mapping of names chosen by the user (e.g. variants.<name>): its entries' schema
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict) and extra.get("description") and prefix:
+            row(f"{prefix}<name>", extra, "")
+            if extra.get("type") == "object":
+                walk(extra, f"{prefix}<name>.", {})
 
     walk(schema, "", defaults)
     return "\n".join(lines) + "\n"

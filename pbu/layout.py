@@ -49,6 +49,21 @@ INT_WILDCARDS = ("seed", "forget")
 #: folder of that name; it is never an unlearning method's name).
 ORACLE = "oracle"
 
+#: Names a method or variant may not take: another model's row (``original``, the oracle), a
+#: group's own file or folder (``fisher.pt``, ``tune/``, ``metrics.json``), a job's log stem
+#: (``evaluate``, ``pretrain``) or a tracking tag value (``all``, ``none``).
+RESERVED_NAMES = (
+    "original",
+    ORACLE,
+    "fisher",
+    "tune",
+    "metrics",
+    "evaluate",
+    "pretrain",
+    "all",
+    "none",
+)
+
 SEED_DIR = "{dataset}/{arch}/seed{seed}"
 GROUP_DIR = SEED_DIR + "/forget{forget}"
 

@@ -4,8 +4,9 @@ Results are files first; this step reads them and logs every job as one MLflow r
 
 - ``pretrain`` (one per dataset/arch/seed), top level;
 - per forget class, a parent run ``evaluate`` holding the group, with child runs
-  ``oracle``, ``fisher``, ``unlearn`` (one per method) and ``evaluate`` for the
-  original model. Every model's evaluation metrics are logged under the SAME names
+  ``oracle``, ``fisher``, ``unlearn`` (one per method or config variant; tags ``base_method``
+  and, for a variant, ``overrides``) and ``evaluate`` for the original model. Every model's
+  evaluation metrics are logged under the SAME names
   (``acc_forget_test``, ``mia_entropy_svc``, ``js_retain_test``, ...) on its own run, with its
   times as ``runs.csv`` has them (``time_s``, the headline ``total_time_s``), so the compare
   view lines methods up and agrees with the tables; per-epoch / per-step histories are logged
@@ -274,6 +275,11 @@ def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
                 j.params = _flatten({"hparams": info.get("hparams", {})})
                 j.tags["data_access"] = str(info.get("data_access"))
                 j.tags["protocol"] = protocol_of(method, info)
+                # a config variant: its registered method and what it changes (runs.csv's
+                # base_method); a method's base is itself
+                j.tags["base_method"] = str(info.get("base_method") or method)
+                if info.get("overrides"):
+                    j.tags["overrides"] = json.dumps(info["overrides"], sort_keys=True)
                 hist = _read(hist_file) or {}
                 j.add_history(hist.get("history", []), "step")
                 if hist_file.exists():
@@ -475,12 +481,20 @@ def describe_experiment(jobs: list[_Job], experiment: str) -> str:
         return ", ".join(seen) or "none"
 
     methods = sorted({j.tags["method"] for j in jobs if j.tags.get("rule") == "unlearn"})
+    variants = sorted(
+        {
+            f"{j.tags['method']} ({j.tags['base_method']} with {j.tags['overrides']})"
+            for j in jobs
+            if j.tags.get("rule") == "unlearn" and "overrides" in j.tags
+        }
+    )
+    variant_line = f"- variants (tag `base_method`): {'; '.join(variants)}\n" if variants else ""
     return (
         f"Partially Blinded Unlearning (PBU) replication, pipeline experiment `{experiment}`: "
         f"one run per pipeline job, mirrored from the result files by `pbu track`.\n\n"
         f"- datasets: {values('dataset')}; architectures: {values('arch')}; seeds: "
         f"{values('seed')}; forget classes: {values('forget')}\n"
-        f"- unlearning methods: {', '.join(methods) or 'none'}\n"
+        f"- unlearning methods: {', '.join(methods) or 'none'}\n{variant_line}"
         f"- `pretrain seed<s>` runs: the original models. Per forget class and seed, a parent "
         f"run `forget<c> seed<s>` (rule `evaluate`) holds the oracle, the Fisher, the "
         f"original model and one `unlearn` run per method, each with the same metric names: "

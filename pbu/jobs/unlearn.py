@@ -164,6 +164,8 @@ def unlearn(
     fisher: PathLike | None = None,
     hparams_from: PathLike | None = None,
     holdout: float | None = None,
+    variant: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
     monitor_every: int = 1,
     monitor_retain: int = 0,
     device: str | torch.device = "auto",
@@ -173,8 +175,10 @@ def unlearn(
     """Apply ``method`` with ``hparams`` to the original checkpoint ``model``, forgetting class
     ``forget`` of the prepared file ``data``.
 
-    ``fisher``: the file ``pbu fisher`` wrote (methods that need the Fisher). ``hparams_from``:
-    a ``pbu tune`` record whose chosen hyperparameters override ``hparams``. ``holdout``: the
+    ``fisher``: the file ``pbu fisher`` wrote (methods that need the Fisher). ``variant``: the
+    name this model is recorded under (a config variant of ``method``; default ``method``), with
+    its ``overrides`` merged over ``hparams``. ``hparams_from``: a ``pbu tune`` record whose
+    chosen hyperparameters override both. ``holdout``: the
     ``validation`` protocol's fraction; that split of the training set
     (:func:`pbu.tune.hold_out`, seeded by ``seed``) is taken out before the method's data is
     built, so the method never receives it (required, with the same split, when
@@ -187,7 +191,10 @@ def unlearn(
     """
     began = started(started_at)
     dev = resolve_device(device)
-    spec, hp = check_method(method, hparams)
+    name = variant or method
+    if overrides and not variant:
+        raise UsageError("overrides (--overrides) belong to a variant: give variant (--variant)")
+    spec, hp = check_method(method, {**hparams, **(overrides or {})})
     tuned = None
     if hparams_from:
         hp, tuned = tuned_hparams(hparams_from, spec, hp, method=method, forget=forget, seed=seed)
@@ -235,11 +242,13 @@ def unlearn(
         model_args=info["model_args"],
         hparams=hp,
         seed=seed,
-        meta={"method": method, "forget": forget},
+        meta={"method": name, "forget": forget, **({"base_method": method} if variant else {})},
     )
-    write_json(out_history, {"method": method, "history": history})
+    write_json(out_history, {"method": name, "history": history})
     record = {
-        "method": method,
+        "method": name,
+        "base_method": method,
+        "overrides": dict(overrides or {}),
         "forget": forget,
         "seed": seed,
         "hparams": hp,

@@ -58,7 +58,7 @@ def read_runs(path: str | os.PathLike) -> pd.DataFrame:
     """Read runs.csv: the key columns are required, every metric column is optional."""
     df = pd.read_csv(path)
     require(df, KEYS, f"runs file {path}")
-    return _coerce(df, ["dataset", "arch", "method", "data_access", "protocol"])
+    return _coerce(df, ["dataset", "arch", "method", "base_method", "data_access", "protocol"])
 
 
 def read_history(path: str | os.PathLike | None) -> pd.DataFrame:

@@ -83,7 +83,8 @@ def method_summary(runs: pd.DataFrame) -> pd.DataFrame:
 
     Columns:
 
-    - ``data_access`` ("data needed"), ``protocol`` (what chose the hyperparameters: ``blind``,
+    - ``base_method`` (a config variant's registered method; a method's own name),
+      ``data_access`` ("data needed"), ``protocol`` (what chose the hyperparameters: ``blind``,
       ``validation`` or ``config``; several joined by "; "), ``n_runs``, ``n_classes``,
       ``n_seeds``;
     - ``<metric>_mean`` / ``<metric>_std`` (ddof=1) for each metric of :data:`SUMMARY_METRICS`
@@ -113,10 +114,13 @@ def method_summary(runs: pd.DataFrame) -> pd.DataFrame:
     for (dataset, arch, method), grp in runs.groupby(["dataset", "arch", "method"], sort=True):
         access = sorted({str(a) for a in grp["data_access"].dropna()})
         protocols = sorted({str(a) for a in grp["protocol"].dropna()})
+        bases = grp["base_method"].dropna() if "base_method" in grp.columns else ()
         row: dict[str, Any] = {
             "dataset": dataset,
             "arch": arch,
             "method": method,
+            # a config variant's registered method (runs.csv base_method), else the method
+            "base_method": str(bases.iloc[0]) if len(bases) else method,
             "data_access": "; ".join(access) if access else None,
             "protocol": "; ".join(protocols) if protocols else None,
             "n_runs": len(grp),

@@ -133,6 +133,7 @@ def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
             "dataset": summary["dataset"],
             "arch": summary["arch"],
             "method": summary["method"],
+            "base method": summary["base_method"],
             "data needed": summary["data_access"].fillna(MISSING),
             "protocol": _protocol(summary),
         }

@@ -47,7 +47,7 @@ def test_forget_all_expands_to_every_class(tmp_path):
         ),
         (
             lambda c: c.update(methods=["pbu", "magic"]),
-            r"config key methods\.1: 'magic' is not one of",
+            r"config key methods\.1: 'magic' is neither a method",
         ),
         (lambda c: c.update(archs=["vgg"]), r"config key archs\.0: 'vgg' is not one of"),
         (lambda c: c.update(dataset="imagenet"), r"config key dataset: 'imagenet' is not one of"),

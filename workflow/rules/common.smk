@@ -4,7 +4,7 @@ import os
 import shlex
 
 from pbu import layout
-from pbu.config import check_config
+from pbu.config import base_method, check_config, method_hparams, overrides
 from pbu.registry import METHODS_NEEDING_FISHER, resolve_stem
 
 CONFIG = check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -34,7 +34,7 @@ wildcard_constraints:
     arch=layout.WILDCARDS["arch"],
     seed=layout.WILDCARDS["seed"],
     forget=layout.WILDCARDS["forget"],
-    method="|".join(sorted(CONFIG["hparams"])),
+    method="|".join(sorted([*CONFIG["hparams"], *CONFIG["variants"]])),
 
 
 def res(rule_name, key):
@@ -45,6 +45,32 @@ def res(rule_name, key):
 def as_json(obj):
     """Stable JSON for rule params (a changed value reruns exactly the dependent jobs)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def base_of(method):
+    """The registered method a methods entry runs: a variant's base method, else itself."""
+    return base_method(CONFIG, method)
+
+
+def hparams_of(method):
+    """The hyperparameters a methods entry runs with: hparams.<base method>, with a variant's
+    overrides merged (the jobs' params, so changing one override reruns only that variant)."""
+    return method_hparams(CONFIG, method)
+
+
+def needs_fisher(method):
+    """Whether a methods entry (a variant: its base method) takes the forget-set Fisher."""
+    return base_of(method) in METHODS_NEEDING_FISHER
+
+
+def variant_arg(wildcards):
+    """`--variant NAME --overrides JSON` for a variant's unlearn job, else nothing."""
+    if wildcards.method not in CONFIG["variants"]:
+        return ""
+    return (
+        f"--variant {wildcards.method} "
+        f"--overrides {shlex.quote(as_json(overrides(CONFIG, wildcards.method)))}"
+    )
 
 
 def metrics_files():
@@ -63,7 +89,7 @@ def unlearn_inputs(wildcards):
         "data": path("data", **wildcards),
         "model": path("pretrain_model", **wildcards),
     }
-    if wildcards.method in METHODS_NEEDING_FISHER:
+    if needs_fisher(wildcards.method):  # one Fisher file per group, shared by PBU's variants
         inputs["fisher"] = path("fisher", **wildcards)
     if is_tuned(wildcards.method):
         inputs["tune"] = path("tune", **wildcards)
@@ -96,7 +122,7 @@ def tuned_arg(wildcards, input):
 def fisher_settings_arg(wildcards):
     """The config's Fisher settings, for tune jobs of methods that need the Fisher only (so a
     changed Fisher setting reruns just those)."""
-    if wildcards.method not in METHODS_NEEDING_FISHER:
+    if not needs_fisher(wildcards.method):
         return ""
     return f"--fisher-settings {shlex.quote(as_json(CONFIG['fisher']))}"
 
@@ -162,13 +188,16 @@ def report_settings():
         pretrain=CONFIG["pretrain"],
         fisher=CONFIG["fisher"],
         retain_subset=CONFIG["retain_subset"],
-        hparams={m: CONFIG["hparams"][m] for m in CONFIG["methods"]},
+        hparams={m: hparams_of(m) for m in CONFIG["methods"]},
     )
     if CONFIG["tuning"]["enabled"]:  # which protocol chose which method's hyperparameters
         out["tuning"] = {
             k: CONFIG["tuning"][k]
             for k in ("protocol", "methods", "budget", "val_fraction", "threshold")
         }
+    listed = {m: v for m, v in CONFIG["variants"].items() if m in CONFIG["methods"]}
+    if listed:  # what each variant changes (hparams above holds its resolved values)
+        out["variants"] = listed
     if CONFIG["data"].get("stand_in"):  # the report says when its numbers are stand-in's
         out["data"] = CONFIG["data"]
     return out

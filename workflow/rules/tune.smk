@@ -22,7 +22,8 @@ rule tune:
         runtime=res("tune", "runtime"),
         gpu=res("tune", "gpu"),
     params:
-        hparams=lambda wildcards: as_json(CONFIG["hparams"][wildcards.method]),
+        method=lambda wildcards: base_of(wildcards.method),
+        hparams=lambda wildcards: as_json(hparams_of(wildcards.method)),
         space=lambda wildcards: as_json(CONFIG["tuning"]["space"][wildcards.method]),
         protocol=CONFIG["tuning"]["protocol"],
         budget=CONFIG["tuning"]["budget"],
@@ -33,7 +34,7 @@ rule tune:
         device=CONFIG["device"],
     shell:
         "pbu tune --data {input.data} --model {input.model} --forget {wildcards.forget} "
-        "--method {wildcards.method} --hparams {params.hparams:q} --space {params.space:q} "
+        "--method {params.method} --hparams {params.hparams:q} --space {params.space:q} "
         "--protocol {params.protocol} --budget {params.budget} "
         "--val-fraction {params.val_fraction} "
         "--threshold {params.threshold} {params.fisher} "

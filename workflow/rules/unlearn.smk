@@ -1,4 +1,5 @@
-# The forget-set Fisher (PBU's only extra input) and one job per unlearning method.
+# The forget-set Fisher (PBU's only extra input) and one job per unlearning method or variant
+# (config variants: a method with hyperparameter overrides, in a folder of its own).
 
 
 rule fisher:
@@ -54,7 +55,9 @@ rule unlearn:
         runtime=res("unlearn", "runtime"),
         gpu=res("unlearn", "gpu"),
     params:
-        hparams=lambda wildcards: as_json(CONFIG["hparams"][wildcards.method]),
+        method=lambda wildcards: base_of(wildcards.method),
+        hparams=lambda wildcards: as_json(hparams_of(wildcards.method)),
+        variant=variant_arg,
         fisher=fisher_arg,
         tuned=tuned_arg,
         holdout=holdout_arg(),
@@ -66,8 +69,8 @@ rule unlearn:
         device=CONFIG["device"],
     shell:
         "pbu unlearn --data {input.data} --model {input.model} --forget {wildcards.forget} "
-        "--method {wildcards.method} --hparams {params.hparams:q} {params.fisher} {params.tuned} "
-        "{params.holdout} "
+        "--method {params.method} {params.variant} --hparams {params.hparams:q} {params.fisher} "
+        "{params.tuned} {params.holdout} "
         "--retain-subset {params.retain_subset} --seed {wildcards.seed} "
         "--monitor-every {params.monitor_every} --monitor-retain {params.monitor_retain} "
         "--device {params.device} --threads {threads} "
