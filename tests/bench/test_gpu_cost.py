@@ -32,7 +32,8 @@ README_JOBS = {
     "cifar100": 207,
     "food101": 140,
     "food101_convnext": 73,
-    "fashion_mnist": 72,
+    "fashion_mnist": 108,
+    "mnist5k_resnet18": 171,
 }
 
 

@@ -164,7 +164,8 @@ def test_mnist5k_resnet18_is_the_authors_notebook_recipe_offline():
     assert (recipe["schedule"], recipe["augment"], recipe["weight_decay"]) == ("none", False, 0.0)
     spec = DATASETS["mnist5k"]  # the notebook's transforms.Normalize((0.1307,), (0.3081,))
     assert (spec.mean, spec.std) == ((0.1307,), (0.3081,))
-    assert sorted(config["methods"]) == sorted(available())  # every method
+    # every method, and PBU's ablation (the default config's variants)
+    assert sorted(config["methods"]) == sorted([*available(), *config["variants"]])
     assert config["device"] == "cpu"
     assert all(config["resources"][r]["gpu"] == 0 for r in config["resources"])
 

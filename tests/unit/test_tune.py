@@ -17,6 +17,7 @@ from torch import nn
 from pbu import methods
 from pbu.checkpoint import save_checkpoint
 from pbu.cli import main
+from pbu.config import method_hparams
 from pbu.data import TensorImages, save_prepared
 from pbu.tune import (
     HoldoutError,
@@ -432,9 +433,9 @@ def test_default_spaces_all_hold_the_budget():
     assert set(CONFIG["methods"]) <= set(t["space"])
     assert all(space_size(t["space"][m]) == t["budget"] for m in CONFIG["methods"])
     # and every space holds the value the config runs untuned
-    for m in CONFIG["methods"]:
+    for m in CONFIG["methods"]:  # a variant: its base method's values with its overrides
         for k, values in t["space"][m].items():
-            assert HP[m][k] in values, (m, k)
+            assert method_hparams(CONFIG, m)[k] in values, (m, k)
     # off by default: the default run's wall time does not pay for tuning
     assert t["enabled"] is False and t["protocol"] == "blind"
 
