@@ -102,7 +102,7 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "tracking-drops-mia",
-        "pbu/tracking.py",
+        "pbu/track_plan.py",
         "out = {k: float(v) for k, v in metrics.items() if _finite(v)}",
         "out = {k: float(v) for k, v in metrics.items() if _finite(v) "
         "and not k.startswith('mia_')}",
@@ -244,7 +244,7 @@ MUTATIONS: list[Mutation] = [
     # --- the splits -------------------------------------------------------------------------
     _m(
         "holdout-given-to-method",
-        "pbu/tune.py",
+        "pbu/tune_splits.py",
         "return Holdout(train.subset(fit_idx), val.subset(forget_idx),",
         "return Holdout(train, val.subset(forget_idx),",
         "tests/unit/test_tune.py::test_validation_tuning_never_gives_the_method_the_held_out_split",
