@@ -276,8 +276,9 @@ def test_paper_config_dry_run_plans_the_expected_jobs(name, tmp_path):
 
 @pytest.mark.slow
 def test_each_arch_is_trained_with_its_configured_stem(tmp_path):
-    """The joint: model.stem reaches every `pbu pretrain` command (the original model and the
-    oracle alike), per arch from mnist.yaml's mapping; the small CNN gets no --stem."""
+    """The joint: model.stem reaches every `pbu pretrain` and `pbu oracle` command (the original
+    model and the oracle alike), per arch from mnist.yaml's mapping; the small CNN gets no
+    --stem."""
     results = tmp_path / "results"
     override = tmp_path / "override.yaml"
     override.write_text(
@@ -309,7 +310,8 @@ def test_each_arch_is_trained_with_its_configured_stem(tmp_path):
             timeout=120,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        return [line for line in (proc.stdout + proc.stderr).splitlines() if "pbu pretrain" in line]
+        out = (proc.stdout + proc.stderr).splitlines()
+        return [line for line in out if "pbu pretrain" in line or "pbu oracle" in line]
 
     stems = merged("mnist")["model"]["stem"]
     lines = commands("config/paper/mnist.yaml")
