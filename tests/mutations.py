@@ -252,7 +252,7 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "unlearn-ignores-holdout",
-        "pbu/jobs/unlearn.py",
+        "pbu/jobs/common.py",
         "train, held = split.fit, split.record",
         "held = split.record",
         "tests/unit/test_tune.py::test_unlearn_job_with_holdout_never_gives_the_method_the_held_"

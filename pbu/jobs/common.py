@@ -26,6 +26,7 @@ __all__ = [
     "UsageError",
     "as_typed",
     "load_data",
+    "load_data_held_out",
     "load_fisher",
     "load_model",
     "resolve_device",
@@ -95,6 +96,28 @@ def to_memory_format(model: nn.Module, fmt: str) -> nn.Module:
     if fmt == "channels_last" and any(p.dim() == 4 for p in model.parameters()):
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def load_data_held_out(
+    data: str | os.PathLike, forget: int, holdout: float | None, seed: int
+) -> tuple[ImageData, ImageData, dict[str, Any] | None]:
+    """:func:`load_data`, with the validation protocol's held-out split (``holdout``: its
+    fraction, :func:`pbu.tune_splits.hold_out` seeded by ``seed``) taken out of the training
+    split, so no job downstream can hand it to a method or a Fisher. Returns (train, test, the
+    split's record or None)."""
+    from pbu.tune_splits import HoldoutError, hold_out
+
+    if holdout is not None and not 0.0 < holdout < 1.0:
+        raise UsageError(f"holdout (--holdout) must be in (0, 1), got {holdout}")
+    train, test = load_data(data, forget)
+    if not holdout:
+        return train, test, None
+    try:
+        split = hold_out(train, holdout, seed, forget)
+    except HoldoutError as err:
+        raise UsageError(f"holdout (--holdout): {err}") from None
+    train, held = split.fit, split.record
+    return train, test, held
 
 
 def load_model(

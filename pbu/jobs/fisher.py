@@ -11,10 +11,14 @@ import torch
 
 from pbu.checkpoint import save_tensors, write_json
 from pbu.data import class_split
-from pbu.errors import UsageError
 from pbu.fisher import fisher_diagonal
-from pbu.jobs.common import load_data, load_model, resolve_device, resources, started
-from pbu.tune import HoldoutError, hold_out
+from pbu.jobs.common import (
+    load_data_held_out,
+    load_model,
+    resolve_device,
+    resources,
+    started,
+)
 
 PathLike = str | os.PathLike
 
@@ -49,17 +53,7 @@ def fisher(
     """
     began = started(started_at)
     dev = resolve_device(device)
-    if holdout is not None and not 0.0 < holdout < 1.0:
-        raise UsageError(f"holdout (--holdout) must be in (0, 1), got {holdout}")
-    train, _ = load_data(data, forget)
-    held = None
-    if holdout:
-        try:
-            split = hold_out(train, holdout, seed, forget)
-        except HoldoutError as err:
-            raise UsageError(f"holdout (--holdout): {err}") from None
-        train, held = split.fit, split.record
-        del split
+    train, _, held = load_data_held_out(data, forget, holdout, seed)
     net, _info = load_model(model, dev, memory_format)
     forget_data = train.subset(class_split(train.labels, forget)[0])
     loader = forget_data.loader(batch_size, device=dev)

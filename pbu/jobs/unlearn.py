@@ -16,9 +16,15 @@ from pbu import methods
 from pbu.checkpoint import save_checkpoint, write_json
 from pbu.data import ImageData, class_split, stratified_subset
 from pbu.errors import UsageError
-from pbu.jobs.common import load_data, load_fisher, load_model, resolve_device, resources, started
+from pbu.jobs.common import (
+    load_data_held_out,
+    load_fisher,
+    load_model,
+    resolve_device,
+    resources,
+    started,
+)
 from pbu.train import evaluate_accuracy, seed_everything
-from pbu.tune import HoldoutError, hold_out
 
 PathLike = str | os.PathLike
 
@@ -198,17 +204,7 @@ def unlearn(
     tuned = None
     if hparams_from:
         hp, tuned = tuned_hparams(hparams_from, spec, hp, method=method, forget=forget, seed=seed)
-    if holdout is not None and not 0.0 < holdout < 1.0:
-        raise UsageError(f"holdout (--holdout) must be in (0, 1), got {holdout}")
-    train, test = load_data(data, forget)
-    held = None
-    if holdout:
-        try:
-            split = hold_out(train, holdout, seed, forget)
-        except HoldoutError as err:
-            raise UsageError(f"holdout (--holdout): {err}") from None
-        train, held = split.fit, split.record
-        del split
+    train, test, held = load_data_held_out(data, forget, holdout, seed)
     check_holdout(tuned, held, hparams_from)
     net, info = load_model(model, dev, memory_format)
     fisher_diag = None
