@@ -39,7 +39,6 @@ rule report:
             dict(
                 report_settings(),
                 evaluation=CONFIG["evaluation"],
-                tuning={"threshold": CONFIG["tuning"]["threshold"]},  # claims: matched forgetting
             )
         ),
     shell:
