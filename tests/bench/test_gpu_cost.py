@@ -210,10 +210,10 @@ def test_cpu_mode_measures_every_stage_and_reports(tmp_path):
     derived = json.loads((out / "resources.json").read_text())
     (row,) = derived["configs"]
     assert row["gpu_hours"] == pytest.approx(gpu_cost.config_cost(cfg, [pair])["gpu_hours"])
-    assert row["compute_jobs"] == 72 - 6
+    assert row["compute_jobs"] == 108 - 6  # README_JOBS["fashion_mnist"]: every job, less 6
     assert set(derived["resources"]["fashion_mnist"]) == set(gpu_cost.RULES)
     assert "| config | compute jobs | GPU-hours |" in proc.stdout
-    assert "| fashion_mnist | 66 |" in proc.stdout
+    assert "| fashion_mnist | 102 |" in proc.stdout
     # CPU tiny-mode numbers never reach the configs
     refused = subprocess.run(
         [
