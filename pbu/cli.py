@@ -105,42 +105,34 @@ def cmd_download_weights(args: argparse.Namespace) -> None:
     download_weights(args.arch, args.out)
 
 
+def _training(args: argparse.Namespace) -> dict[str, Any]:
+    """What the pretrain and oracle jobs take from their shared options."""
+    return {
+        "arch": args.arch,
+        "seed": args.seed,
+        "recipe": _recipe(args),
+        "weights": args.weights,
+        "stem": args.stem,
+        "out_model": args.out_model,
+        "out_info": args.out_info,
+        "progress": not args.quiet,
+        **_run(args),
+    }
+
+
 def cmd_pretrain(args: argparse.Namespace) -> None:
     if args.forget is not None:  # the old spelling of `pbu oracle`
         log.warning("pbu pretrain --forget is deprecated: use pbu oracle --forget")
         return cmd_oracle(args)
     from pbu.jobs.train import pretrain
 
-    pretrain(
-        args.data,
-        arch=args.arch,
-        seed=args.seed,
-        recipe=_recipe(args),
-        weights=args.weights,
-        stem=args.stem,
-        out_model=args.out_model,
-        out_info=args.out_info,
-        progress=not args.quiet,
-        **_run(args),
-    )
+    pretrain(args.data, **_training(args))
 
 
 def cmd_oracle(args: argparse.Namespace) -> None:
     from pbu.jobs.train import oracle
 
-    oracle(
-        args.data,
-        forget=args.forget,
-        arch=args.arch,
-        seed=args.seed,
-        recipe=_recipe(args),
-        weights=args.weights,
-        stem=args.stem,
-        out_model=args.out_model,
-        out_info=args.out_info,
-        progress=not args.quiet,
-        **_run(args),
-    )
+    oracle(args.data, forget=args.forget, **_training(args))
 
 
 def cmd_fisher(args: argparse.Namespace) -> None:
