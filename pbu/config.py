@@ -237,7 +237,10 @@ def check_config(
             "config key data.max_image_size: applies to stand-in data only; set "
             "data.stand_in: true or data.max_image_size: null"
         )
-    problem = stem_problem(config["archs"], config["model"]["stem"], spec.image_size)
+    size = spec.image_size  # the size the models will get: stand-in images may be smaller
+    if data.get("stand_in", False) and data.get("max_image_size") is not None:
+        size = min(size, data["max_image_size"])
+    problem = stem_problem(config["archs"], config["model"]["stem"], size)
     if problem:
         raise ConfigError(f"config key model.stem: {problem}")
     if config["model"]["weights"] == "imagenet" and set(config["archs"]) & {"small_cnn", "allcnn"}:

@@ -153,3 +153,38 @@ def test_stem_mapping_gives_each_arch_its_own(tmp_path):
         tmp_path,
     )
     assert c["model"]["stem"]["densenet121"] == "cifar"
+
+
+def test_stem_is_checked_on_the_stand_in_image_size(tmp_path):
+    """ConvNeXt's ImageNet stem needs 32 px: stand-in images capped at 16 px must fail the plan,
+    not the pretrain job; the small-image stem (the smoke overlay's) fits."""
+
+    def mutate(stem):
+        def m(c):
+            c.update(dataset="cifar10", archs=["convnext_large"])
+            c["model"].update(weights="none", stem=stem)
+            c["data"].update(stand_in=True, max_image_size=16)
+
+        return m
+
+    with pytest.raises(ConfigError, match=r"model\.stem: convnext_large .* 16-pixel images"):
+        _check(mutate("imagenet"), tmp_path)
+    assert _check(mutate("cifar"), tmp_path)["model"]["stem"] == "cifar"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "config" / "paper").glob("*.yaml")))
+def test_every_paper_config_is_valid_alone_and_under_the_smoke_overlay(name, tmp_path):
+    """What `snakemake --configfile config/paper/<name>.yaml [config/smoke.yaml]` validates,
+    without starting snakemake: the smoke set (tests/e2e, CI only) must not be the first to
+    find a config that cannot run."""
+    from snakemake.utils import update_config
+
+    paper = yaml.safe_load((ROOT / "config" / "paper" / f"{name}.yaml").read_text())
+    smoke = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    for overlays in ([paper], [paper, smoke]):
+        c = copy.deepcopy(DEFAULT)
+        for o in overlays:
+            update_config(c, copy.deepcopy(o))
+        c["results"] = str(tmp_path / "results")
+        checked = check_config(c, SCHEMA)
+        assert checked["dataset"] == paper["dataset"]
