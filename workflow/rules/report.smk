@@ -1,4 +1,5 @@
-# Tables, figures and report.md, drawn from the aggregated files after tracking completed.
+# Tables, figures and report.md, drawn from the aggregated files (beside `track`: the report
+# never waits for MLflow).
 
 
 rule report:
@@ -7,7 +8,6 @@ rule report:
         history=path("history_csv"),
         timings=path("timings_csv"),
         reference="config/paper/reference.csv",
-        tracked=path("tracked"),
     output:
         report=path("report"),
         tables=report(
