@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
 sys.path[:0] = [str(BENCH)]
 
+import bench_eval_batch  # noqa: E402
 import bench_pipeline  # noqa: E402
 import bench_train  # noqa: E402
 import common  # noqa: E402
@@ -689,3 +690,39 @@ def test_bench_fisher_compares_the_chain_with_the_layer_paths(tmp_path):
     assert info["vs_unstacked"]["max_rel_diff_entry"] == 0
     assert info["vs_cpu_blocks"]["max_rel_diff_entry"] == 0
     assert report["tf32_cudnn_for_nngeometry"] is False  # a CPU run: no TF32 anywhere
+
+
+def test_bench_eval_batch_rows_and_ratios(tmp_path):
+    """In process (no subprocess): every (batch size, format) is timed, the ratio is to the first
+    batch size, and the batch size never changes the accuracy the check reports."""
+    out = tmp_path / "eval_batch.json"
+    assert (
+        bench_eval_batch.main(
+            [
+                "--batch-sizes",
+                "16,64",
+                "--images",
+                "96",
+                "--repeats",
+                "1",
+                "--calls",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["batch_size"], r["memory_format"]) for r in rows} == {
+        (b, f) for b in (16, 64) for f in ("contiguous", "channels_last")
+    }
+    for r in rows:
+        assert r["wall_s_per_1000"] > 0 and r["cpu_s_per_1000"] > 0
+        ref = next(
+            q for q in rows if q["batch_size"] == 16 and q["memory_format"] == r["memory_format"]
+        )
+        assert math.isclose(
+            r["cpu_vs_first_batch_size"], r["cpu_s_per_1000"] / ref["cpu_s_per_1000"]
+        )
+    assert len({r["accuracy"] for r in rows}) == 1  # same model, same images: same answer
