@@ -45,6 +45,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 ENV_VAR = "PBU_SERVER"
 WORKER_VAR = "PBU_FORK_WORKER"
+# glibc's allocator settings for pipeline jobs (workflow/rules/common.smk exports them, the SLURM
+# profile's precommand spells the same): no block gets its own mmap, freed heap memory stays
+# mapped unless 1 GiB of it is idle. The server inherits them, so every forked worker runs with
+# them (glibc reads them once, at process start).
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 _HEADER = struct.Struct("!Q")  # payload length, sent along with the three file descriptors
 PRELOAD = (
     "torch",

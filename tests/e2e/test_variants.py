@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -101,6 +102,13 @@ def test_each_variant_is_its_own_job_with_the_merged_hparams(workdir):
     assert len(list((workdir / "res/logs").rglob("fisher.log"))) == 1
     # PBU's tricks still run in the variant: its blind stop ended it
     assert nofisher["info"]["stop_reason"].startswith("forget_acc reached")
+    # every local job (through the fork server) ran with the workflow's allocator settings
+    from pbu.forkserver import MALLOC_ENV
+
+    for record in (pbu, nofisher):
+        assert record["fork_server"], record["fork_server"]
+        for name, value in MALLOC_ENV.items():
+            assert record["malloc_env"].get(name) == os.environ.get(name, value), record
 
 
 def test_a_tuned_variant_keeps_its_overrides(workdir):

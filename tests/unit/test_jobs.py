@@ -378,3 +378,20 @@ def test_results_jobs(tmp_path, fake_results):
             out=tmp_path / "t.json",
             results=tmp_path / "results",
         )
+
+
+def test_allocator_settings_are_spelled_once_for_local_and_slurm_jobs():
+    """The workflow exports pbu.forkserver.MALLOC_ENV (common.smk); the SLURM profile's
+    precommand must set exactly the same variables to the same values."""
+    import shlex
+
+    from pbu.forkserver import MALLOC_ENV
+
+    root = Path(__file__).resolve().parents[2]
+    profile = yaml.safe_load((root / "profiles/slurm/config.yaml").read_text())
+    words = shlex.split(profile["precommand"])
+    assert words[0] == "export"
+    assert dict(w.split("=", 1) for w in words[1:]) == MALLOC_ENV
+    common = (root / "workflow/rules/common.smk").read_text()
+    assert "from pbu.forkserver import MALLOC_ENV" in common
+    assert "os.environ.setdefault(_name, _value)" in common

@@ -4,10 +4,19 @@ import os
 import shlex
 
 from pbu import layout
+from pbu.forkserver import MALLOC_ENV
 from pbu.config import base_method, check_config, method_hparams, overrides
 from pbu.registry import METHODS_NEEDING_FISHER, resolve_stem
 
 CONFIG = check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+# glibc's allocator for every job this Snakemake starts (local jobs, the fork server and its
+# workers; SLURM jobs inherit it through sbatch, and the SLURM profile's precommand sets the same):
+# keep freed memory mapped and reuse it instead of faulting fresh pages in for every tensor.
+# Measured on the default run: job CPU 541 -> 450 s, minor page faults 38.9M -> 4.0M, peak RSS
+# unchanged (benchmarks/README.md, "glibc's allocator"). A value already in the environment wins.
+for _name, _value in MALLOC_ENV.items():
+    os.environ.setdefault(_name, _value)
 R = CONFIG["results"]
 CONDA_ENV = "../../envs/pbu.yaml"
 
