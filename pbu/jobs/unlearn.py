@@ -52,8 +52,9 @@ class AccuracyMonitor:
         if not every:
             return
         f_te, r_te = class_split(test.labels, forget)
-        # batches of 256: 2x faster than 1024 for the small CNN on CPU, where a whole batch's
-        # activations then stay in cache (benchmarks/README.md, "The monitor")
+        # batches of 256: 2-3x cheaper than 1024 for the small CNN on CPU under glibc's default
+        # allocator, which maps a 1024-batch's activations afresh each time (page faults); with
+        # the pipeline's MALLOC_* settings both cost the same (benchmarks/bench_eval_batch.py)
         self._forget = test.subset(f_te).loader(MONITOR_BATCH, device=device)
         retain_test = test.subset(r_te)
         if retain_samples and retain_samples < len(retain_test):

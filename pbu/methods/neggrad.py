@@ -70,7 +70,7 @@ def _neggrad(
         raise ValueError(f"neggrad.stop_rule must be one of {STOP_RULES}, got {hp['stop_rule']!r}")
     assert inputs.forget is not None
     loader = inputs.forget.loader(hp["batch_size"], shuffle=True, seed=seed, device=device)
-    check = inputs.forget.loader(256, device=device)  # 256 beats 1024 on CPU (cache)
+    check = inputs.forget.loader(256, device=device)  # 256: see pbu/jobs/unlearn.py MONITOR_BATCH
     opt = sgd(model, hp["lr"], hp["momentum"], 0.0)
     rec = StepRecorder(model, monitor, len(loader))
     rec.start()

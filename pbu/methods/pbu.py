@@ -278,7 +278,7 @@ def _pbu(
     check_data = inputs.forget
     if 0 < cfg.check_samples < len(check_data):  # a fixed seeded sample of S_n, still blind
         check_data = check_data.subset(random_subset(len(check_data), cfg.check_samples, seed))
-    check = check_data.loader(256, device=device)  # 256 beats 1024 on CPU (cache)
+    check = check_data.loader(256, device=device)  # 256: see pbu/jobs/unlearn.py MONITOR_BATCH
     return unlearn_pbu(
         model, loader, inputs.fisher, cfg, check_loader=check, monitor=monitor, inplace=True
     )
