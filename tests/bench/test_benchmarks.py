@@ -22,6 +22,7 @@ sys.path[:0] = [str(BENCH)]
 
 import bench_eval_batch  # noqa: E402
 import bench_pipeline  # noqa: E402
+import bench_scheduler  # noqa: E402
 import bench_train  # noqa: E402
 import common  # noqa: E402
 import gpu_check  # noqa: E402
@@ -726,3 +727,21 @@ def test_bench_eval_batch_rows_and_ratios(tmp_path):
             r["cpu_vs_first_batch_size"], r["cpu_s_per_1000"] / ref["cpu_s_per_1000"]
         )
     assert len({r["accuracy"] for r in rows}) == 1  # same model, same images: same answer
+
+
+@pytest.mark.slow
+def test_bench_scheduler_runs_both_arms_and_the_hook_releases_the_exit(tmp_path):
+    """A tiny run: every arm makes all outputs, ratios are to the first arm, and with a 60 s
+    timespan the workflow's onsuccess hook finds pending timers and cancels them, so Snakemake
+    exits without waiting the timespan out (the run would otherwise last over 60 s)."""
+    out = tmp_path / "sched.json"
+    argv = ["--arms", "default,100000/60s", "--jobs", "6", "--job-seconds", "0.1"]
+    assert bench_scheduler.main([*argv, "--repeats", "1", "--out", str(out)]) == 0
+    rows = {r["arm"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"default", "100000/60s"}
+    assert rows["default"]["cpu_vs_first"] == 1.0
+    for r in rows.values():
+        assert _positive(r["wall_s"]) and _positive(r["cpu_s"])
+    long = rows["100000/60s"]
+    assert long["timers_cancelled"][0] >= 1
+    assert long["wall_s"] < 60  # not held until the last timer fired

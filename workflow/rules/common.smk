@@ -7,6 +7,7 @@ from pbu import layout
 from pbu.forkserver import MALLOC_ENV
 from pbu.config import base_method, check_config, method_hparams, overrides
 from pbu.registry import METHODS_NEEDING_FISHER, resolve_stem
+from pbu.scheduling import cancel_reevaluation_timers
 
 CONFIG = check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -258,9 +259,13 @@ onstart:
     start_fork_server()
 
 
+# The scheduler's re-evaluation timers (pbu/scheduling.py; profiles/default sets their period to
+# 10 s) would hold Snakemake's exit until the last one fires: cancel them once the run is over.
 onsuccess:
     stop_fork_server()
+    cancel_reevaluation_timers()
 
 
 onerror:
     stop_fork_server()
+    cancel_reevaluation_timers()
