@@ -31,6 +31,8 @@ from typing import Any
 from common import child_env, machine, write_json
 
 SNAKEFILE = """\
+import threading
+
 from pbu.scheduling import cancel_reevaluation_timers
 
 rule all:
@@ -45,10 +47,18 @@ rule job:
     output: "out/{{i}}.txt"
     shell: "sleep {seconds}; touch {{output}}"
 
+def _timers_left():
+    timers = [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+    for t in timers:
+        t.join(timeout=1.0)
+    return sum(t.is_alive() for t in timers)
+
 onsuccess:
     print(f"pending re-evaluation timers cancelled: {{cancel_reevaluation_timers()}}")
+    print(f"timers still running: {{_timers_left()}}")
 """
 CANCELLED = re.compile(r"pending re-evaluation timers cancelled: (\d+)")
+LEFT = re.compile(r"timers still running: (\d+)")
 
 
 def run_once(arm: str, jobs: int, seconds: float, cores: int) -> dict[str, Any]:
@@ -85,11 +95,12 @@ def run_once(arm: str, jobs: int, seconds: float, cores: int) -> dict[str, Any]:
         done = sorted((work / "out").iterdir())
         if len(done) != jobs:
             raise RuntimeError(f"snakemake ({arm}) made {len(done)} of {jobs} outputs")
-        found = CANCELLED.search(text)
+        found, left = CANCELLED.search(text), LEFT.search(text)
         return {
             "wall_s": wall,
             "cpu_s": usage.ru_utime + usage.ru_stime,
             "timers_cancelled": int(found.group(1)) if found else None,
+            "timers_left": int(left.group(1)) if left else None,
         }
 
 
@@ -108,6 +119,7 @@ def measure(
             "wall_s": statistics.median(r["wall_s"] for r in rs),
             "cpu_s": statistics.median(r["cpu_s"] for r in rs),
             "timers_cancelled": [r["timers_cancelled"] for r in rs],
+            "timers_left": [r["timers_left"] for r in rs],
         }
         for arm, rs in runs.items()
     ]
