@@ -7,9 +7,10 @@ is another pass that starts another timer. A job's finish is a wake-up too, so e
 adds one more timer chain that lives as long as jobs are waiting: by the end of the default run's
 135 unlearn jobs the scheduler re-selected jobs ~100 times a second, each pass a thread, an
 event loop and a ``stat`` of every waiting job's inputs. Profiled on the default run
-(``python -m cProfile $(which snakemake) --cores 2``): 36,938 job selections for 171 jobs, and
-Snakemake's own process took 80 s of CPU from the 2 cores the jobs need
-(``benchmarks/bench_scheduler.py`` measures the effect side by side).
+(``python -m cProfile $(which snakemake) --cores 2``, on a loaded machine): 36,938 job
+selections for 171 jobs. Snakemake's own process took 43 s of CPU from the 2 cores the jobs need
+on the idle machine, 80 s on a loaded one, where the run lasts longer; with the setting below,
+12 s (``benchmarks/bench_scheduler.py`` and benchmarks/README.md measure it side by side).
 
 The workflow profile (``profiles/default/config.yaml``) therefore sets a timespan of 10 s with a
 limit no run reaches (``max-jobs-per-timespan: 100000/10s``): the chains fire a tenth as often,
