@@ -113,10 +113,29 @@ MUTATIONS: list[Mutation] = [
         "atomic-write-in-place",
         "pbu/io.py",
         'fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)\n'
-        "    os.close(fd)",
+        "    try:\n"
+        "        os.fchmod(fd, 0o666 & ~current_umask())\n"
+        "    finally:\n"
+        "        os.close(fd)",
         "tmp = str(path)",
         "tests/unit/test_io.py",
         "atomic_write writes under the final name",
+    ),
+    _m(
+        "atomic-write-private-mode",
+        "pbu/io.py",
+        "os.fchmod(fd, 0o666 & ~current_umask())",
+        "pass",
+        "tests/unit/test_io.py",
+        "every written file keeps mkstemp's 0600, whatever the umask (a lab cannot read it)",
+    ),
+    _m(
+        "atomic-write-rename-not-durable",
+        "pbu/io.py",
+        "    fsync_dir(path.parent)\n",
+        "",
+        "tests/unit/test_io.py",
+        "the folder is not fsynced after the rename",
     ),
     # --- the harness ------------------------------------------------------------------------
     _m(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
-from pbu.io import atomic_write, write_json
+import pbu.io as pbu_io
+from pbu.io import atomic_write, current_umask, write_json
 
 
 class Boom(RuntimeError):
@@ -82,3 +85,70 @@ def test_write_json_of_an_unserialisable_value_keeps_the_old_file(tmp_path):
     assert _debris(tmp_path, final) == [], (
         f"a failed write_json left temporary files {_debris(tmp_path, final)}"
     )
+
+
+@pytest.fixture(params=[0o022, 0o002, 0o077], ids=["umask022", "umask002", "umask077"])
+def umask(request):
+    """Run the test under a given umask, restoring the old one afterwards."""
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def test_written_files_get_the_mode_open_would_give_them(tmp_path, umask):
+    """0644 under umask 022, 0664 under 002: a lab's shared results stay readable (not 0600)."""
+    import torch
+
+    from pbu.checkpoint import save_tensors
+
+    plain = tmp_path / "plain.txt"
+    with open(plain, "w") as fh:  # what open() gives: the reference
+        fh.write("x")
+    want = stat.S_IMODE(plain.stat().st_mode)
+    assert want == 0o666 & ~umask
+    write_json(tmp_path / "metrics.json", {"a": 1})
+    atomic_write(tmp_path / "table.csv", lambda tmp: Path(tmp).write_text("a,b\n"))
+    save_tensors(tmp_path / "model.pt", {"w": torch.zeros(2)})
+    for name in ("metrics.json", "table.csv", "model.pt"):
+        got = stat.S_IMODE((tmp_path / name).stat().st_mode)
+        assert got == want, f"{name}: mode {got:o}, open() gives {want:o} under umask {umask:o}"
+
+
+def test_current_umask_is_read_without_changing_it(umask):
+    assert current_umask() == umask
+    assert os.umask(umask) == umask, "reading the umask changed it"
+
+
+def test_the_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):
+    """The rename is made durable: the folder's fsync comes after os.replace, on that folder."""
+    events: list[tuple[str, str]] = []
+    real_replace, real_fsync_dir = os.replace, pbu_io.fsync_dir
+
+    def replace(src, dst):
+        events.append(("replace", str(Path(dst).parent)))
+        return real_replace(src, dst)
+
+    def fsync_dir(folder):
+        events.append(("fsync_dir", str(folder)))
+        return real_fsync_dir(folder)
+
+    monkeypatch.setattr(pbu_io.os, "replace", replace)
+    monkeypatch.setattr(pbu_io, "fsync_dir", fsync_dir)
+    write_json(tmp_path / "sub" / "metrics.json", {"a": 1})
+    folder = str(tmp_path / "sub")
+    assert events == [("replace", folder), ("fsync_dir", folder)], events
+
+
+def test_fsync_dir_fsyncs_a_directory_descriptor(tmp_path, monkeypatch):
+    synced: list[bool] = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        return real(fd)
+
+    monkeypatch.setattr(pbu_io.os, "fsync", fsync)
+    pbu_io.fsync_dir(tmp_path)
+    assert synced == [True]
