@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pbu.data import ImageData, Loader
+from pbu.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,41 @@ def evaluate_accuracy(model: nn.Module, loader: Loader, *, amp: bool = False) ->
     return 100.0 * correct / max(total, 1)
 
 
+def refuse_degenerate_cpu_bf16_convs(model: nn.Module) -> Callable[[], None]:
+    """Hooks that stop bf16 training on the CPU before a strided conv sees a 1-pixel map.
+
+    oneDNN's bf16 weight gradient (torch 2.14.1 on AVX512-BF16 CPUs, measured) leaves the
+    kernel taps that fall only on padding uninitialised when a strided, padded convolution gets a
+    1x1 input: those weights receive whatever the memory held, so training diverges or not
+    depending on what ran before in the process (e.g. ResNet-18 on 8-pixel images, whose
+    layer4 sees 1x1 maps). fp32 and fp16 give zeros there, as they must. The hooks raise on the
+    first forward pass, before any weight changes; the caller removes them after it.
+    """
+    handles = []
+
+    def check(name: str):
+        def hook(module: nn.Conv2d, args: tuple[Tensor, ...]) -> None:
+            x = args[0]
+            if min(x.shape[-2:]) == 1 and max(module.stride) > 1 and max(module.padding) > 0:
+                remove()
+                raise UsageError(
+                    f"bf16 autocast on the CPU with a strided convolution on a "
+                    f"{tuple(x.shape[-2:])} map ({name}): oneDNN's weight gradient is "
+                    f"undefined there. Use larger images, a smaller-stride stem, or amp: false"
+                )
+
+        return hook
+
+    def remove() -> None:
+        for h in handles:
+            h.remove()
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            handles.append(module.register_forward_pre_hook(check(name)))
+    return remove
+
+
 def train_model(
     model: nn.Module,
     train: ImageData,
@@ -168,6 +204,10 @@ def train_model(
     bar = tqdm(
         range(1, recipe.epochs + 1), desc="train", unit="epoch", disable=not progress, leave=False
     )
+    # bf16 on the CPU: check the first batch's geometry (see refuse_degenerate_cpu_bf16_convs)
+    unhook = (
+        refuse_degenerate_cpu_bf16_convs(model) if recipe.amp and device.type == "cpu" else None
+    )
     for epoch in bar:
         model.train()
         # Running sums stay on the device: one host sync per epoch, not per step.
@@ -180,6 +220,9 @@ def train_model(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.amp):
                 logits = step_model(x)
                 loss = F.cross_entropy(logits, y)
+            if unhook is not None:  # the first batch passed the check
+                unhook()
+                unhook = None
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -162,8 +162,10 @@ def check_bf16_channels_last_training(device: str, side: int) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bf16_channels_last_training_step(device):
-    # 32x32 as in the benchmarks on the GPU; 8x8 on the CPU (bf16 convolutions are slow there)
-    check_bf16_channels_last_training(device, side=32 if device == "cuda" else 8)
+    # 32x32 on both, as in the benchmarks. 8x8 on the CPU made this test flaky: ResNet-18's
+    # layer3 and layer4 then see 1x1 maps, where oneDNN's bf16 weight gradient is undefined
+    # (pbu.train.refuse_degenerate_cpu_bf16_convs now refuses that geometry; test_train.py)
+    check_bf16_channels_last_training(device, side=32)
 
 
 # ------------------------------------------------------------------------------------------

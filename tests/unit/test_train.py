@@ -105,3 +105,39 @@ def test_test_pass_time_is_reported_apart(tiny_data, monkeypatch):
     )
     assert timings["eval_time_s"] >= 2 * 0.2  # both epochs' test passes, sleep included
     assert all("eval_time_s" not in row for row in history)  # histories stay deterministic
+
+
+def _cifar_like(n: int, side: int):
+    from pbu.data import DATASETS, TensorImages
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, side, side), generator=g, dtype=torch.uint8)
+    return TensorImages(DATASETS["cifar10"], images, torch.arange(n) % 10)
+
+
+_BF16 = TrainRecipe(epochs=1, batch_size=16, optimizer="sgd", lr=0.01, weight_decay=0.0, amp=True)
+
+
+def test_cpu_bf16_refuses_a_strided_conv_on_a_one_pixel_map():
+    """oneDNN's bf16 weight gradient is undefined at the padding-only taps of a strided conv on
+    a 1x1 map: ResNet-18 on 8-pixel images (layer3 and layer4 see 1x1 maps) diverged or not
+    depending on what ran before. The loop stops on the first batch, naming the layer, before
+    any weight changes, and leaves no hook behind."""
+    from pbu.errors import UsageError
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=10, in_channels=3, image_size=32)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    with pytest.raises(UsageError, match=r"\(1, 1\) map \(layer3\.0\.conv1\)"):
+        train_model(model, _cifar_like(32, side=8), _BF16, seed=0, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.named_parameters())
+    assert not any(m._forward_pre_hooks for m in model.modules()), "a check hook was left behind"
+
+
+def test_cpu_bf16_trains_when_no_conv_sees_a_one_pixel_map():
+    """32-pixel images: layer4 sees 2x2 maps; the check passes and removes its hooks."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=10, in_channels=3, image_size=32)
+    history = train_model(model, _cifar_like(16, side=32), _BF16, seed=0, progress=False)
+    assert len(history) == 1 and all(torch.isfinite(p).all() for p in model.parameters())
+    assert not any(m._forward_pre_hooks for m in model.modules())
