@@ -332,7 +332,24 @@ def plan_tune_jobs(path: Path, tags: dict[str, str], jid: str, parent: str | Non
     return jobs
 
 
-def describe_experiment(jobs: list[_Job], experiment: str) -> str:
+#: The experiment tag MLflow 3's UI reads, where its global workflow switch is off, to open an
+#: experiment as model training (its runs table) rather than the GenAI overview ("Traces 0").
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def runs_table(experiment_id: str) -> str:
+    """The UI route of an experiment's runs table, relative to the server's address.
+
+    MLflow 3.17's UI keeps one workflow switch (GenAI / model training) for every experiment,
+    remembered per browser and set by the ``workflowType`` query parameter, and ignores the
+    experiment-kind tag then: without the parameter a new browser lands on the GenAI overview.
+    With it, the link opens the runs table under the model-training menu (tested in headless
+    Chromium, ``tests/e2e/test_mlflow_ui.py``).
+    """
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def describe_experiment(jobs: list[_Job], experiment: str, experiment_id: str = "") -> str:
     """The experiment's description (shown on its page in the UI): what its runs are."""
 
     def values(key: str) -> str:
@@ -366,5 +383,12 @@ def describe_experiment(jobs: list[_Job], experiment: str) -> str:
         f"job's timed work (a method alone, evaluation excluded); `total_time_s` adds its "
         f"prerequisites (PBU's Fisher), as the report's tables do.\n"
         f"- Each run's input is the prepared dataset (name, digest of the file, split sizes).\n"
-        f"- Definitions of every metric: README, section Metrics, and `pbu/metrics/`."
+        f"- Definitions of every metric: docs/metrics.md and `pbu/metrics/`."
+        + (
+            f"\n- The runs table: `{runs_table(experiment_id)}` after this server's address "
+            f"(e.g. http://127.0.0.1:5000/{runs_table(experiment_id)}); tick runs and press "
+            f"Compare for the compare view."
+            if experiment_id
+            else ""
+        )
     )

@@ -39,6 +39,8 @@ from typing import Any
 
 from pbu.io import write_json
 from pbu.track_plan import (  # noqa: F401 (re-exported: the plan is part of this module's API)
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     TRAJECTORY,
     _digest,
     _finite,
@@ -48,6 +50,7 @@ from pbu.track_plan import (  # noqa: F401 (re-exported: the plan is part of thi
     describe_experiment,
     plan_jobs,
     plan_tune_jobs,
+    runs_table,
 )
 
 log = logging.getLogger(__name__)
@@ -242,8 +245,11 @@ def _log_jobs(
         raise TrackingError(f"MLflow store {tracking_uri}: {type(err).__name__}: {first}") from err
     try:
         client.set_experiment_tag(
-            exp_id, "mlflow.note.content", describe_experiment(jobs, experiment)
+            exp_id, "mlflow.note.content", describe_experiment(jobs, experiment, exp_id)
         )
+        # MLflow 3 opens an experiment on its GenAI overview ("Traces 0") unless it is marked
+        # as model training; with this tag its page is the runs table.
+        client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     except Exception as err:  # noqa: BLE001 - mlflow raises many kinds
         raise TrackingError(
             f"MLflow store {tracking_uri}: cannot describe the experiment "
@@ -274,6 +280,7 @@ def _log_jobs(
         "tracking_uri": tracking_uri,
         "experiment": experiment,
         "experiment_id": exp_id,
+        "runs_table": runs_table(exp_id),
         "runs": len(jobs),
         "created": created,
         "replaced": replaced,
@@ -282,11 +289,12 @@ def _log_jobs(
     }
     write_json(out, summary)
     log.info(
-        "MLflow: %d runs (%d new, %d replaced, %d unchanged) in %s",
+        "MLflow: %d runs (%d new, %d replaced, %d unchanged) in %s; runs table: <ui>/%s",
         len(jobs),
         created - replaced,
         replaced,
         skipped,
         experiment,
+        runs_table(exp_id),
     )
     return summary

@@ -197,3 +197,29 @@ def test_compare_view_shows_runs_metrics_and_job_durations(finished_run, server,
     for name, shown in zip(shown_names, durations):
         # the page rounds to 0.1 s; a logging-time run would show milliseconds
         assert _seconds(shown) + 0.05 >= times[name], (name, shown, times[name])
+
+
+def _top_level(finished_run):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{finished_run}/mlflow/mlflow.db")
+    exp = client.get_experiment_by_name("pbu-e2e")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return exp, [r.info.run_name for r in runs if "mlflow.parentRunId" not in r.data.tags]
+
+
+def test_the_readme_runs_table_url_lists_the_runs(finished_run, server, tmp_path):
+    """The link the README, the experiment's description and `tracked.json` give opens the runs
+    table under MLflow's model-training menu, with every top-level run (parents collapsed), not
+    the GenAI overview a bare experiment link lands on in a new browser ("Traces 0")."""
+    exp, names = _top_level(finished_run)
+    tracked = json.loads((finished_run / "mlflow" / "tracked.json").read_text())
+    assert tracked["runs_table"] == (
+        f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+    )
+    lines = _page_text(f"{server}/{tracked['runs_table']}", tmp_path / "chromium")
+    assert lines[0].startswith("Runs - Experiment"), lines[:40]
+    assert "Model registry" in lines and "Observability" not in lines, lines[:40]
+    missing = [n for n in names if n not in lines]
+    assert not missing, f"runs not in the runs table: {missing}; page: {lines[:80]}"
+    assert not [t for t in lines if t.startswith("No data available")], lines[:80]

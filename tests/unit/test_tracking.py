@@ -142,6 +142,17 @@ def test_experiment_is_described_and_retracking_changes_nothing(store):
     assert again["created"] == 0 and again["unchanged"] == again["runs"]
 
 
+def test_experiment_opens_as_model_training_and_names_its_runs_table(store):
+    """MLflow 3 opens an experiment on its GenAI overview ("Traces 0") unless it is marked as
+    model training (the kind tag; in 3.17 the workflowType parameter of the link): the
+    description and the track record give the runs table's route with it."""
+    exp_id = store["exp"].experiment_id
+    route = f"#/experiments/{exp_id}/runs?workflowType=machine_learning"
+    assert store["exp"].tags["mlflow.experimentKind"] == "custom_model_development"
+    assert route in store["exp"].tags["mlflow.note.content"]
+    assert store["summary"]["runs_table"] == route
+
+
 # ------------------------------------------------------------------------------------------
 # `track_results` on a hand-made results folder: what MLflow shows is what the files say.
 # ------------------------------------------------------------------------------------------
