@@ -162,7 +162,7 @@ def test_inputs_hold_exactly_the_declared_data_as_copies(name, square_data, trai
 # What each method's paper says it uses, written out here on purpose: the declaration in the
 # method's module is what is being checked, so it must not be the source of the expectation.
 # name: (forget samples?, retained samples "none" | "subset" | "all", forget-set Fisher?,
-#        README's "data needed" wording)
+#        docs/methods.md's "data needed" wording)
 PAPER_ACCESS = {
     # Panda et al., AAAI 2025: θ*, the forget class's training samples and their Fisher only
     "pbu": (True, "none", True, "forget"),
@@ -210,14 +210,15 @@ def test_each_method_gets_the_data_its_paper_uses_and_no_more(name, square_data,
 
 
 def test_readme_access_table_states_the_paper_access():
-    """README's "Methods and the data they may see" table says the same as the literal table."""
-    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    """docs/methods.md's "Methods and the data they may see" table says the same as the literal
+    table."""
+    readme = (Path(__file__).parents[3] / "docs" / "methods.md").read_text()
     section = readme.split("## Methods and the data they may see", 1)[1].split("\n## ", 1)[0]
     rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", section, re.M))
     assert set(rows) == set(PAPER_ACCESS), sorted(set(rows) ^ set(PAPER_ACCESS))
     for name, (*_, want) in PAPER_ACCESS.items():
         assert rows[name] == want or rows[name].startswith(want + " ("), (
-            f"README says {name} needs {rows[name]!r}; its paper uses {want!r}"
+            f"docs/methods.md says {name} needs {rows[name]!r}; its paper uses {want!r}"
         )
 
 
