@@ -14,15 +14,17 @@ README_MAX_LINES = 300
 
 
 def prose(text: str) -> list[tuple[int, str]]:
-    """(line number, line) of the text outside fenced code blocks, inline code removed."""
-    out, fenced = [], False
-    for number, line in enumerate(text.splitlines(), 1):
+    """(line number, line) of the text outside fenced code blocks, inline code removed (also
+    where a code span runs over a line break)."""
+    kept, fenced = [], False
+    for line in text.splitlines():
         if line.lstrip().startswith("```"):
             fenced = not fenced
-            continue
-        if not fenced:
-            out.append((number, re.sub(r"`[^`]*`", "", line)))
-    return out
+            kept.append("")
+        else:
+            kept.append("" if fenced else line)
+    joined = re.sub(r"`[^`]*`", lambda m: "\n" * m.group().count("\n"), "\n".join(kept))
+    return [(n, line) for n, line in enumerate(joined.split("\n"), 1) if line.strip()]
 
 
 def slug(heading: str) -> str:
@@ -86,7 +88,10 @@ def test_no_placeholder_or_first_person_outside_code(doc):
 
 
 def test_the_checks_catch_what_they_look_for():
-    text = "A `UNIT_TIME` in code is fine.\n\nThe suite takes UNIT_TIME.\n```\nI am code\n```\nI ran it."
+    text = (
+        "A `UNIT_TIME` in code is fine.\n\nThe suite takes UNIT_TIME.\n```\nI am code\n```\n"
+        "I ran it. A `span over\nTWO_LINES` is code."
+    )
     hits = [n for n, line in prose(text) if PLACEHOLDER.search(line) or FIRST_PERSON.search(line)]
     assert hits == [3, 7]
     assert slug("Start-up is paid once, not per job") == "start-up-is-paid-once-not-per-job"
@@ -111,9 +116,7 @@ def test_the_readme_commands_are_the_ones_ci_runs():
     assert len(commands) == 2, commands
     assert commands[1].endswith("python -m pytest"), "the second command runs the tests"
     ci = {line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()}
-    missing = [
-        step.strip() for c in commands for step in c.split("&&") if step.strip() not in ci
-    ]
+    missing = [step.strip() for c in commands for step in c.split("&&") if step.strip() not in ci]
     assert not missing, f".ci/run does not run these README steps as written: {missing}"
 
 
