@@ -349,6 +349,34 @@ def runs_table(experiment_id: str) -> str:
     return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
+def compare_views(jobs: list[_Job], run_ids: dict[str, str], experiment_id: str) -> dict[str, str]:
+    """The UI route of each evaluation group's compare view (the oracle, the Fisher, the
+    original model and every method side by side), by the group's run name, e.g.
+    ``{"forget2 seed0": "#/compare-runs?runs=...&experiments=..."}``."""
+    from urllib.parse import urlencode
+
+    names = {
+        j.job: j.name
+        for j in jobs
+        if j.tags.get("rule") == "evaluate" and j.tags.get("method") == "all"
+    }
+    children: dict[str, list[str]] = {}
+    for j in jobs:
+        if j.parent is not None and j.job in run_ids:
+            children.setdefault(j.parent, []).append(run_ids[j.job])
+    return {
+        names[parent]: "#/compare-runs?"
+        + urlencode(
+            {
+                "runs": json.dumps(sorted(ids), separators=(",", ":")),
+                "experiments": json.dumps([experiment_id], separators=(",", ":")),
+            }
+        )
+        for parent, ids in sorted(children.items())
+        if parent in names
+    }
+
+
 def describe_experiment(jobs: list[_Job], experiment: str, experiment_id: str = "") -> str:
     """The experiment's description (shown on its page in the UI): what its runs are."""
 

@@ -153,6 +153,30 @@ def test_experiment_opens_as_model_training_and_names_its_runs_table(store):
     assert store["summary"]["runs_table"] == route
 
 
+def test_each_group_has_a_compare_view_of_exactly_its_children(store):
+    """tracked.json gives, per evaluate parent run, the compare view of its children (the
+    oracle, the Fisher, the original model, each method), in the UI's own URL format."""
+    import json as _json
+    from urllib.parse import parse_qs, urlsplit
+
+    views = store["summary"]["compare_views"]
+    parents = [
+        r
+        for r in store["runs"]
+        if r.data.tags.get("rule") == "evaluate" and r.data.tags.get("method") == "all"
+    ]
+    assert parents and set(views) == {p.info.run_name for p in parents}
+    for p in parents:
+        query = parse_qs(urlsplit(views[p.info.run_name].removeprefix("#")).query)
+        children = {
+            r.info.run_id
+            for r in store["runs"]
+            if r.data.tags.get("mlflow.parentRunId") == p.info.run_id
+        }
+        assert set(_json.loads(query["runs"][0])) == children
+        assert _json.loads(query["experiments"][0]) == [store["exp"].experiment_id]
+
+
 # ------------------------------------------------------------------------------------------
 # `track_results` on a hand-made results folder: what MLflow shows is what the files say.
 # ------------------------------------------------------------------------------------------
