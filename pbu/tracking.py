@@ -197,15 +197,18 @@ def track_results(
     out: str | os.PathLike,
     report_paths: list[str] | None = None,
     metrics_files: list[str] | None = None,
+    forget_score: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Log every job found under ``results`` (or given by ``metrics_files``) exactly once."""
+    """Log every job found under ``results`` (or given by ``metrics_files``) exactly once; with
+    ``forget_score`` (the folder of the forget-score tables), each model's run also gets its
+    per-image summary (:func:`pbu.track_plan.forget_score_metrics`)."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     check_reachable(tracking_uri)
     from pbu.aggregate import find_metrics, parse_group
 
     files = find_metrics(results, metrics_files)
-    jobs = plan_jobs(files)
+    jobs = plan_jobs(files, forget_score)
     if report_paths:
         keys = [parse_group(f.parent) for f in files]
         span = {

@@ -248,19 +248,15 @@ def test_mia_entropy_svc_cap_keeps_what_the_unbalanced_attacker_learns(monkeypat
     full = M.mia_entropy_svc(members, non_members, targets, seed=0)
     assert full == pytest.approx(1.0)
     sizes = []
-    fit = MIA._svc_member_rate
-    monkeypatch.setattr(
-        MIA,
-        "_svc_member_rate",
-        lambda m, n, t: sizes.append((len(m), len(n), len(t))) or fit(m, n, t),
-    )
+    fit = MIA._fit_svc
+    monkeypatch.setattr(MIA, "_fit_svc", lambda m, n: sizes.append((len(m), len(n))) or fit(m, n))
     capped = M.mia_entropy_svc(members, non_members, targets, seed=0, max_samples=100)
-    assert sizes == [(80, 20, 200)]  # ratio kept, targets never subsampled
+    assert sizes == [(80, 20)]  # ratio kept
     assert capped == pytest.approx(full)
     # the same sets, balanced 1:1 as the old cap did, give another answer: the cap matters
     rng2 = np.random.default_rng(0)
     e = [M.softmax_entropy(x).numpy() for x in (members, non_members, targets)]
-    balanced = fit(MIA._subsample(e[0], 100, rng2), e[1], e[2])
+    balanced = fit(MIA._subsample(e[0], 100, rng2), e[1]).predict(e[2].reshape(-1, 1)).mean()
     assert balanced < 0.9
 
 
