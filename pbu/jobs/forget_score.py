@@ -3,7 +3,8 @@
 Reads the per-example confidences the evaluation saved (``confidences.npz`` of every group, and
 the ceiling's extra oracles, :func:`read_confidences`); never runs a model. Per (dataset, arch,
 forget class) the N oracles of the run's seeds are the reference, and each of these is compared
-with them by :func:`pbu.metrics.epsilon` (per image) and scored (:func:`pbu.metrics.forget_score`):
+with them by :func:`pbu.metrics.epsilon` (per image) and scored
+(:func:`pbu.metrics.forgetting_score`):
 
 - every method: its N unlearned models (one per seed, each from that seed's original model);
 - ``ceiling``: N further oracles from other seeds (config ``evaluation.forget_score.

@@ -20,7 +20,7 @@ Names say which published definition each number follows, because the unlearning
 - Attack validity: each attack's balanced accuracy and AUC on members and non-members it was
   not fitted on (:func:`entropy_svc_attack` and its siblings with ``valid_fraction``;
   :func:`loss_attack_validity`).
-- :func:`forget_score` -- the per-example forgetting score of the NeurIPS 2023 unlearning
+- :func:`forgetting_score` -- the per-example forgetting score of the NeurIPS 2023 unlearning
   challenge (Triantafillou et al.): per forget example, the ε of the best threshold test
   telling N unlearned models' :func:`logit_confidence` from N retrained models', bucketed
   (:mod:`pbu.metrics.forget_score`).
@@ -77,7 +77,7 @@ from pbu.metrics.forget_score import (
     bucket_points,
     epsilon,
     epsilon_one,
-    forget_score,
+    forgetting_score,
     logit_confidence,
     max_epsilon,
     offsets,
@@ -128,7 +128,7 @@ __all__ = [
     "epsilon",
     "max_epsilon",
     "bucket_points",
-    "forget_score",
+    "forgetting_score",
     "offsets",
     "js_divergence_per_sample",
     "js_divergence",

@@ -16,7 +16,7 @@ unlearning competition" (arXiv 2406.09073), define it from N unlearned and N ret
    exactly one rate 0 is discarded (too few models to bound ε). "Peaky" examples, where one
    set's range is under 1 % of the other's, get the cap without a search (the reference's
    guard: one degenerate set against a spread one).
-3. **Score** (:func:`bucket_points`, :func:`forget_score`): ε earns 1 point in [0, 0.5), ½ in
+3. **Score** (:func:`bucket_points`, :func:`forgetting_score`): ε earns 1 point in [0, 0.5), ½ in
    [0.5, 1), ¼ in [1, 1.5), ... for every bucket of width 0.5 that ends at or below
    ``ceil(ln(N - 1))``; beyond, 0. The score is the mean of the points over examples.
 
@@ -194,7 +194,7 @@ def bucket_points(eps: ArrayLike, n_models: int, width: float = BUCKET_WIDTH) ->
     return np.where(earns & (eps >= 0), 2.0**-k, 0.0)
 
 
-def forget_score(eps: ArrayLike, n_models: int) -> float:
+def forgetting_score(eps: ArrayLike, n_models: int) -> float:
     """The forgetting score: mean over examples of :func:`bucket_points`."""
     points = bucket_points(eps, n_models)
     if points.size == 0:
