@@ -231,6 +231,7 @@ def cmd_confidences(args: argparse.Namespace) -> None:
         forget=args.forget,
         models=oracles,
         out=args.out,
+        out_info=args.out_info,
         batch_size=args.batch_size,
         memory_format=args.memory_format,
         **_run(args),
@@ -246,6 +247,7 @@ def cmd_forget_score(args: argparse.Namespace) -> None:
             confidences=args.confidences,
             ceiling=args.ceiling,
             settings=_json_arg(args.settings, "settings"),
+            started_at=_JOB_STARTED,
         )
     except ValueError as err:
         raise UsageError(str(err)) from None
@@ -610,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--oracle", action="append", default=[], metavar="SEED=PATH")
     sp.add_argument("--batch-size", type=int, default=256)
     sp.add_argument("--out", required=True, help="the confidences file (.npz)")
+    sp.add_argument("--out-info", default=None, help="the job's record (JSON)")
     sp.set_defaults(fn=cmd_confidences)
 
     sp = sub.add_parser("aggregate", help="collect every result file into CSV tables")

@@ -16,8 +16,10 @@ One directory level per wildcard (``dataset``, ``arch``, ``seed``, ``forget``, `
     {results}/.../seed{seed}/forget{forget}/metrics.json        every model of the group, evaluated
     {results}/.../seed{seed}/forget{forget}/confidences.npz     their per-example confidences
     {results}/{dataset}/{arch}/ceiling/forget{forget}/confidences.npz   the ceiling's oracles'
+                                                                 (+ info.json, the job's record)
     {results}/aggregate/runs.csv, history.csv, timings.csv
     {results}/aggregate/forget_score.csv, forget_score_images.csv, forget_score_runs.csv
+                                                                 (+ forget_score.json, record)
     {results}/report.md, tables/, figures/
     {results}/mlflow/tracked.json, tracked_report.json
     {results}/logs/<job>.log, {results}/benchmarks/<job>.tsv    mirror the jobs (see JOBS)
@@ -86,6 +88,7 @@ FILES: dict[str, str] = {
     "metrics": GROUP_DIR + "/metrics.json",
     "confidences": GROUP_DIR + "/confidences.npz",
     "ceiling_confidences": CEILING_DIR + "/confidences.npz",
+    "ceiling_info": CEILING_DIR + "/info.json",
     "tune": GROUP_DIR + "/tune/{method}.json",
     "model": GROUP_DIR + "/{method}/model.pt",  # the oracle's too: method=ORACLE
     "info": GROUP_DIR + "/{method}/info.json",
@@ -96,6 +99,7 @@ FILES: dict[str, str] = {
     "forget_score_csv": "aggregate/forget_score.csv",
     "forget_score_images_csv": "aggregate/forget_score_images.csv",
     "forget_score_runs_csv": "aggregate/forget_score_runs.csv",
+    "forget_score_info": "aggregate/forget_score.json",
     "report": "report.md",
     "tables": "tables",
     "figures": "figures",

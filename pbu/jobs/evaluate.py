@@ -124,6 +124,7 @@ def confidences(
     forget: int,
     models: Mapping[int, PathLike],
     out: PathLike,
+    out_info: PathLike | None = None,
     batch_size: int = 256,
     device: str | torch.device = "auto",
     memory_format: str = "channels_last",
@@ -133,7 +134,8 @@ def confidences(
     score's ceiling: ``models`` maps each further seed to its oracle's checkpoint), in the
     evaluation's file format (:func:`pbu.jobs.forget_score.write_confidences`), with each
     oracle's A_Dr. One forward pass over the forget class's training images and the retained
-    test images per model. Returns a small record (models, time, resources)."""
+    test images per model. Returns the job's record (models, time, resources), also written to
+    ``out_info`` when given."""
     began = started(started_at)
     dev = resolve_device(device)
     train, test = load_data(data, forget)
@@ -164,9 +166,12 @@ def confidences(
             forget=forget,
         ),
     )
-    return {
+    record = {
         "forget": forget,
         "seeds": seeds,
         "time_s": time.perf_counter() - t0,
         **resources(dev, began),
     }
+    if out_info is not None:
+        write_json(out_info, record)
+    return record

@@ -22,15 +22,17 @@ import csv
 import logging
 import math
 import os
+import resource
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pbu import layout
-from pbu.io import atomic_write
+from pbu.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +253,19 @@ def compare(
     )
 
 
+#: Within this many oracle sds of the oracles' median (the median over images), a method
+#: leaves the class where retraining does.
+WITHIN_SD = 1.0
+
+
+def direction(offset_sd: float) -> str:
+    """Where a method leaves the class, from its median standardised offset: more confident
+    than retraining (under-forgetting), less (over-forgetting), or within one oracle sd."""
+    if abs(offset_sd) < WITHIN_SD:
+        return "within retraining's spread"
+    return "under-forgetting" if offset_sd > 0 else "over-forgetting"
+
+
 def _summary(parts: Sequence[Comparison], classes: Sequence[int], s: ForgetScoreSettings) -> dict:
     """The numbers of one table row from one or more classes' comparisons (pooled over images)."""
     from pbu.metrics.forget_score import max_epsilon
@@ -282,7 +297,7 @@ def _summary(parts: Sequence[Comparison], classes: Sequence[int], s: ForgetScore
         "peaky_share": float(np.mean(np.concatenate([c.peaky for c in parts]))),
         "offset_sd_median": float(np.median(np.abs(offset))),
         "offset_sd_signed_median": signed,
-        "direction": "under-forgetting" if signed > 0 else "over-forgetting" if signed < 0 else "-",
+        "direction": direction(signed),
         "conf_median": float(np.median(np.concatenate([c.median_conf for c in parts]))),
     }
 
@@ -399,18 +414,36 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def _record(started_at: float, t0: float) -> dict[str, Any]:
+    """The job's own time, CPU seconds, peak memory and span (torch-free; as
+    :func:`pbu.jobs.common.resources` records them for the compute jobs)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "time_s": time.perf_counter() - t0,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "fork_server": os.environ.get("PBU_FORK_WORKER") == "1",
+        "started_at": started_at,
+        "ended_at": time.time(),
+    }
+
+
 def forget_score(
     out_dir: PathLike,
     *,
     confidences: Sequence[PathLike],
     ceiling: Sequence[PathLike] = (),
     settings: ForgetScoreSettings | Mapping[str, Any] | None = None,
+    started_at: float | None = None,
 ) -> dict[str, Path]:
     """The stage: score every method of the ``confidences`` files (one per group) against
     the oracles, with the ``ceiling`` files' extra oracles as the ceiling; write the three
-    tables into ``out_dir`` (the layout's ``aggregate/``) and return their paths."""
+    tables and the job's record (settings, time, CPU) into ``out_dir`` (the layout's
+    ``aggregate/``) and return their paths."""
+    began, t0 = time.time() if started_at is None else started_at, time.perf_counter()
     if isinstance(settings, Mapping):
         settings = ForgetScoreSettings.from_dict(settings)
+    settings = settings or ForgetScoreSettings()
     table, images, runs = forget_scores(confidences, ceiling, settings)
     if not table:
         raise ValueError("no confidences files to score")
@@ -423,5 +456,15 @@ def forget_score(
             ("forget_score_runs_csv", runs),
         )
     }
+    paths["forget_score_info"] = out / Path(layout.FILES["forget_score_info"]).name
+    write_json(
+        paths["forget_score_info"],
+        {
+            "settings": asdict(settings),
+            "confidences": len(confidences),
+            "ceiling": len(ceiling),
+            **_record(began, t0),
+        },
+    )
     log.info("forget score: %d rows, %d images, %d models", len(table), len(images), len(runs))
     return paths

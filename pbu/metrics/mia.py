@@ -78,11 +78,13 @@ def _bacc(hit_member: np.ndarray, hit_non_member: np.ndarray) -> tuple[float, fl
 
 
 def _auc(score_member: np.ndarray, score_non_member: np.ndarray) -> float:
-    """ROC AUC of "member" scores: P(a member scores above a non-member), ties counting half."""
-    from sklearn.metrics import roc_auc_score
+    """ROC AUC of "member" scores: P(a member scores above a non-member), ties counting half
+    (the Mann-Whitney statistic from average ranks, as sklearn's ``roc_auc_score``)."""
+    from scipy.stats import rankdata
 
-    y = np.concatenate([np.ones(len(score_member)), np.zeros(len(score_non_member))])
-    return float(roc_auc_score(y, np.concatenate([score_member, score_non_member])))
+    n_m, n_n = len(score_member), len(score_non_member)
+    ranks = rankdata(np.concatenate([score_member, score_non_member]))
+    return float((ranks[:n_m].sum() - n_m * (n_m + 1) / 2) / (n_m * n_n))
 
 
 def _subsample(x: np.ndarray, k: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -162,8 +164,11 @@ def _svc_attack(
     if held is None:
         return AttackResult(value, None)
     hm, hn = held
-    bacc, se = _bacc(clf.predict(hm) == 1, clf.predict(hn) == 0)
-    auc = _auc(clf.decision_function(hm), clf.decision_function(hn))
+    # one pass of the SVC per side: its prediction is the sign of its decision function
+    # (> 0: classes_[1], "member"), so the decision values give both numbers
+    score_m, score_n = clf.decision_function(hm), clf.decision_function(hn)
+    bacc, se = _bacc(score_m > 0, score_n <= 0)
+    auc = _auc(score_m, score_n)
     return AttackResult(value, AttackValidity(bacc, se, auc, len(hm), len(hn)))
 
 
@@ -415,9 +420,7 @@ def _loss_cv(
     """Cross-validated logistic regression on the loss, member (1) vs non-member (0), balanced
     by subsampling the larger side (seeded): mean accuracy, mean AUC and the per-side size."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_validate
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.model_selection import StratifiedKFold
 
     rng = np.random.default_rng(seed)
     k = min(len(member), len(non_member))
@@ -429,7 +432,16 @@ def _loss_cv(
     member, non_member = _subsample(member, k, rng), _subsample(non_member, k, rng)
     x = np.concatenate([member, non_member]).reshape(-1, 1)
     y = np.concatenate([np.ones(k), np.zeros(k)])
-    clf = make_pipeline(StandardScaler(), LogisticRegression())
+    # What sklearn's cross_validate(make_pipeline(StandardScaler(), LogisticRegression()), cv,
+    # scoring=("accuracy", "roc_auc")) computes, fold by fold, without its per-call machinery
+    # (which was half of an evaluation's CPU; tests/unit/test_metrics.py compares the two).
+    acc, auc = [], []
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    scores = cross_validate(clf, x, y, cv=cv, scoring=("accuracy", "roc_auc"))
-    return float(np.mean(scores["test_accuracy"])), float(np.mean(scores["test_roc_auc"])), k
+    for train, test in cv.split(x, y):
+        mean, std = x[train].mean(), x[train].std()
+        scale = std if std > 0 else 1.0  # StandardScaler leaves a constant feature unscaled
+        clf = LogisticRegression().fit((x[train] - mean) / scale, y[train])
+        score = clf.decision_function((x[test] - mean) / scale)
+        acc.append(float(np.mean((score > 0) == (y[test] == 1))))
+        auc.append(_auc(score[y[test] == 1], score[y[test] == 0]))
+    return float(np.mean(acc)), float(np.mean(auc)), k

@@ -177,7 +177,7 @@ def forget_score_table(table: pd.DataFrame) -> pd.DataFrame:
                     "ε at cap": f"{100 * r['eps_cap_share']:.0f} %",
                     "peaky": f"{100 * r['peaky_share']:.0f} %",
                     "offset (oracle sd)": f"{r['offset_sd_signed_median']:+.1f}",
-                    "direction": r["direction"] if m != CEILING else "-",
+                    "direction": r["direction"],
                 }
             )
     return pd.DataFrame(out)

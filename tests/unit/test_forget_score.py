@@ -294,6 +294,7 @@ def test_the_stage_scores_methods_ceiling_and_floor(world, tmp_path):
         assert floor == 0.0 and high < 0.05  # separable: no points
         assert abs(same - ceil) < 0.15 and same > 0.1  # like retraining
         assert by[f, "high"]["direction"] == "under-forgetting"
+        assert by[f, "same"]["direction"] == "within retraining's spread"
         assert float(by[f, "high"]["offset_sd_signed_median"]) > 3
         assert float(by[f, "floor"]["eps_cap_share"]) == 1.0
         assert by[f, "same"]["kind"] == "method" and by[f, "ceiling"]["kind"] == "ceiling"
@@ -333,3 +334,8 @@ def test_the_stage_compares_each_method_with_the_oracles_of_the_same_class(world
         sets[key].models["same"][s] = sets[key].models["oracle"][s]
     comps, _ = FS.score_sets(sets[key], key, FS.ForgetScoreSettings(bootstrap=0))
     assert (comps["same"].eps == 0).all() and comps["same"].points.mean() == 1.0
+
+
+def test_direction_of_the_offset():
+    assert FS.direction(0.99) == FS.direction(-0.99) == "within retraining's spread"
+    assert FS.direction(1.0) == "under-forgetting" and FS.direction(-1.0) == "over-forgetting"

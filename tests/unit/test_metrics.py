@@ -585,13 +585,14 @@ def test_no_attack_is_fitted_on_a_sample_it_is_validated_on(monkeypatch, attack,
     def spy(member, non_member):
         fitted.append((member.copy(), non_member.copy()))
         clf = fit(member, non_member)
-        predict = clf.predict
+        decide = clf.decision_function
 
-        def recording_predict(x):
+        def recording_decision(x):
             scored.append(x.ravel().copy())
-            return predict(x)
+            return decide(x)
 
-        clf.predict = recording_predict
+        clf.decision_function = recording_decision
+        fitted.append(clf)
         return clf
 
     monkeypatch.setattr(MIA, "_fit_svc", spy)
@@ -608,15 +609,19 @@ def test_no_attack_is_fitted_on_a_sample_it_is_validated_on(monkeypatch, attack,
         )
         feat = [M.true_class_confidence(x, y).numpy() for x, y in ((retain, y_r), (test, y_t))]
     assert len(np.unique(np.concatenate(feat))) == n_m + n_n  # each value names one sample
-    ((member, non_member),) = fitted
+    (member, non_member), clf = fitted
     _, _, held_m, held_n = M.validity_split(n_m, n_n, 0.25, 3)
     held = set(feat[0][held_m]) | set(feat[1][held_n])
     assert not (set(member) | set(non_member)) & held
     assert set(member) <= set(feat[0]) and set(non_member) <= set(feat[1])
-    # scored: the targets, then the held-out members, then the held-out non-members
-    assert set(scored[1]) == set(feat[0][held_m]) and set(scored[2]) == set(feat[1][held_n])
+    # scored: the held-out members, then the held-out non-members
+    assert set(scored[0]) == set(feat[0][held_m]) and set(scored[1]) == set(feat[1][held_n])
     v = res.validity
     assert (v.n_member, v.n_non_member) == (len(held_m), len(held_n))
+    # its balanced accuracy is that of the SVC's own predictions on them
+    hits_m = clf.predict(feat[0][held_m].reshape(-1, 1)) == 1
+    hits_n = clf.predict(feat[1][held_n].reshape(-1, 1)) == 0
+    assert v.bacc == pytest.approx((hits_m.mean() + hits_n.mean()) / 2)
     if cap is not None:
         assert len(member) + len(non_member) <= cap
 

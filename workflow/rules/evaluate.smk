@@ -37,7 +37,8 @@ rule ceiling:
         unpack(ceiling_oracles),
         data=path("data"),
     output:
-        path("ceiling_confidences"),
+        confidences=path("ceiling_confidences"),
+        info=path("ceiling_info"),
     log:
         log_path("ceiling"),
     benchmark:
@@ -56,7 +57,7 @@ rule ceiling:
     shell:
         "pbu confidences --data {input.data} --forget {wildcards.forget} {params.oracles} "
         "--batch-size {params.batch_size} --device {params.device} --threads {threads} "
-        "--quiet --out {output} 2> {log}"
+        "--quiet --out {output.confidences} --out-info {output.info} 2> {log}"
 
 
 # The per-example forget score (docs/forget-score.md): every method against the oracles, image
@@ -69,6 +70,7 @@ rule forget_score:
         table=path("forget_score_csv"),
         images=path("forget_score_images_csv"),
         runs=path("forget_score_runs_csv"),
+        info=path("forget_score_info"),
     log:
         log_path("forget_score"),
     benchmark:
