@@ -8,10 +8,8 @@
     pbu tune      --data ... --model original.pt --forget 0 --method neggrad --hparams '{...}' \
                   --space '{"lr": [...]}' --budget 6 --val-fraction 0.2 --threshold 5 --out t.json
     pbu evaluate  --data ... --forget 2 --original ... --oracle ... --model pbu=path.pt ...
-    pbu unlearn-batch --data ... --model original.pt --forget 2 --seed 0 --entries '[{...}, ...]'
-    pbu confidences --data ... --forget 2 --oracle 32=path.pt --oracle 33=... --out c.npz
     pbu aggregate --out-dir results/aggregate results/**/metrics.json
-    pbu forget-score --out-dir results/aggregate results/**/confidences.npz --ceiling ...
+    pbu unlearn-batch / confidences / forget-score    the forget-score run (pbu.cli_forgetting)
     pbu track / pbu report / pbu methods
 
 This module only parses arguments and calls the stage's job, a function of :mod:`pbu.jobs`
@@ -31,6 +29,7 @@ import sys
 import time
 from typing import Any
 
+from pbu.cli_forgetting import add_commands as add_forgetting_commands
 from pbu.errors import CheckpointError, DataUnavailableError, UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -186,26 +185,6 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_unlearn_batch(args: argparse.Namespace) -> None:
-    from pbu.jobs.unlearn_batch import unlearn_batch
-
-    try:
-        entries = json.loads(args.entries)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"--entries is not valid JSON ({err}): {args.entries[:80]!r}") from None
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise UsageError("--entries must be a JSON list of objects, one per method")
-    unlearn_batch(
-        args.data,
-        model=args.model,
-        forget=args.forget,
-        seed=args.seed,
-        entries=entries,
-        memory_format=args.memory_format,
-        **_run(args),
-    )
-
-
 def _name_path(items: list[str], option: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
@@ -214,43 +193,6 @@ def _name_path(items: list[str], option: str) -> dict[str, str]:
             raise UsageError(f"{option} expects NAME=PATH, got {item!r}")
         out[name] = path
     return out
-
-
-def cmd_confidences(args: argparse.Namespace) -> None:
-    from pbu.jobs.evaluate import confidences
-
-    oracles = {}
-    for seed, path in _name_path(args.oracle, "--oracle").items():
-        if not seed.isdigit():
-            raise UsageError(f"--oracle expects SEED=PATH, got seed {seed!r}")
-        oracles[int(seed)] = path
-    if not oracles:
-        raise UsageError("give at least one --oracle SEED=PATH")
-    confidences(
-        args.data,
-        forget=args.forget,
-        models=oracles,
-        out=args.out,
-        out_info=args.out_info,
-        batch_size=args.batch_size,
-        memory_format=args.memory_format,
-        **_run(args),
-    )
-
-
-def cmd_forget_score(args: argparse.Namespace) -> None:
-    from pbu.jobs.forget_score import forget_score
-
-    try:
-        forget_score(
-            args.out_dir,
-            confidences=args.confidences,
-            ceiling=args.ceiling,
-            settings=_json_arg(args.settings, "settings"),
-            started_at=_JOB_STARTED,
-        )
-    except ValueError as err:
-        raise UsageError(str(err)) from None
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -579,62 +521,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", action="append", default=[], metavar="NAME=PATH")
     sp.add_argument("--settings", default="{}", help="JSON of pbu.evaluation.EvalSettings")
     sp.add_argument("--out", required=True)
-    sp.add_argument(
-        "--out-confidences",
-        default=None,
-        help="also write every model's per-example confidences (.npz) for pbu forget-score",
-    )
+    sp.add_argument("--out-confidences", default=None, help="per-example confidences (.npz)")
     sp.set_defaults(fn=cmd_evaluate)
 
-    sp = sub.add_parser(
-        "unlearn-batch",
-        help="apply several unlearning methods in one job, each with its own outputs",
-    )
-    common(sp)
-    sp.add_argument("--model", required=True, help="the original model's checkpoint")
-    sp.add_argument("--forget", type=int, required=True)
-    sp.add_argument("--seed", type=_int_nonneg, required=True)
-    sp.add_argument(
-        "--entries",
-        required=True,
-        help="JSON list, one object per method: the keyword arguments of pbu.jobs.unlearn."
-        "unlearn that differ between methods (method, hparams, out_model, out_history, "
-        "out_info, ...; pbu.jobs.unlearn_batch.ENTRY_KEYS)",
-    )
-    sp.set_defaults(fn=cmd_unlearn_batch)
-
-    sp = sub.add_parser(
-        "confidences",
-        help="per-example confidences of oracles of further seeds (the forget score's ceiling)",
-    )
-    common(sp)
-    sp.add_argument("--forget", type=int, required=True)
-    sp.add_argument("--oracle", action="append", default=[], metavar="SEED=PATH")
-    sp.add_argument("--batch-size", type=int, default=256)
-    sp.add_argument("--out", required=True, help="the confidences file (.npz)")
-    sp.add_argument("--out-info", default=None, help="the job's record (JSON)")
-    sp.set_defaults(fn=cmd_confidences)
+    # the forget-score run's commands: unlearn-batch, confidences, forget-score
+    add_forgetting_commands(sub, common, _run, _int_nonneg, lambda: _JOB_STARTED)
 
     sp = sub.add_parser("aggregate", help="collect every result file into CSV tables")
     sp.add_argument("--results", default=None, help="results folder (when no files are given)")
     sp.add_argument("--out-dir", required=True)
     sp.add_argument("metrics", nargs="*", help="metrics.json files (default: all under --results)")
     sp.set_defaults(fn=cmd_aggregate)
-
-    sp = sub.add_parser(
-        "forget-score",
-        help="the per-example forget score of every method against the oracles (no models run)",
-    )
-    sp.add_argument("--out-dir", required=True, help="folder of the three CSV tables")
-    sp.add_argument(
-        "--ceiling",
-        action="append",
-        default=[],
-        help="a confidences file of further oracles (pbu confidences), repeatable",
-    )
-    sp.add_argument("--settings", default="{}", help="JSON of ForgetScoreSettings")
-    sp.add_argument("confidences", nargs="+", help="the groups' confidences.npz files")
-    sp.set_defaults(fn=cmd_forget_score)
 
     sp = sub.add_parser("track", help="mirror result files into MLflow (idempotent)")
     sp.add_argument("--results", default=None, help="results folder (when no files are given)")
@@ -647,13 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="file or folder to log as artifacts of the 'report' run (repeatable)",
     )
     sp.add_argument("--out", required=True, help="JSON summary of what was logged")
-    sp.add_argument(
-        "--forget-score",
-        default=None,
-        metavar="DIR",
-        help="folder of the forget-score tables (pbu forget-score): each model's run gets its "
-        "per-image summary",
-    )
+    sp.add_argument("--forget-score", default=None, metavar="DIR", help="forget-score tables")
     sp.add_argument("metrics", nargs="*", help="metrics.json files (default: all under --results)")
     sp.set_defaults(fn=cmd_track)
 

@@ -26,12 +26,9 @@ The claims (PBU is ``pbu``; its variants are ``pbu_no_fisher``, ``pbu_no_l2``, `
 - **C2** A_Dr within 2 points of the oracle: PBU − oracle on A_Dr, ``greater`` than −2.
 - **C3** A_Dr above UNSIR and above Bad Teaching: PBU − ``unsir`` and PBU − ``bad_teaching``
   on A_Dr, ``greater`` than 0, two parts.
-- **C4** forgetting like retraining's. With a per-example forget score in the run
-  (:mod:`pbu.report.forget_score`): PBU's score against the ceiling's (retraining against
-  retraining), supported when its CI lies above −0.05. Without one: PBU − oracle on
-  ``mia_entropy_svc`` (the share of the forget class's training images an entropy attack calls
-  "member"), ``within`` ±0.05, and *inconclusive (attack at chance)* when that attack cannot
-  tell held-out members from non-members (:func:`pbu.report.forget_score.attack_check`).
+- **C4** forgetting like retraining's: PBU's forget score against the ceiling's when the run
+  has one (:mod:`pbu.report.forget_score`), else PBU − oracle on ``mia_entropy_svc``,
+  ``within`` ±0.05, *inconclusive (attack at chance)* when that attack is at chance.
 - **C5** the stability terms help (PBU − ``pbu_ascent``) and the Fisher term in particular
   (PBU − ``pbu_no_fisher``): on A_Dr, ``greater`` than 0, two parts; a part is inconclusive
   unless both of its methods forget (matched forgetting). The A_Df differences are shown
@@ -116,10 +113,8 @@ RULES = [
     "Matched forgetting: a method forgets when its mean A_Df ≤ the threshold.",
     f"C1: PBU's A_Df < {C1_BOUND:g} %, and every pair ≤ {C1_BOUND:g} % for supported. "
     f"C2: PBU − oracle A_Dr > −{C2_MARGIN:g}. C3: PBU − UNSIR and PBU − Bad Teaching A_Dr > 0. "
-    f"C4: with a forget score, PBU − ceiling > −{C4_SCORE_TOLERANCE:g} (CI over images); "
-    f"else |PBU − oracle| entropy-SVC MIA < {C4_TOLERANCE:g}, inconclusive (attack at chance) "
-    "when the attack's held-out balanced accuracy is below 0.55 or its CI reaches 0.5. "
-    "C5: PBU − pbu_ascent and "
+    f"C4: PBU − ceiling forget score > −{C4_SCORE_TOLERANCE:g} (CI over images), else |PBU − "
+    f"oracle| entropy-SVC MIA < {C4_TOLERANCE:g} if that attack is valid. C5: PBU − pbu_ascent and "
     "PBU − pbu_no_fisher A_Dr > 0, both methods forgetting. C6: PBU − oracle time < 0, in "
     "total and per epoch, prerequisites included (PBU's Fisher). C7: against every other "
     "method that forgets (not the oracle, the original model or PBU's variants), PBU − method "
@@ -416,8 +411,7 @@ def _setting_claims(
     sub: pd.DataFrame, threshold: float, forget_score: tuple | None = None
 ) -> list[tuple[str, list[Part], str, tuple[str, str] | None]]:
     """``(claim, parts, extra summary, verdict or None to combine the parts)`` of one setting
-    whose runs hold PBU (``sub`` with the derived metrics); ``forget_score``: the forget-score
-    tables (:func:`pbu.report.forget_score.read_forget_score`), for C4."""
+    whose runs hold PBU (``sub`` with the derived metrics)."""
     methods = set(sub["method"])
     c1, worst = _c1(sub)
     c2 = [_greater(sub, methods, PBU, "oracle", ACC_R, "vs oracle", shift=-C2_MARGIN)]
@@ -471,8 +465,7 @@ def _setting_claims(
 def evaluate_claims(
     runs: pd.DataFrame, settings: Mapping[str, Any] | None = None, forget_score: tuple | None = None
 ) -> list[Claim]:
-    """Every claim's verdict in every setting of ``runs`` (see the module docstring); C4 rests
-    on ``forget_score`` (the forget-score tables) where it covers the setting."""
+    """Every claim's verdict in every setting of ``runs`` (C4: ``forget_score``'s tables)."""
     threshold, _ = matched_threshold(settings)
     out: list[Claim] = []
     for dataset, arch in setting_pairs(runs):
