@@ -83,8 +83,8 @@ MUTATIONS: list[Mutation] = [
     _m(
         "evaluate-mia-members-swapped",
         "pbu/evaluation.py",
-        "rtr, rte, ftr, seed=seed, max_samples=settings.mia_max_samples",
-        "rte, rtr, ftr, seed=seed, max_samples=settings.mia_max_samples",
+        '("mia_entropy_svc", M.entropy_svc_attack(rtr, rte, ftr, seed=seed, **svc)),',
+        '("mia_entropy_svc", M.entropy_svc_attack(rte, rtr, ftr, seed=seed, **svc)),',
         "tests/unit/test_evaluate.py",
         "the MIA's members and non-members are swapped",
     ),

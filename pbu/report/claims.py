@@ -416,7 +416,8 @@ def _setting_claims(
     c1, worst = _c1(sub)
     c2 = [_greater(sub, methods, PBU, "oracle", ACC_R, "vs oracle", shift=-C2_MARGIN)]
     c3 = [_greater(sub, methods, PBU, m, ACC_R, f"vs {m}") for m in ("unsir", "bad_teaching")]
-    c4_extra, on_score = "", c4_on_forget_score(forget_score, *sub[["dataset", "arch"]].iloc[0])
+    c4_extra, c4_verdict = "", None
+    on_score = c4_on_forget_score(forget_score, *sub[["dataset", "arch"]].iloc[0])
     if on_score is not None:  # the per-example test decides; the MIA is not asked
         c4 = [Part("forget score vs ceiling", None, on_score[0], on_score[1])]
         c4_extra = on_score[2]
@@ -426,8 +427,9 @@ def _setting_claims(
         stat = equivalence(sub, PBU, "oracle", C4_METRIC, C4_TOLERANCE)
         c4 = [Part("vs oracle", stat, *within(stat))]
         chance, c4_extra = attack_check(sub, C4_METRIC, [PBU, "oracle"])
-        if chance:
-            c4[0].verdict, c4[0].reason = INCONCLUSIVE, "attack at chance"
+        if chance:  # the verdict reads "inconclusive (attack at chance)"
+            c4[0].verdict = INCONCLUSIVE
+            c4_verdict = c4[0].verdict, c4[0].reason = INCONCLUSIVE, "attack at chance"
     c6 = [
         _greater(sub, methods, PBU, "oracle", m, label, direction="less")
         for m, label in ((TIME_TOTAL, "in total"), (TIME_EPOCH, "per epoch"))
@@ -455,7 +457,7 @@ def _setting_claims(
         ("C1", c1, worst, None),
         ("C2", c2, "", None),
         ("C3", c3, "", None),
-        ("C4", c4, c4_extra, None),
+        ("C4", c4, c4_extra, c4_verdict),
         ("C5", _c5(sub, methods, threshold), "", None),
         ("C6", c6, "", None),
         ("C7", c7, c7_summary, c7_verdict),

@@ -88,12 +88,12 @@ def test_every_method_has_a_forget_score_beside_ceiling_and_floor(run):
 def test_report_section_table_figure_and_c4_on_the_forget_score(run):
     res = run / RESULTS
     report = (res / "report.md").read_text()
-    assert "## Is the class gone?" in report and "| ceiling |" in report
+    assert "## Is the class gone?" in report and "| ceiling " in report
     c4 = re.search(r"^- \*\*C4\*\* .*$", report, flags=re.M).group(0)
     assert "forget score pbu" in c4 and "vs ceiling" in c4, c4
     for ext in ("png", "pdf"):
         assert (res / f"figures/forget_score.{ext}").stat().st_size > 1000
-    assert (res / "tables/forget_score.md").read_text().count("| ceiling |") == 1
+    assert (res / "tables/forget_score.md").read_text().count("| ceiling ") == 1
     runs = _rows(res / "aggregate/runs.csv")
     assert {"mia_entropy_svc_valid_bacc", "mia_loss_valid_auc"} <= set(runs[0])
 

@@ -17,6 +17,7 @@ from pbu.data import TensorImages, class_split, load_prepared, save_prepared
 from pbu.errors import UsageError
 from pbu.evaluation import EvalData
 from pbu.jobs.forget_score import read_confidences
+from pbu.jobs.unlearn_batch import _cpu_s
 from pbu.models import build_model
 from pbu.registry import DATASETS
 
@@ -109,6 +110,7 @@ def test_one_job_for_several_methods_writes_what_one_job_each_writes(files, tmp_
             **_outputs(e, alone),
         )
     torch.manual_seed(999)
+    cpu0 = _cpu_s()
     records = unlearn_batch(
         files / "d.pt",
         model=files / "m.pt",
@@ -133,10 +135,13 @@ def test_one_job_for_several_methods_writes_what_one_job_each_writes(files, tmp_
             k: v for k, v in rb.items() if k not in volatile
         }
         assert rb["batch"]["methods"] == ["pbu", "finetune", "pbu_stop0", "random_labels"]
-    # each record states its own CPU seconds: together no more than the process's
-    assert all(r["cpu_s"] > 0 for r in records)
+    # each record states its own CPU seconds and span, not the process's so far (the first
+    # also carries the process's start-up, here the whole test session's)
+    spent = _cpu_s() - cpu0
+    assert all(r["cpu_s"] > 0 for r in records) and sum(r["cpu_s"] for r in records[1:]) <= spent
     starts = [r["started_at"] for r in records]
-    assert starts == sorted(starts)
+    assert all(a < b for a, b in zip(starts, starts[1:]))
+    assert all(r["ended_at"] <= s for r, s in zip(records, starts[1:]))
 
 
 def test_a_bad_entry_is_refused_before_any_method_runs(files, tmp_path):
