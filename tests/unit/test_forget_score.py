@@ -246,7 +246,7 @@ def world(tmp_path):
                 "high": base[c] + 10 + rng.normal(0, 2, n_img),
                 "original": rng.normal(5, 1, n_img),
             }
-            acc = {"oracle": 98.0, "same": 98.0, "high": 49.0, "original": 99.0}
+            acc = {"oracle": 98.0, "same": 73.5, "high": 49.0, "original": 99.0}
             groups.append(
                 _group(
                     tmp_path,
@@ -304,8 +304,10 @@ def test_the_stage_scores_methods_ceiling_and_floor(world, tmp_path):
     assert int(all_row["n_images"]) == 80 and int(all_row["n_models"]) == 6
     assert float(all_row["max_eps"]) == 2  # ceil(ln 5)
     # utility: × mean A_Dr / the oracles' mean A_Dr
-    high = by["2", "high"]
-    assert float(high["utility_score"]) == pytest.approx(float(high["score"]) * 49 / 98)
+    same = by["2", "same"]
+    assert float(same["score"]) > 0.1
+    assert float(same["utility_score"]) == pytest.approx(float(same["score"]) * 73.5 / 98)
+    assert float(same["acc_retain_test"]) == 73.5 and float(same["oracle_acc_retain_test"]) == 98
     runs = list(csv.DictReader(open(paths["forget_score_runs_csv"])))
     assert len(runs) == 2 * (6 * 4 + 6)  # every model of every group, and the ceiling's
     images = list(csv.DictReader(open(paths["forget_score_images_csv"])))
