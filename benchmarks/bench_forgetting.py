@@ -5,22 +5,21 @@ Two modes, each printing a table and writing JSON with ``--out`` (and markdown w
 
 1. Run (default): delete the config's results folder (``--keep`` leaves it), start
    ``snakemake --cores CORES --configfile config/forgetting.yaml [OVERLAY ...]`` as a child,
-   and time it: wall seconds, Snakemake's own CPU (the process and its children, from
-   ``wait4``: the fork server and its workers are not its children, so this is Snakemake and
-   the thin ``pbu`` clients), then the jobs' own CPU per rule from their records
-   (``bench_pipeline.py --from-results``). The machine's load average before and after is
-   printed: on a shared machine the wall time is not the idle one, the CPU seconds nearly are.
+   and time it: wall seconds, the CPU of every process of the run (Snakemake and all it started,
+   the fork server and its workers included, from ``wait4``), then the jobs' own CPU per rule
+   from their records (``bench_pipeline.py --from-results``). The machine's load average before
+   and after is printed: on a shared machine the wall time is not the idle one, the CPU seconds
+   nearly are.
 
 2. ``--estimate-from RESULTS``: the CPU per job of each rule in a finished smaller run (e.g.
-   N = 4), times each rule's job count in the target config (a dry run of ``--configfile``,
-   default the full N = 32), summed per rule; the estimated wall time on ``--cores`` cores is
-   that sum / cores, scaled by the smaller run's measured ratio of (wall x cores) / job CPU
-   (what scheduling, start-up and idle cores added there).
+   N = 4) times each rule's job count in the target config (a dry run; default the full
+   N = 32), plus Snakemake's own CPU per job, over ``--cores`` cores at the smaller run's
+   parallel efficiency; then the smaller run's tail (its last compute job to its end:
+   aggregate, report, MLflow) scaled by the groups' ratio (:func:`estimate`).
 
     python benchmarks/bench_forgetting.py --out results/bench_forgetting.json          # N = 32
     python benchmarks/bench_forgetting.py --overlay .test/forgetting-n4.yaml           # N = 4
-    python benchmarks/bench_forgetting.py --estimate-from results/forgetting-n4 \\
-        --measured results/bench_forgetting_n4.json                                  # N = 32?
+    python benchmarks/bench_forgetting.py --estimate-from results/forgetting-n4     # N = 32?
 """
 
 from __future__ import annotations
@@ -103,8 +102,36 @@ def run(cores: int, overlays: list[str], keep: bool) -> dict[str, Any]:
     }
 
 
-def estimate(results: Path, cores: int, target: list[str], measured: dict | None) -> dict:
-    """The full run's CPU and wall time, rule by rule, from a smaller finished run."""
+#: Snakemake's own CPU per job on the idle 2-core machine (12.3 s for the default run's 171
+#: jobs with the workflow profile's rate limit; benchmarks/README.md, bench_scheduler.py).
+SNAKEMAKE_CPU_PER_JOB = 12.3 / 171
+#: The rules that run after every compute job, one after the other: their time is the tail.
+TAIL_RULES = ("aggregate", "report", "track", "track_report")
+
+
+def _tail(results: Path) -> tuple[float, float]:
+    """(seconds from the last compute job's end to the run's end, the compute jobs' mean
+    parallelism) of a finished run, from its files' times: the end is tracked_report.json."""
+    from pbu import layout
+
+    rep = read_results(results)
+    compute = [j for j in rep["job_list"] if j["rule"] not in TAIL_RULES]
+    last = max(j["end"] for j in compute)
+    end = Path(layout.path("tracked_report", results)).stat().st_mtime
+    span = last - min(j["end"] - j["s"] for j in compute)
+    return end - last, sum(j["s"] for j in compute) / span
+
+
+def estimate(results: Path, cores: int, target: list[str]) -> dict:
+    """The full run's wall time from a smaller finished run, rule by rule.
+
+    - compute: each rule's measured CPU per job x its job count in the target config (a dry
+      run), plus Snakemake's own CPU per job; divided by ``cores`` and by the smaller run's
+      parallel efficiency (its compute jobs' mean parallelism / ``cores``);
+    - tail: the smaller run's time from its last compute job to its end (aggregate, report,
+      MLflow), x the ratio of the groups' counts (MLflow's runs grow with the groups, and it
+      dominates the tail).
+    """
     rep = read_results(results)
     counts = job_counts(target)
     rows, total = {}, 0.0
@@ -116,19 +143,26 @@ def estimate(results: Path, cores: int, target: list[str], measured: dict | None
             rows[rule]["cpu_s"] = per_job * n
             total += per_job * n
     missing = [r for r, v in rows.items() if v["cpu_s"] is None]
-    overhead = None
-    if measured:
-        overhead = measured["wall_s"] * measured["cores"] / measured["job_cpu_s"]
+    jobs = sum(counts.values())
+    tail, parallelism = _tail(results)
+    groups = counts["evaluate"] / rep["per_rule"]["evaluate"]["jobs"]
+    efficiency = min(1.0, parallelism / cores)
+    compute_s = (total + SNAKEMAKE_CPU_PER_JOB * jobs) / cores / efficiency
     return {
         "from": str(results),
         "target": target or [CONFIG],
         "cores": cores,
         "per_rule": rows,
         "job_cpu_s": total,
+        "snakemake_cpu_s": SNAKEMAKE_CPU_PER_JOB * jobs,
+        "parallel_efficiency": efficiency,
+        "compute_wall_s": compute_s,
+        "tail_s_measured": tail,
+        "tail_scale": groups,
+        "tail_s": tail * groups,
         "lower_bound_wall_s": total / cores,
-        "overhead_factor": overhead,
-        "estimated_wall_s": total / cores * overhead if overhead else None,
-        "rules_without_cpu": missing,  # local rules (download, track): seconds, not counted
+        "estimated_wall_s": compute_s + tail * groups,
+        "rules_without_cpu": missing,  # local rules and the tail: in tail_s
     }
 
 
@@ -136,8 +170,8 @@ def print_run(r: dict[str, Any]) -> None:
     print(
         f"\n{CONFIG} {' '.join(r['overlays'])}: {r['wall_s']:.0f} s wall "
         f"({r['wall_s'] / 60:.1f} min) on {r['cores']} cores; jobs' own CPU "
-        f"{r['job_cpu_s']:.0f} s, "
-        f"Snakemake and its clients {r['snakemake_cpu_s']:.0f} s; load average "
+        f"{r['job_cpu_s']:.0f} s, every process of the run {r['snakemake_cpu_s']:.0f} s; load "
+        f"average "
         f"{r['load_before'][0]:.1f} before, {r['load_after'][0]:.1f} after"
     )
     print_results({**read_results(Path(r["results"])), "results": r["results"]})
@@ -151,15 +185,17 @@ def print_estimate(e: dict[str, Any]) -> None:
         per_s = "-" if per is None else f"{per:.2f}"
         cpu_s = "-" if cpu is None else f"{cpu:.0f}"
         print(f"  {rule:14s} {v['jobs']:6d} {per_s:>10s} {cpu_s:>9s}")
-    print(
-        f"  jobs' CPU {e['job_cpu_s']:.0f} s: at least {e['lower_bound_wall_s'] / 60:.1f} min "
-        f"on {e['cores']} cores"
-        + (
-            f"; x {e['overhead_factor']:.2f} (the smaller run's wall x cores / job CPU) = "
-            f"{e['estimated_wall_s'] / 60:.1f} min"
-            if e["estimated_wall_s"]
-            else ""
-        )
+    print(f"  {_summary_line(e)}")
+
+
+def _summary_line(e: dict[str, Any]) -> str:
+    return (
+        f"jobs' CPU {e['job_cpu_s']:.0f} s + Snakemake's {e['snakemake_cpu_s']:.0f} s on "
+        f"{e['cores']} cores at the measured parallel efficiency "
+        f"{e['parallel_efficiency']:.2f}: {e['compute_wall_s'] / 60:.1f} min; then the tail "
+        f"(aggregate, report, MLflow) {e['tail_s_measured']:.0f} s x {e['tail_scale']:.0f} = "
+        f"{e['tail_s'] / 60:.1f} min; estimated wall {e['estimated_wall_s'] / 60:.1f} min "
+        f"(no less than {e['lower_bound_wall_s'] / 60:.1f} min of job CPU per core)"
     )
 
 
@@ -169,8 +205,8 @@ def markdown(result: dict[str, Any]) -> str:
         r = result["run"]
         lines += [
             f"`snakemake --cores {r['cores']} --configfile {CONFIG} {' '.join(r['overlays'])}`: "
-            f"**{r['wall_s']:.0f} s** wall, jobs' CPU {r['job_cpu_s']:.0f} s, Snakemake's "
-            f"{r['snakemake_cpu_s']:.0f} s, load {r['load_before'][0]:.1f} → "
+            f"**{r['wall_s']:.0f} s** wall, jobs' own CPU {r['job_cpu_s']:.0f} s, every process "
+            f"of the run {r['snakemake_cpu_s']:.0f} s, load {r['load_before'][0]:.1f} → "
             f"{r['load_after'][0]:.1f}.",
             "",
             "| rule | jobs | wall s | CPU s | CPU s/job |",
@@ -187,15 +223,7 @@ def markdown(result: dict[str, Any]) -> str:
     if "estimate" in result:
         e = result["estimate"]
         lines += [
-            f"Estimate for {' + '.join(e['target'])} from `{e['from']}`: jobs' CPU "
-            f"{e['job_cpu_s']:.0f} s, at least {e['lower_bound_wall_s'] / 60:.1f} min on "
-            f"{e['cores']} cores"
-            + (
-                f", {e['estimated_wall_s'] / 60:.1f} min with the measured overhead "
-                f"(x {e['overhead_factor']:.2f})."
-                if e["estimated_wall_s"]
-                else "."
-            ),
+            f"Estimate for {' + '.join(e['target'])} from `{e['from']}`: {_summary_line(e)}.",
             "",
             "| rule | jobs | CPU s/job (measured) | CPU s |",
             "| --- | ---: | ---: | ---: |",
@@ -218,16 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--keep", action="store_true", help="do not delete the results folder first")
     p.add_argument("--estimate-from", default=None, metavar="RESULTS", help="mode 2")
-    p.add_argument("--measured", default=None, help="mode 2: this script's JSON of the smaller run")
     p.add_argument("--out", default=None)
     p.add_argument("--out-md", default=None)
     args = p.parse_args(argv)
     result: dict[str, Any] = {"benchmark": "bench_forgetting", "machine": machine()}
     if args.estimate_from:
-        import json
-
-        measured = json.loads(Path(args.measured).read_text())["run"] if args.measured else None
-        result["estimate"] = estimate(Path(args.estimate_from), args.cores, args.overlay, measured)
+        result["estimate"] = estimate(Path(args.estimate_from), args.cores, args.overlay)
         print_estimate(result["estimate"])
     else:
         result["run"] = run(args.cores, args.overlay, args.keep)

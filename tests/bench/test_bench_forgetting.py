@@ -5,6 +5,7 @@ config from a dry run."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -73,16 +74,24 @@ def test_a_batched_job_is_the_sum_of_its_methods_records(batched):
 def test_the_estimate_multiplies_cpu_per_job_by_the_target_counts(batched, monkeypatch):
     counts = {"unlearn_batch": 96, "oracle": 192, "evaluate": 96, "ceiling": 3, "download": 1}
     monkeypatch.setattr(bench_forgetting, "job_counts", lambda overlays: counts)
-    measured = {"wall_s": 100.0, "cores": 2, "job_cpu_s": 160.0}
-    e = bench_forgetting.estimate(batched, 2, [], measured)
+    # the run ended 30 s after its last compute job (every job here ends at its file's time)
+    last = max(p.stat().st_mtime for p in (batched / "benchmarks").rglob("*.tsv"))
+    end = batched / "mlflow/tracked_report.json"
+    end.parent.mkdir(parents=True)
+    end.write_text("{}")
+    os.utime(end, (last + 30, last + 30))
+    e = bench_forgetting.estimate(batched, 2, [])
     assert e["per_rule"]["unlearn_batch"]["cpu_s"] == pytest.approx(96 * 7.2)
     assert e["per_rule"]["oracle"]["cpu_s"] == pytest.approx(192 * 6.1)
     assert e["rules_without_cpu"] == ["download"]
     total = 96 * 7.2 + 192 * 6.1 + 96 * 9.1 + 3 * 1.6
     assert e["job_cpu_s"] == pytest.approx(total)
     assert e["lower_bound_wall_s"] == pytest.approx(total / 2)
-    assert e["overhead_factor"] == pytest.approx(100 * 2 / 160)
-    assert e["estimated_wall_s"] == pytest.approx(total / 2 * 1.25)
+    assert e["tail_s_measured"] == pytest.approx(30, abs=0.01) and e["tail_scale"] == 96
+    smk = bench_forgetting.SNAKEMAKE_CPU_PER_JOB * sum(counts.values())
+    eff = e["parallel_efficiency"]
+    assert 0 < eff <= 1
+    assert e["estimated_wall_s"] == pytest.approx((total + smk) / 2 / eff + 30 * 96, rel=1e-6)
     text = bench_forgetting.markdown({"estimate": e})
     assert "| unlearn_batch | 96 | 7.20 |" in text
 
