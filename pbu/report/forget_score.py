@@ -317,11 +317,7 @@ def c4_on_forget_score(
         f": d = {mean:+.3f}, 95 % CI {lo:+.3f} to {hi:+.3f} over {len(d)} images"
     )
     if mean <= -t:
-        return (
-            "not supported",
-            f"forget score {mean:+.3f} below the ceiling's, not > −{t:g}",
-            numbers,
-        )
+        return "not supported", f"d = {mean:+.3f}, not > −{t:g}", numbers
     if lo > -t:
         return "supported", "", numbers
     return "inconclusive", f"the CI reaches −{t:g}", numbers
