@@ -219,7 +219,7 @@ def _fig_forget_score(table: pd.DataFrame, images: pd.DataFrame) -> Any | None:
             if name in by.index:
                 ax.axvline(by.loc[name, "score"], ls=style, color="k", lw=1, label=name)
         ax.set_yticks(y, methods)
-        ax.invert_yaxis()
+        ax.set_ylim(len(methods) - 0.5, -0.5)  # top to bottom, as the right panel
         ax.set_xlabel("forget score (95 % CI over images)")
         ax.set_title(f"{dataset} / {arch}")
         ax.legend(loc="lower right", frameon=False)
@@ -229,11 +229,11 @@ def _fig_forget_score(table: pd.DataFrame, images: pd.DataFrame) -> Any | None:
             im.loc[im["method"] == m, "offset_sd"].replace([np.inf, -np.inf], np.nan).dropna()
             for m in methods
         ]
-        ax.boxplot(data, vert=False, showfliers=False)
+        ax.boxplot(data, positions=y, vert=False, showfliers=False)
         ax.axvline(0.0, color="k", lw=1)
         ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_yticks(y + 1, [""] * len(methods))
-        ax.invert_yaxis()
+        ax.set_yticks(y, [""] * len(methods))
+        ax.set_ylim(len(methods) - 0.5, -0.5)
         ax.set_xlabel("per image: (median − oracles' median) / oracles' sd")
         ax.set_title("+: under-forgetting, −: over-forgetting")
     fig.tight_layout()
