@@ -79,3 +79,21 @@ def test_each_models_run_gets_its_forget_score_and_its_own_summary(tmp_path):
 
 def test_without_tables_nothing_is_added(tmp_path):
     assert forget_score_metrics(None) == ({}, {})
+
+
+def test_the_sqlite_store_commits_without_fsync(tmp_path):
+    """The mirror's SQLite connections skip the disk wait (half of tracking's time); a plain
+    sqlite3 connection made by anyone else keeps SQLite's default."""
+    import sqlite3
+
+    from sqlalchemy import create_engine, text
+
+    from pbu.tracking import fast_sqlite_commits
+
+    fast_sqlite_commits()
+    fast_sqlite_commits()  # once per process, however often asked
+    engine = create_engine(f"sqlite:///{tmp_path}/x.db")
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 0
+    plain = sqlite3.connect(tmp_path / "y.db")
+    assert plain.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL, the default
