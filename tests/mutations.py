@@ -418,7 +418,8 @@ MUTATIONS: list[Mutation] = [
         "forget_data = train.subset(class_split(train.labels, forget)[1])",
         "tests/unit/test_jobs.py::test_fisher_is_the_forget_class_fisher",
         "the Fisher job computes the Fisher on the retained classes",
-    ),  # --- the per-example forget score (issue 22) ------------------------------------------
+    ),
+    # --- the per-example forget score (issue 22) --------------------------------------------
     _m(
         "forget-score-confidence-counts-the-true-class",
         FS_M,
