@@ -398,7 +398,26 @@ RECORDS = {
     "unlearn": ("info", {}),
     "tune": ("tune", {}),
     "evaluate": ("metrics", {}),
+    "ceiling": ("ceiling_info", {}),
+    "forget_score": ("forget_score_info", {}),
 }
+
+
+def _batch_records(tsv: Path) -> list[dict[str, Any]]:
+    """The records of the methods an ``unlearn_batch`` job ran (config unlearn_batch): its
+    group's ``<method>/info.json`` files that say ``batch``; each holds that method's own CPU
+    seconds and time."""
+    found = layout.parse_job(tsv)
+    group = Path(layout.path("group_dir", found.root, **found.wildcards))
+    out = []
+    for info in sorted(group.glob("*/info.json")):
+        try:
+            rec = json.loads(info.read_text())
+        except json.JSONDecodeError:
+            continue
+        if rec.get("batch"):
+            out.append(rec)
+    return out
 
 
 def _num(text: str) -> float | None:
@@ -447,6 +466,19 @@ def read_results(results: Path) -> dict[str, Any]:
             "mean_load": _num(last.get("mean_load")),
             "end": tsv.stat().st_mtime,
         }
+        if rule == "unlearn_batch":  # one job, one record per method it ran: their sum
+            recs = _batch_records(tsv)
+            if recs and all(_num(r.get("cpu_s")) is not None for r in recs):
+                job["time_s"] = sum(_num(r.get("time_s")) or 0.0 for r in recs)
+                if all(r.get("fork_server") for r in recs):
+                    job["cpu_time"] = (job["cpu_time"] or 0.0) + sum(r["cpu_s"] for r in recs)
+                    job["fork_server"] = True
+                job["peak_rss_mb"] = max(_num(r.get("peak_rss_mb")) or 0.0 for r in recs)
+                job["methods"] = len(recs)
+            elif server:
+                job["cpu_time"] = job["max_rss_mb"] = None
+            jobs.append(job)
+            continue
         if server and not (own and own.exists()):
             # served by a worker Snakemake cannot see, and no own record of CPU or memory
             job["cpu_time"] = job["max_rss_mb"] = None

@@ -9,6 +9,7 @@
                   --space '{"lr": [...]}' --budget 6 --val-fraction 0.2 --threshold 5 --out t.json
     pbu evaluate  --data ... --forget 2 --original ... --oracle ... --model pbu=path.pt ...
     pbu aggregate --out-dir results/aggregate results/**/metrics.json
+    pbu unlearn-batch / confidences / forget-score    the forget-score run (pbu.cli_forgetting)
     pbu track / pbu report / pbu methods
 
 This module only parses arguments and calls the stage's job, a function of :mod:`pbu.jobs`
@@ -28,6 +29,7 @@ import sys
 import time
 from typing import Any
 
+from pbu.cli_forgetting import add_commands as add_forgetting_commands
 from pbu.errors import CheckpointError, DataUnavailableError, UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -183,6 +185,16 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
     )
 
 
+def _name_path(items: list[str], option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise UsageError(f"{option} expects NAME=PATH, got {item!r}")
+        out[name] = path
+    return out
+
+
 def cmd_tune(args: argparse.Namespace) -> None:
     from pbu.jobs.tune import tune
 
@@ -218,12 +230,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     settings = as_typed(
         EvalSettings.from_dict, _json_arg(args.settings, "settings"), EvalSettings, "--settings"
     )
-    models: dict[str, str] = {}
-    for item in args.model:
-        name, sep, path = item.partition("=")
-        if not sep:
-            raise UsageError(f"--model expects NAME=PATH, got {item!r}")
-        models[name] = path
+    models = _name_path(args.model, "--model")
     evaluate(
         args.data,
         forget=args.forget,
@@ -231,6 +238,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         original=args.original,
         oracle=args.oracle,
         out=args.out,
+        out_confidences=args.out_confidences,
         models=models,
         settings=settings,
         memory_format=args.memory_format,
@@ -254,6 +262,7 @@ def cmd_track(args: argparse.Namespace) -> None:
         results=args.results,
         metrics_files=args.metrics,
         report_paths=args.report,
+        forget_score=args.forget_score,
     )
 
 
@@ -512,7 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", action="append", default=[], metavar="NAME=PATH")
     sp.add_argument("--settings", default="{}", help="JSON of pbu.evaluation.EvalSettings")
     sp.add_argument("--out", required=True)
+    sp.add_argument("--out-confidences", default=None, help="per-example confidences (.npz)")
     sp.set_defaults(fn=cmd_evaluate)
+
+    # the forget-score run's commands: unlearn-batch, confidences, forget-score
+    add_forgetting_commands(sub, common, _run, _int_nonneg, lambda: _JOB_STARTED)
 
     sp = sub.add_parser("aggregate", help="collect every result file into CSV tables")
     sp.add_argument("--results", default=None, help="results folder (when no files are given)")
@@ -531,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="file or folder to log as artifacts of the 'report' run (repeatable)",
     )
     sp.add_argument("--out", required=True, help="JSON summary of what was logged")
+    sp.add_argument("--forget-score", default=None, metavar="DIR", help="forget-score tables")
     sp.add_argument("metrics", nargs="*", help="metrics.json files (default: all under --results)")
     sp.set_defaults(fn=cmd_track)
 

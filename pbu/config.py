@@ -203,6 +203,40 @@ def check_tuning(config: dict[str, Any], schema_path: str | os.PathLike) -> None
             )
 
 
+def forget_score_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``evaluation.forget_score`` (off, with no ceiling seeds, when the section is absent)."""
+    fs = dict((config.get("evaluation") or {}).get("forget_score") or {})
+    fs.setdefault("enabled", False)
+    fs.setdefault("ceiling_seeds", [])
+    return fs
+
+
+def check_forget_score(config: dict[str, Any]) -> None:
+    """The forget score compares N models a side: at least 2 seeds, and the ceiling's further
+    oracles are as many as the seeds and none of them."""
+    fs = forget_score_config(config)
+    if not fs["enabled"]:
+        return
+    where = "config key evaluation.forget_score"
+    if len(config["seeds"]) < 2:
+        raise ConfigError(
+            f"{where}.enabled: the forget score compares N models a side, so it needs at least "
+            f"2 seeds; seeds has {len(config['seeds'])}"
+        )
+    ceiling = fs["ceiling_seeds"]
+    if ceiling and len(ceiling) != len(config["seeds"]):
+        raise ConfigError(
+            f"{where}.ceiling_seeds: {len(ceiling)} seeds, but the ceiling compares as many "
+            f"further oracles as seeds ({len(config['seeds'])})"
+        )
+    shared = sorted(set(ceiling) & set(config["seeds"]))
+    if shared:
+        raise ConfigError(
+            f"{where}.ceiling_seeds: {shared} are also in seeds; the ceiling's oracles must come "
+            f"from other seeds"
+        )
+
+
 def check_config(
     config: dict[str, Any], schema_path: str | os.PathLike, *, check_results: bool = True
 ) -> dict[str, Any]:
@@ -228,6 +262,7 @@ def check_config(
                 f"hyperparameters must be given"
             )
     check_tuning(config, schema_path)
+    check_forget_score(config)
     # data.source is not checked here: a plan (snakemake -n) or stand-in data never reads it,
     # and a missing folder fails the download job alone, with the same message
     # (pbu.data._adopt_source).
@@ -253,6 +288,7 @@ def check_config(
     resolved = dict(config)
     resolved["forget"] = forget_classes(config)
     resolved["variants"] = variants(config)
+    resolved.setdefault("unlearn_batch", False)
     return resolved
 
 

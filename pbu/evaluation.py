@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -38,6 +39,20 @@ UNITS: dict[str, str] = {
     "mia_efficacy_salun": "fraction of forget-train predicted non-member (SalUn)",
     "mia_loss_acc": "CV accuracy, forget-train vs forget-test (0.5 = no leakage)",
     "mia_loss_auc": "CV ROC AUC, forget-train vs forget-test (0.5 = no leakage)",
+    **{
+        f"{attack}_valid_{k}": what
+        for attack, where in (
+            ("mia_entropy_svc", "held-out retain-train vs test without the forget class"),
+            ("mia_entropy_svc_bad_teaching", "held-out retain-train vs the whole test split"),
+            ("mia_efficacy_salun", "held-out retain-train vs test without the forget class"),
+            ("mia_loss", "retain-train vs retain-test, cross-validated"),
+        )
+        for k, what in (
+            ("bacc", f"attack validity: balanced accuracy, {where} (0.5 = chance)"),
+            ("bacc_se", "standard error of that balanced accuracy"),
+            ("auc", f"attack validity: ROC AUC, {where} (0.5 = chance)"),
+        )
+    },
     "js_forget_test": "nats, JS divergence to the oracle",
     "js_retain_test": "nats",
     "act_dist_forget_test": "L2 between softmax outputs",
@@ -64,6 +79,9 @@ class EvalSettings:
     # Samples an SVC attack is fitted on, members and non-members together; the ratio of the
     # full sets is kept (pbu.metrics.mia_fit_sizes). None: all (the fit grows ~quadratically).
     mia_max_samples: int | None = 1000
+    # Share of each SVC attack's members and non-members held out (seeded) before it is fitted,
+    # to measure its validity (pbu.metrics.validity_split). None: nothing held out, no validity.
+    mia_valid_fraction: float | None = 0.25
     relearn_samples: int = 64  # forget-train samples used to relearn
     relearn_batch_size: int = 16
     relearn_lr: float = 1e-3
@@ -76,6 +94,9 @@ class EvalSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalSettings:
+        # the config's evaluation.forget_score belongs to the stage after the evaluations
+        # (pbu.jobs.forget_score), not to one group's evaluation
+        d = {k: v for k, v in d.items() if k != "forget_score"}
         known = set(cls.__dataclass_fields__)
         bad = sorted(set(d) - known)
         if bad:
@@ -102,16 +123,21 @@ class EvalData:
 
 
 def model_outputs(
-    model: nn.Module, data: EvalData, settings: EvalSettings, device: torch.device
+    model: nn.Module,
+    data: EvalData,
+    settings: EvalSettings,
+    device: torch.device,
+    splits: tuple[str, ...] = SPLITS,
 ) -> dict[str, tuple[Tensor, Tensor, Tensor | None]]:
-    """Logits, labels and penultimate features of ``model`` on each split (one pass each), from
-    an inference copy with BatchNorm folded into the convolutions (the same eval-mode map)."""
+    """Logits, labels and penultimate features of ``model`` on each of ``splits`` (one pass
+    each), from an inference copy with BatchNorm folded into the convolutions (the same
+    eval-mode map)."""
     model = fuse_for_inference(model)
     return {
         s: M.outputs_and_features(
             model, getattr(data, s).loader(settings.batch_size, device=device)
         )
-        for s in SPLITS
+        for s in splits
     }
 
 
@@ -215,17 +241,24 @@ def evaluate_models(
     settings: EvalSettings,
     seed: int,
     device: str | torch.device = "cpu",
+    per_example: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metrics for every model in ``models`` (plus ``"oracle"``), keyed by model name.
 
     ``incompetent`` is a randomly initialised model of the same architecture (for ZRF).
     ``models["original"]``, the model before unlearning, sets the Anamnesis Index's target
     (its forget-test accuracy); without it the relearn metrics other than the fixed-threshold
-    ones are NaN.
+    ones are NaN. ``per_example``, when given, is filled with every model's logit-scaled
+    confidence of the true class on each forget-class training image (float64, in the order of
+    ``data.forget_train``; :func:`pbu.metrics.logit_confidence`), what the per-example forget
+    score compares across models.
     """
     device = torch.device(device)
     everyone = {"oracle": oracle, **{k: v for k, v in models.items() if k != "oracle"}}
     outs = {name: model_outputs(m, data, settings, device) for name, m in everyone.items()}
+    if per_example is not None:
+        for name, out in outs.items():
+            per_example[name] = M.logit_confidence(*out["forget_train"][:2])
     inc_forget = M.collect_outputs(
         incompetent, data.forget_test.loader(settings.batch_size, device=device)
     )[0]
@@ -254,6 +287,7 @@ def evaluate_models(
             settings,
         )
     o = outs["oracle"]
+    fraction = settings.mia_valid_fraction
     rows: dict[str, dict[str, float]] = {}
     for name in everyone:
         out = outs[name]
@@ -262,17 +296,27 @@ def evaluate_models(
         row = {f"acc_{s}": M.accuracy_from_logits(*out[s][:2]) for s in SPLITS}
         # Members = retain-train; non-members = the test split WITHOUT the forget class (ours)
         # or the whole test split (Bad Teaching's sets); targets = forget-train.
-        row["mia_entropy_svc"] = M.mia_entropy_svc(
-            rtr, rte, ftr, seed=seed, max_samples=settings.mia_max_samples
-        )
-        row["mia_entropy_svc_bad_teaching"] = M.mia_entropy_svc_bad_teaching(
-            rtr, rte, fte, ftr, seed=seed, max_samples=settings.mia_max_samples
-        )
-        row["mia_efficacy_salun"] = M.mia_efficacy_salun(
-            rtr, rtr_y, rte, rte_y, ftr, ftr_y, seed=seed, max_samples=settings.mia_max_samples
-        )
+        # Each SVC attack also reports its validity on members and non-members held out of its
+        # fit (settings.mia_valid_fraction); the loss attack's validity is on the retained
+        # classes, where every model has members (pbu.metrics.loss_attack_validity).
+        svc = {"max_samples": settings.mia_max_samples, "valid_fraction": fraction}
+        for name_, attack in (
+            ("mia_entropy_svc", M.entropy_svc_attack(rtr, rte, ftr, seed=seed, **svc)),
+            (
+                "mia_entropy_svc_bad_teaching",
+                M.entropy_svc_bad_teaching_attack(rtr, rte, fte, ftr, seed=seed, **svc),
+            ),
+            (
+                "mia_efficacy_salun",
+                M.efficacy_salun_attack(rtr, rtr_y, rte, rte_y, ftr, ftr_y, seed=seed, **svc),
+            ),
+        ):
+            row[name_] = attack.value
+            row.update(_validity(name_, attack.validity))
         loss_mia = M.mia_loss_lr(ftr, ftr_y, fte, fte_y, seed=seed)
         row["mia_loss_acc"], row["mia_loss_auc"] = loss_mia["acc"], loss_mia["auc"]
+        if fraction is not None:
+            row.update(_validity("mia_loss", M.loss_attack_validity(rtr, rtr_y, rte, rte_y, seed)))
         row["js_forget_test"] = M.js_divergence(fte, o["forget_test"][0])
         row["js_retain_test"] = M.js_divergence(rte, o["retain_test"][0])
         row["act_dist_forget_test"] = M.activation_distance(fte, o["forget_test"][0])
@@ -285,6 +329,18 @@ def evaluate_models(
             row["probe_auc"], row["probe_acc"] = p["auc"], p["acc"]
         rows[name] = row
     return rows
+
+
+def _validity(attack: str, v: M.AttackValidity | None) -> dict[str, float]:
+    """An attack's validity as metric columns: ``<attack>_valid_bacc`` / ``_bacc_se`` /
+    ``_auc``; none when nothing was held out."""
+    if v is None:
+        return {}
+    return {
+        f"{attack}_valid_bacc": v.bacc,
+        f"{attack}_valid_bacc_se": v.bacc_se,
+        f"{attack}_valid_auc": v.auc,
+    }
 
 
 def data_record(

@@ -14,7 +14,12 @@ One directory level per wildcard (``dataset``, ``arch``, ``seed``, ``forget``, `
     {results}/.../seed{seed}/forget{forget}/{method}/model.pt   + info.json, history.json
     {results}/.../seed{seed}/forget{forget}/tune/{method}.json  a blind tuning record
     {results}/.../seed{seed}/forget{forget}/metrics.json        every model of the group, evaluated
+    {results}/.../seed{seed}/forget{forget}/confidences.npz     their per-example confidences
+    {results}/{dataset}/{arch}/ceiling/forget{forget}/confidences.npz   the ceiling's oracles'
+                                                                 (+ info.json, the job's record)
     {results}/aggregate/runs.csv, history.csv, timings.csv
+    {results}/aggregate/forget_score.csv, forget_score_images.csv, forget_score_runs.csv
+                                                                 (+ forget_score.json, record)
     {results}/report.md, tables/, figures/
     {results}/mlflow/tracked.json, tracked_report.json
     {results}/logs/<job>.log, {results}/benchmarks/<job>.tsv    mirror the jobs (see JOBS)
@@ -66,6 +71,8 @@ RESERVED_NAMES = (
 
 SEED_DIR = "{dataset}/{arch}/seed{seed}"
 GROUP_DIR = SEED_DIR + "/forget{forget}"
+#: The forget score's ceiling: the per-example confidences of oracles from further seeds.
+CEILING_DIR = "{dataset}/{arch}/ceiling/forget{forget}"
 
 #: Every file (or folder) of the results folder by name: template relative to the results root.
 #: :func:`parse` tries them in this order (the first match wins).
@@ -79,6 +86,9 @@ FILES: dict[str, str] = {
     "fisher": GROUP_DIR + "/fisher.pt",
     "fisher_info": GROUP_DIR + "/fisher.json",
     "metrics": GROUP_DIR + "/metrics.json",
+    "confidences": GROUP_DIR + "/confidences.npz",
+    "ceiling_confidences": CEILING_DIR + "/confidences.npz",
+    "ceiling_info": CEILING_DIR + "/info.json",
     "tune": GROUP_DIR + "/tune/{method}.json",
     "model": GROUP_DIR + "/{method}/model.pt",  # the oracle's too: method=ORACLE
     "info": GROUP_DIR + "/{method}/info.json",
@@ -86,6 +96,10 @@ FILES: dict[str, str] = {
     "runs_csv": "aggregate/runs.csv",
     "history_csv": "aggregate/history.csv",
     "timings_csv": "aggregate/timings.csv",
+    "forget_score_csv": "aggregate/forget_score.csv",
+    "forget_score_images_csv": "aggregate/forget_score_images.csv",
+    "forget_score_runs_csv": "aggregate/forget_score_runs.csv",
+    "forget_score_info": "aggregate/forget_score.json",
     "report": "report.md",
     "tables": "tables",
     "figures": "figures",
@@ -102,9 +116,13 @@ JOBS: dict[str, str] = {
     "oracle": GROUP_DIR + "/" + ORACLE,
     "fisher": GROUP_DIR + "/fisher",
     "evaluate": GROUP_DIR + "/evaluate",
+    # one job runs every method of a group (config unlearn_batch); "-" is in no method's name
+    "unlearn_batch": GROUP_DIR + "/unlearn-batch",
+    "ceiling": CEILING_DIR + "/confidences",
     "tune": GROUP_DIR + "/tune/{method}",
     "unlearn": GROUP_DIR + "/{method}",  # last of a group's jobs: any other name is a method
     "aggregate": "aggregate",
+    "forget_score": "forget_score",
     "track": "track",
     "track_report": "track_report",
     "report": "report",

@@ -125,10 +125,73 @@ def _model_metrics(
     return out
 
 
-def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
-    """Turn result files into the runs to log (parents before children)."""
+#: Columns of the forget-score table (aggregate/forget_score.csv) each model's run gets, as
+#: ``forget_score`` (the column ``score``) and ``forget_score_<column>``: its method's numbers
+#: for its forget class (the original model: the floor's; the oracle: the ceiling's).
+FORGET_SCORE_COLUMNS = (
+    "score",
+    "score_ci_low",
+    "score_ci_high",
+    "utility_score",
+    "eps_median",
+    "eps_cap_share",
+    "peaky_share",
+    "offset_sd_median",
+    "offset_sd_signed_median",
+    "n_models",
+)
+#: Columns of aggregate/forget_score_runs.csv each model's run gets: its own per-image summary.
+FORGET_SCORE_RUN_COLUMNS = ("conf_median", "conf_offset_sd_median")
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def forget_score_metrics(
+    folder: str | Path | None,
+) -> tuple[dict[tuple, dict[str, float]], dict[tuple, dict[str, float]]]:
+    """The forget-score tables of ``folder`` (the layout's ``aggregate/``) as MLflow metrics:
+    per (dataset, arch, forget, method) the method's numbers, per (dataset, arch, seed, forget,
+    method) the model's own; both empty without a folder."""
+    if folder is None:
+        return {}, {}
+    folder = Path(folder)
+    table = folder / Path(layout.FILES["forget_score_csv"]).name
+    runs = folder / Path(layout.FILES["forget_score_runs_csv"]).name
+    per_method: dict[tuple, dict[str, float]] = {}
+    for r in _csv_rows(table):
+        if r["forget"] == "all":
+            continue
+        name = {"floor": "original", "ceiling": "oracle"}.get(r["method"], r["method"])
+        per_method[(r["dataset"], r["arch"], int(r["forget"]), name)] = {
+            ("forget_score" if c == "score" else f"forget_score_{c}"): float(r[c])
+            for c in FORGET_SCORE_COLUMNS
+            if r.get(c) not in (None, "") and math.isfinite(float(r[c]))
+        }
+    per_run: dict[tuple, dict[str, float]] = {}
+    for r in _csv_rows(runs):
+        if r.get("ceiling") == "True":
+            continue  # the ceiling's oracles belong to no group
+        key = (r["dataset"], r["arch"], int(r["seed"]), int(r["forget"]), r["method"])
+        per_run[key] = {
+            c: float(r[c])
+            for c in FORGET_SCORE_RUN_COLUMNS
+            if r.get(c) not in (None, "") and math.isfinite(float(r[c]))
+        }
+    return per_method, per_run
+
+
+def plan_jobs(metrics_files: list[Path], forget_score: str | Path | None = None) -> list[_Job]:
+    """Turn result files into the runs to log (parents before children). ``forget_score``: the
+    folder of the forget-score tables (:func:`forget_score_metrics`), whose numbers each
+    model's run gets too."""
     from pbu.aggregate import protocol_of, tune_file, tune_record
 
+    fs_method, fs_run = forget_score_metrics(forget_score)
     jobs: list[_Job] = []
     pretrain_done: set[Path] = set()
     for mfile in metrics_files:
@@ -239,6 +302,9 @@ def plan_jobs(metrics_files: list[Path]) -> list[_Job]:
                     j.artifacts.append(hist_file)
                 j.dataset_context = str(info.get("data_access") or "unknown")
             j.metrics = _model_metrics(method, metrics, info, fisher or {}, tune)
+            fkey = (key["dataset"], key["arch"], key["forget"], method)
+            j.metrics.update(fs_method.get(fkey, {}))
+            j.metrics.update(fs_run.get((*fkey[:2], key["seed"], *fkey[2:]), {}))
             stop = info.get("info") or {}
             if _finite(stop.get("stop_step")):
                 j.metrics["stop_step"] = float(stop["stop_step"])

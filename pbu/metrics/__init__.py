@@ -17,6 +17,13 @@ Names say which published definition each number follows, because the unlearning
   "non-member" (higher = more forgetting).
 - :func:`mia_loss_lr` -- a loss-threshold style attack with cross-validated logistic regression,
   forget-class train vs forget-class test: accuracy/AUC, 0.5 = no leakage.
+- Attack validity: each attack's balanced accuracy and AUC on members and non-members it was
+  not fitted on (:func:`entropy_svc_attack` and its siblings with ``valid_fraction``;
+  :func:`loss_attack_validity`).
+- :func:`forgetting_score` -- the per-example forgetting score of the NeurIPS 2023 unlearning
+  challenge (Triantafillou et al.): per forget example, the ε of the best threshold test
+  telling N unlearned models' :func:`logit_confidence` from N retrained models', bucketed
+  (:mod:`pbu.metrics.forget_score`).
 - :func:`zrf` (the formula of the paper) and :func:`zrf_as_coded` (what the Bad Teaching / SSD
   code computes: KL reversed and element-averaged, i.e. divided by the class count).
 - :func:`anamnesis_index` -- the Anamnesis Index of Chundawat et al. (zero-shot unlearning):
@@ -25,7 +32,8 @@ Names say which published definition each number follows, because the unlearning
 
 The package's modules: :mod:`pbu.metrics.core` (outputs, accuracy, softmax features, timing),
 :mod:`pbu.metrics.mia`, :mod:`pbu.metrics.distance` (JS, activation distance, ZRF) and
-:mod:`pbu.metrics.depth` (relearn time, Anamnesis Index, linear probe). Every public name is
+:mod:`pbu.metrics.depth` (relearn time, Anamnesis Index, linear probe) and
+:mod:`pbu.metrics.forget_score` (the per-example forgetting score). Every public name is
 importable from ``pbu.metrics`` itself.
 
 Everything that takes logits works in float64 on the CPU and in log space, so one-hot or extreme
@@ -64,13 +72,30 @@ from pbu.metrics.distance import (
     zrf,
     zrf_as_coded,
 )
+from pbu.metrics.forget_score import (
+    EpsilonResult,
+    bucket_points,
+    epsilon,
+    epsilon_one,
+    forgetting_score,
+    logit_confidence,
+    max_epsilon,
+    offsets,
+)
 from pbu.metrics.mia import (
     SVC_PARAMS,
+    AttackResult,
+    AttackValidity,
+    efficacy_salun_attack,
+    entropy_svc_attack,
+    entropy_svc_bad_teaching_attack,
+    loss_attack_validity,
     mia_efficacy_salun,
     mia_entropy_svc,
     mia_entropy_svc_bad_teaching,
     mia_fit_sizes,
     mia_loss_lr,
+    validity_split,
 )
 
 __all__ = [
@@ -90,6 +115,21 @@ __all__ = [
     "mia_entropy_svc_bad_teaching",
     "mia_efficacy_salun",
     "mia_loss_lr",
+    "AttackResult",
+    "AttackValidity",
+    "validity_split",
+    "entropy_svc_attack",
+    "entropy_svc_bad_teaching_attack",
+    "efficacy_salun_attack",
+    "loss_attack_validity",
+    "logit_confidence",
+    "EpsilonResult",
+    "epsilon_one",
+    "epsilon",
+    "max_epsilon",
+    "bucket_points",
+    "forgetting_score",
+    "offsets",
     "js_divergence_per_sample",
     "js_divergence",
     "activation_distance",

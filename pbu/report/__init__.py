@@ -28,6 +28,8 @@ One module per concern, imported in this order (each imports only those above it
 - :mod:`~pbu.report.stats`: per-method statistics, distances to the oracle, the ranking;
 - :mod:`~pbu.report.paired`: paired differences over (forget class, seed) pairs, their
   bootstrap CI and Wilcoxon signed-rank test;
+- :mod:`~pbu.report.forget_score`: attack validity and the per-example forget score (its
+  table, figure and section; C4 rests on them);
 - :mod:`~pbu.report.claims`: the paper's claims C1–C7, a verdict each per setting;
 - :mod:`~pbu.report.tables`: the tables and :func:`write_tables`;
 - :mod:`~pbu.report.style`: how every figure looks (size, fonts, colours, saving);
@@ -49,6 +51,7 @@ from typing import Any
 
 from pbu.report.claims import RULES, evaluate_claims, write_claims
 from pbu.report.figures import FIGURE_NAMES, write_figures
+from pbu.report.forget_score import read_forget_score, write_forget_score
 from pbu.report.inputs import data_gaps, read_history, read_runs, read_timings
 from pbu.report.markdown import write_report
 from pbu.report.paired import Paired, compare, equivalence
@@ -83,9 +86,13 @@ def build_all(
     runs = read_runs(runs_csv)
     history = read_history(history_csv)
     timings = read_timings(timings_csv)
-    claims = evaluate_claims(runs, settings)
+    # the forget-score stage's tables beside runs.csv, when the run's settings turn it on
+    forget_score = read_forget_score(Path(runs_csv).parent, settings)
+    claims = evaluate_claims(runs, settings, forget_score)
     tables = write_tables(runs, out / "tables") + write_claims(claims, out / "tables", runs)
     figures = write_figures(runs, history, timings, out / "figures")
+    fs_tables, fs_figures = write_forget_score(forget_score, out / "tables", out / "figures")
+    tables, figures = tables + fs_tables, figures + fs_figures
     report = write_report(
         runs,
         reference_csv,
@@ -94,6 +101,7 @@ def build_all(
         tables=tables,
         settings=settings,
         claims=claims,
+        forget_score=forget_score,
     )
     return {"tables": tables, "figures": figures, "report": [report]}
 

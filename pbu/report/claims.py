@@ -26,8 +26,9 @@ The claims (PBU is ``pbu``; its variants are ``pbu_no_fisher``, ``pbu_no_l2``, `
 - **C2** A_Dr within 2 points of the oracle: PBU − oracle on A_Dr, ``greater`` than −2.
 - **C3** A_Dr above UNSIR and above Bad Teaching: PBU − ``unsir`` and PBU − ``bad_teaching``
   on A_Dr, ``greater`` than 0, two parts.
-- **C4** MIA close to the oracle's: PBU − oracle on ``mia_entropy_svc`` (the share of the
-  forget class's training images an entropy attack calls "member"), ``within`` ±0.05.
+- **C4** forgetting like retraining's: PBU's forget score against the ceiling's when the run
+  has one (:mod:`pbu.report.forget_score`), else PBU − oracle on ``mia_entropy_svc``,
+  ``within`` ±0.05, *inconclusive (attack at chance)* when that attack is at chance.
 - **C5** the stability terms help (PBU − ``pbu_ascent``) and the Fisher term in particular
   (PBU − ``pbu_no_fisher``): on A_Dr, ``greater`` than 0, two parts; a part is inconclusive
   unless both of its methods forget (matched forgetting). The A_Df differences are shown
@@ -57,6 +58,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pbu.report.forget_score import C4_SCORE_TOLERANCE, attack_check, c4_on_forget_score
 from pbu.report.inputs import pbu_variants, setting_pairs
 from pbu.report.paired import (
     PAIR,
@@ -86,7 +88,8 @@ STATEMENTS = {
     "C1": f"A_Df ≈ 0 (≤ {C1_BOUND:g} %)",
     "C2": f"A_Dr within {C2_MARGIN:g} points of the oracle",
     "C3": "A_Dr above UNSIR and Bad Teaching",
-    "C4": f"MIA close to the oracle's (entropy-SVC, within ±{C4_TOLERANCE:g})",
+    "C4": "forgetting like retraining's (the forget score near the ceiling's when the run has "
+    f"one, else the entropy-SVC MIA within ±{C4_TOLERANCE:g} of the oracle's, a valid attack)",
     "C5": "the stability terms help (vs pbu_ascent), the Fisher term in particular "
     "(vs pbu_no_fisher)",
     "C6": "cheaper than retraining, per epoch and in total, prerequisites included",
@@ -110,7 +113,8 @@ RULES = [
     "Matched forgetting: a method forgets when its mean A_Df ≤ the threshold.",
     f"C1: PBU's A_Df < {C1_BOUND:g} %, and every pair ≤ {C1_BOUND:g} % for supported. "
     f"C2: PBU − oracle A_Dr > −{C2_MARGIN:g}. C3: PBU − UNSIR and PBU − Bad Teaching A_Dr > 0. "
-    f"C4: |PBU − oracle| entropy-SVC MIA < {C4_TOLERANCE:g}. C5: PBU − pbu_ascent and "
+    f"C4: PBU − ceiling forget score > −{C4_SCORE_TOLERANCE:g} (CI over images), else |PBU − "
+    f"oracle| entropy-SVC MIA < {C4_TOLERANCE:g} if that attack is valid. C5: PBU − pbu_ascent and "
     "PBU − pbu_no_fisher A_Dr > 0, both methods forgetting. C6: PBU − oracle time < 0, in "
     "total and per epoch, prerequisites included (PBU's Fisher). C7: against every other "
     "method that forgets (not the oracle, the original model or PBU's variants), PBU − method "
@@ -404,7 +408,7 @@ def _protocol(runs: pd.DataFrame, method: str) -> str | None:
 
 
 def _setting_claims(
-    sub: pd.DataFrame, threshold: float
+    sub: pd.DataFrame, threshold: float, forget_score: tuple | None = None
 ) -> list[tuple[str, list[Part], str, tuple[str, str] | None]]:
     """``(claim, parts, extra summary, verdict or None to combine the parts)`` of one setting
     whose runs hold PBU (``sub`` with the derived metrics)."""
@@ -412,11 +416,20 @@ def _setting_claims(
     c1, worst = _c1(sub)
     c2 = [_greater(sub, methods, PBU, "oracle", ACC_R, "vs oracle", shift=-C2_MARGIN)]
     c3 = [_greater(sub, methods, PBU, m, ACC_R, f"vs {m}") for m in ("unsir", "bad_teaching")]
-    if "oracle" not in methods:
+    c4_extra, c4_verdict = "", None
+    on_score = c4_on_forget_score(forget_score, *sub[["dataset", "arch"]].iloc[0])
+    if on_score is not None:  # the per-example test decides; the MIA is not asked
+        c4 = [Part("forget score vs ceiling", None, on_score[0], on_score[1])]
+        c4_extra = on_score[2]
+    elif "oracle" not in methods:
         c4 = [Part("vs oracle", None, INCONCLUSIVE, "absent: oracle")]
     else:
         stat = equivalence(sub, PBU, "oracle", C4_METRIC, C4_TOLERANCE)
         c4 = [Part("vs oracle", stat, *within(stat))]
+        chance, c4_extra = attack_check(sub, C4_METRIC, [PBU, "oracle"])
+        if chance:  # the verdict reads "inconclusive (attack at chance)"
+            c4[0].verdict = INCONCLUSIVE
+            c4_verdict = c4[0].verdict, c4[0].reason = INCONCLUSIVE, "attack at chance"
     c6 = [
         _greater(sub, methods, PBU, "oracle", m, label, direction="less")
         for m, label in ((TIME_TOTAL, "in total"), (TIME_EPOCH, "per epoch"))
@@ -444,15 +457,17 @@ def _setting_claims(
         ("C1", c1, worst, None),
         ("C2", c2, "", None),
         ("C3", c3, "", None),
-        ("C4", c4, "", None),
+        ("C4", c4, c4_extra, c4_verdict),
         ("C5", _c5(sub, methods, threshold), "", None),
         ("C6", c6, "", None),
         ("C7", c7, c7_summary, c7_verdict),
     ]
 
 
-def evaluate_claims(runs: pd.DataFrame, settings: Mapping[str, Any] | None = None) -> list[Claim]:
-    """Every claim's verdict in every setting of ``runs`` (see the module docstring)."""
+def evaluate_claims(
+    runs: pd.DataFrame, settings: Mapping[str, Any] | None = None, forget_score: tuple | None = None
+) -> list[Claim]:
+    """Every claim's verdict in every setting of ``runs`` (C4: ``forget_score``'s tables)."""
     threshold, _ = matched_threshold(settings)
     out: list[Claim] = []
     for dataset, arch in setting_pairs(runs):
@@ -464,7 +479,7 @@ def evaluate_claims(runs: pd.DataFrame, settings: Mapping[str, Any] | None = Non
                 for c in STATEMENTS
             ]
             continue
-        for cid, parts, extra, verdict in _setting_claims(sub, threshold):
+        for cid, parts, extra, verdict in _setting_claims(sub, threshold, forget_score):
             verdict, reason = verdict or combine(parts)
             if cid == "C7":  # many parts: their numbers are in the comparisons table
                 text = extra

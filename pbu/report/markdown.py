@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from pbu.report.claims import Claim, claims_section, evaluate_claims
+from pbu.report.forget_score import section as forget_score_section
 from pbu.report.inputs import data_gaps
 from pbu.report.paper import comparison_section, read_reference
 from pbu.report.render import flatten_settings, to_markdown, write_text
@@ -145,6 +146,7 @@ def write_report(
     tables: Sequence[str | os.PathLike],
     settings: Mapping[str, Any],
     claims: Sequence[Claim] | None = None,
+    forget_score: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> Path:
     """Write ``report.md``: our numbers (summary and ranking), the claims' verdicts (``claims``,
     computed from ``runs`` when not given), the paper's numbers beside ours wherever
@@ -164,6 +166,7 @@ def write_report(
         "",
     ]
     lines += _summary_section(runs, settings)
+    lines += forget_score_section(runs, forget_score, base, tables)
     lines += claims_section(evaluate_claims(runs, settings) if claims is None else claims, settings)
     lines += comparison_section(runs, ref, settings)
     lines += _figures_section(figures, base)

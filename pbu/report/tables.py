@@ -21,6 +21,7 @@ from pbu.report.vocab import (
     ACC_R,
     DEPTH_METRICS,
     MAIN_METRICS,
+    MAIN_MIA,
     MISSING,
     RUN_METRICS,
     SETTING,
@@ -189,7 +190,7 @@ def main_table(summary: pd.DataFrame) -> pd.DataFrame:
         }
     )
     cells = _formatted(summary, MAIN_METRICS)
-    for col in (ACC_F, ACC_R, "mia_entropy_svc", "mia_entropy_svc_bad_teaching"):
+    for col in (ACC_F, ACC_R, *MAIN_MIA):
         if RUN_METRICS[col][0] in cells:
             out[RUN_METRICS[col][0]] = cells[RUN_METRICS[col][0]]
     out["JS to oracle"] = _fmt(summary["js_to_oracle"], "{:.4f}")

@@ -32,6 +32,17 @@ RUN_METRICS: dict[str, tuple[str, str, str]] = {
     "mia_efficacy_salun": ("MIA-efficacy (SalUn)", "{:.3f}", "fraction"),
     "mia_loss_acc": ("MIA loss (acc)", "{:.3f}", "fraction"),
     "mia_loss_auc": ("MIA loss (AUC)", "{:.3f}", "fraction"),
+    # each attack's validity: held out of its fit (docs/metrics.md, "Attack validity")
+    **{
+        f"{attack}_valid_{k}": (f"{label} validity ({what})", "{:.3f}", f"held-out {what}")
+        for attack, label in (
+            ("mia_entropy_svc", "MIA entropy-SVC"),
+            ("mia_entropy_svc_bad_teaching", "MIA entropy-SVC (BT sets)"),
+            ("mia_efficacy_salun", "MIA-efficacy"),
+            ("mia_loss", "MIA loss"),
+        )
+        for k, what in (("bacc", "bal. acc."), ("auc", "AUC"))
+    },
     "js_forget_test": ("JS forget", "{:.4f}", "JS divergence to the oracle, forget test"),
     "js_retain_test": ("JS retain", "{:.4f}", "JS divergence to the oracle, retain test"),
     "act_dist_forget_test": ("act. dist. forget", "{:.3f}", "activation distance to oracle"),
@@ -68,6 +79,12 @@ MIA_COLUMNS = [
     "mia_loss_acc",
     "mia_loss_auc",
 ]
+#: Each attack's held-out balanced accuracy and AUC (0.5: at chance).
+MIA_VALIDITY_COLUMNS = [
+    f"{a}_valid_{k}"
+    for a in ("mia_entropy_svc", "mia_entropy_svc_bad_teaching", "mia_efficacy_salun", "mia_loss")
+    for k in ("bacc", "auc")
+]
 JS_COLUMNS = ["js_forget_test", "js_retain_test"]
 DEPTH_COLUMNS = [
     "zrf_forget_test",
@@ -83,9 +100,18 @@ DEPTH_COLUMNS = [
 ]
 TIME_COLUMNS = ["total_time_s", "time_s"]
 #: Metrics in the per-method summary (when present): every score the evaluation writes.
-SUMMARY_METRICS = [ACC_F, ACC_R, *MIA_COLUMNS, *JS_COLUMNS, *DEPTH_COLUMNS, *TIME_COLUMNS]
-#: The main table: accuracy, MIA, distance to the oracle, time.
-MAIN_METRICS = [ACC_F, ACC_R, "mia_entropy_svc", "mia_entropy_svc_bad_teaching", *TIME_COLUMNS]
+SUMMARY_METRICS = [
+    ACC_F, ACC_R, *MIA_COLUMNS, *MIA_VALIDITY_COLUMNS, *JS_COLUMNS, *DEPTH_COLUMNS, *TIME_COLUMNS
+]  # fmt: skip
+#: The main table: accuracy, MIA (each beside its held-out balanced accuracy), distance to the
+#: oracle, time.
+MAIN_MIA = [
+    "mia_entropy_svc",
+    "mia_entropy_svc_valid_bacc",
+    "mia_entropy_svc_bad_teaching",
+    "mia_entropy_svc_bad_teaching_valid_bacc",
+]
+MAIN_METRICS = [ACC_F, ACC_R, *MAIN_MIA, *TIME_COLUMNS]
 #: The "depth of forgetting" table.
 DEPTH_METRICS = [
     "zrf_forget_test",

@@ -53,11 +53,29 @@ def _expected(cfg: dict) -> tuple[set[str], set[str], set[str]]:
             job("oracle", [("model", oracle), ("info", oracle)], **g)
             if "pbu" in cfg["methods"]:
                 job("fisher", [("fisher", {}), ("fisher_info", {})], **g)
+            per_method = [("model", {}), ("info", {}), ("history", {})]
+            if cfg["unlearn_batch"]:  # one job writes every method's files
+                job("unlearn_batch", [(f, {"method": m}) for f, _ in per_method
+                                      for m in cfg["methods"]], **g)  # fmt: skip
             for m in cfg["methods"]:
-                job("unlearn", [("model", {}), ("info", {}), ("history", {})], **g, method=m)
+                if not cfg["unlearn_batch"]:
+                    job("unlearn", per_method, **g, method=m)
                 if m in tuned:
                     job("tune", [("tune", {})], **g, method=m)
-            job("evaluate", [("metrics", {})], **g)
+            job("evaluate", [("metrics", {}), ("confidences", {})], **g)
+    fs = cfg["evaluation"]["forget_score"]
+    if fs["enabled"]:
+        for arch, seed, forget in itertools.product(
+            cfg["archs"], fs["ceiling_seeds"], cfg["forget"]
+        ):
+            oracle = {"method": layout.ORACLE}
+            g = {"dataset": cfg["dataset"], "arch": arch, "seed": seed, "forget": forget}
+            job("oracle", [("model", oracle), ("info", oracle)], **g)
+        for arch, forget in itertools.product(cfg["archs"], cfg["forget"]):
+            g = {"dataset": cfg["dataset"], "arch": arch, "forget": forget}
+            job("ceiling", [("ceiling_confidences", {}), ("ceiling_info", {})], **g)
+        names = ("forget_score_csv", "forget_score_images_csv", "forget_score_runs_csv")
+        job("forget_score", [(f, {}) for f in (*names, "forget_score_info")])
     job("aggregate", [("runs_csv", {}), ("history_csv", {}), ("timings_csv", {})])
     job("track", [("tracked", {})], bench=False)
     job("report", [("report", {}), ("tables", {}), ("figures", {})])
@@ -72,7 +90,12 @@ def _planned(text: str, key: str) -> set[str]:
     return found
 
 
-def test_dry_run_plans_exactly_the_files_the_layout_names(tmp_path):
+@pytest.mark.parametrize(
+    "configs",
+    [[".test/config.yaml"], ["config/forgetting.yaml", ".test/forgetting-n4.yaml"]],
+    ids=["test", "forgetting-n4"],
+)
+def test_dry_run_plans_exactly_the_files_the_layout_names(tmp_path, configs):
     results = tmp_path / "results"
     override = {
         "results": str(results),
@@ -89,7 +112,7 @@ def test_dry_run_plans_exactly_the_files_the_layout_names(tmp_path):
             "--cores",
             "1",
             "--configfile",
-            ".test/config.yaml",
+            *configs,
             str(tmp_path / "override.yaml"),
         ],
         cwd=ROOT,
@@ -99,7 +122,7 @@ def test_dry_run_plans_exactly_the_files_the_layout_names(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     raw = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    for over in (yaml.safe_load((ROOT / ".test/config.yaml").read_text()), override):
+    for over in [*(yaml.safe_load((ROOT / c).read_text()) for c in configs), override]:
         raw = _merge(raw, over)
     cfg = check_config(raw, ROOT / "workflow/schemas/config.schema.yaml")
     outputs, logs, benches = _expected(cfg)

@@ -157,9 +157,14 @@ def test_mia_entropy_svc_attacks_retain_train_vs_test_without_the_class_on_forge
     o = {s: out["model"][s][0] for s in SPLITS}
 
     def mia(members: str, nonmembers: str, targets: str) -> float:
-        return M.mia_entropy_svc(
-            o[members], o[nonmembers], o[targets], seed=SEED, max_samples=settings.mia_max_samples
-        )
+        return M.entropy_svc_attack(
+            o[members],
+            o[nonmembers],
+            o[targets],
+            seed=SEED,
+            max_samples=settings.mia_max_samples,
+            valid_fraction=settings.mia_valid_fraction,
+        ).value
 
     got = rows["model"]["mia_entropy_svc"]
     want = mia("retain_train", "retain_test", "forget_train")
@@ -183,13 +188,14 @@ def test_mia_entropy_svc_attacks_retain_train_vs_test_without_the_class_on_forge
 def test_salun_and_loss_attacks_use_their_defined_sets(evaluated):
     rows, out, settings = evaluated
     m = out["model"]
-    want = M.mia_efficacy_salun(
+    want = M.efficacy_salun_attack(
         *m["retain_train"],
         *m["retain_test"],
         *m["forget_train"],
         seed=SEED,
         max_samples=settings.mia_max_samples,
-    )
+        valid_fraction=settings.mia_valid_fraction,
+    ).value
     assert rows["model"]["mia_efficacy_salun"] == pytest.approx(want), (
         "mia_efficacy_salun is not the attack on (retain-train, retain-test, forget-train)"
     )
@@ -200,6 +206,69 @@ def test_salun_and_loss_attacks_use_their_defined_sets(evaluated):
     assert rows["model"]["mia_loss_auc"] == pytest.approx(loss["auc"]), (
         "mia_loss_auc is not the attack forget-train vs forget-test"
     )
+
+
+def test_each_attack_reports_the_validity_of_the_attack_it_ran(evaluated, world):
+    """Beside each MIA value, the held-out balanced accuracy, its standard error and the AUC of
+    the same fitted attack (same sets, same split); the loss attack's on the retained classes'
+    train vs test."""
+    rows, out, settings = evaluated
+    m = out["model"]
+    kw = {
+        "seed": SEED,
+        "max_samples": settings.mia_max_samples,
+        "valid_fraction": settings.mia_valid_fraction,
+    }
+    rtr, rte = m["retain_train"][0], m["retain_test"][0]
+    ftr, fte = m["forget_train"][0], m["forget_test"][0]
+    attacks = {
+        "mia_entropy_svc": M.entropy_svc_attack(rtr, rte, ftr, **kw),
+        "mia_entropy_svc_bad_teaching": M.entropy_svc_bad_teaching_attack(rtr, rte, fte, ftr, **kw),
+        "mia_efficacy_salun": M.efficacy_salun_attack(
+            *m["retain_train"], *m["retain_test"], *m["forget_train"], **kw
+        ),
+    }
+    loss = M.loss_attack_validity(*m["retain_train"], *m["retain_test"], seed=SEED)
+    for name, v in [*((k, a.validity) for k, a in attacks.items()), ("mia_loss", loss)]:
+        got = [rows["model"][f"{name}_valid_{k}"] for k in ("bacc", "bacc_se", "auc")]
+        assert got == pytest.approx([v.bacc, v.bacc_se, v.auc]), name
+        assert name + "_valid_bacc" in E.UNITS
+    train, test, tables = world
+    no_validity = evaluate_models(
+        {"model": Lookup(tables["model"])},
+        Lookup(tables["oracle"]),
+        Lookup(tables["incompetent"]),
+        EvalData.build(train, test, FORGET),
+        FORGET,
+        settings=EvalSettings(probe=False, relearn=False, mia_valid_fraction=None),
+        seed=SEED,
+    )["model"]
+    assert not any("_valid_" in k for k in no_validity)
+    assert no_validity["mia_entropy_svc"] == M.mia_entropy_svc(rtr, rte, ftr, seed=SEED)
+
+
+def test_the_per_example_confidences_are_each_models_on_the_forget_train_images(world):
+    """``per_example``: every model's logit-scaled confidence of the true class on each
+    forget-train image, in the split's order (what the forget score compares across seeds)."""
+    train, test, tables = world
+    data = EvalData.build(train, test, FORGET)
+    per_example: dict[str, np.ndarray] = {}
+    evaluate_models(
+        {"model": Lookup(tables["model"])},
+        Lookup(tables["oracle"]),
+        Lookup(tables["incompetent"]),
+        data,
+        FORGET,
+        settings=EvalSettings(probe=False, relearn=False),
+        seed=SEED,
+        per_example=per_example,
+    )
+    assert set(per_example) == {"model", "oracle"}
+    for name in per_example:
+        want = M.logit_confidence(*_logits(tables[name], data.forget_train))
+        np.testing.assert_allclose(per_example[name], want, rtol=1e-6)
+        other = M.logit_confidence(*_logits(tables[name], data.forget_test))
+        assert len(other) != len(want) or not np.allclose(other, want)
 
 
 def test_distances_compare_each_test_split_with_the_oracle_and_zrf_with_the_incompetent(evaluated):
@@ -298,10 +367,12 @@ def test_each_mia_gets_its_sets_in_their_roles(monkeypatch, eval_data):
     rtr, rte, ftr, fte = (
         logits[s] for s in ("retain_train", "retain_test", "forget_train", "forget_test")
     )
-    assert row["mia_entropy_svc"] == M.mia_entropy_svc(rtr, rte, ftr, seed=0)
-    assert row["mia_entropy_svc_bad_teaching"] == M.mia_entropy_svc(
-        rtr, torch.cat([rte, fte]), ftr, seed=0
-    )
+    ours = M.entropy_svc_attack(rtr, rte, ftr, seed=0, valid_fraction=0.25)
+    theirs = M.entropy_svc_attack(rtr, torch.cat([rte, fte]), ftr, seed=0, valid_fraction=0.25)
+    assert row["mia_entropy_svc"] == ours.value
+    assert row["mia_entropy_svc_bad_teaching"] == theirs.value
+    assert row["mia_entropy_svc_valid_bacc"] == ours.validity.bacc
+    assert row["mia_entropy_svc_bad_teaching_valid_bacc"] == theirs.validity.bacc
     # the case tells the wirings apart: each wrong one gives another number
     assert (row["mia_entropy_svc"], row["mia_entropy_svc_bad_teaching"]) == (1.0, 0.0)
     assert M.mia_entropy_svc(rte, rtr, ftr, seed=0) == 0.0  # members <-> non-members
@@ -320,6 +391,10 @@ def test_the_forget_train_samples_are_the_targets(monkeypatch, eval_data):
     }
     row = _rows(monkeypatch, eval_data, logits)
     assert row["mia_entropy_svc"] == 0.0
+    # each attack's validity is its own: Bad Teaching's non-members include the forget-test
+    # images, as confident as the members, so it cannot tell its held-out sides apart as well
+    assert row["mia_entropy_svc_valid_bacc"] == 1.0
+    assert row["mia_entropy_svc_bad_teaching_valid_bacc"] < 0.97
     assert (
         M.mia_entropy_svc(
             logits["retain_train"], logits["retain_test"], logits["forget_test"], seed=0

@@ -248,19 +248,15 @@ def test_mia_entropy_svc_cap_keeps_what_the_unbalanced_attacker_learns(monkeypat
     full = M.mia_entropy_svc(members, non_members, targets, seed=0)
     assert full == pytest.approx(1.0)
     sizes = []
-    fit = MIA._svc_member_rate
-    monkeypatch.setattr(
-        MIA,
-        "_svc_member_rate",
-        lambda m, n, t: sizes.append((len(m), len(n), len(t))) or fit(m, n, t),
-    )
+    fit = MIA._fit_svc
+    monkeypatch.setattr(MIA, "_fit_svc", lambda m, n: sizes.append((len(m), len(n))) or fit(m, n))
     capped = M.mia_entropy_svc(members, non_members, targets, seed=0, max_samples=100)
-    assert sizes == [(80, 20, 200)]  # ratio kept, targets never subsampled
+    assert sizes == [(80, 20)]  # ratio kept
     assert capped == pytest.approx(full)
     # the same sets, balanced 1:1 as the old cap did, give another answer: the cap matters
     rng2 = np.random.default_rng(0)
     e = [M.softmax_entropy(x).numpy() for x in (members, non_members, targets)]
-    balanced = fit(MIA._subsample(e[0], 100, rng2), e[1], e[2])
+    balanced = fit(MIA._subsample(e[0], 100, rng2), e[1]).predict(e[2].reshape(-1, 1)).mean()
     assert balanced < 0.9
 
 
@@ -548,3 +544,134 @@ def test_time_call_measures_wall_time() -> None:
     result, seconds = M.time_call(lambda: (time.sleep(0.05), 7)[1], "cpu")
     assert result == 7
     assert 0.05 <= seconds < 1.0
+
+
+# ------------------------------------------------------------------------------------------
+# attack validity: each attack's balanced accuracy and AUC on held-out members / non-members
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "n_member, n_non, fraction, seed",
+    [(3600, 900, 0.25, 0), (3600, 1000, 0.25, 3), (10, 3, 0.5, 1), (2, 2, 0.9, 7)],
+)
+def test_validity_split_holds_out_a_seeded_share_of_each_side(n_member, n_non, fraction, seed):
+    fit_m, fit_n, held_m, held_n = M.validity_split(n_member, n_non, fraction, seed)
+    for fit, held, n in ((fit_m, held_m, n_member), (fit_n, held_n, n_non)):
+        assert not set(fit) & set(held)  # never both fitted on and held out
+        assert sorted([*fit, *held]) == list(range(n))
+        assert len(held) == min(max(math.ceil(fraction * n), 1), n - 1) and len(fit) >= 1
+    again = M.validity_split(n_member, n_non, fraction, seed)
+    assert all(np.array_equal(x, y) for x, y in zip(again, (fit_m, fit_n, held_m, held_n)))
+    other = M.validity_split(n_member, n_non, fraction, seed + 1)
+    assert n_member < 5 or not np.array_equal(other[2], held_m)
+
+
+@pytest.mark.parametrize("cap", [None, 300])
+@pytest.mark.parametrize("attack", ["entropy", "bad_teaching", "salun"])
+def test_no_attack_is_fitted_on_a_sample_it_is_validated_on(monkeypatch, attack, cap):
+    """Every sample carries its own feature value, so the values reaching the SVC's fit and
+    its validity scoring name the samples: the two never share one, the held-out ones are the
+    seeded split's, and the fit draws (under a cap) only from the rest."""
+    rng = np.random.default_rng(5)
+    n_m, n_n = 400, 120
+    retain = torch.tensor(rng.standard_normal((n_m, K)) * rng.uniform(0.2, 5, (n_m, 1)))
+    test = torch.tensor(rng.standard_normal((n_n, K)) * rng.uniform(0.2, 5, (n_n, 1)))
+    forget = torch.tensor(rng.standard_normal((50, K)))
+    y_r, y_t = torch.tensor(rng.integers(1, K, n_m)), torch.tensor(rng.integers(1, K, n_n))
+    fitted, scored = [], []
+    fit = MIA._fit_svc
+
+    def spy(member, non_member):
+        fitted.append((member.copy(), non_member.copy()))
+        clf = fit(member, non_member)
+        decide = clf.decision_function
+
+        def recording_decision(x):
+            scored.append(x.ravel().copy())
+            return decide(x)
+
+        clf.decision_function = recording_decision
+        fitted.append(clf)
+        return clf
+
+    monkeypatch.setattr(MIA, "_fit_svc", spy)
+    kw = {"seed": 3, "max_samples": cap, "valid_fraction": 0.25}
+    if attack == "entropy":
+        res = M.entropy_svc_attack(retain, test, forget, **kw)
+        feat = [M.softmax_entropy(x).numpy() for x in (retain, test)]
+    elif attack == "bad_teaching":
+        res = M.entropy_svc_bad_teaching_attack(retain, test[:100], test[100:], forget, **kw)
+        feat = [M.softmax_entropy(x).numpy() for x in (retain, test)]
+    else:
+        res = M.efficacy_salun_attack(
+            retain, y_r, test, y_t, forget, torch.zeros(50, dtype=torch.long), **kw
+        )
+        feat = [M.true_class_confidence(x, y).numpy() for x, y in ((retain, y_r), (test, y_t))]
+    assert len(np.unique(np.concatenate(feat))) == n_m + n_n  # each value names one sample
+    (member, non_member), clf = fitted
+    _, _, held_m, held_n = M.validity_split(n_m, n_n, 0.25, 3)
+    held = set(feat[0][held_m]) | set(feat[1][held_n])
+    assert not (set(member) | set(non_member)) & held
+    assert set(member) <= set(feat[0]) and set(non_member) <= set(feat[1])
+    # scored: the held-out members, then the held-out non-members
+    assert set(scored[0]) == set(feat[0][held_m]) and set(scored[1]) == set(feat[1][held_n])
+    v = res.validity
+    assert (v.n_member, v.n_non_member) == (len(held_m), len(held_n))
+    # its balanced accuracy is that of the SVC's own predictions on them
+    hits_m = clf.predict(feat[0][held_m].reshape(-1, 1)) == 1
+    hits_n = clf.predict(feat[1][held_n].reshape(-1, 1)) == 0
+    assert v.bacc == pytest.approx((hits_m.mean() + hits_n.mean()) / 2)
+    if cap is not None:
+        assert len(member) + len(non_member) <= cap
+
+
+def test_validity_tells_a_working_attack_from_one_at_chance():
+    """Members at low entropy and non-members at high entropy: the attack tells held-out ones
+    apart (balanced accuracy and AUC ~1). Members and non-members from ONE entropy distribution,
+    4:1 (issue 22's finding on the default run): the unbalanced SVC calls everything "member",
+    which is a balanced accuracy of exactly 0.5, however many targets it calls member."""
+    rng = np.random.default_rng(8)
+    members, non_members = confident_logits(rng.integers(0, K, 400), rng), flat_logits(100, rng)
+    res = M.entropy_svc_attack(members, non_members, members[:50], seed=0, valid_fraction=0.25)
+    assert res.validity.bacc > 0.97 and res.validity.auc > 0.97 and res.value == 1.0
+    members, non_members = same_entropy_mix(400, rng), same_entropy_mix(100, rng)
+    res = M.entropy_svc_attack(members, non_members, members[:50], seed=0, valid_fraction=0.25)
+    assert res.value == pytest.approx(1.0)  # "member" for every target ...
+    assert res.validity.bacc == pytest.approx(0.5)  # ... and for every non-member too
+    assert res.validity.bacc_se == pytest.approx(0.0)
+    assert 0.35 < res.validity.auc < 0.65
+
+
+def test_validity_numbers_from_hand_made_held_out_predictions():
+    hit_m = np.array([True, True, True, False])  # TPR 3/4
+    hit_n = np.array([True, False])  # TNR 1/2
+    bacc, se = MIA._bacc(hit_m, hit_n)
+    assert bacc == pytest.approx(0.625)
+    assert se == pytest.approx(0.5 * math.sqrt(0.75 * 0.25 / 4 + 0.5 * 0.5 / 2))
+    assert MIA._auc(np.array([3.0, 2.0]), np.array([1.0, 2.0])) == pytest.approx(0.875)
+
+
+def test_without_a_validity_fraction_the_attacks_are_unchanged():
+    """The float-returning attacks fit on every sample, as before (and as the original code)."""
+    rng = np.random.default_rng(9)
+    members, non_members = same_entropy_mix(200, rng), same_entropy_mix(60, rng)
+    targets = same_entropy_mix(30, rng)
+    res = M.entropy_svc_attack(members, non_members, targets, seed=0)
+    assert res.validity is None
+    assert res.value == M.mia_entropy_svc(members, non_members, targets, seed=0)
+
+
+def test_loss_attack_validity_is_measured_on_the_retained_classes():
+    """The loss attack on retained train vs test: low train losses vs high test losses are told
+    apart (~1), equal ones are not (~0.5); sides balanced by subsampling."""
+    rng = np.random.default_rng(10)
+    y_tr, y_te = torch.tensor(rng.integers(0, K, 300)), torch.tensor(rng.integers(0, K, 100))
+    train = confident_logits(y_tr.numpy(), rng)
+    test = flat_logits(100, rng)
+    v = M.loss_attack_validity(train, y_tr, test, y_te, seed=0)
+    assert v.bacc > 0.95 and v.auc > 0.95 and (v.n_member, v.n_non_member) == (100, 100)
+    same = flat_logits(300, rng)
+    v = M.loss_attack_validity(same, y_tr, test, y_te, seed=0)
+    assert abs(v.bacc - 0.5) < 0.1
+    assert v.bacc_se == pytest.approx(math.sqrt(v.bacc * (1 - v.bacc) / 200))

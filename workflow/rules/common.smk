@@ -5,7 +5,13 @@ import shlex
 
 from pbu import layout
 from pbu.forkserver import MALLOC_ENV
-from pbu.config import base_method, check_config, method_hparams, overrides
+from pbu.config import (
+    base_method,
+    check_config,
+    forget_score_config,
+    method_hparams,
+    overrides,
+)
 from pbu.registry import METHODS_NEEDING_FISHER, resolve_stem
 from pbu.scheduling import cancel_reevaluation_timers
 
@@ -94,6 +100,73 @@ def metrics_files():
     )
 
 
+def confidences_files():
+    """The per-example confidences every group's evaluation writes (the forget score's input)."""
+    return expand(
+        path("confidences"),
+        dataset=CONFIG["dataset"],
+        arch=CONFIG["archs"],
+        seed=CONFIG["seeds"],
+        forget=CONFIG["forget"],
+    )
+
+
+FORGET_SCORE = forget_score_config(CONFIG)
+
+
+def forget_score_tables():
+    """The forget-score stage's tables when config evaluation.forget_score is on, else none."""
+    if not FORGET_SCORE["enabled"]:
+        return []
+    return [
+        path(f) for f in ("forget_score_csv", "forget_score_images_csv", "forget_score_runs_csv")
+    ]
+
+
+def ceiling_files():
+    """The ceiling's confidences files, one per (dataset, arch, forget class), when the forget
+    score is on and has ceiling seeds."""
+    if not (FORGET_SCORE["enabled"] and FORGET_SCORE["ceiling_seeds"]):
+        return []
+    return expand(
+        path("ceiling_confidences"),
+        dataset=CONFIG["dataset"],
+        arch=CONFIG["archs"],
+        forget=CONFIG["forget"],
+    )
+
+
+def ceiling_oracles(wildcards):
+    """The oracles of the ceiling seeds for one (dataset, arch, forget class), by seed."""
+    return {
+        f"seed{s}": path("model", **wildcards, seed=s, method=layout.ORACLE)
+        for s in FORGET_SCORE["ceiling_seeds"]
+    }
+
+
+def ceiling_oracle_args(wildcards, input):
+    return " ".join(f"--oracle {s}={input[f'seed{s}']}" for s in FORGET_SCORE["ceiling_seeds"])
+
+
+def forget_score_arg(wildcards):
+    """``--forget-score DIR`` for ``pbu track`` (the folder of the forget-score tables) when the
+    forget score is on: each unlearn run gets its per-image summary."""
+    if not FORGET_SCORE["enabled"]:
+        return ""
+    return f"--forget-score {os.path.dirname(path('forget_score_csv'))}"
+
+
+def forget_score_settings():
+    """The score's own parameters (enabled and the ceiling seeds are the workflow's)."""
+    return {k: v for k, v in FORGET_SCORE.items() if k not in ("enabled", "ceiling_seeds")}
+
+
+def evaluation_settings():
+    """config evaluation without forget_score: a changed forget-score setting reruns the
+    forget-score stage, never the evaluations."""
+    return {k: v for k, v in CONFIG["evaluation"].items() if k != "forget_score"}
+
+
 def unlearn_inputs(wildcards):
     inputs = {
         "data": path("data", **wildcards),
@@ -108,6 +181,57 @@ def unlearn_inputs(wildcards):
 
 def fisher_arg(wildcards, input):
     return f"--fisher {input.fisher}" if "fisher" in input.keys() else ""
+
+
+class _Wildcards(dict):
+    """Wildcards as a rule's input function sees them (``w.method`` and ``**w``), for calling
+    one with a method of our choosing."""
+
+    __getattr__ = dict.__getitem__
+
+
+def unlearn_batch_inputs(wildcards):
+    """Every method's inputs of one group (config unlearn_batch): data, θ*, the Fisher if any
+    method needs it, and each tuned method's tuning record (``tune_<method>``)."""
+    inputs = {}
+    for m in CONFIG["methods"]:
+        for key, file in unlearn_inputs(_Wildcards(wildcards.items(), method=m)).items():
+            inputs[f"tune_{m}" if key == "tune" else key] = file
+    return inputs
+
+
+def unlearn_batch_outputs(kind):
+    """One output kind (model, history, info) of every method of a group."""
+    return expand(path(kind), method=CONFIG["methods"], allow_missing=True)
+
+
+def unlearn_batch_entries(wildcards, input, output):
+    """``pbu unlearn-batch --entries``: per method what its own unlearn job would get."""
+    holdout = CONFIG["tuning"]["val_fraction"] if holdout_arg() else None
+    entries = []
+    for i, m in enumerate(CONFIG["methods"]):
+        entry = {
+            "method": base_of(m),
+            "hparams": hparams_of(m),
+            "out_model": output.model[i],
+            "out_history": output.history[i],
+            "out_info": output.info[i],
+            "retain_subset": CONFIG["retain_subset"],
+            "monitor_every": (
+                CONFIG["monitor"]["every"] if m in CONFIG["monitor"]["methods"] else 0
+            ),
+            "monitor_retain": CONFIG["monitor"]["retain_samples"],
+        }
+        if m in CONFIG["variants"]:
+            entry.update(variant=m, overrides=overrides(CONFIG, m))
+        if needs_fisher(m):
+            entry["fisher"] = input.fisher
+        if is_tuned(m):
+            entry["hparams_from"] = input[f"tune_{m}"]
+        if holdout is not None:
+            entry["holdout"] = holdout
+        entries.append(entry)
+    return shlex.quote(json.dumps(entries, sort_keys=True, separators=(",", ":")))
 
 
 def is_tuned(method):
@@ -214,7 +338,7 @@ def report_settings():
 
 
 def final_targets():
-    return [path("report"), path("tracked_report")]
+    return [path("report"), path("tracked_report"), *forget_score_tables()]
 
 
 def parent_dir(key):

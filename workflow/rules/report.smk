@@ -7,6 +7,7 @@ rule report:
         runs=path("runs_csv"),
         history=path("history_csv"),
         timings=path("timings_csv"),
+        forget_score=forget_score_tables(),
         reference="config/paper/reference.csv",
     output:
         report=path("report"),

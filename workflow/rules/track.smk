@@ -9,6 +9,7 @@ rule track:
     input:
         metrics=metrics_files(),
         runs=path("runs_csv"),
+        forget_score=forget_score_tables(),
     output:
         path("tracked"),
     log:
@@ -18,8 +19,9 @@ rule track:
     params:
         uri=CONFIG["mlflow"]["tracking_uri"],
         experiment=CONFIG["mlflow"]["experiment"],
+        forget_score=forget_score_arg,
     shell:
-        "pbu track --tracking-uri {params.uri} "
+        "pbu track --tracking-uri {params.uri} {params.forget_score} "
         "--experiment {params.experiment} --out {output} {input.metrics} 2> {log}"
 
 
@@ -39,8 +41,9 @@ rule track_report:
     params:
         uri=CONFIG["mlflow"]["tracking_uri"],
         experiment=CONFIG["mlflow"]["experiment"],
+        forget_score=forget_score_arg,
     shell:
-        "pbu track --tracking-uri {params.uri} "
+        "pbu track --tracking-uri {params.uri} {params.forget_score} "
         "--experiment {params.experiment} --report {input.report} "
         "--report {input.tables} --report {input.figures} --out {output} "
         "{input.metrics} 2> {log}"

@@ -36,6 +36,39 @@ rule fisher:
         "--out {output.fisher} --out-info {output.info} 2> {log}"
 
 
+# config unlearn_batch: one job per group runs every method (the same files as one job per
+# method; pbu/jobs/unlearn_batch.py); for runs of thousands of short jobs.
+if CONFIG["unlearn_batch"]:
+
+    rule unlearn_batch:
+        input:
+            unpack(unlearn_batch_inputs),
+        output:
+            model=unlearn_batch_outputs("model"),
+            history=unlearn_batch_outputs("history"),
+            info=unlearn_batch_outputs("info"),
+        log:
+            log_path("unlearn_batch"),
+        benchmark:
+            bench_path("unlearn_batch")
+        conda:
+            CONDA_ENV
+        threads: res("unlearn", "threads")
+        resources:
+            mem_mb=res("unlearn", "mem_mb"),
+            runtime=lambda wildcards: res("unlearn", "runtime") * len(CONFIG["methods"]),
+            gpu=res("unlearn", "gpu"),
+        params:
+            entries=unlearn_batch_entries,
+            device=CONFIG["device"],
+        shell:
+            "pbu unlearn-batch --data {input.data} --model {input.model} "
+            "--forget {wildcards.forget} --seed {wildcards.seed} --entries {params.entries} "
+            "--device {params.device} --threads {threads} --quiet 2> {log}"
+
+    ruleorder: unlearn_batch > unlearn
+
+
 rule unlearn:
     input:
         unpack(unlearn_inputs),
