@@ -7,6 +7,9 @@
     pbu unlearn   --data ... --model original.pt --forget 2 --method pbu --hparams '{...}' ...
     pbu tune      --data ... --model original.pt --forget 0 --method neggrad --hparams '{...}' \
                   --space '{"lr": [...]}' --budget 6 --val-fraction 0.2 --threshold 5 --out t.json
+    pbu tune-dev  --data ... --model 100=m.pt --oracle 100=o.pt --forget 0 --method pbu ... \
+                  --storage study.db --out t.json        # the development-class protocol
+    pbu freeze    --record t.json ... --out config/tuned/mnist5k_small_cnn.yaml
     pbu evaluate  --data ... --forget 2 --original ... --oracle ... --model pbu=path.pt ...
     pbu aggregate --out-dir results/aggregate results/**/metrics.json
     pbu track / pbu report / pbu methods
@@ -115,6 +118,7 @@ def _training(args: argparse.Namespace) -> dict[str, Any]:
         "stem": args.stem,
         "out_model": args.out_model,
         "out_info": args.out_info,
+        "holdout": args.holdout,
         "progress": not args.quiet,
         **_run(args),
     }
@@ -173,6 +177,7 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
         retain_subset=args.retain_subset,
         fisher=args.fisher,
         hparams_from=args.hparams_from,
+        tuned=_json_arg(args.tuned, "tuned") if args.tuned else None,
         holdout=args.holdout,
         variant=args.variant,
         overrides=_json_arg(args.overrides, "overrides") if args.overrides else None,
@@ -208,6 +213,50 @@ def cmd_tune(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         **_run(args),
     )
+
+
+def _seed_paths(items: list[str], what: str) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for item in items:
+        seed, sep, path = item.partition("=")
+        if not sep or not seed.isdigit():
+            raise UsageError(f"--{what} expects SEED=PATH, got {item!r}")
+        out[int(seed)] = path
+    return out
+
+
+def cmd_tune_dev(args: argparse.Namespace) -> None:
+    from pbu.jobs.tune import tune_dev
+
+    tune_dev(
+        args.data,
+        models=_seed_paths(args.model, "model"),
+        oracles=_seed_paths(args.oracle, "oracle"),
+        forget=args.forget,
+        method=args.method,
+        hparams=_json_arg(args.hparams, "hparams"),
+        space=_json_arg(args.space, "space"),
+        budget=args.budget,
+        sampler_seed=args.sampler_seed,
+        val_fraction=args.val_fraction,
+        out=args.out,
+        storage=args.storage,
+        variant=args.variant,
+        overrides=_json_arg(args.overrides, "overrides") if args.overrides else None,
+        retain_subset=args.retain_subset,
+        fisher_settings=(
+            _json_arg(args.fisher_settings, "fisher-settings") if args.fisher_settings else None
+        ),
+        memory_format=args.memory_format,
+        progress=not args.quiet,
+        **_run(args),
+    )
+
+
+def cmd_freeze(args: argparse.Namespace) -> None:
+    from pbu.jobs.tune import freeze
+
+    freeze(args.record, out=args.out, training=args.training, command=args.command)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -254,6 +303,7 @@ def cmd_track(args: argparse.Namespace) -> None:
         results=args.results,
         metrics_files=args.metrics,
         report_paths=args.report,
+        tune_records=args.tune_record,
     )
 
 
@@ -368,6 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--out-model", required=True)
         sp.add_argument("--out-info", required=True)
+        sp.add_argument(
+            "--holdout",
+            type=float,
+            default=None,
+            metavar="FRACTION",
+            help="train without a seeded, class-stratified share of every class of the training "
+            "set (the development-class tuning's models: pbu tune-dev)",
+        )
 
     sp = sub.add_parser("pretrain", help="train the original model on the full training split")
     training(sp)
@@ -445,6 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TUNE.json",
         help="override --hparams with the choice of a pbu tune record",
     )
+    sp.add_argument(
+        "--tuned",
+        default=None,
+        metavar="JSON",
+        help='the frozen development-class choice: {"hparams": {...}, "source": {...}} '
+        "(tuning.frozen; applied over --hparams, a variant's overrides last; recorded)",
+    )
     sp.add_argument("--holdout", type=float, default=None, metavar="FRACTION", help=holdout_help)
     sp.set_defaults(fn=cmd_unlearn)
 
@@ -467,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--space",
         required=True,
-        help='JSON search space, e.g. \'{"lr": [1e-3, 1e-2], "epochs": [1, 2]}\'',
+        help='JSON search space: a list of values or a range per name, e.g. \'{"lr": '
+        '{"low": 1e-4, "high": 1e-2, "log": true}, "epochs": [1, 2]}\'',
     )
     sp.add_argument(
         "--budget",
@@ -503,6 +569,45 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="the tuning record (JSON)")
     sp.set_defaults(fn=cmd_tune)
 
+    sp = sub.add_parser(
+        "tune-dev",
+        help="tune one method on the development class over the tuning seeds (pbu.tune, "
+        "dev_class: distance to each seed's oracle on held-out images, Optuna TPE)",
+    )
+    common(sp)
+    sp.add_argument("--model", action="append", default=[], metavar="SEED=PATH", required=True)
+    sp.add_argument("--oracle", action="append", default=[], metavar="SEED=PATH", required=True)
+    sp.add_argument("--forget", type=int, required=True, help="the development class")
+    sp.add_argument("--method", required=True)
+    sp.add_argument("--variant", default=None, metavar="NAME", help="a config variant of --method")
+    sp.add_argument("--overrides", default=None, metavar="JSON", help="the variant's overrides")
+    sp.add_argument("--hparams", required=True, help="JSON: the method's base hyperparameters")
+    sp.add_argument("--space", required=True, help="JSON search space (as pbu tune's)")
+    sp.add_argument("--budget", type=int, required=True, help="trials, the same for every method")
+    sp.add_argument("--sampler-seed", type=_int_nonneg, default=0)
+    sp.add_argument(
+        "--val-fraction",
+        type=float,
+        required=True,
+        help="the held-out share of every class (as the models' pbu pretrain --holdout)",
+    )
+    sp.add_argument("--retain-subset", type=_int_nonneg, default=0)
+    sp.add_argument("--fisher-settings", default=None, help="JSON (methods that need the Fisher)")
+    sp.add_argument("--storage", default=None, help="the Optuna study's SQLite file (made afresh)")
+    sp.add_argument("--out", required=True, help="the tuning record (JSON)")
+    sp.set_defaults(fn=cmd_tune_dev)
+
+    sp = sub.add_parser(
+        "freeze", help="freeze the development-class choices of a setting into a config file"
+    )
+    sp.add_argument("--record", action="append", required=True, help="pbu tune-dev records")
+    sp.add_argument(
+        "--training", action="append", default=[], help="the tuning seeds' model info.json"
+    )
+    sp.add_argument("--command", default=None, help="the command that regenerates the file")
+    sp.add_argument("--out", required=True, help="the frozen config (YAML)")
+    sp.set_defaults(fn=cmd_freeze)
+
     sp = sub.add_parser("evaluate", help="metrics of every model against the oracle")
     common(sp)
     sp.add_argument("--forget", type=int, required=True)
@@ -529,6 +634,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="file or folder to log as artifacts of the 'report' run (repeatable)",
+    )
+    sp.add_argument(
+        "--tune-record",
+        action="append",
+        default=[],
+        help="a development-class tuning record (pbu tune-dev) to log, its trials as child "
+        "runs (repeatable)",
     )
     sp.add_argument("--out", required=True, help="JSON summary of what was logged")
     sp.add_argument("metrics", nargs="*", help="metrics.json files (default: all under --results)")

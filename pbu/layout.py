@@ -12,11 +12,13 @@ One directory level per wildcard (``dataset``, ``arch``, ``seed``, ``forget``, `
     {results}/.../seed{seed}/forget{forget}/oracle/model.pt     the oracle (+ info.json)
     {results}/.../seed{seed}/forget{forget}/fisher.pt           the forget-set Fisher (+ .json)
     {results}/.../seed{seed}/forget{forget}/{method}/model.pt   + info.json, history.json
-    {results}/.../seed{seed}/forget{forget}/tune/{method}.json  a blind tuning record
+    {results}/.../seed{seed}/forget{forget}/tune/{method}.json  a per-group tuning record
+    {results}/tuning/{dataset}/{arch}/{method}.json             a development-class tuning record
+    {results}/optuna/{dataset}/{arch}/{method}.db               its Optuna study (SQLite)
     {results}/.../seed{seed}/forget{forget}/metrics.json        every model of the group, evaluated
     {results}/aggregate/runs.csv, history.csv, timings.csv
     {results}/report.md, tables/, figures/
-    {results}/mlflow/tracked.json, tracked_report.json
+    {results}/mlflow/tracked.json, tracked_report.json, tracked_tuning.json
     {results}/logs/<job>.log, {results}/benchmarks/<job>.tsv    mirror the jobs (see JOBS)
 
 A template's wildcards are ``str.format`` placeholders, the same as Snakemake's: a wildcard not
@@ -80,6 +82,8 @@ FILES: dict[str, str] = {
     "fisher_info": GROUP_DIR + "/fisher.json",
     "metrics": GROUP_DIR + "/metrics.json",
     "tune": GROUP_DIR + "/tune/{method}.json",
+    "dev_tune": "tuning/{dataset}/{arch}/{method}.json",
+    "dev_study": "optuna/{dataset}/{arch}/{method}.db",
     "model": GROUP_DIR + "/{method}/model.pt",  # the oracle's too: method=ORACLE
     "info": GROUP_DIR + "/{method}/info.json",
     "history": GROUP_DIR + "/{method}/history.json",
@@ -91,6 +95,7 @@ FILES: dict[str, str] = {
     "figures": "figures",
     "tracked": "mlflow/tracked.json",
     "tracked_report": "mlflow/tracked_report.json",
+    "tracked_tuning": "mlflow/tracked_tuning.json",
 }
 
 #: Every job by name: the stem its log (``logs/<stem>.log``) and Snakemake benchmark
@@ -103,10 +108,13 @@ JOBS: dict[str, str] = {
     "fisher": GROUP_DIR + "/fisher",
     "evaluate": GROUP_DIR + "/evaluate",
     "tune": GROUP_DIR + "/tune/{method}",
+    "tune_dev": "tuning/{dataset}/{arch}/{method}",
+    "freeze": "tuning/{dataset}/{arch}/freeze",
     "unlearn": GROUP_DIR + "/{method}",  # last of a group's jobs: any other name is a method
     "aggregate": "aggregate",
     "track": "track",
     "track_report": "track_report",
+    "track_tuning": "track_tuning",
     "report": "report",
     "server": "pbu-server",  # the local fork server (pbu/forkserver.py), not a job
 }

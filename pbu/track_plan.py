@@ -332,6 +332,22 @@ def plan_tune_jobs(path: Path, tags: dict[str, str], jid: str, parent: str | Non
     return jobs
 
 
+def plan_dev_tune_jobs(path: Path) -> list[_Job]:
+    """A development-class tuning record (``pbu tune-dev``) as a top-level ``tune`` run with
+    one ``tune_trial`` child per Optuna trial (:func:`plan_tune_jobs`)."""
+    rec = _read(path) or {}
+    tags = {
+        "dataset": str(rec.get("dataset")),
+        "arch": str(rec.get("arch")),
+        "seed": ",".join(str(s) for s in rec.get("seeds", [])) or "none",
+        "forget": str(rec.get("forget")),
+        "method": str(rec.get("method")),
+        "protocol": str(rec.get("protocol")),
+    }
+    jid = f"{tags['dataset']}/{tags['arch']}/{tags['method']}"
+    return plan_tune_jobs(path, tags, f"dev_class/{jid}", None)
+
+
 def describe_experiment(jobs: list[_Job], experiment: str) -> str:
     """The experiment's description (shown on its page in the UI): what its runs are."""
 

@@ -34,8 +34,10 @@ def track(
     results: PathLike | None = None,
     metrics_files: Sequence[PathLike] = (),
     report_paths: Sequence[PathLike] = (),
+    tune_records: Sequence[PathLike] = (),
 ) -> dict[str, Any]:
-    """Mirror every job's result files into MLflow (idempotent: a re-run updates, never
+    """Mirror every job's result files (``tune_records``: development-class tuning records)
+    into MLflow (idempotent: a re-run updates, never
     duplicates), plus ``report_paths`` as artifacts of the ``report`` run. Writes the summary
     ``out`` (returned). An unreachable or unusable tracking server is a :class:`UsageError`."""
     from pbu.tracking import TrackingError, track_results
@@ -48,6 +50,7 @@ def track(
             out=out,
             report_paths=[str(p) for p in report_paths],
             metrics_files=[str(f) for f in metrics_files] or None,
+            tune_records=[str(r) for r in tune_records] or None,
         )
     except TrackingError as err:
         raise UsageError(str(err)) from None
