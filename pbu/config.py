@@ -177,12 +177,13 @@ def tuning_space(config: dict[str, Any], name: str) -> dict[str, Any] | None:
 
 
 def tuned_names(config: dict[str, Any]) -> list[str]:
-    """The methods entries this run tunes: every entry of ``methods`` in the development-class
-    run, ``tuning.methods`` under per-group tuning, else none."""
+    """The methods entries whose search spaces a run needs: ``tuning.methods`` (per-group
+    tuning; checked whether it is on or not, so turning it on cannot fail later) and, in the
+    development-class run, every entry of ``methods``."""
     tuning = config["tuning"]
-    names = list(config["methods"]) if tuning["develop"] else []
-    if tuning["enabled"]:
-        names += [m for m in tuning["methods"] if m not in names]
+    names = list(tuning["methods"])
+    if tuning["develop"]:
+        names += [m for m in config["methods"] if m not in names]
     return names
 
 

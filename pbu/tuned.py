@@ -71,11 +71,30 @@ def _same(records: Sequence[Mapping[str, Any]], key: str) -> Any:
     return records[0].get(key)
 
 
+def choices(record: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A record's choice and each tuning seed's own choice, recomputed from its trials
+    (:func:`pbu.tune.tie_report`: the lowest value, tied when another trial with other
+    hyperparameters has the same value)."""
+    from pbu.tune import tie_report
+
+    trials = record["trials"]
+    points = [t["varied"] for t in trials]
+    chosen = tie_report([t.get("score") for t in trials], points)
+    per_seed = {
+        str(s): tie_report(
+            [((t.get("per_seed") or {}).get(str(s)) or {}).get("loss") for t in trials], points
+        )
+        for s in record["seeds"]
+    }
+    return chosen, per_seed
+
+
 def tie_rates(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """How many choices were tied: over the methods' choices, and over each tuning seed's own
     choice (what that seed alone would have chosen)."""
-    chosen = [bool(r["chosen"]["tied"]) for r in records]
-    per_seed = [bool(c["tied"]) for r in records for c in r["per_seed_choices"].values()]
+    picks = [choices(r) for r in records]
+    chosen = [bool(c["tied"]) for c, _ in picks]
+    per_seed = [bool(c["tied"]) for _, seeds in picks for c in seeds.values()]
 
     def rate(flags: list[bool]) -> dict[str, Any]:
         n = len(flags)
@@ -109,21 +128,25 @@ def freeze_records(
     methods: dict[str, Any] = {}
     for r in records:
         trials = r["trials"]
+        chosen, per_seed = choices(r)
+        if chosen["trial"] is None:
+            raise FrozenError(f"{r['method']}: every trial failed")
+        best = trials[chosen["trial"]]
         methods[r["method"]] = {
             "base_method": r.get("base_method", r["method"]),
             "overrides": dict(r.get("overrides") or {}),
-            "hparams": dict(r["chosen"]["varied"]),
-            "value": r["chosen"]["score"],
-            "trial": r["chosen"]["trial"],
+            "hparams": dict(best["varied"]),
+            "value": chosen["value"],
+            "trial": chosen["trial"],
             "trials": len(trials),
             "failed": sum(1 for t in trials if t.get("score") is None),
-            "tied": bool(r["chosen"]["tied"]),
-            "gap_to_next": r["chosen"]["gap"],
+            "tied": chosen["tied"],
+            "gap_to_next": chosen["gap"],
             "per_seed": {
                 s: {"trial": c["trial"], "value": c["value"], "tied": c["tied"]}
-                for s, c in r["per_seed_choices"].items()
+                for s, c in per_seed.items()
             },
-            "metrics": r["chosen"]["metrics"],
+            "metrics": best["metrics"],
             "sampler": r["sampler"],
             "space": r["space"],
             "base_hparams": r["base_hparams"],

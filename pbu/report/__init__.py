@@ -26,8 +26,8 @@ One module per concern, imported in this order (each imports only those above it
 - :mod:`~pbu.report.inputs`: reading the result files, what is missing from them;
 - :mod:`~pbu.report.render`: atomic files; Markdown and LaTeX through pandas' writers;
 - :mod:`~pbu.report.stats`: per-method statistics, distances to the oracle, the ranking;
-- :mod:`~pbu.report.paired`: paired differences over (forget class, seed) pairs, their
-  bootstrap CI and Wilcoxon signed-rank test;
+- :mod:`~pbu.report.paired`: paired differences over (forget class, seed) pairs with the seed
+  as the unit: a hierarchical bootstrap CI, an exact sign-flip test, the TOST;
 - :mod:`~pbu.report.claims`: the paper's claims C1–C7, a verdict each per setting;
 - :mod:`~pbu.report.tables`: the tables and :func:`write_tables`;
 - :mod:`~pbu.report.style`: how every figure looks (size, fonts, colours, saving);

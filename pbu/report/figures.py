@@ -389,8 +389,9 @@ def _fig_retain_gap(runs: pd.DataFrame) -> Any | None:
 
 def ablation_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """Per setting and PBU variant: the paired A_Dr difference variant − PBU over the
-    (forget class, seed) pairs (``mean_diff``, bootstrap ``ci_low`` / ``ci_high``, two-sided
-    Wilcoxon ``p_value``, ``n``), one row each; empty without variants."""
+    (forget class, seed) pairs, the seed the unit (``mean_diff`` over seeds, hierarchical
+    bootstrap ``ci_low`` / ``ci_high``, two-sided sign-flip ``p_value`` on the per-seed means,
+    ``n_seeds``, ``n_pairs``), one row each; empty without variants."""
     rows = []
     if not present(runs, ACC_R):
         return pd.DataFrame()
@@ -400,15 +401,16 @@ def ablation_frame(runs: pd.DataFrame) -> pd.DataFrame:
             continue
         for variant in pbu_variants(sub):
             stat = compare(sub, variant, "pbu", ACC_R, alternative="two-sided")
-            if stat.n:
+            if stat.n_pairs:
                 rows.append({"dataset": dataset, "arch": arch, **stat.as_dict()})
     return pd.DataFrame(rows)
 
 
 def _fig_ablation(runs: pd.DataFrame) -> Any | None:
     """(6) PBU's ablation: per variant, the paired A_Dr difference to PBU (variant − PBU, in
-    points) over (forget class, seed) pairs: each pair (dots), the mean and its bootstrap 95 %
-    CI (bar); one panel per setting."""
+    points) over (forget class, seed) pairs: each pair (dots), the mean over seeds and its
+    hierarchical bootstrap 95 % CI (bar), n_seeds, n_pairs and the sign-flip p on the per-seed
+    means; one panel per setting."""
     import matplotlib.pyplot as plt
 
     table = ablation_frame(runs)
@@ -450,7 +452,7 @@ def _fig_ablation(runs: pd.DataFrame) -> Any | None:
                 ax.plot(row.mean_diff, y, "o", color="C0", zorder=3)
             p = "–" if np.isnan(row.p_value) else f"{row.p_value:.2g}"
             ax.annotate(
-                f"n = {row.n}, p = {p}",
+                f"n_seeds = {row.n_seeds}, n_pairs = {row.n_pairs}, p = {p}",
                 xy=(1.0, y),
                 xycoords=("axes fraction", "data"),
                 xytext=(4, 0),
@@ -462,9 +464,13 @@ def _fig_ablation(runs: pd.DataFrame) -> Any | None:
         ax.set_yticks(range(len(variants)), variants)
         ax.set_ylim(len(variants) - 0.5, -0.5)
         ax.set_xlabel(
-            "A_Dr of the variant − A_Dr of PBU (points), paired; p: Wilcoxon signed-rank, two-sided"
+            "A_Dr of the variant − A_Dr of PBU (points), paired; p: exact sign-flip test on the "
+            "per-seed means, two-sided"
         )
-        ax.set_title(f"{dataset} / {arch}: PBU's ablation (mean, bootstrap 95 % CI; dots: pairs)")
+        ax.set_title(
+            f"{dataset} / {arch}: PBU's ablation (mean over seeds, hierarchical bootstrap "
+            "95 % CI; dots: pairs)"
+        )
     return fig
 
 
