@@ -28,8 +28,10 @@ One module per concern, imported in this order (each imports only those above it
 - :mod:`~pbu.report.stats`: per-method statistics, distances to the oracle, the ranking;
 - :mod:`~pbu.report.paired`: paired differences over (forget class, seed) pairs with the seed
   as the unit: a hierarchical bootstrap CI, an exact sign-flip test, the TOST;
+- :mod:`~pbu.report.verdicts`: how a comparison, or a claim's comparisons, become a verdict;
 - :mod:`~pbu.report.claims`: the paper's claims C1–C7, a verdict each per setting;
-- :mod:`~pbu.report.tables`: the tables and :func:`write_tables`;
+- :mod:`~pbu.report.tables`: the tables, :func:`write_tables` and the claims' tables
+  (:func:`write_claims`);
 - :mod:`~pbu.report.style`: how every figure looks (size, fonts, colours, saving);
 - :mod:`~pbu.report.figures`: the figures and :func:`write_figures`;
 - :mod:`~pbu.report.paper`: the paper's reported numbers (``config/paper/reference.csv``) and
@@ -47,7 +49,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pbu.report.claims import RULES, evaluate_claims, write_claims
+from pbu.report.claims import RULES, evaluate_claims
 from pbu.report.figures import FIGURE_NAMES, write_figures
 from pbu.report.inputs import data_gaps, read_history, read_runs, read_timings
 from pbu.report.markdown import write_report
@@ -63,6 +65,7 @@ from pbu.report.tables import (
     paper_table,
     paper_table_long,
     summary_display,
+    write_claims,
     write_tables,
 )
 from pbu.report.vocab import RUN_METRICS, format_mean_std, order_methods

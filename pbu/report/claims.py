@@ -59,41 +59,41 @@ is ``pbu``):
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pbu.report.inputs import pbu_variants, setting_pairs
-from pbu.report.paired import (
-    ALPHA,
-    PAIR,
-    Paired,
-    compare,
-    equivalence,
-    preliminary,
-    preliminary_note,
-    seeds_needed,
-    significant,
-)
-from pbu.report.render import to_markdown, write_file, write_text
+from pbu.report.paired import ALPHA, PAIR, compare, equivalence, seeds_needed
 from pbu.report.stats import run_distances
-from pbu.report.vocab import ACC_F, ACC_R, RUN_METRICS, order_methods
+from pbu.report.verdicts import (  # noqa: F401 (re-exported: the verdicts are the claims')
+    DISTANCE,
+    DOES_NOT_HOLD,
+    HELPS,
+    HOLDS,
+    HURTS,
+    INCONCLUSIVE,
+    NO_EFFECT,
+    PRELIMINARY,
+    TIME_EPOCH,
+    TIME_TOTAL,
+    Part,
+    _label,
+    combine,
+    combine_by_method,
+    describe,
+    directional,
+    effect,
+    within,
+)
+from pbu.report.vocab import ACC_F, ACC_R, order_methods
 
 log = logging.getLogger(__name__)
 
-HOLDS, DOES_NOT_HOLD, INCONCLUSIVE, PRELIMINARY = (
-    "holds",
-    "does not hold",
-    "inconclusive",
-    "preliminary",
-)
-NO_EFFECT, HELPS, HURTS = "no effect", "helps", "hurts"
 PBU = "pbu"
 C1_BOUND = 2.0  #: % A_Df that counts as "≈ 0"
 C1_STOP = 2.0  #: the stop threshold (%) the paper's A_Df (0-1.9 %, never above 2) implies
@@ -103,7 +103,6 @@ C4_TOLERANCE = 0.05  #: absolute difference in the MIA's member share
 FISHER_MARGIN = 0.5  #: C5's equivalence margin (A_Dr points) unless claims.fisher_margin says
 DEFAULT_THRESHOLD = 5.0  #: % A_Df that counts as forgotten (matched forgetting)
 FORGET_ONLY = "forget"  #: the ``data_access`` label of forget-only methods (blind, as PBU)
-TIME_TOTAL, TIME_EPOCH, DISTANCE = "time_total", "time_per_epoch", "distance_to_oracle"
 STOP_NAME = re.compile(r"^pbu_stop(\d+(?:\.\d+)?)$")
 
 STATEMENTS = {
@@ -150,28 +149,6 @@ RULES = [
     "does not forget; the forget-only (blind) methods first.",
 ]
 
-_LABELS = {
-    ACC_F: ("A_Df", "{:.2f}"),
-    ACC_R: ("A_Dr", "{:.2f}"),
-    C4_METRIC: ("MIA entropy-SVC", "{:.3f}"),
-    TIME_TOTAL: ("time (s), prerequisites incl.", "{:.2f}"),
-    TIME_EPOCH: ("time/epoch (s), prerequisites incl.", "{:.3f}"),
-    DISTANCE: ("distance to oracle", "{:.4f}"),
-}
-
-
-@dataclass
-class Part:
-    """One comparison of a claim: its statistics (None when a method is absent) and verdict;
-    ``outcome`` is an equivalence's reading (C5's Fisher part: no effect, helps, hurts)."""
-
-    label: str
-    stat: Paired | None
-    verdict: str
-    reason: str = ""
-    context: bool = False  # shown beside the claim, not part of its verdict
-    outcome: str = ""
-
 
 @dataclass
 class Claim:
@@ -213,147 +190,6 @@ class Claim:
         if not stats:
             return 0, 0
         return min(s.n_seeds for s in stats), min(s.n_pairs for s in stats)
-
-
-# ------------------------------------------------------------------------------- verdicts
-
-
-def _fmt(metric: str, value: float, sign: bool = False) -> str:
-    if value is None or pd.isna(value):
-        return "–"
-    fmt = _LABELS.get(metric, (metric, "{:.4g}"))[1]
-    return (fmt.replace("{:", "{:+") if sign else fmt).format(value)
-
-
-def _label(metric: str) -> str:
-    return _LABELS.get(metric, (RUN_METRICS.get(metric, (metric,))[0],))[0]
-
-
-def _prelim(stat: Paired, lean: str) -> tuple[str, str]:
-    return PRELIMINARY, f"{preliminary_note(stat.n_seeds)}; point estimate: {lean}"
-
-
-def directional(stat: Paired, direction: str) -> tuple[str, str]:
-    """The verdict on the claim ``d > shift`` (``direction="greater"``) or ``d < shift``
-    (``"less"``), with its reason; see the module docstring."""
-    s = stat.shift
-    if stat.n_pairs == 0:
-        return INCONCLUSIVE, "no common (forget, seed) pairs"
-    sign = 1.0 if direction == "greater" else -1.0
-    op = ">" if direction == "greater" else "<"
-    wrong_side = sign * (stat.mean_diff - s) <= 0
-    what = "mean d" if stat.b else "mean"  # a one-sample claim compares values to s
-    if preliminary(stat):
-        return _prelim(stat, DOES_NOT_HOLD if wrong_side else HOLDS)
-    if wrong_side:
-        return DOES_NOT_HOLD, f"{what} {_fmt(stat.metric, stat.mean_diff, True)}, not {op} {s:g}"
-    ci_clear = (stat.ci_low > s) if direction == "greater" else (stat.ci_high < s)
-    if ci_clear and significant(stat):
-        return HOLDS, ""
-    if stat.note:
-        return INCONCLUSIVE, stat.note
-    if not ci_clear:
-        return INCONCLUSIVE, f"the CI reaches {s:g}"
-    return INCONCLUSIVE, f"p = {stat.p_value:.3g} ≥ {ALPHA:g}"
-
-
-def _equivalent(stat: Paired) -> bool:
-    t = stat.shift
-    return bool(-t < stat.ci_low and stat.ci_high < t and significant(stat))
-
-
-def within(stat: Paired) -> tuple[str, str]:
-    """The verdict on ``|d| < shift`` (an equivalence claim, ``stat`` from
-    :func:`~pbu.report.paired.equivalence`)."""
-    t = stat.shift
-    if stat.n_pairs == 0:
-        return INCONCLUSIVE, "no common (forget, seed) pairs"
-    outside = abs(stat.mean_diff) > t
-    if preliminary(stat):
-        return _prelim(stat, DOES_NOT_HOLD if outside else HOLDS)
-    if outside:
-        return DOES_NOT_HOLD, f"|mean d| {_fmt(stat.metric, abs(stat.mean_diff))} > {t:g}"
-    if _equivalent(stat):
-        return HOLDS, ""
-    if stat.note:
-        return INCONCLUSIVE, stat.note
-    if not (-t < stat.ci_low and stat.ci_high < t):
-        return INCONCLUSIVE, f"the CI reaches ±{t:g}"
-    return INCONCLUSIVE, f"p = {stat.p_value:.3g} ≥ {ALPHA:g}"
-
-
-def effect(tost: Paired, above: Paired, below: Paired) -> tuple[str, str]:
-    """What a difference is, read from an equivalence test and the two one-sided tests against
-    0: ``no effect (equivalent within ±m)`` (TOST holds), else ``helps`` (d > 0: 95 % interval
-    above 0 and p < 0.05), ``hurts`` (d < 0, mirrored) or ``inconclusive``; ``preliminary``
-    with too few seeds. Returns (outcome, why)."""
-    m = tost.shift
-    if tost.n_pairs == 0:
-        return INCONCLUSIVE, "no common (forget, seed) pairs"
-    if preliminary(tost):
-        return PRELIMINARY, preliminary_note(tost.n_seeds)
-    if _equivalent(tost):
-        return f"{NO_EFFECT} (equivalent within ±{m:g})", ""
-    if above.ci_low > 0 and significant(above):
-        return HELPS, ""
-    if below.ci_high < 0 and significant(below):
-        return HURTS, ""
-    return INCONCLUSIVE, f"neither equivalent within ±{m:g} nor different from 0"
-
-
-def combine(parts: Sequence[Part]) -> tuple[str, str]:
-    """Any part preliminary: preliminary; else any not holding: does not hold; else any
-    inconclusive: inconclusive; else holds. The reason names the parts that decided."""
-    decisive = [p for p in parts if not p.context]
-    if not decisive:
-        return INCONCLUSIVE, "nothing to compare"
-    prelim = [p for p in decisive if p.verdict == PRELIMINARY and p.stat is not None]
-    if prelim:
-        return PRELIMINARY, preliminary_note(min(p.stat.n_seeds for p in prelim))
-    for verdict in (DOES_NOT_HOLD, INCONCLUSIVE):
-        hit = [p for p in decisive if p.verdict == verdict]
-        if hit:
-            return verdict, "; ".join(
-                f"{p.label}: {p.reason}" if p.reason else p.label for p in hit
-            )
-    return HOLDS, ""
-
-
-def combine_by_method(parts: Sequence[Part]) -> tuple[str, str]:
-    """:func:`combine`, with a short reason for many parts: the compared methods that decided,
-    each with the metrics that did (``"against neggrad (A_Dr, distance to oracle), ssd
-    (A_Dr)"``)."""
-    verdict, reason = combine(parts)
-    if verdict in (HOLDS, PRELIMINARY) or not parts:
-        return verdict, reason if verdict == PRELIMINARY else ""
-    which: dict[str, list[str]] = {}
-    for p in parts:
-        if p.verdict == verdict and not p.context and p.stat is not None:
-            which.setdefault(p.stat.b, []).append(_label(p.stat.metric))
-    return verdict, "against " + ", ".join(f"{m} ({', '.join(k)})" for m, k in which.items())
-
-
-def describe(stat: Paired) -> str:
-    """One comparison in words: ``pbu − oracle, A_Dr: −4.70 (92.21 vs 96.91), 95 % CI −6.10 to
-    −3.30, n_seeds = 3, n_pairs = 9; sign-flip H1: d > −2, p = 0.125``."""
-    m = stat.metric
-    who = f"{stat.a} − {stat.b}" if stat.b else stat.a
-    lead = f"{who}, {_label(m)}: {_fmt(m, stat.mean_diff, sign=bool(stat.b))}"
-    if stat.b:
-        lead += f" ({_fmt(m, stat.a_mean)} vs {_fmt(m, stat.b_mean)})"
-    if not np.isnan(stat.ci_low):
-        lead += (
-            f", {100 * stat.ci_level:g} % CI {_fmt(m, stat.ci_low, sign=bool(stat.b))} to "
-            f"{_fmt(m, stat.ci_high, sign=bool(stat.b))}"
-        )
-    lead += f", n_seeds = {stat.n_seeds}, n_pairs = {stat.n_pairs}"
-    if stat.alternative.startswith("within"):
-        test = f"TOST |d| < {stat.shift:g}"
-    else:
-        op = {"greater": ">", "less": "<", "two-sided": "≠"}[stat.alternative]
-        test = f"H1: d {op} {stat.shift:g}"
-    p = "–" if np.isnan(stat.p_value) else f"{stat.p_value:.3g}"
-    return f"{lead}; sign-flip {test}, p = {p}"
 
 
 # --------------------------------------------------------------------------------- claims
@@ -584,7 +420,8 @@ def _c7(runs, methods, threshold, variants) -> tuple[list[Part], str, tuple[str,
     return parts, "; ".join(notes), blind_verdict
 
 
-def _protocol(runs: pd.DataFrame, method: str) -> str | None:
+def protocol_of_method(runs: pd.DataFrame, method: str) -> str | None:
+    """The protocol(s) that chose a method's hyperparameters in ``runs`` (joined by "; ")."""
     if "protocol" not in runs.columns:
         return None
     values = sorted({str(v) for v in runs.loc[runs["method"] == method, "protocol"].dropna()})
@@ -641,7 +478,7 @@ def evaluate_claims(runs: pd.DataFrame, settings: Mapping[str, Any] | None = Non
     out: list[Claim] = []
     for dataset, arch in setting_pairs(runs):
         sub = _with_derived(runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)])
-        protocol = _protocol(sub, PBU)
+        protocol = protocol_of_method(sub, PBU)
         if PBU not in set(sub["method"]):
             out += [
                 Claim(dataset, arch, c, INCONCLUSIVE, f"absent: {PBU}", protocol=protocol)
@@ -665,149 +502,3 @@ def evaluate_claims(runs: pd.DataFrame, settings: Mapping[str, Any] | None = Non
                 Claim(dataset, arch, cid, verdict, reason, text.strip("; "), parts, protocol)
             )
     return out
-
-
-# ---------------------------------------------------------------------------- tables, text
-
-
-def claims_table(claims: Sequence[Claim]) -> pd.DataFrame:
-    """One row per (setting, claim): the statement, the verdict (with its reason), n_seeds and
-    n_pairs, the verdict line naming the setting, and the numbers in words; a ``protocol``
-    column (PBU's) when runs.csv has one."""
-    rows = []
-    for c in claims:
-        n_seeds, n_pairs = c.units
-        rows.append(
-            {
-                "dataset": c.dataset,
-                "arch": c.arch,
-                **({"protocol": c.protocol} if c.protocol is not None else {}),
-                "claim": c.claim,
-                "statement": c.statement,
-                "verdict": c.verdict,
-                "reason": c.reason,
-                "n_seeds": n_seeds,
-                "n_pairs": n_pairs,
-                "line": c.line,
-                "numbers": c.summary,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def comparisons_table(claims: Sequence[Claim], runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per comparison: the claim, the part, the paired statistics (numbers, n_seeds and
-    n_pairs among them) and the part's verdict (an equivalence's reading under ``outcome``);
-    ``protocol_a`` / ``protocol_b`` when ``runs`` has a protocol column."""
-    rows = []
-    for c in claims:
-        for p in c.parts:
-            row: dict[str, Any] = {
-                "dataset": c.dataset,
-                "arch": c.arch,
-                "claim": c.claim,
-                "part": p.label,
-            }
-            if p.stat is not None:
-                row |= p.stat.as_dict()
-                if runs is not None and "protocol" in runs.columns:
-                    here = runs[(runs["dataset"] == c.dataset) & (runs["arch"] == c.arch)]
-                    row["protocol_a"] = _protocol(here, p.stat.a)
-                    row["protocol_b"] = _protocol(here, p.stat.b) if p.stat.b else None
-            row["verdict"] = "(context)" if p.context else p.verdict
-            row["outcome"] = p.outcome
-            row["reason"] = p.reason
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def tradeoff_table(claim: Claim) -> pd.DataFrame:
-    """C1's trade-off: per stop threshold present, PBU's A_Df and A_Dr (mean over seeds, 95 %
-    CI) with n_seeds and n_pairs."""
-    rows: dict[str, dict[str, Any]] = {}
-    for p in claim.parts:
-        match = re.match(r"^stop (\S+) % \((\w+)\): (A_Df|A_Dr)$", p.label)
-        if not (p.context and match and p.stat is not None):
-            continue
-        thr, method, what = match.groups()
-        row = rows.setdefault(method, {"stop threshold (%)": thr, "method": method})
-        ci = f"{p.stat.ci_low:.2f} to {p.stat.ci_high:.2f}" if pd.notna(p.stat.ci_low) else "–"
-        row[f"{what} (%)"] = f"{p.stat.mean_diff:.2f} [{ci}]"
-        row["n_seeds"], row["n_pairs"] = p.stat.n_seeds, p.stat.n_pairs
-    return pd.DataFrame(list(rows.values()))
-
-
-def claims_section(claims: Sequence[Claim], settings: Mapping[str, Any] | None = None) -> list[str]:
-    """The report's "Claims" section: the rules, then per setting a verdict line per claim
-    (naming the setting, with n_seeds and n_pairs), C1's trade-off and the table of its paired
-    comparisons."""
-    threshold, source = matched_threshold(settings)
-    lines = ["## Claims", ""]
-    lines += [
-        "Each of the paper's claims gets a verdict per setting, computed from the runs "
-        f"(`pbu/report/claims.py`). A verdict is about the setting that ran, not about the "
-        f"paper's own settings. Matched forgetting threshold: {threshold:g} % ({source}); C5's "
-        f"equivalence margin: ±{fisher_margin(settings):g} A_Dr points (claims.fisher_margin).",
-        "",
-    ]
-    lines += [f"- {rule}" for rule in RULES] + [""]
-    if not claims:
-        return lines + ["No runs.", ""]
-    settings_seen: list[tuple[str, str]] = []
-    for c in claims:
-        if (c.dataset, c.arch) not in settings_seen:
-            settings_seen.append((c.dataset, c.arch))
-    for dataset, arch in settings_seen:
-        here = [c for c in claims if (c.dataset, c.arch) == (dataset, arch)]
-        n_seeds = max(c.units[0] for c in here)
-        n_pairs = max(c.units[1] for c in here)
-        head = f"### {dataset} / {arch} (n_seeds = {n_seeds}, n_pairs = {n_pairs}"
-        if here[0].protocol:
-            head += f"; PBU's hyperparameters: {here[0].protocol} protocol"
-        lines += [head + ")", ""]
-        for c in here:
-            s, n = c.units
-            line = f"- **{c.claim}** {c.statement}: **{c.verdict} on {c.setting}**"
-            line += f" ({c.reason})" if c.reason else ""
-            line += f" [n_seeds = {s}, n_pairs = {n}]."
-            if c.summary:
-                line += f" {c.summary}."
-            lines.append(line)
-        c1 = next((c for c in here if c.claim == "C1"), None)
-        trade = tradeoff_table(c1) if c1 is not None else pd.DataFrame()
-        if not trade.empty:
-            lines += ["", "C1's trade-off: PBU's test accuracies at each stop threshold run:", ""]
-            lines.append(to_markdown(trade))
-        table = comparisons_table(here)
-        if not table.empty and "mean_diff" in table.columns:
-            shown = table.dropna(subset=["mean_diff"])[
-                ["claim", "part", "a", "b", "metric", "n_seeds", "n_pairs", "mean_diff"]
-                + ["ci_low", "ci_high", "alternative", "shift", "p_value", "verdict"]
-            ]
-            shown = shown.assign(metric=shown["metric"].map(_label))
-            lines += [
-                "",
-                "Paired comparisons (d = a − b; mean over seeds, the seed the unit):",
-                "",
-            ]
-            lines.append(to_markdown(shown))
-        lines.append("")
-    return lines
-
-
-def write_claims(
-    claims: Sequence[Claim], out_dir: str | os.PathLike, runs: pd.DataFrame | None = None
-) -> list[Path]:
-    """Write ``claims.{csv,md}`` (verdicts) and ``claims_comparisons.{csv,md}`` (the paired
-    statistics) into ``out_dir``, atomically. Returns the paths."""
-    out = Path(out_dir)
-    verdicts = claims_table(claims)
-    comps = comparisons_table(claims, runs)
-    paths = []
-    for name, frame in (("claims", verdicts), ("claims_comparisons", comps)):
-        paths += [
-            write_file(out / f"{name}.csv", lambda p, f=frame: f.to_csv(p, index=False)),
-            write_text(out / f"{name}.md", to_markdown(frame)),
-        ]
-    log.info("wrote the claims' verdicts (%d) to %s", len(claims), out)
-    return paths

@@ -20,15 +20,13 @@ from pbu.report.claims import (
     INCONCLUSIVE,
     PRELIMINARY,
     STATEMENTS,
-    claims_section,
-    claims_table,
     effect,
     evaluate_claims,
     fisher_margin,
     matched_threshold,
-    tradeoff_table,
     within,
 )
+from pbu.report.markdown import claims_section
 from pbu.report.paired import (
     compare,
     equivalence,
@@ -40,6 +38,7 @@ from pbu.report.paired import (
     sign_flip_p,
     significant,
 )
+from pbu.report.tables import claims_table, tradeoff_table
 
 REFERENCE = Path(__file__).resolve().parents[2] / "config" / "paper" / "reference.csv"
 

@@ -179,7 +179,7 @@ def seed_paths_arg(option, key):
     return get
 
 
-def dev_space(wildcards):
+def space_arg(wildcards):
     """The search space of a methods entry (its own, or a variant's base's minus overrides)."""
     return as_json(tuning_space(CONFIG, wildcards.method))
 

@@ -8,7 +8,6 @@ localrules:
     track_tuning,
 
 
-
 rule tune:
     input:
         data=path("data"),
@@ -29,7 +28,7 @@ rule tune:
     params:
         method=lambda wildcards: base_of(wildcards.method),
         hparams=lambda wildcards: as_json(hparams_of(wildcards.method)),
-        space=lambda wildcards: as_json(CONFIG["tuning"]["space"][wildcards.method]),
+        space=space_arg,
         protocol=CONFIG["tuning"]["protocol"],
         budget=CONFIG["tuning"]["budget"],
         val_fraction=CONFIG["tuning"]["val_fraction"],
@@ -71,7 +70,7 @@ rule tune_dev:
         method=lambda wildcards: base_of(wildcards.method),
         variant=variant_arg,
         hparams=lambda wildcards: as_json(hparams_of(wildcards.method)),
-        space=dev_space,
+        space=space_arg,
         budget=CONFIG["tuning"]["budget"],
         sampler_seed=CONFIG["tuning"]["sampler_seed"],
         val_fraction=CONFIG["tuning"]["val_fraction"],
@@ -94,11 +93,11 @@ rule freeze:
         CONFIG["tuning"]["frozen"] or "tuning.frozen-is-null",
     log:
         log_path("freeze"),
-    conda:
-        CONDA_ENV
     wildcard_constraints:
         dataset=CONFIG["dataset"],
         arch="|".join(CONFIG["archs"]),
+    conda:
+        CONDA_ENV
     params:
         records=lambda wildcards, input: " ".join(f"--record {r}" for r in input.records),
         training=lambda wildcards, input: " ".join(f"--training {t}" for t in input.training),
