@@ -58,6 +58,7 @@ RESERVED_NAMES = (
     "original",
     ORACLE,
     "fisher",
+    "freeze",
     "tune",
     "metrics",
     "evaluate",
@@ -108,8 +109,8 @@ JOBS: dict[str, str] = {
     "fisher": GROUP_DIR + "/fisher",
     "evaluate": GROUP_DIR + "/evaluate",
     "tune": GROUP_DIR + "/tune/{method}",
+    "freeze": "tuning/{dataset}/{arch}/freeze",  # before tune_dev: its stem would match too
     "tune_dev": "tuning/{dataset}/{arch}/{method}",
-    "freeze": "tuning/{dataset}/{arch}/freeze",
     "unlearn": GROUP_DIR + "/{method}",  # last of a group's jobs: any other name is a method
     "aggregate": "aggregate",
     "track": "track",

@@ -73,9 +73,9 @@ def _same(records: Sequence[Mapping[str, Any]], key: str) -> Any:
 
 def choices(record: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """A record's choice and each tuning seed's own choice, recomputed from its trials
-    (:func:`pbu.tune.tie_report`: the lowest value, tied when another trial with other
+    (:func:`pbu.tune_dev.tie_report`: the lowest value, tied when another trial with other
     hyperparameters has the same value)."""
-    from pbu.tune import tie_report
+    from pbu.tune_dev import tie_report
 
     trials = record["trials"]
     points = [t["varied"] for t in trials]

@@ -477,7 +477,7 @@ MUTATIONS: list[Mutation] = [
     # --- the development-class tuning (issue 23) --------------------------------------------
     _m(
         "dev-loss-ignores-the-oracle",
-        "pbu/tune.py",
+        "pbu/tune_dev.py",
         "w * abs(metrics[k] - oracle[k])",
         "w * abs(metrics[k])",
         f"{T_DEV}::test_loss_attack_auc_and_the_objective_by_hand",
@@ -485,7 +485,7 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "dev-scored-on-training-images",
-        "pbu/tune.py",
+        "pbu/tune_dev.py",
         "forget_val=held.forget_val,",
         "forget_val=held.fit.subset(forget_idx),",
         f"{T_DEV}::test_dev_tuning_scores_each_trial_against_each_seeds_oracle",
@@ -502,7 +502,7 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "tie-counts-a-repeated-point",
-        "pbu/tune.py",
+        "pbu/tune_dev.py",
         "others = [i for i in ok if dict(points[i]) != dict(points[best])]",
         "others = [i for i in ok if i != best]",
         f"{T_DEV}::test_tie_report_counts_only_other_hyperparameters_at_the_same_value",

@@ -153,7 +153,12 @@ def _train(
         model_args=margs,
         hparams={"recipe": recipe.to_dict(), "weights": weights},
         seed=seed,
-        meta={"role": role, "forget": forget, "dataset": spec.name, "holdout": held},
+        meta={
+            "role": role,
+            "forget": forget,
+            "dataset": spec.name,
+            **({"holdout": held} if held else {}),
+        },
     )
     record = {
         "role": role,

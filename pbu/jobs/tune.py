@@ -20,7 +20,8 @@ from pbu.checkpoint import write_json
 from pbu.errors import UsageError
 from pbu.jobs.common import load_data, load_model, resolve_device, resources, started
 from pbu.train import seed_everything
-from pbu.tune import PROTOCOLS, DevSeed, HoldoutError, check_space, tune_method
+from pbu.tune import PROTOCOLS, HoldoutError, check_space, tune_method
+from pbu.tune_dev import DevSeed
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
@@ -160,7 +161,7 @@ def tune_dev(
     ``val_fraction`` split (``pbu pretrain/oracle --holdout``). ``budget`` trials of a seeded
     Optuna study (:func:`pbu.tune.tune_dev_class`), stored in the SQLite file ``storage`` (made
     afresh). Writes the record ``out`` (returned). The test split is never used."""
-    from pbu.tune import tune_dev_class
+    from pbu.tune_dev import tune_dev_class
 
     began = started(started_at)
     dev = resolve_device(device)

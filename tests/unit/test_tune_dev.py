@@ -20,7 +20,8 @@ from pbu.checkpoint import load_checkpoint
 from pbu.cli import main
 from pbu.data import class_split, save_prepared
 from pbu.errors import UsageError
-from pbu.tune import DEV_WEIGHTS, dev_loss, hold_out, loss_attack_auc, tie_report
+from pbu.tune import hold_out
+from pbu.tune_dev import DEV_WEIGHTS, dev_loss, loss_attack_auc, tie_report
 from pbu.tuned import FrozenError, apply, choice, dump, freeze_records, load_frozen, tie_rates
 
 ROOT = Path(__file__).resolve().parents[2]
