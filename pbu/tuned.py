@@ -172,6 +172,7 @@ def freeze_records(
             "retain_subset": first.get("retain_subset"),
             "date": date or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": commit or git_commit(),
+            "tuning_commits": sorted({str(r.get("commit", "unknown")) for r in records}),
             "command": command,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {first.get('device')}",
         },

@@ -162,6 +162,7 @@ def tune_dev(
     Optuna study (:func:`pbu.tune.tune_dev_class`), stored in the SQLite file ``storage`` (made
     afresh). Writes the record ``out`` (returned). The test split is never used."""
     from pbu.tune_dev import tune_dev_class
+    from pbu.tuned import git_commit
 
     began = started(started_at)
     dev = resolve_device(device)
@@ -240,6 +241,7 @@ def tune_dev(
         oracles={str(s): str(p) for s, p in oracles.items()},
         data=str(data),
         device=str(dev),
+        commit=git_commit(),
         **resources(dev, began),
     )
     write_json(out, record)
