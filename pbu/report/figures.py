@@ -434,6 +434,9 @@ def _fig_ablation(runs: pd.DataFrame) -> Any | None:
         here = table[(table["dataset"] == dataset) & (table["arch"] == arch)]
         sub = runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)]
         variants = list(here["a"])
+        # n_seeds and n_pairs: in the title when every row shares them, else on each row
+        units = {(r.n_seeds, r.n_pairs) for r in here.itertuples()}
+        shared = next(iter(units)) if len(units) == 1 else None
         for y, row in enumerate(here.itertuples()):
             pairs = paired_values(sub, row.a, "pbu", ACC_R)
             jitter = np.linspace(-0.15, 0.15, len(pairs)) if len(pairs) > 1 else [0.0]
@@ -452,7 +455,7 @@ def _fig_ablation(runs: pd.DataFrame) -> Any | None:
                 ax.plot(row.mean_diff, y, "o", color="C0", zorder=3)
             p = "–" if np.isnan(row.p_value) else f"{row.p_value:.2g}"
             ax.annotate(
-                f"n_seeds = {row.n_seeds}, n_pairs = {row.n_pairs}, p = {p}",
+                f"p = {p}" if shared else f"p = {p}\n{row.n_seeds} seeds, {row.n_pairs} pairs",
                 xy=(1.0, y),
                 xycoords=("axes fraction", "data"),
                 xytext=(4, 0),
@@ -464,13 +467,11 @@ def _fig_ablation(runs: pd.DataFrame) -> Any | None:
         ax.set_yticks(range(len(variants)), variants)
         ax.set_ylim(len(variants) - 0.5, -0.5)
         ax.set_xlabel(
-            "A_Dr of the variant − A_Dr of PBU (points), paired; p: exact sign-flip test on the "
-            "per-seed means, two-sided"
+            "A_Dr of the variant − A_Dr of PBU (points): mean over seeds, hierarchical bootstrap "
+            "95 % CI,\ndots: pairs; p: exact sign-flip test on the per-seed means, two-sided"
         )
-        ax.set_title(
-            f"{dataset} / {arch}: PBU's ablation (mean over seeds, hierarchical bootstrap "
-            "95 % CI; dots: pairs)"
-        )
+        units_text = f" (n_seeds = {shared[0]}, n_pairs = {shared[1]})" if shared else ""
+        ax.set_title(f"{dataset} / {arch}: PBU's ablation{units_text}")
     return fig
 
 

@@ -145,6 +145,8 @@ def claims_section(claims: Sequence[Claim], settings: Mapping[str, Any] | None =
             lines.append(to_markdown(trade))
         table = comparisons_table(here)
         if not table.empty and "mean_diff" in table.columns:
+            # C1's trade-off rows are in the table above (a one-sample "≠ 0" test is no claim)
+            table = table[~(table["claim"].eq("C1") & table["verdict"].eq("(context)"))]
             shown = table.dropna(subset=["mean_diff"])[
                 ["claim", "part", "a", "b", "metric", "n_seeds", "n_pairs", "mean_diff"]
                 + ["ci_low", "ci_high", "alternative", "shift", "p_value", "verdict"]

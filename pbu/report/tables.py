@@ -341,7 +341,8 @@ def tradeoff_table(claim: Claim) -> pd.DataFrame:
         ci = f"{p.stat.ci_low:.2f} to {p.stat.ci_high:.2f}" if pd.notna(p.stat.ci_low) else "–"
         row[f"{what} (%)"] = f"{p.stat.mean_diff:.2f} [{ci}]"
         row["n_seeds"], row["n_pairs"] = p.stat.n_seeds, p.stat.n_pairs
-    return pd.DataFrame(list(rows.values()))
+    columns = ["stop threshold (%)", "method", "A_Df (%)", "A_Dr (%)", "n_seeds", "n_pairs"]
+    return pd.DataFrame(list(rows.values())).reindex(columns=columns) if rows else pd.DataFrame()
 
 
 def write_claims(
