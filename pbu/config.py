@@ -187,13 +187,15 @@ def tuned_names(config: dict[str, Any]) -> list[str]:
     return names
 
 
-def _check_space_values(where: str, names: dict[str, Any], space: dict[str, Any]) -> None:
+def _check_space_values(
+    where: str, base: str, names: dict[str, Any], space: dict[str, Any]
+) -> None:
     import jsonschema
 
     for k, values in space.items():
         if k not in names:
             raise ConfigError(
-                f"{where}.{k}: not a hyperparameter of it; allowed: {', '.join(names)}"
+                f"{where}.{k}: not a hyperparameter of {base}; allowed: {', '.join(names)}"
             )
         node = names[k]
         if isinstance(values, dict):
@@ -249,8 +251,11 @@ def check_tuning(config: dict[str, Any], schema_path: str | os.PathLike) -> None
             raise ConfigError(f"config key hparams.{base}: missing; tuning lists {m!r}")
         space = tuning_space(config, m)
         if space is None:
-            raise ConfigError(f"{where}: missing; {m!r} is tuned, so it needs a search space")
-        _check_space_values(where, hp_schema["properties"][base]["properties"], space)
+            raise ConfigError(
+                f"{where}: missing; tuning lists {m!r}, so it needs a search space (its own, "
+                f"or a variant's base method's)"
+            )
+        _check_space_values(where, base, hp_schema["properties"][base]["properties"], space)
         n = grid_size(space)
         if n is not None and n < tuning["budget"]:
             raise ConfigError(
