@@ -281,4 +281,4 @@ def test_development_class_run_freezes_a_choice_that_a_verdict_run_loads(tmp_pat
     }
     report = (tmp_path / "res/report.md").read_text()
     assert "PBU's hyperparameters: dev_class protocol" in report
-    assert "preliminary on mnist5k / small_cnn (1 seed cannot reach p < 0.05)" in report
+    assert "**preliminary on mnist5k / small_cnn** (1 seed cannot reach p < 0.05)" in report

@@ -184,6 +184,12 @@ def space_arg(wildcards):
     return as_json(tuning_space(CONFIG, wildcards.method))
 
 
+def frozen_pattern():
+    """The freeze rule's output: tuning.frozen, or (null: nothing is frozen, the rule never runs)
+    a place in the results folder with the same wildcards."""
+    return CONFIG["tuning"]["frozen"] or f"{R}/tuning/{{dataset}}/{{arch}}/frozen.yaml"
+
+
 def frozen_target(arch):
     """The frozen file the development-class run writes for one arch."""
     return CONFIG["tuning"]["frozen"].format(dataset=CONFIG["dataset"], arch=arch)

@@ -90,7 +90,7 @@ rule freeze:
     input:
         unpack(freeze_inputs),
     output:
-        CONFIG["tuning"]["frozen"] or "tuning.frozen-is-null",
+        frozen_pattern(),
     log:
         log_path("freeze"),
     wildcard_constraints:
