@@ -7,6 +7,9 @@
     pbu unlearn   --data ... --model original.pt --forget 2 --method pbu --hparams '{...}' ...
     pbu tune      --data ... --model original.pt --forget 0 --method neggrad --hparams '{...}' \
                   --space '{"lr": [...]}' --budget 6 --val-fraction 0.2 --threshold 5 --out t.json
+    pbu tune-dev  --data ... --model 100=m.pt --oracle 100=o.pt --forget 0 --method pbu ... \
+                  --storage study.db --out t.json        # the development-class protocol
+    pbu freeze    --record t.json ... --out config/tuned/mnist5k_small_cnn.yaml
     pbu evaluate  --data ... --forget 2 --original ... --oracle ... --model pbu=path.pt ...
     pbu aggregate --out-dir results/aggregate results/**/metrics.json
     pbu unlearn-batch / confidences / forget-score    the forget-score run (pbu.cli_forgetting)
@@ -30,6 +33,7 @@ import time
 from typing import Any
 
 from pbu.cli_forgetting import add_commands as add_forgetting_commands
+from pbu.cli_tune import add_tuning_parsers
 from pbu.errors import CheckpointError, DataUnavailableError, UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -117,6 +121,7 @@ def _training(args: argparse.Namespace) -> dict[str, Any]:
         "stem": args.stem,
         "out_model": args.out_model,
         "out_info": args.out_info,
+        "holdout": args.holdout,
         "progress": not args.quiet,
         **_run(args),
     }
@@ -175,6 +180,7 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
         retain_subset=args.retain_subset,
         fisher=args.fisher,
         hparams_from=args.hparams_from,
+        tuned=_json_arg(args.tuned, "tuned") if args.tuned else None,
         holdout=args.holdout,
         variant=args.variant,
         overrides=_json_arg(args.overrides, "overrides") if args.overrides else None,
@@ -193,33 +199,6 @@ def _name_path(items: list[str], option: str) -> dict[str, str]:
             raise UsageError(f"{option} expects NAME=PATH, got {item!r}")
         out[name] = path
     return out
-
-
-def cmd_tune(args: argparse.Namespace) -> None:
-    from pbu.jobs.tune import tune
-
-    fisher_settings = (
-        _json_arg(args.fisher_settings, "fisher-settings") if args.fisher_settings else None
-    )
-    tune(
-        args.data,
-        model=args.model,
-        forget=args.forget,
-        method=args.method,
-        hparams=_json_arg(args.hparams, "hparams"),
-        space=_json_arg(args.space, "space"),
-        budget=args.budget,
-        val_fraction=args.val_fraction,
-        threshold=args.threshold,
-        seed=args.seed,
-        out=args.out,
-        retain_subset=args.retain_subset,
-        fisher_settings=fisher_settings,
-        protocol=args.protocol,
-        memory_format=args.memory_format,
-        progress=not args.quiet,
-        **_run(args),
-    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -263,6 +242,7 @@ def cmd_track(args: argparse.Namespace) -> None:
         metrics_files=args.metrics,
         report_paths=args.report,
         forget_score=args.forget_score,
+        tune_records=args.tune_record,
     )
 
 
@@ -377,6 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--out-model", required=True)
         sp.add_argument("--out-info", required=True)
+        sp.add_argument(
+            "--holdout",
+            type=float,
+            default=None,
+            metavar="FRACTION",
+            help="train without a seeded, class-stratified share of every class of the training "
+            "set (the development-class tuning's models: pbu tune-dev)",
+        )
 
     sp = sub.add_parser("pretrain", help="train the original model on the full training split")
     training(sp)
@@ -454,63 +442,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TUNE.json",
         help="override --hparams with the choice of a pbu tune record",
     )
+    sp.add_argument(
+        "--tuned",
+        default=None,
+        metavar="JSON",
+        help='the frozen development-class choice: {"hparams": {...}, "source": {...}} '
+        "(tuning.frozen; applied over --hparams, a variant's overrides last; recorded)",
+    )
     sp.add_argument("--holdout", type=float, default=None, metavar="FRACTION", help=holdout_help)
     sp.set_defaults(fn=cmd_unlearn)
 
-    sp = sub.add_parser(
-        "tune",
-        help="tune one method (pbu.tune): blind, on a validation split of the data it may see, "
-        "or on the experimenter's held-out split of the training set",
-    )
-    common(sp)
-    sp.add_argument("--model", required=True, help="the original model's checkpoint")
-    sp.add_argument("--forget", type=int, required=True)
-    sp.add_argument("--method", required=True)
-    sp.add_argument(
-        "--hparams",
-        required=True,
-        help="JSON object of the method's base hyperparameters (the space overrides)",
-    )
-    sp.add_argument("--retain-subset", type=_int_nonneg, default=0)
-    sp.add_argument("--seed", type=_int_nonneg, required=True)
-    sp.add_argument(
-        "--space",
-        required=True,
-        help='JSON search space, e.g. \'{"lr": [1e-3, 1e-2], "epochs": [1, 2]}\'',
-    )
-    sp.add_argument(
-        "--budget",
-        type=int,
-        required=True,
-        help="trials (the same for every method); the space needs >= this many points",
-    )
-    sp.add_argument(
-        "--val-fraction",
-        type=float,
-        required=True,
-        help="share of each part of the method's data held out for validation",
-    )
-    sp.add_argument(
-        "--threshold",
-        type=float,
-        required=True,
-        help="forget-val accuracy (%%) at or below which a trial counts as forgotten",
-    )
-    sp.add_argument(
-        "--fisher-settings",
-        default=None,
-        help="JSON: kind, bn_mode, mc_samples, chunk_size, batch_size (methods that "
-        "need the Fisher; computed on the fit part of the forget data)",
-    )
-    sp.add_argument(
-        "--protocol",
-        default="blind",
-        choices=("blind", "validation"),
-        help="blind: validate on a share of the data the method may see; validation: on a "
-        "share (--val-fraction) of every class of the training set, held out from the method",
-    )
-    sp.add_argument("--out", required=True, help="the tuning record (JSON)")
-    sp.set_defaults(fn=cmd_tune)
+    add_tuning_parsers(sub, common, _int_nonneg)
+    # the tuning commands (pbu/cli_tune.py) parse JSON and take the common options through these
+    p.set_defaults(json_arg=_json_arg, run=_run)
 
     sp = sub.add_parser("evaluate", help="metrics of every model against the oracle")
     common(sp)
@@ -542,6 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="file or folder to log as artifacts of the 'report' run (repeatable)",
+    )
+    sp.add_argument(
+        "--tune-record",
+        action="append",
+        default=[],
+        help="a development-class tuning record (pbu tune-dev) to log, its trials as child "
+        "runs (repeatable)",
     )
     sp.add_argument("--out", required=True, help="JSON summary of what was logged")
     sp.add_argument("--forget-score", default=None, metavar="DIR", help="forget-score tables")

@@ -162,41 +162,102 @@ def _check_tuning_names(config: dict[str, Any], declared: Any) -> None:
             )
 
 
-def check_tuning(config: dict[str, Any], schema_path: str | os.PathLike) -> None:
-    """Every tuned method or variant has hyperparameters and a search space of its base method's
-    declared names, with values its hparams schema accepts and at least ``tuning.budget`` points
-    (equal budgets)."""
+def tuning_space(config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The search space of a methods entry: its own ``tuning.space.<name>``, else (a variant)
+    its base method's without the names its overrides fix; None when there is none."""
+    from pbu.tune import variant_space
+
+    spaces = config["tuning"]["space"]
+    if name in spaces:
+        return dict(spaces[name])
+    base = base_method(config, name)
+    if base != name and base in spaces:
+        return variant_space(spaces[base], overrides(config, name))
+    return None
+
+
+def tuned_names(config: dict[str, Any]) -> list[str]:
+    """The methods entries whose search spaces a run needs: ``tuning.methods`` (per-group
+    tuning; checked whether it is on or not, so turning it on cannot fail later) and, in the
+    development-class run, every entry of ``methods``."""
+    tuning = config["tuning"]
+    names = list(tuning["methods"])
+    if tuning["develop"]:
+        names += [m for m in config["methods"] if m not in names]
+    return names
+
+
+def _check_space_values(
+    where: str, base: str, names: dict[str, Any], space: dict[str, Any]
+) -> None:
     import jsonschema
 
-    from pbu.tune import space_size
+    for k, values in space.items():
+        if k not in names:
+            raise ConfigError(
+                f"{where}.{k}: not a hyperparameter of {base}; allowed: {', '.join(names)}"
+            )
+        node = names[k]
+        if isinstance(values, dict):
+            if values["low"] >= values["high"]:
+                raise ConfigError(f"{where}.{k}: low must be below high")
+            if values.get("log") and values["low"] <= 0:
+                raise ConfigError(f"{where}.{k}: a log range needs low > 0")
+            if node.get("type") == "integer" and not values.get("int"):
+                raise ConfigError(f"{where}.{k}: an integer hyperparameter needs int: true")
+            check = [values["low"], values["high"]]
+        else:
+            check = list(values)
+        for v in check:
+            err = jsonschema.exceptions.best_match(
+                jsonschema.Draft202012Validator(node).iter_errors(v)
+            )
+            if err is not None:
+                raise ConfigError(f"{where}.{k}: {err.message}")
+
+
+def check_tuning(config: dict[str, Any], schema_path: str | os.PathLike) -> None:
+    """Every tuned method or variant has hyperparameters and a search space of its base method's
+    declared names (a variant's never naming its overrides), with values its hparams schema
+    accepts and, for a space of choices only, at least ``tuning.budget`` points (equal
+    budgets). The development-class run tunes one forget class and writes ``tuning.frozen``."""
+    from pbu.tune import grid_size
 
     tuning = config["tuning"]
     hp_schema = yaml.safe_load(Path(schema_path).read_text())["properties"]["hparams"]
     _check_tuning_names(config, hp_schema["properties"])
-    for m in tuning["methods"]:
+    for m, space in tuning["space"].items():
+        fixed = sorted(set(space) & set(overrides(config, m)))
+        if fixed:
+            raise ConfigError(
+                f"config key tuning.space.{m}: {', '.join(fixed)} define(s) the variant "
+                f"(variants.{m}.hparams) and cannot be tuned"
+            )
+    if tuning["develop"]:
+        if config["forget"] == "all" or len(config["forget"]) != 1:
+            raise ConfigError(
+                "config key forget: the development-class run (tuning.develop) tunes on exactly "
+                "one class, which no verdict run reports (e.g. forget: [0])"
+            )
+        if not tuning["frozen"]:
+            raise ConfigError(
+                "config key tuning.frozen: the development-class run writes it; give a path "
+                "pattern with {dataset} and {arch}"
+            )
+    for m in tuned_names(config):
         where = f"config key tuning.space.{m}"
         base = base_method(config, m)
         if base not in config["hparams"]:
-            raise ConfigError(f"config key hparams.{base}: missing; tuning.methods lists {m!r}")
-        if m not in tuning["space"]:
+            raise ConfigError(f"config key hparams.{base}: missing; tuning lists {m!r}")
+        space = tuning_space(config, m)
+        if space is None:
             raise ConfigError(
-                f"{where}: missing; tuning.methods lists {m!r}, so it needs a search space"
+                f"{where}: missing; tuning lists {m!r}, so it needs a search space (its own, "
+                f"or a variant's base method's)"
             )
-        space = tuning["space"][m]
-        names = hp_schema["properties"][base]["properties"]
-        for k, values in space.items():
-            if k not in names:
-                raise ConfigError(
-                    f"{where}.{k}: not a hyperparameter of {base}; allowed: {', '.join(names)}"
-                )
-            for v in values:
-                err = jsonschema.exceptions.best_match(
-                    jsonschema.Draft202012Validator(names[k]).iter_errors(v)
-                )
-                if err is not None:
-                    raise ConfigError(f"{where}.{k}: {err.message}")
-        n = space_size(space)
-        if n < tuning["budget"]:
+        _check_space_values(where, base, hp_schema["properties"][base]["properties"], space)
+        n = grid_size(space)
+        if n is not None and n < tuning["budget"]:
             raise ConfigError(
                 f"{where}: {n} point(s), fewer than tuning.budget "
                 f"{tuning['budget']}; every method gets the same number of trials"
@@ -237,6 +298,81 @@ def check_forget_score(config: dict[str, Any]) -> None:
         )
 
 
+# ------------------------------------------------------------------------------------------
+# The frozen development-class choice (pbu/tuned.py)
+# ------------------------------------------------------------------------------------------
+
+
+def frozen_file(config: dict[str, Any], arch: str) -> Path | None:
+    """The frozen choice's file of one setting (``tuning.frozen`` filled in); None when the
+    run loads none (no pattern, or the development-class run, which writes it)."""
+    pattern = config["tuning"]["frozen"]
+    if not pattern or config["tuning"]["develop"]:
+        return None
+    return Path(pattern.format(dataset=config["dataset"], arch=arch))
+
+
+def load_tuned(config: dict[str, Any], declared: dict[str, dict[str, Any]] | None = None) -> dict:
+    """Per arch of the run, the frozen choice it loads (``{arch: (path, content)}``; archs
+    without a file are absent). Checks that each file is of this setting, that its
+    development class is not one the run reports, and that its names are hyperparameters."""
+    from pbu.tuned import FrozenError, load_frozen
+
+    out = {}
+    classes = forget_classes(config)
+    for arch in config["archs"]:
+        path = frozen_file(config, arch)
+        if path is None or not path.is_file():
+            continue
+        where = f"config key tuning.frozen ({path})"
+        try:
+            frozen = load_frozen(path)
+        except FrozenError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        if (frozen["dataset"], frozen["arch"]) != (config["dataset"], arch):
+            raise ConfigError(
+                f"{where}: tuned for {frozen['dataset']} / {frozen['arch']}, not "
+                f"{config['dataset']} / {arch}"
+            )
+        dev = frozen["provenance"].get("forget_class")
+        if dev in classes:
+            raise ConfigError(
+                f"{where}: tuned on class {dev}, which this run reports (config key forget); "
+                f"the development class is never reported: drop it from forget, or set "
+                f"tuning.frozen: null"
+            )
+        for name, entry in frozen["methods"].items():
+            base = entry.get("base_method", name)
+            names = (declared or {}).get(base)
+            unknown = sorted(set(entry["hparams"]) - set(names or entry["hparams"]))
+            if unknown:
+                raise ConfigError(
+                    f"{where}: methods.{name}: {', '.join(unknown)} not hyperparameter(s) of {base}"
+                )
+        out[arch] = (path, frozen)
+    return out
+
+
+def tuned_choice(
+    config: dict[str, Any], tuned: dict, arch: str, name: str
+) -> dict[str, Any] | None:
+    """What an unlearn job of ``name`` on ``arch`` gets from the frozen choice
+    (``{"hparams": tuned names, "source": where they came from}``), or None (its
+    hyperparameters come from the config: protocol ``config``)."""
+    from pbu.tuned import choice, source
+
+    if arch not in tuned:
+        return None
+    path, frozen = tuned[arch]
+    found = choice(frozen, name, base_method(config, name))
+    if found is None:
+        return None
+    hparams, chosen_by = found
+    # a variant keeps its defining overrides, also over its base method's choice
+    hparams = {k: v for k, v in hparams.items() if k not in overrides(config, name)}
+    return {"hparams": hparams, "source": source(path, frozen, chosen_by)}
+
+
 def check_config(
     config: dict[str, Any], schema_path: str | os.PathLike, *, check_results: bool = True
 ) -> dict[str, Any]:
@@ -263,6 +399,7 @@ def check_config(
             )
     check_tuning(config, schema_path)
     check_forget_score(config)
+    load_tuned(config, {m: list(names) for m, names in declared.items()})
     # data.source is not checked here: a plan (snakemake -n) or stand-in data never reads it,
     # and a missing folder fails the download job alone, with the same message
     # (pbu.data._adopt_source).

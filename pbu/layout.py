@@ -12,7 +12,9 @@ One directory level per wildcard (``dataset``, ``arch``, ``seed``, ``forget``, `
     {results}/.../seed{seed}/forget{forget}/oracle/model.pt     the oracle (+ info.json)
     {results}/.../seed{seed}/forget{forget}/fisher.pt           the forget-set Fisher (+ .json)
     {results}/.../seed{seed}/forget{forget}/{method}/model.pt   + info.json, history.json
-    {results}/.../seed{seed}/forget{forget}/tune/{method}.json  a blind tuning record
+    {results}/.../seed{seed}/forget{forget}/tune/{method}.json  a per-group tuning record
+    {results}/tuning/{dataset}/{arch}/{method}.json             a development-class tuning record
+    {results}/optuna/{dataset}/{arch}/{method}.db               its Optuna study (SQLite)
     {results}/.../seed{seed}/forget{forget}/metrics.json        every model of the group, evaluated
     {results}/.../seed{seed}/forget{forget}/confidences.npz     their per-example confidences
     {results}/{dataset}/{arch}/ceiling/forget{forget}/confidences.npz   the ceiling's oracles'
@@ -21,7 +23,7 @@ One directory level per wildcard (``dataset``, ``arch``, ``seed``, ``forget``, `
     {results}/aggregate/forget_score.csv, forget_score_images.csv, forget_score_runs.csv
                                                                  (+ forget_score.json, record)
     {results}/report.md, tables/, figures/
-    {results}/mlflow/tracked.json, tracked_report.json
+    {results}/mlflow/tracked.json, tracked_report.json, tracked_tuning.json
     {results}/logs/<job>.log, {results}/benchmarks/<job>.tsv    mirror the jobs (see JOBS)
 
 A template's wildcards are ``str.format`` placeholders, the same as Snakemake's: a wildcard not
@@ -61,6 +63,7 @@ RESERVED_NAMES = (
     "original",
     ORACLE,
     "fisher",
+    "freeze",
     "tune",
     "metrics",
     "evaluate",
@@ -90,6 +93,8 @@ FILES: dict[str, str] = {
     "ceiling_confidences": CEILING_DIR + "/confidences.npz",
     "ceiling_info": CEILING_DIR + "/info.json",
     "tune": GROUP_DIR + "/tune/{method}.json",
+    "dev_tune": "tuning/{dataset}/{arch}/{method}.json",
+    "dev_study": "optuna/{dataset}/{arch}/{method}.db",
     "model": GROUP_DIR + "/{method}/model.pt",  # the oracle's too: method=ORACLE
     "info": GROUP_DIR + "/{method}/info.json",
     "history": GROUP_DIR + "/{method}/history.json",
@@ -105,6 +110,7 @@ FILES: dict[str, str] = {
     "figures": "figures",
     "tracked": "mlflow/tracked.json",
     "tracked_report": "mlflow/tracked_report.json",
+    "tracked_tuning": "mlflow/tracked_tuning.json",
 }
 
 #: Every job by name: the stem its log (``logs/<stem>.log``) and Snakemake benchmark
@@ -120,11 +126,14 @@ JOBS: dict[str, str] = {
     "unlearn_batch": GROUP_DIR + "/unlearn-batch",
     "ceiling": CEILING_DIR + "/confidences",
     "tune": GROUP_DIR + "/tune/{method}",
+    "freeze": "tuning/{dataset}/{arch}/freeze",  # before tune_dev: its stem would match too
+    "tune_dev": "tuning/{dataset}/{arch}/{method}",
     "unlearn": GROUP_DIR + "/{method}",  # last of a group's jobs: any other name is a method
     "aggregate": "aggregate",
     "forget_score": "forget_score",
     "track": "track",
     "track_report": "track_report",
+    "track_tuning": "track_tuning",
     "report": "report",
     "server": "pbu-server",  # the local fork server (pbu/forkserver.py), not a job
 }

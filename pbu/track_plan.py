@@ -398,6 +398,22 @@ def plan_tune_jobs(path: Path, tags: dict[str, str], jid: str, parent: str | Non
     return jobs
 
 
+def plan_dev_tune_jobs(path: Path) -> list[_Job]:
+    """A development-class tuning record (``pbu tune-dev``) as a top-level ``tune`` run with
+    one ``tune_trial`` child per Optuna trial (:func:`plan_tune_jobs`)."""
+    rec = _read(path) or {}
+    tags = {
+        "dataset": str(rec.get("dataset")),
+        "arch": str(rec.get("arch")),
+        "seed": ",".join(str(s) for s in rec.get("seeds", [])) or "none",
+        "forget": str(rec.get("forget")),
+        "method": str(rec.get("method")),
+        "protocol": str(rec.get("protocol")),
+    }
+    jid = f"{tags['dataset']}/{tags['arch']}/{tags['method']}"
+    return plan_tune_jobs(path, tags, f"dev_class/{jid}", None)
+
+
 #: The experiment tag MLflow 3's UI reads, where its global workflow switch is off, to open an
 #: experiment as model training (its runs table) rather than the GenAI overview ("Traces 0").
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"

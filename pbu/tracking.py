@@ -18,6 +18,10 @@ Results are files first; this step reads them and logs every job as one MLflow r
   ``hparams_from``), a child run ``tune`` of the same group (budget, rule, choice, the record as
   artifact) with one child ``tune_trial`` run per trial (its hyperparameters as params; its
   validation metrics, score and times as metrics).
+- per development-class tuning record (``pbu tune-dev``, given as ``tune_records``), a ``tune``
+  run (tags dataset, arch, method, the tuning seeds, the development class) with one child
+  ``tune_trial`` run per Optuna trial (the same layout as above; its metrics are the objective's
+  RA, FA, VA, MIA and loss, averaged over the tuning seeds);
 - ``report``: tables, figures and report.md as artifacts.
 
 Idempotent: each run carries a ``pbu.job`` tag (its identity) and a ``pbu.digest`` tag (a hash of
@@ -49,6 +53,7 @@ from pbu.track_plan import (  # noqa: F401 (re-exported: the plan is part of thi
     _read,
     compare_views,
     describe_experiment,
+    plan_dev_tune_jobs,
     plan_jobs,
     plan_tune_jobs,
     runs_table,
@@ -229,17 +234,22 @@ def track_results(
     report_paths: list[str] | None = None,
     metrics_files: list[str] | None = None,
     forget_score: str | os.PathLike | None = None,
+    tune_records: list[str] | None = None,
 ) -> dict[str, Any]:
     """Log every job found under ``results`` (or given by ``metrics_files``) exactly once; with
     ``forget_score`` (the folder of the forget-score tables), each model's run also gets its
-    per-image summary (:func:`pbu.track_plan.forget_score_metrics`)."""
+    per-image summary (:func:`pbu.track_plan.forget_score_metrics`); with ``tune_records``
+    (development-class tuning records) and nothing else, only those."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     check_reachable(tracking_uri)
     from pbu.aggregate import find_metrics, parse_group
 
-    files = find_metrics(results, metrics_files)
+    files = [] if tune_records and not (results or metrics_files) else None
+    files = find_metrics(results, metrics_files) if files is None else files
     jobs = plan_jobs(files, forget_score)
+    for rec in map(Path, tune_records or []):
+        jobs += plan_dev_tune_jobs(rec)
     if report_paths:
         keys = [parse_group(f.parent) for f in files]
         span = {

@@ -1,100 +1,80 @@
-"""Hyperparameter tuning under two protocols, every method with the same budget, never on test data.
+"""Hyperparameter tuning with Optuna: every method the same number of trials, never on test data.
 
-``blind`` (the default): a method is tuned only on data it may see. ``validation`` (what most
-unlearning papers do for their baselines): the experimenter holds out a seeded, class-stratified
-validation split of the TRAINING set (:func:`hold_out`), with forget-class and retained-class
-images; the method never receives it, neither in a trial nor in the unlearn job that uses the
-choice (``pbu unlearn --holdout``, and PBU's Fisher: ``pbu fisher --holdout``), and every method
-is scored on it by one rule. The split is held out from the unlearning method only: the original
-model and the oracle are trained on the full training set, so pretraining is the same under
-both protocols (and without tuning).
+Three protocols share one search-space format and one trial driver (:func:`run_study`):
 
+- ``dev_class`` (the verdict runs' protocol, :mod:`pbu.tune_dev`): every method and variant
+  tuned ONCE per setting (dataset, arch) on a *development* forget class that no verdict run
+  reports, over several tuning seeds, and frozen into a generated config (:mod:`pbu.tuned`)
+  that the verdict runs load.
+- ``blind`` and ``validation`` (per (seed, forget class) group, :func:`tune_method`): a tune job
+  per method and group of a run whose ``tuning.enabled`` is true; the choice feeds that group's
+  unlearn job (``pbu unlearn --hparams-from``).
+
+The search space
+----------------
+``{name: [v1, v2, ...]}`` is a categorical choice; ``{name: {low, high, log?, int?}}`` a float
+(``int: true``: an integer) range, ``log: true`` sampled on a log scale. The method's base
+hyperparameters fill every name the space leaves out, and a config variant's overrides (its
+defining values, e.g. β = 0 for ``pbu_no_fisher``) are never in its space (:func:`variant_space`).
+:func:`make_sampler` picks Optuna's sampler, seeded: a space of categorical choices only runs
+as a grid (``GridSampler``: every point when the grid has exactly ``budget`` points, else
+``budget`` distinct points in a seeded order; a grid smaller than the budget is an error, so no
+method gets fewer trials than another); any range makes it TPE (``TPESampler``, multivariate,
+seeded: the first ``n_startup_trials`` (10) are random, the rest follow the model).
+
+The per-group protocols
+-----------------------
 For one method, one trained model θ* and one forget class, :func:`tune_method` under ``blind``
+carves a seeded, class-stratified validation split out of *what the method received* (forget ->
+forget_fit / forget_val, retain -> retain_fit / retain_val, :func:`split_inputs`; PBU's Fisher on
+forget_fit) and scores every trial blind (:func:`score_trial`):
 
-1. builds the method's inputs with :func:`pbu.methods.build_inputs`, so its declared data access
-   is enforced exactly as in ``pbu unlearn``;
-2. carves a seeded, class-stratified validation split out of *what the method received*, and of
-   nothing else: forget -> forget_fit / forget_val, retain (when it has any) -> retain_fit /
-   retain_val (:func:`split_inputs`). Each trial runs the method on the fit parts only; a method
-   that needs the Fisher (PBU) gets one computed on forget_fit, so no validation image enters it;
-3. runs ``budget`` trials, the same number for every method (:func:`plan_trials`): the whole grid
-   of the method's search space when it has exactly ``budget`` points, else ``budget`` seeded
-   random points of it without replacement; a space smaller than the budget is an error, so no
-   method gets fewer trials than another. The method's base hyperparameters fill every name the
-   space leaves out;
-4. scores every trial blind, from the validation data the method may see (:func:`score_trial`):
+- ``acc_forget_val``: accuracy (%) on forget_val; *feasible* when ``<= threshold``. A method that
+  never sees forget data (finetune, unsir) cannot be checked: every trial counts as feasible and
+  the record says ``forgetting_checked: false``;
+- the *objective*: ``acc_retain_val`` when the method sees retain data; for forget-only methods
+  ``agree_forget_val``, the share (%) of forget_val images on which the unlearned model predicts
+  the class θ* itself ranks first among the retained classes (a model that forgot only the class
+  moves those images to their runner-up, as the oracle does);
+- ``score`` = objective when feasible, ``-acc_forget_val`` when not; the highest score wins,
+  ties go to the lower ``acc_forget_val``, the higher objective, the higher
+  ``agree_forget_val``, then the earlier trial; a trial whose loss went non-finite ranks last.
 
-   - ``acc_forget_val``: accuracy (%) on forget_val. A trial is *feasible* when it is
-     ``<= threshold`` (default: PBU's stop threshold, 5 %). A method that never sees forget data
-     (finetune, unsir: class id + retain) cannot be checked: forgetting is not measured, every
-     trial counts as feasible, and the record says ``forgetting_checked: false``;
-   - the *objective*, what forgetting must not cost: ``acc_retain_val`` (accuracy on retain_val)
-     when the method sees retain data; for forget-only methods (pbu, neggrad, random_labels,
-     boundary_shrink) a forget-only proxy of the damage to the other classes,
-     ``agree_forget_val``: the share (%) of forget_val images on which the unlearned model
-     predicts the class that θ* itself ranks first among the retained classes. A model that has
-     forgotten only the class moves those images to their runner-up, as the retrain oracle does;
-     one whose retained classes collapsed sends them anywhere. θ* is part of every method's input,
-     so this uses nothing the method may not see;
-   - ``score`` = objective when feasible, ``-acc_forget_val`` when not (so every feasible trial
-     outranks every infeasible one, and among infeasible ones the closest to forgetting wins).
-     The highest score wins; ties go to the lower ``acc_forget_val``, then the higher objective,
-     then the higher ``agree_forget_val`` (when the method sees forget data: with a few hundred
-     validation images retain accuracies often tie, and of two trials that forget equally and
-     keep the retained classes equally, the one that moves forget images to θ*'s runner-up class
-     is the gentler), then the earlier trial. A trial whose loss went non-finite scores ``null``
-     and ranks last.
-
-Under ``validation`` it instead
-
-1. takes the experimenter's split out of the training set first (:func:`hold_out`: a
-   class-stratified ``val_fraction`` of every class, seeded by the run's seed; the same split for
-   every method and forget class of that seed, disjoint from the test split by construction);
-2. builds the method's inputs from the rest, exactly as ``pbu unlearn --holdout`` does, and
-   runs every trial on them (PBU's Fisher on their forget part);
-3. scores every trial on the held-out split, measured by the experimenter, so every method is
-   checked for forgetting, including those that never see the forget class (finetune, unsir):
-   ``acc_forget_val`` on the held-out forget-class images, ``acc_retain_val`` on the held-out
-   retained-class images. One rule for every method: *feasible* when ``acc_forget_val <=
-   threshold``; ``score`` = ``acc_retain_val`` when feasible, ``-acc_forget_val`` when not; the
-   highest score wins, ties go to the lower ``acc_forget_val``, then to the higher
-   ``acc_retain_val``, then to the earlier trial. When no trial is feasible the one closest to
-   forgetting (lowest ``acc_forget_val``) is chosen, a warning is logged and the record says
-   ``chosen.feasible: false``. ``agree_forget_val`` is recorded but plays no part.
-
-The record (:func:`tune_method`'s return value, written as JSON by ``pbu tune``) holds the
-protocol, every trial (hyperparameters, validation metrics, score, method wall time, evaluation
-time), the chosen trial and hyperparameters, the rule, the budget, the split sizes and, under
-``validation``, the held-out split (:func:`hold_out`'s record, with a digest of its indices).
-``pbu unlearn --hparams-from`` reads the choice; ``pbu track`` mirrors the record into MLflow (a
-``tune`` run per method with one child run per trial).
-
-Torch is imported inside the functions that need it, so the plan helpers stay cheap to import.
+Under ``validation`` the experimenter's split (:func:`hold_out`, a class-stratified
+``val_fraction`` of every class of the training set, seeded by the run's seed) leaves the
+training set first; the method's inputs are built from the rest, as ``pbu unlearn --holdout``
+does, and every method is scored by one rule on the held-out images: feasible when
+``acc_forget_val <= threshold``, score = ``acc_retain_val`` if feasible else
+``-acc_forget_val``, ties to the lower ``acc_forget_val``, then the higher ``acc_retain_val``,
+then the earlier trial; with no feasible trial the closest to forgetting is chosen, a warning is
+logged and the record says ``chosen.feasible: false``.
+Torch and Optuna are imported where needed (the config check imports the space helpers).
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 import math
-import random
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    import optuna
     import torch
     from torch import Tensor, nn
 
     from pbu.data import ImageData
-    from pbu.methods import MethodSpec
+    from pbu.methods import MethodSpec, UnlearnInputs
 
 from pbu.tune_splits import (  # noqa: F401 (re-exported)
     Holdout,
     HoldoutError,
     TuneSplit,
     carve_validation,
+    held_out_record,
     hold_out,
     index_digest,
     split_inputs,
@@ -128,22 +108,33 @@ UNITS = {
     "total_time_s": "s (split, Fisher, every trial and its evaluation)",
 }
 EVAL_BATCH = 256  # engineering
+RANGE_KEYS = {"low", "high", "log", "int"}
 
 
 # ------------------------------------------------------------------------------------------
-# The plan: which hyperparameters each trial gets (torch-free)
+# The search space and the trial driver (torch-free)
 # ------------------------------------------------------------------------------------------
 
 
-def space_size(space: Mapping[str, Sequence[Any]]) -> int:
-    """Number of points of the grid spanned by ``space`` (1 for an empty space)."""
+def is_range(values: Any) -> bool:
+    """A range entry (``{low, high, log?, int?}``) rather than a list of choices."""
+    return isinstance(values, Mapping)
+
+
+def grid_size(space: Mapping[str, Any]) -> int | None:
+    """Points of the grid a categorical-only space spans (1 for an empty space); None when the
+    space has a range."""
+    if any(is_range(v) for v in space.values()):
+        return None
     return math.prod(len(v) for v in space.values())
 
 
 def check_space(
-    method: str, declared: Sequence[str], space: Mapping[str, Sequence[Any]], budget: int
+    method: str, declared: Sequence[str], space: Mapping[str, Any], budget: int
 ) -> None:
-    """A space names only declared hyperparameters, lists values, and has >= ``budget`` points."""
+    """A space names only declared hyperparameters; each entry is a non-empty list of distinct
+    values or a range ``{low < high, log (low > 0), int}``; a categorical-only space has at least
+    ``budget`` points."""
     if budget < 1:
         raise ValueError(f"tuning budget must be >= 1, got {budget}")
     unknown = [k for k in space if k not in declared]
@@ -153,55 +144,119 @@ def check_space(
             f"{', '.join(unknown)} (declared: {', '.join(declared)})"
         )
     for k, values in space.items():
+        if is_range(values):
+            extra = set(values) - RANGE_KEYS
+            low, high = values.get("low"), values.get("high")
+            if extra or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)
+            ):
+                raise ValueError(
+                    f"search space of {method!r}: {k} must be a list of values or a range "
+                    f"{{low, high, log, int}}, got {dict(values)!r}"
+                )
+            if not low < high:
+                raise ValueError(f"search space of {method!r}: {k}: low must be < high")
+            if values.get("log") and low <= 0:
+                raise ValueError(f"search space of {method!r}: {k}: a log range needs low > 0")
+            if values.get("int") and not (isinstance(low, int) and isinstance(high, int)):
+                raise ValueError(f"search space of {method!r}: {k}: an int range needs int bounds")
+            continue
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
             raise ValueError(
                 f"search space of {method!r}: {k} must be a non-empty list of "
-                f"values, got {values!r}"
+                f"values or a range {{low, high, log, int}}, got {values!r}"
             )
         if len({repr(v) for v in values}) != len(values):
             raise ValueError(f"search space of {method!r}: {k} lists a value twice")
-    n = space_size(space)
-    if n < budget:
+    n = grid_size(space)
+    if n is not None and n < budget:
         raise ValueError(
             f"search space of {method!r} has {n} point(s), fewer than the budget "
             f"{budget}: every method gets exactly the budget's number of trials, so "
-            f"widen the space or lower the budget"
+            f"widen the space (or give it a range) or lower the budget"
         )
 
 
-def plan_trials(
-    space: Mapping[str, Sequence[Any]], budget: int, seed: int
-) -> tuple[str, list[dict[str, Any]]]:
-    """The ``budget`` points to try: ("grid", every point) when the grid has exactly ``budget``
-    points, else ("random", ``budget`` distinct points drawn with a generator seeded by ``seed``,
-    in grid order). Each point maps the space's names to values."""
-    names = sorted(space)
-    total = space_size(space)
-    if total < budget:
-        raise ValueError(f"search space has {total} point(s), fewer than the budget {budget}")
-    if total == budget:
-        picks, sampling = list(range(total)), "grid"
-    else:
-        picks, sampling = sorted(random.Random(seed).sample(range(total), budget)), "random"
-    points = []
-    for flat in picks:  # mixed-radix decoding of a grid index, the last name varying fastest
-        point, rest = {}, flat
-        for name in reversed(names):
-            values = space[name]
-            point[name] = values[rest % len(values)]
-            rest //= len(values)
-        points.append({n: point[n] for n in names})
-    return sampling, points
+def variant_space(space: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The space of a variant that has none of its own: its base method's, without the names
+    its overrides fix (those define it: ``pbu_no_fisher`` keeps β = 0 in every trial)."""
+    return {k: v for k, v in space.items() if k not in overrides}
 
 
-def grid(space: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """Every point of the grid, in the order :func:`plan_trials` indexes it."""
-    names = sorted(space)
-    return [dict(zip(names, combo)) for combo in itertools.product(*(space[n] for n in names))]
+def make_sampler(space: Mapping[str, Any], budget: int, seed: int) -> tuple[Any, str]:
+    """Optuna's sampler for ``space`` and its name: ``grid`` (``GridSampler``, seeded order)
+    for a categorical-only space, else ``tpe`` (``TPESampler``, multivariate, seeded)."""
+    import optuna
+
+    if grid_size(space) is not None:
+        return optuna.samplers.GridSampler({k: list(v) for k, v in space.items()}, seed=seed), (
+            "grid"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # multivariate TPE's ExperimentalWarning
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True), "tpe"
+
+
+def sampler_text(sampling: str, seed: int) -> str:
+    """The sampler as the records state it."""
+    if sampling == "grid":
+        return f"optuna.samplers.GridSampler(seed={seed})"
+    return f"optuna.samplers.TPESampler(seed={seed}, multivariate=True, n_startup_trials=10)"
+
+
+def suggest(trial: optuna.Trial, space: Mapping[str, Any]) -> dict[str, Any]:
+    """One point of ``space`` from an Optuna trial (names in sorted order)."""
+    point: dict[str, Any] = {}
+    for name in sorted(space):
+        values = space[name]
+        if not is_range(values):
+            point[name] = trial.suggest_categorical(name, list(values))
+        elif values.get("int"):
+            point[name] = trial.suggest_int(
+                name, values["low"], values["high"], log=bool(values.get("log"))
+            )
+        else:
+            point[name] = trial.suggest_float(
+                name, float(values["low"]), float(values["high"]), log=bool(values.get("log"))
+            )
+    return point
+
+
+def run_study(
+    space: Mapping[str, Any],
+    budget: int,
+    seed: int,
+    evaluate: Callable[[int, dict[str, Any]], float | None],
+    *,
+    direction: str,
+    storage: str | None = None,
+    study_name: str | None = None,
+) -> str:
+    """Run ``budget`` trials of an Optuna study over ``space``: trial ``i`` gets a point and
+    ``evaluate(i, point)`` returns its value (None: the trial failed; Optuna records it as
+    failed and it still counts towards the budget). ``storage``: an Optuna storage URL (e.g.
+    ``sqlite:///study.db``) for the study named ``study_name``; None keeps it in memory.
+    Returns the sampler's name (:func:`make_sampler`)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler, sampling = make_sampler(space, budget, seed)
+    study = optuna.create_study(
+        direction=direction, sampler=sampler, storage=storage, study_name=study_name
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        point = suggest(trial, space)
+        trial.set_user_attr("pbu_trial", trial.number)
+        value = evaluate(trial.number, point)
+        return float("nan") if value is None or not math.isfinite(value) else float(value)
+
+    study.optimize(objective, n_trials=budget)
+    return sampling
 
 
 # ------------------------------------------------------------------------------------------
-# Scoring
+# Scoring of the per-group protocols
 # ------------------------------------------------------------------------------------------
 
 
@@ -277,13 +332,8 @@ def rank_trials(
     return sorted(range(len(trials)), key=key)
 
 
-# ------------------------------------------------------------------------------------------
-# Tuning
-# ------------------------------------------------------------------------------------------
-
-
 def objective_of(spec: MethodSpec) -> str:
-    """The metric a method is tuned for (see the module docstring)."""
+    """The metric a method is tuned for under ``blind`` (see the module docstring)."""
     if spec.access.retain != "none":
         return "acc_retain_val"
     if spec.access.forget:
@@ -291,6 +341,67 @@ def objective_of(spec: MethodSpec) -> str:
     raise ValueError(
         f"method {spec.name!r} sees neither forget nor retain data: nothing to validate on"
     )
+
+
+def _with_fisher(
+    spec: MethodSpec,
+    model: nn.Module,
+    fit: UnlearnInputs,
+    fisher_settings: Mapping[str, Any] | None,
+    seed: int,
+    device: torch.device,
+) -> tuple[UnlearnInputs, dict[str, Any] | None]:
+    """``fit`` with the Fisher computed on its forget part (methods that need it), and a note
+    of it; ``fit`` unchanged otherwise."""
+    if not spec.needs_fisher:
+        return fit, None
+    from pbu.fisher import fisher_diagonal
+    from pbu.methods import UnlearnInputs
+
+    if fisher_settings is None:
+        raise ValueError(f"method {spec.name!r} needs the Fisher: give fisher_settings")
+    fs = dict(fisher_settings)
+    assert fit.forget is not None
+    t0 = time.perf_counter()
+    fisher = fisher_diagonal(
+        copy.deepcopy(model),
+        fit.forget.loader(fs["batch_size"], device=device),
+        kind=fs["kind"],
+        bn_mode=fs["bn_mode"],
+        mc_samples=fs["mc_samples"],
+        chunk_size=fs["chunk_size"],
+        seed=seed,
+    )
+    fit = UnlearnInputs(fit.forget_class, fit.num_classes, fit.forget, fit.retain, fisher)
+    return fit, dict(fs, samples=len(fit.forget), time_s=time.perf_counter() - t0)
+
+
+def _run_trial(
+    method: str,
+    model: nn.Module,
+    inputs: UnlearnInputs,
+    hp: Mapping[str, Any],
+    device: torch.device,
+    seed: int,
+) -> tuple[Any, float] | str:
+    """The method's result and time on a copy of ``model``, or the error text of a trial whose
+    loss went non-finite."""
+    from pbu import methods
+
+    try:
+        return methods.run(method, copy.deepcopy(model), inputs, hp, device=device, seed=seed)
+    except FloatingPointError as err:
+        log.warning("a trial of %s failed: %s", method, err)
+        return str(err)
+
+
+def _short_info(info: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in info.items() if isinstance(v, (int, float, str)) or v is None}
+
+
+# ------------------------------------------------------------------------------------------
+# The per-group protocols
+# ------------------------------------------------------------------------------------------
 
 
 def tune_method(
@@ -301,7 +412,7 @@ def tune_method(
     num_classes: int,
     *,
     base_hparams: Mapping[str, Any],
-    space: Mapping[str, Sequence[Any]],
+    space: Mapping[str, Any],
     budget: int,
     val_fraction: float,
     threshold: float,
@@ -312,17 +423,16 @@ def tune_method(
     progress: bool = False,
     protocol: str = "blind",
 ) -> dict[str, Any]:
-    """Tune ``method`` for removing ``forget_class`` from ``model`` (θ*, left untouched).
+    """Tune ``method`` for removing ``forget_class`` from ``model`` (θ*, left untouched) under
+    ``protocol`` (``blind`` or ``validation``, see the module docstring).
 
-    ``train`` is the full training split. Under ``protocol="blind"`` the method's share of it
-    is carved by :func:`pbu.methods.build_inputs` exactly as ``pbu unlearn`` does
-    (``retain_subset``, ``seed``), and the validation split out of that share; under
-    ``"validation"`` the experimenter's split (:func:`hold_out`, ``val_fraction`` of every
-    class) is taken out of ``train`` first and the method's share built from the rest, as
-    ``pbu unlearn --holdout`` does. ``base_hparams`` are the method's full hyperparameters; each
-    trial overrides the names in ``space``. ``fisher_settings`` (keys of
-    ``pbu.fisher.fisher_diagonal``: kind, bn_mode, mc_samples, chunk_size, plus the loader's
-    batch_size) is required when the method needs the Fisher. Returns the JSON record.
+    ``train`` is the full training split. Under ``blind`` the method's share of it is carved by
+    :func:`pbu.methods.build_inputs` exactly as ``pbu unlearn`` does (``retain_subset``,
+    ``seed``), and the validation split out of that share; under ``validation`` the
+    experimenter's split (:func:`hold_out`) is taken out of ``train`` first. ``base_hparams``
+    are the method's full hyperparameters; each trial overrides the names in ``space``.
+    ``fisher_settings`` (keys of ``pbu.fisher.fisher_diagonal`` plus the loader's batch_size) is
+    required when the method needs the Fisher. Returns the JSON record.
     """
     import torch
     from tqdm.auto import tqdm
@@ -335,10 +445,10 @@ def tune_method(
     device = torch.device(device)
     spec = methods.get_method(method)
     base = methods.check_hparams(spec, base_hparams)
-    space = {k: list(v) for k, v in space.items()}
+    space = {k: (dict(v) if is_range(v) else list(v)) for k, v in space.items()}
     check_space(method, spec.hparams, space, budget)
-    sampling, points = plan_trials(space, budget, seed)
     holdout = None
+    fisher_placeholder = {} if spec.needs_fisher else None
     if protocol == "validation":
         # The experimenter's split leaves the training set before the method's data is built;
         # every method is scored on retained-class accuracy and checked for forgetting.
@@ -351,7 +461,7 @@ def tune_method(
             num_classes,
             retain_subset=retain_subset,
             seed=seed,
-            fisher={} if spec.needs_fisher else None,
+            fisher=fisher_placeholder,
         )
         sizes = {
             f"{name}_fit": len(part)
@@ -381,59 +491,31 @@ def tune_method(
             num_classes,
             retain_subset=retain_subset,
             seed=seed,
-            fisher={} if spec.needs_fisher else None,
+            fisher=fisher_placeholder,
         )
         split = split_inputs(inputs, val_fraction, seed)
         del inputs
-    fit = split.fit
     model = model.to(device).eval()
-    fisher_info = None
-    if spec.needs_fisher:
-        if fisher_settings is None:
-            raise ValueError(f"method {method!r} needs the Fisher: give fisher_settings")
-        from pbu.fisher import fisher_diagonal
-
-        fs = dict(fisher_settings)
-        assert fit.forget is not None
-        t0 = time.perf_counter()
-        fisher = fisher_diagonal(
-            copy.deepcopy(model),
-            fit.forget.loader(fs["batch_size"], device=device),
-            kind=fs["kind"],
-            bn_mode=fs["bn_mode"],
-            mc_samples=fs["mc_samples"],
-            chunk_size=fs["chunk_size"],
-            seed=seed,
-        )
-        fit = methods.UnlearnInputs(
-            fit.forget_class, fit.num_classes, fit.forget, fit.retain, fisher
-        )
-        fisher_info = dict(fs, samples=len(fit.forget), time_s=time.perf_counter() - t0)
-
+    fit, fisher_info = _with_fisher(spec, model, split.fit, fisher_settings, seed, device)
     reference = None
     if split.forget_val is not None:
         reference = runner_up(model, split.forget_val, forget_class, device)
 
     trials: list[dict[str, Any]] = []
-    for i, point in enumerate(tqdm(points, desc=f"tune {method}", disable=not progress)):
+    bar = tqdm(total=budget, desc=f"tune {method}", disable=not progress)
+
+    def evaluate(i: int, point: dict[str, Any]) -> float | None:
         hp = dict(base, **point)
         trial: dict[str, Any] = {"trial": i, "varied": point, "hparams": hp}
-        try:
-            result, elapsed = methods.run(
-                method, copy.deepcopy(model), fit, hp, device=device, seed=seed
-            )
-        except FloatingPointError as err:
-            log.warning("trial %d of %s failed: %s", i, method, err)
+        trials.append(trial)
+        bar.update()
+        ran = _run_trial(method, model, fit, hp, device, seed)
+        if isinstance(ran, str):
             trial.update(
-                metrics={},
-                feasible=False,
-                score=None,
-                time_s=None,
-                eval_time_s=None,
-                error=str(err),
+                metrics={}, feasible=False, score=None, time_s=None, eval_time_s=None, error=ran
             )
-            trials.append(trial)
-            continue
+            return None
+        result, elapsed = ran
         t0 = time.perf_counter()
         metrics: dict[str, float] = {}
         if split.forget_val is not None:
@@ -452,11 +534,7 @@ def tune_method(
             score=score,
             time_s=elapsed,
             eval_time_s=time.perf_counter() - t0,
-            info={
-                k: v
-                for k, v in result.info.items()
-                if isinstance(v, (int, float, str)) or v is None
-            },
+            info=_short_info(result.info),
         )
         log.info(
             "%s trial %d %s: %s score %.2f%s",
@@ -467,8 +545,10 @@ def tune_method(
             score,
             "" if feasible else " (infeasible)",
         )
-        trials.append(trial)
+        return score
 
+    sampling = run_study(space, budget, seed, evaluate, direction="maximize")
+    bar.close()
     order = rank_trials(trials, objective, agreement=protocol == "blind")
     for rank, i in enumerate(order, start=1):
         trials[i]["rank"] = rank
@@ -496,8 +576,9 @@ def tune_method(
         },
         "budget": budget,
         "sampling": sampling,
+        "sampler": sampler_text(sampling, seed),
         "space": space,
-        "space_size": space_size(space),
+        "grid_size": grid_size(space),
         "val_fraction": val_fraction,
         "split": split.sizes,
         "holdout": holdout,

@@ -108,6 +108,23 @@ class Holdout:
     record: dict[str, Any]
 
 
+def held_out_record(train: ImageData, fraction: float, seed: int) -> tuple[Tensor, dict[str, Any]]:
+    """The training indices left after the ``validation`` split (:func:`hold_out`'s ``fit``)
+    and the split's record (fraction, seed, sizes, digest), without the forget-class check: what
+    the development-class tuning's θ* and oracle are trained on (``pbu pretrain --holdout``),
+    so that no image of the split was ever a training image of the models it scores."""
+    fit_idx, val_idx = carve_validation(train.labels, fraction, seed)
+    record = {
+        "fraction": fraction,
+        "seed": seed,
+        "train": len(train),
+        "fit": len(fit_idx),
+        "val": len(val_idx),
+        "digest": index_digest(val_idx),
+    }
+    return fit_idx, record
+
+
 def hold_out(train: ImageData, fraction: float, seed: int, forget_class: int) -> Holdout:
     """The ``validation`` protocol's split: a seeded, class-stratified ``fraction`` of every
     class of the TRAINING split ``train`` (:func:`carve_validation` on its labels) is held out;

@@ -71,6 +71,7 @@ T_PBU, T_METHODS = "tests/unit/methods/test_pbu.py", "tests/unit/methods/test_me
 T_METRICS = "tests/unit/test_metrics.py"
 T_FS, T_RFS = "tests/unit/test_forget_score.py", "tests/unit/test_report_forget_score.py"
 FS_M = "pbu/metrics/forget_score.py"
+T_CLAIMS, T_DEV = "tests/unit/test_claims.py", "tests/unit/test_tune_dev.py"
 
 MUTATIONS: list[Mutation] = [
     # --- the five of issue 17 (the suite used to pass with each of them) -------------------
@@ -291,8 +292,8 @@ MUTATIONS: list[Mutation] = [
     _m(
         "tune-job-validates-on-test",
         "pbu/jobs/tune.py",
-        "train, _test = load_data(data, forget)",
-        "_test, train = load_data(data, forget)",
+        "train, _test = load_data(data, forget)  # the test split is never used\n    net,",
+        "_test, train = load_data(data, forget)\n    net,",
         "tests/unit/test_tune.py::test_tune_job_validates_on_training_images_never_test_images",
         "the tune job carves its validation split (and trains) from the test split",
     ),
@@ -423,11 +424,142 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "claims-significance-ignored",
-        "pbu/report/claims.py",
+        "pbu/report/verdicts.py",
         "if ci_clear and significant(stat):",
         "if ci_clear:",
-        "tests/unit/test_claims.py::test_too_few_pairs_leave_a_claim_inconclusive",
-        "a claim is supported by its bootstrap CI alone, even where the test cannot be significant",
+        f"{T_CLAIMS}::test_a_claim_needs_the_seed_level_test_not_just_its_interval",
+        "a claim holds on its bootstrap CI alone, where the seed-level test is not significant",
+    ),
+    # --- the seed as the unit (issue 23) ----------------------------------------------------
+    _m(
+        "bootstrap-resamples-pairs",
+        "pbu/report/paired.py",
+        'groups = [g.to_numpy(float) for _, g in frame.groupby("seed", sort=True)["v"]]',
+        'groups = [np.array([v]) for v in frame["v"]]',
+        f"{T_CLAIMS}::test_hierarchical_ci_is_wider_than_the_pair_bootstraps_when_seeds_differ",
+        "the bootstrap resamples pairs as if independent instead of seeds, then classes",
+    ),
+    _m(
+        "bootstrap-no-within-seed-resampling",
+        "pbu/report/paired.py",
+        "within = np.floor(rng.random((n_boot, k, sizes.max())) * n[..., None]).astype(int)",
+        "within = np.broadcast_to(np.arange(sizes.max()), (n_boot, k, sizes.max()))",
+        f"{T_CLAIMS}::test_hierarchical_ci_by_hand_with_two_seeds_of_one_value",
+        "the bootstrap resamples the seeds but never the forget classes within a seed",
+    ),
+    _m(
+        "sign-flip-on-pairs",
+        "pbu/report/paired.py",
+        'means = seed_means(pairs["seed"], pairs["diff"])',
+        'means = pairs["diff"].to_numpy(float)',
+        f"{T_CLAIMS}::test_the_smallest_p_with_k_seeds_is_two_to_the_one_minus_k",
+        "the sign-flip test counts every (class, seed) pair as a unit (pseudo-replication)",
+    ),
+    _m(
+        "sign-flip-two-sided-not-doubled",
+        "pbu/report/paired.py",
+        "return min(1.0, 2 * _count_at_least(x, abs(observed) - tol) / total)",
+        "return min(1.0, _count_at_least(x, abs(observed) - tol) / total)",
+        f"{T_CLAIMS}::test_sign_flip_p_is_the_share_of_sign_patterns_at_least_as_extreme",
+        "the two-sided sign-flip p-value counts one tail only",
+    ),
+    _m(
+        "tost-takes-the-smaller-p",
+        "pbu/report/paired.py",
+        'p_value=float("nan") if any(np.isnan(both)) else max(both),',
+        'p_value=float("nan") if any(np.isnan(both)) else min(both),',
+        f"{T_CLAIMS}::test_tost_on_identical_shifted_and_noisy_pairs",
+        "the TOST reports the smaller one-sided p, so one rejected side makes an equivalence",
+    ),
+    _m(
+        "preliminary-never",
+        "pbu/report/paired.py",
+        "return 0 < result.n_seeds < seeds_needed(alternative)",
+        "return False",
+        f"{T_CLAIMS}::test_three_seeds_are_preliminary_with_the_point_estimate",
+        "a setting with too few seeds for p < 0.05 still gets a verdict",
+    ),
+    _m(
+        "effect-helps-reads-hurts",
+        "pbu/report/verdicts.py",
+        "if above.ci_low > 0 and significant(above):\n        return HELPS",
+        "if above.ci_low > 0 and significant(above):\n        return HURTS",
+        f"{T_CLAIMS}::test_tost_on_identical_shifted_and_noisy_pairs",
+        "an effect above 0 reads 'hurts'",
+    ),
+    _m(
+        "c1-ignores-the-stop-variant",
+        "pbu/report/claims.py",
+        "at = next((m for m, t in stops.items() if t == C1_STOP and m != PBU), None)",
+        "at = None",
+        f"{T_CLAIMS}::test_c1_at_the_paper_implied_stop_threshold_with_the_trade_off",
+        "C1 is read at PBU's own stop threshold even where pbu_stop2 ran",
+    ),
+    _m(
+        "c6-counts-tuning-time",
+        "pbu/report/claims.py",
+        "runs[TIME_TOTAL] = total - tuning",
+        "runs[TIME_TOTAL] = total",
+        f"{T_CLAIMS}::test_c6_flips_and_counts_no_tuning_time",
+        "C6 counts a per-group tuning record's time in PBU's total",
+    ),
+    # --- the development-class tuning (issue 23) --------------------------------------------
+    _m(
+        "dev-loss-ignores-the-oracle",
+        "pbu/tune_dev.py",
+        "w * abs(metrics[k] - oracle[k])",
+        "w * abs(metrics[k])",
+        f"{T_DEV}::test_loss_attack_auc_and_the_objective_by_hand",
+        "the development-class objective measures the metrics, not their distance to the oracle",
+    ),
+    _m(
+        "dev-scored-on-training-images",
+        "pbu/tune_dev.py",
+        "forget_val=held.forget_val,",
+        "forget_val=held.fit.subset(forget_idx),",
+        f"{T_DEV}::test_dev_tuning_scores_each_trial_against_each_seeds_oracle",
+        "the development-class trials are scored on training images instead of the held-out split",
+    ),
+    _m(
+        "variant-space-keeps-its-overrides",
+        "pbu/tune.py",
+        "return {k: v for k, v in space.items() if k not in overrides}",
+        "return dict(space)",
+        "tests/unit/test_tune.py::test_default_spaces_tune_every_method_alike_and_hold_the_"
+        "untuned_values",
+        "a variant's search space tunes the values that define it (pbu_no_fisher's beta)",
+    ),
+    _m(
+        "tie-counts-a-repeated-point",
+        "pbu/tune_dev.py",
+        "others = [i for i in ok if dict(points[i]) != dict(points[best])]",
+        "others = [i for i in ok if i != best]",
+        f"{T_DEV}::test_tie_report_counts_only_other_hyperparameters_at_the_same_value",
+        "a trial that repeats the chosen hyperparameters counts as a tied choice",
+    ),
+    _m(
+        "pretrain-ignores-holdout",
+        "pbu/jobs/train.py",
+        "held_out_record(train, holdout, seed)\n        train = train.subset(fit_idx)",
+        "held_out_record(train, holdout, seed)",
+        f"{T_DEV}::test_pretrain_and_oracle_hold_out_the_split",
+        "pbu pretrain --holdout records the split but trains on it",
+    ),
+    _m(
+        "frozen-choice-over-overrides",
+        "pbu/tuned.py",
+        "return {**hparams, **tuned, **overrides}",
+        "return {**hparams, **overrides, **tuned}",
+        f"{T_DEV}::test_a_variant_takes_its_own_choice_else_its_base_methods_with_its_overrides",
+        "a frozen choice overrides the values that define a variant (pbu_stop2's threshold)",
+    ),
+    _m(
+        "frozen-dev-class-reported",
+        "pbu/config.py",
+        "if dev in classes:",
+        "if dev in classes and False:",
+        f"{T_DEV}::test_a_run_loads_the_frozen_choice_of_its_setting",
+        "a run reports the class its hyperparameters were tuned on",
     ),
     # --- the jobs (which data reaches each stage) -------------------------------------------
     _m(

@@ -35,12 +35,13 @@ def track(
     metrics_files: Sequence[PathLike] = (),
     report_paths: Sequence[PathLike] = (),
     forget_score: PathLike | None = None,
+    tune_records: Sequence[PathLike] = (),
 ) -> dict[str, Any]:
     """Mirror every job's result files into MLflow (idempotent: a re-run updates, never
-    duplicates), plus ``report_paths`` as artifacts of the ``report`` run, and with
-    ``forget_score`` (the folder of the forget-score tables) each model's per-image summary.
-    Writes the summary ``out`` (returned). An unreachable or unusable tracking server is a
-    :class:`UsageError`."""
+    duplicates), plus ``report_paths`` as artifacts of the ``report`` run, ``tune_records``
+    (development-class tuning records) with their trials, and with ``forget_score`` (the folder
+    of the forget-score tables) each model's per-image summary. Writes the summary ``out``
+    (returned). An unreachable or unusable tracking server is a :class:`UsageError`."""
     from pbu.tracking import TrackingError, track_results
 
     try:
@@ -52,6 +53,7 @@ def track(
             report_paths=[str(p) for p in report_paths],
             metrics_files=[str(f) for f in metrics_files] or None,
             forget_score=forget_score,
+            tune_records=[str(r) for r in tune_records] or None,
         )
     except TrackingError as err:
         raise UsageError(str(err)) from None

@@ -16,6 +16,7 @@ from pbu.errors import UsageError
 from pbu.jobs.common import as_typed, load_data, resolve_device, resources, started
 from pbu.models import build_model, model_args
 from pbu.train import TrainRecipe, seed_everything, train_model
+from pbu.tune_splits import held_out_record
 
 PathLike = str | os.PathLike
 
@@ -30,11 +31,14 @@ def pretrain(
     out_info: PathLike,
     weights: str = "none",
     stem: str | None = None,
+    holdout: float | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
     started_at: float | None = None,
 ) -> dict[str, Any]:
-    """Train the original model θ* on the full training split of the prepared file ``data``.
+    """Train the original model θ* on the full training split of the prepared file ``data``
+    (``holdout``: without the validation split of that fraction, seeded by ``seed``; the
+    development-class tuning's models, :func:`pbu.tune_splits.held_out_record`).
 
     Writes the checkpoint ``out_model`` and the record ``out_info`` (returned): recipe,
     per-epoch history, training time (the per-epoch test pass apart), resources.
@@ -49,6 +53,7 @@ def pretrain(
         out_info=out_info,
         weights=weights,
         stem=stem,
+        holdout=holdout,
         device=device,
         progress=progress,
         started_at=started_at,
@@ -66,6 +71,7 @@ def oracle(
     out_info: PathLike,
     weights: str = "none",
     stem: str | None = None,
+    holdout: float | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
     started_at: float | None = None,
@@ -74,7 +80,7 @@ def oracle(
     the retained classes only (its per-epoch test accuracy is on the retained classes too).
 
     Writes ``out_model`` and ``out_info`` (returned) as :func:`pretrain` does, with role
-    ``oracle``.
+    ``oracle``; ``holdout`` as :func:`pretrain`'s (the same split, so the same images).
     """
     return _train(
         data,
@@ -86,6 +92,7 @@ def oracle(
         out_info=out_info,
         weights=weights,
         stem=stem,
+        holdout=holdout,
         device=device,
         progress=progress,
         started_at=started_at,
@@ -103,6 +110,7 @@ def _train(
     out_info: PathLike,
     weights: str,
     stem: str | None,
+    holdout: float | None,
     device: str | torch.device,
     progress: bool,
     started_at: float | None,
@@ -112,6 +120,12 @@ def _train(
     train, test = load_data(data, forget)
     recipe = as_typed(TrainRecipe.from_dict, recipe, TrainRecipe, "recipe")
     spec = train.spec
+    held = None
+    if holdout is not None:  # the split leaves before the forget class does: one split per seed
+        if not 0.0 < holdout < 1.0:
+            raise UsageError(f"holdout (--holdout) must be in (0, 1), got {holdout}")
+        fit_idx, held = held_out_record(train, holdout, seed)
+        train = train.subset(fit_idx)
     if forget is not None:  # the oracle never sees the forget class, train or test
         train = train.subset(class_split(train.labels, forget)[1])
         test = test.subset(class_split(test.labels, forget)[1])
@@ -139,7 +153,12 @@ def _train(
         model_args=margs,
         hparams={"recipe": recipe.to_dict(), "weights": weights},
         seed=seed,
-        meta={"role": role, "forget": forget, "dataset": spec.name},
+        meta={
+            "role": role,
+            "forget": forget,
+            "dataset": spec.name,
+            **({"holdout": held} if held else {}),
+        },
     )
     record = {
         "role": role,
@@ -157,6 +176,7 @@ def _train(
         "parameters": sum(p.numel() for p in model.parameters()),
         "final_test_acc": history[-1]["test_acc"] if history else None,
         "train_samples": len(train),
+        "holdout": held,
         "device": str(dev),
         **resources(dev, began),
         "units": {

@@ -173,6 +173,7 @@ def unlearn(
     retain_subset: int = 0,
     fisher: PathLike | None = None,
     hparams_from: PathLike | None = None,
+    tuned: Mapping[str, Any] | None = None,
     holdout: float | None = None,
     variant: str | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -188,16 +189,19 @@ def unlearn(
     ``fisher``: the file ``pbu fisher`` wrote (methods that need the Fisher). ``variant``: the
     name this model is recorded under (a config variant of ``method``; default ``method``), with
     its ``overrides`` merged over ``hparams``. ``hparams_from``: a ``pbu tune`` record whose
-    chosen hyperparameters override both. ``holdout``: the
+    chosen hyperparameters override both. ``tuned``: the frozen development-class choice
+    (``{"hparams": ..., "source": ...}``, :mod:`pbu.tuned`): its hyperparameters over
+    ``hparams``, the variant's overrides last; ``source`` is recorded as ``hparams_source``.
+    ``holdout``: the
     ``validation`` protocol's fraction; that split of the training set
     (:func:`pbu.tune.hold_out`, seeded by ``seed``) is taken out before the method's data is
     built, so the method never receives it (required, with the same split, when
     ``hparams_from`` was tuned under ``validation``). The record's ``protocol`` says what chose
-    the hyperparameters: the tune record's protocol, or ``config``. The monitor records
-    forget/retain test accuracy every ``monitor_every`` steps (0: never) on ``monitor_retain``
-    retain-test samples (0: all). Writes the model ``out_model``, the merged per-step history
-    ``out_history`` and the record ``out_info`` (returned): hyperparameters, the method's own
-    time (monitor excluded), epochs, the method's info, resources.
+    the hyperparameters: the tune record's protocol, ``dev_class`` (``tuned``), or ``config``.
+    The monitor records forget/retain test accuracy every ``monitor_every`` steps (0: never) on
+    ``monitor_retain`` retain-test samples (0: all). Writes the model ``out_model``, the merged
+    per-step history ``out_history`` and the record ``out_info`` (returned): hyperparameters,
+    the method's own time (monitor excluded), epochs, the method's info, resources.
     """
     began = started(started_at)
     dev = resolve_device(device)
@@ -205,11 +209,21 @@ def unlearn(
     if overrides and not variant:
         raise UsageError("overrides (--overrides) belong to a variant: give variant (--variant)")
     spec, hp = check_method(method, {**hparams, **(overrides or {})})
-    tuned = None
+    source = None
+    if tuned:
+        from pbu.tuned import apply
+
+        if hparams_from:
+            raise UsageError("give either tuned (--tuned) or hparams_from (--hparams-from)")
+        _, hp = check_method(method, apply(hp, tuned.get("hparams") or {}, overrides or {}))
+        source = dict(tuned.get("source") or {}, hparams=dict(tuned.get("hparams") or {}))
+    from_record = None
     if hparams_from:
-        hp, tuned = tuned_hparams(hparams_from, spec, hp, method=method, forget=forget, seed=seed)
+        hp, from_record = tuned_hparams(
+            hparams_from, spec, hp, method=method, forget=forget, seed=seed
+        )
     train, test, held = load_data_held_out(data, forget, holdout, seed)
-    check_holdout(tuned, held, hparams_from)
+    check_holdout(from_record, held, hparams_from)
     net, info = load_model(model, dev, memory_format)
     fisher_diag = None
     if spec.needs_fisher:
@@ -252,8 +266,15 @@ def unlearn(
         "forget": forget,
         "seed": seed,
         "hparams": hp,
-        "protocol": tuned["protocol"] if tuned else "config",
-        "hparams_from": tuned,
+        "protocol": (
+            from_record["protocol"]
+            if from_record
+            else (source or {}).get("protocol", "dev_class")
+            if source
+            else "config"
+        ),
+        "hparams_from": from_record,
+        "hparams_source": source,
         "holdout": held,
         "fisher": str(fisher) if spec.needs_fisher else None,
         "data_access": spec.access.label,

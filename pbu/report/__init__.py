@@ -26,12 +26,14 @@ One module per concern, imported in this order (each imports only those above it
 - :mod:`~pbu.report.inputs`: reading the result files, what is missing from them;
 - :mod:`~pbu.report.render`: atomic files; Markdown and LaTeX through pandas' writers;
 - :mod:`~pbu.report.stats`: per-method statistics, distances to the oracle, the ranking;
-- :mod:`~pbu.report.paired`: paired differences over (forget class, seed) pairs, their
-  bootstrap CI and Wilcoxon signed-rank test;
+- :mod:`~pbu.report.paired`: paired differences over (forget class, seed) pairs with the seed
+  as the unit: a hierarchical bootstrap CI, an exact sign-flip test, the TOST;
+- :mod:`~pbu.report.verdicts`: how a comparison, or a claim's comparisons, become a verdict;
 - :mod:`~pbu.report.forget_score`: attack validity and the per-example forget score (its
   table, figure and section; C4 rests on them);
 - :mod:`~pbu.report.claims`: the paper's claims C1–C7, a verdict each per setting;
-- :mod:`~pbu.report.tables`: the tables and :func:`write_tables`;
+- :mod:`~pbu.report.tables`: the tables, :func:`write_tables` and the claims' tables
+  (:func:`write_claims`);
 - :mod:`~pbu.report.style`: how every figure looks (size, fonts, colours, saving);
 - :mod:`~pbu.report.figures`: the figures and :func:`write_figures`;
 - :mod:`~pbu.report.paper`: the paper's reported numbers (``config/paper/reference.csv``) and
@@ -49,7 +51,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pbu.report.claims import RULES, evaluate_claims, write_claims
+from pbu.report.claims import RULES, evaluate_claims
 from pbu.report.figures import FIGURE_NAMES, write_figures
 from pbu.report.forget_score import read_forget_score, write_forget_score
 from pbu.report.inputs import data_gaps, read_history, read_runs, read_timings
@@ -66,6 +68,7 @@ from pbu.report.tables import (
     paper_table,
     paper_table_long,
     summary_display,
+    write_claims,
     write_tables,
 )
 from pbu.report.vocab import RUN_METRICS, format_mean_std, order_methods

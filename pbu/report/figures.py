@@ -389,8 +389,9 @@ def _fig_retain_gap(runs: pd.DataFrame) -> Any | None:
 
 def ablation_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """Per setting and PBU variant: the paired A_Dr difference variant − PBU over the
-    (forget class, seed) pairs (``mean_diff``, bootstrap ``ci_low`` / ``ci_high``, two-sided
-    Wilcoxon ``p_value``, ``n``), one row each; empty without variants."""
+    (forget class, seed) pairs, the seed the unit (``mean_diff`` over seeds, hierarchical
+    bootstrap ``ci_low`` / ``ci_high``, two-sided sign-flip ``p_value`` on the per-seed means,
+    ``n_seeds``, ``n_pairs``), one row each; empty without variants."""
     rows = []
     if not present(runs, ACC_R):
         return pd.DataFrame()
@@ -400,15 +401,16 @@ def ablation_frame(runs: pd.DataFrame) -> pd.DataFrame:
             continue
         for variant in pbu_variants(sub):
             stat = compare(sub, variant, "pbu", ACC_R, alternative="two-sided")
-            if stat.n:
+            if stat.n_pairs:
                 rows.append({"dataset": dataset, "arch": arch, **stat.as_dict()})
     return pd.DataFrame(rows)
 
 
 def _fig_ablation(runs: pd.DataFrame) -> Any | None:
     """(6) PBU's ablation: per variant, the paired A_Dr difference to PBU (variant − PBU, in
-    points) over (forget class, seed) pairs: each pair (dots), the mean and its bootstrap 95 %
-    CI (bar); one panel per setting."""
+    points) over (forget class, seed) pairs: each pair (dots), the mean over seeds and its
+    hierarchical bootstrap 95 % CI (bar), n_seeds, n_pairs and the sign-flip p on the per-seed
+    means; one panel per setting."""
     import matplotlib.pyplot as plt
 
     table = ablation_frame(runs)
@@ -432,6 +434,9 @@ def _fig_ablation(runs: pd.DataFrame) -> Any | None:
         here = table[(table["dataset"] == dataset) & (table["arch"] == arch)]
         sub = runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)]
         variants = list(here["a"])
+        # n_seeds and n_pairs: in the title when every row shares them, else on each row
+        units = {(r.n_seeds, r.n_pairs) for r in here.itertuples()}
+        shared = next(iter(units)) if len(units) == 1 else None
         for y, row in enumerate(here.itertuples()):
             pairs = paired_values(sub, row.a, "pbu", ACC_R)
             jitter = np.linspace(-0.15, 0.15, len(pairs)) if len(pairs) > 1 else [0.0]
@@ -450,7 +455,7 @@ def _fig_ablation(runs: pd.DataFrame) -> Any | None:
                 ax.plot(row.mean_diff, y, "o", color="C0", zorder=3)
             p = "–" if np.isnan(row.p_value) else f"{row.p_value:.2g}"
             ax.annotate(
-                f"n = {row.n}, p = {p}",
+                f"p = {p}" if shared else f"p = {p}\n{row.n_seeds} seeds, {row.n_pairs} pairs",
                 xy=(1.0, y),
                 xycoords=("axes fraction", "data"),
                 xytext=(4, 0),
@@ -462,9 +467,11 @@ def _fig_ablation(runs: pd.DataFrame) -> Any | None:
         ax.set_yticks(range(len(variants)), variants)
         ax.set_ylim(len(variants) - 0.5, -0.5)
         ax.set_xlabel(
-            "A_Dr of the variant − A_Dr of PBU (points), paired; p: Wilcoxon signed-rank, two-sided"
+            "A_Dr of the variant − A_Dr of PBU (points): mean over seeds, hierarchical bootstrap "
+            "95 % CI,\ndots: pairs; p: exact sign-flip test on the per-seed means, two-sided"
         )
-        ax.set_title(f"{dataset} / {arch}: PBU's ablation (mean, bootstrap 95 % CI; dots: pairs)")
+        units_text = f" (n_seeds = {shared[0]}, n_pairs = {shared[1]})" if shared else ""
+        ax.set_title(f"{dataset} / {arch}: PBU's ablation{units_text}")
     return fig
 
 

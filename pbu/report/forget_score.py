@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pbu.report.render import to_markdown, write_file, write_text
+from pbu.report.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 from pbu.report.vocab import order_methods
 
 log = logging.getLogger(__name__)
@@ -287,8 +288,10 @@ def c4_on_forget_score(
 
     d = PBU's score − the ceiling's (retraining against retraining), paired by image and pooled
     over forget classes, with a 95 % bootstrap CI over images (resampled within each class):
-    *supported* when the CI lies above −:data:`C4_SCORE_TOLERANCE`, *not supported* when d ≤
-    −tolerance, *inconclusive* otherwise. The CI covers the images, not the draw of the models.
+    *holds* when the CI lies above −:data:`C4_SCORE_TOLERANCE`, *does not hold* when d ≤
+    −tolerance, *inconclusive* otherwise. The CI covers the images, not the draw of the models
+    (each image's ε already summarises the N models a side): near the margin a verdict would
+    need the models resampled too, which this interval does not do.
     """
     if forget_score is None:
         return None
@@ -317,10 +320,10 @@ def c4_on_forget_score(
         f": d = {mean:+.3f}, 95 % CI {lo:+.3f} to {hi:+.3f} over {len(d)} images"
     )
     if mean <= -t:
-        return "not supported", f"d = {mean:+.3f}, not > −{t:g}", numbers
+        return DOES_NOT_HOLD, f"d = {mean:+.3f}, not > −{t:g}", numbers
     if lo > -t:
-        return "supported", "", numbers
-    return "inconclusive", f"the CI reaches −{t:g}", numbers
+        return HOLDS, "", numbers
+    return INCONCLUSIVE, f"the CI reaches −{t:g}", numbers
 
 
 # ------------------------------------------------------------------------------ the section

@@ -16,13 +16,14 @@ from typing import Any
 
 import pandas as pd
 
-from pbu.report.claims import Claim, claims_section, evaluate_claims
+from pbu.report.claims import RULES, Claim, evaluate_claims, fisher_margin, matched_threshold
 from pbu.report.forget_score import section as forget_score_section
 from pbu.report.inputs import data_gaps
 from pbu.report.paper import comparison_section, read_reference
 from pbu.report.render import flatten_settings, to_markdown, write_text
 from pbu.report.stats import RANKING_RULE, method_summary
-from pbu.report.tables import depth_table, main_table
+from pbu.report.tables import comparisons_table, depth_table, main_table, tradeoff_table
+from pbu.report.verdicts import _label
 from pbu.report.vocab import ACC_F, ACC_R, MISSING, SETTING, format_mean_std
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,66 @@ def _summary_section(runs: pd.DataFrame, settings: Mapping[str, Any]) -> list[st
         ),
         "",
     ]
+    return lines
+
+
+def claims_section(claims: Sequence[Claim], settings: Mapping[str, Any] | None = None) -> list[str]:
+    """The report's "Claims" section: the rules, then per setting a verdict line per claim
+    (naming the setting, with n_seeds and n_pairs), C1's trade-off and the table of its paired
+    comparisons."""
+    threshold, source = matched_threshold(settings)
+    lines = ["## Claims", ""]
+    lines += [
+        "Each of the paper's claims gets a verdict per setting, computed from the runs "
+        f"(`pbu/report/claims.py`). A verdict is about the setting that ran, not about the "
+        f"paper's own settings. Matched forgetting threshold: {threshold:g} % ({source}); C5's "
+        f"equivalence margin: ±{fisher_margin(settings):g} A_Dr points (claims.fisher_margin).",
+        "",
+    ]
+    lines += [f"- {rule}" for rule in RULES] + [""]
+    if not claims:
+        return lines + ["No runs.", ""]
+    settings_seen: list[tuple[str, str]] = []
+    for c in claims:
+        if (c.dataset, c.arch) not in settings_seen:
+            settings_seen.append((c.dataset, c.arch))
+    for dataset, arch in settings_seen:
+        here = [c for c in claims if (c.dataset, c.arch) == (dataset, arch)]
+        n_seeds = max(c.units[0] for c in here)
+        n_pairs = max(c.units[1] for c in here)
+        head = f"### {dataset} / {arch} (n_seeds = {n_seeds}, n_pairs = {n_pairs}"
+        if here[0].protocol:
+            head += f"; PBU's hyperparameters: {here[0].protocol} protocol"
+        lines += [head + ")", ""]
+        for c in here:
+            s, n = c.units
+            line = f"- **{c.claim}** {c.statement}: **{c.verdict} on {c.setting}**"
+            line += f" ({c.reason})" if c.reason else ""
+            line += f" [n_seeds = {s}, n_pairs = {n}]."
+            if c.summary:
+                line += f" {c.summary}."
+            lines.append(line)
+        c1 = next((c for c in here if c.claim == "C1"), None)
+        trade = tradeoff_table(c1) if c1 is not None else pd.DataFrame()
+        if not trade.empty:
+            lines += ["", "C1's trade-off: PBU's test accuracies at each stop threshold run:", ""]
+            lines.append(to_markdown(trade))
+        table = comparisons_table(here)
+        if not table.empty and "mean_diff" in table.columns:
+            # C1's trade-off rows are in the table above (a one-sample "≠ 0" test is no claim)
+            table = table[~(table["claim"].eq("C1") & table["verdict"].eq("(context)"))]
+            shown = table.dropna(subset=["mean_diff"])[
+                ["claim", "part", "a", "b", "metric", "n_seeds", "n_pairs", "mean_diff"]
+                + ["ci_low", "ci_high", "alternative", "shift", "p_value", "verdict"]
+            ]
+            shown = shown.assign(metric=shown["metric"].map(_label))
+            lines += [
+                "",
+                "Paired comparisons (d = a − b; mean over seeds, the seed the unit):",
+                "",
+            ]
+            lines.append(to_markdown(shown))
+        lines.append("")
     return lines
 
 

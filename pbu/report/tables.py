@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from pbu.report.claims import Claim, protocol_of_method
 from pbu.report.render import to_latex, to_markdown, write_file, write_text
 from pbu.report.stats import method_summary, sample_stats
 from pbu.report.vocab import (
@@ -269,4 +272,93 @@ def write_tables(runs: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
         write_file(out / "method_summary_numeric.csv", lambda p: summary.to_csv(p, index=False)),
     ]
     log.info("wrote %d table files to %s", len(paths), out)
+    return paths
+
+
+# ------------------------------------------------------------------- the claims' tables
+
+
+def claims_table(claims: Sequence[Claim]) -> pd.DataFrame:
+    """One row per (setting, claim): the statement, the verdict (with its reason), n_seeds and
+    n_pairs, the verdict line naming the setting, and the numbers in words; a ``protocol``
+    column (PBU's) when runs.csv has one."""
+    rows = []
+    for c in claims:
+        n_seeds, n_pairs = c.units
+        rows.append(
+            {
+                "dataset": c.dataset,
+                "arch": c.arch,
+                **({"protocol": c.protocol} if c.protocol is not None else {}),
+                "claim": c.claim,
+                "statement": c.statement,
+                "verdict": c.verdict,
+                "reason": c.reason,
+                "n_seeds": n_seeds,
+                "n_pairs": n_pairs,
+                "line": c.line,
+                "numbers": c.summary,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def comparisons_table(claims: Sequence[Claim], runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per comparison: the claim, the part, the paired statistics (numbers, n_seeds and
+    n_pairs among them) and the part's verdict (an equivalence's reading under ``outcome``);
+    ``protocol_a`` / ``protocol_b`` when ``runs`` has a protocol column."""
+    rows = []
+    for c in claims:
+        for p in c.parts:
+            row: dict[str, Any] = {
+                "dataset": c.dataset,
+                "arch": c.arch,
+                "claim": c.claim,
+                "part": p.label,
+            }
+            if p.stat is not None:
+                row |= p.stat.as_dict()
+                if runs is not None and "protocol" in runs.columns:
+                    here = runs[(runs["dataset"] == c.dataset) & (runs["arch"] == c.arch)]
+                    row["protocol_a"] = protocol_of_method(here, p.stat.a)
+                    row["protocol_b"] = protocol_of_method(here, p.stat.b) if p.stat.b else None
+            row["verdict"] = "(context)" if p.context else p.verdict
+            row["outcome"] = p.outcome
+            row["reason"] = p.reason
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def tradeoff_table(claim: Claim) -> pd.DataFrame:
+    """C1's trade-off: per stop threshold present, PBU's A_Df and A_Dr (mean over seeds, 95 %
+    CI) with n_seeds and n_pairs."""
+    rows: dict[str, dict[str, Any]] = {}
+    for p in claim.parts:
+        match = re.match(r"^stop (\S+) % \((\w+)\): (A_Df|A_Dr)$", p.label)
+        if not (p.context and match and p.stat is not None):
+            continue
+        thr, method, what = match.groups()
+        row = rows.setdefault(method, {"stop threshold (%)": thr, "method": method})
+        ci = f"{p.stat.ci_low:.2f} to {p.stat.ci_high:.2f}" if pd.notna(p.stat.ci_low) else "–"
+        row[f"{what} (%)"] = f"{p.stat.mean_diff:.2f} [{ci}]"
+        row["n_seeds"], row["n_pairs"] = p.stat.n_seeds, p.stat.n_pairs
+    columns = ["stop threshold (%)", "method", "A_Df (%)", "A_Dr (%)", "n_seeds", "n_pairs"]
+    return pd.DataFrame(list(rows.values())).reindex(columns=columns) if rows else pd.DataFrame()
+
+
+def write_claims(
+    claims: Sequence[Claim], out_dir: str | os.PathLike, runs: pd.DataFrame | None = None
+) -> list[Path]:
+    """Write ``claims.{csv,md}`` (verdicts) and ``claims_comparisons.{csv,md}`` (the paired
+    statistics) into ``out_dir``, atomically. Returns the paths."""
+    out = Path(out_dir)
+    verdicts = claims_table(claims)
+    comps = comparisons_table(claims, runs)
+    paths = []
+    for name, frame in (("claims", verdicts), ("claims_comparisons", comps)):
+        paths += [
+            write_file(out / f"{name}.csv", lambda p, f=frame: f.to_csv(p, index=False)),
+            write_text(out / f"{name}.md", to_markdown(frame)),
+        ]
+    log.info("wrote the claims' verdicts (%d) to %s", len(claims), out)
     return paths

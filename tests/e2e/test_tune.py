@@ -1,5 +1,6 @@
-"""Blind tuning in the pipeline, end to end: tune jobs, the unlearn jobs that use their choice,
-and the tune and trial runs in MLflow."""
+"""Tuning in the pipeline, end to end: per-group tune jobs and the unlearn jobs that use their
+choice; the development-class run, its frozen choice and a verdict run that loads it; the tune
+and trial runs in MLflow."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ pretrain: {epochs: 1}
 monitor: {methods: []}
 evaluation: {relearn: false, probe: false, mia_max_samples: 100}
 tuning:
+  frozen: null
   enabled: true
   methods: [neggrad, neggrad_plus]
   budget: 2
@@ -107,6 +109,7 @@ pretrain: {epochs: 1}
 monitor: {methods: []}
 evaluation: {relearn: false, probe: false, mia_max_samples: 100}
 tuning:
+  frozen: null
   enabled: true
   protocol: validation
   methods: [pbu, finetune]
@@ -179,3 +182,103 @@ def test_validation_protocol_in_the_pipeline(tmp_path):
     }
     tune = [r for r in runs if r.data.tags["rule"] == "tune"]
     assert len(tune) == 2 and {r.data.params["protocol"] for r in tune} == {"validation"}
+
+
+# ------------------------------------------------------------------------------------------
+# The development-class protocol, end to end
+# ------------------------------------------------------------------------------------------
+
+E2E_DEV = """
+experiment: dev-e2e
+results: res_tune
+seeds: [100]
+forget: [0]
+methods: [pbu, neggrad, pbu_no_fisher]
+pretrain: {epochs: 1}
+tuning: {develop: true, budget: 2, frozen: "tuned/{dataset}_{arch}.yaml"}
+mlflow: {tracking_uri: "sqlite:///res_tune/mlflow/mlflow.db", experiment: pbu-dev-e2e}
+"""
+E2E_VERDICT = """
+experiment: verdict-e2e
+results: res
+seeds: [0]
+forget: [2]
+methods: [pbu, neggrad, finetune, pbu_no_fisher, pbu_stop2]
+variants: {pbu_stop2: {method: pbu, hparams: {stop_threshold: 2.0}}}
+pretrain: {epochs: 1}
+monitor: {methods: []}
+evaluation: {relearn: false, probe: false, mia_max_samples: 100}
+tuning: {frozen: "tuned/{dataset}_{arch}.yaml"}
+mlflow: {tracking_uri: "sqlite:///res/mlflow/mlflow.db", experiment: pbu-verdict-e2e}
+"""
+
+
+@pytest.mark.slow
+def test_development_class_run_freezes_a_choice_that_a_verdict_run_loads(tmp_path):
+    """The development-class run trains its models without the split, tunes every method with
+    the same budget, writes the frozen file and tracks every trial; a verdict run then loads it:
+    its unlearn jobs say protocol dev_class and where the values came from, a variant absent
+    from the file takes PBU's choice with its own override, untuned methods say config."""
+    import csv
+
+    import yaml
+
+    for item in ("Snakefile", "workflow", "config", "envs"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
+    (tmp_path / "dev.yaml").write_text(E2E_DEV)
+    (tmp_path / "verdict.yaml").write_text(E2E_VERDICT)
+    snake = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile"]
+    proc = subprocess.run(
+        [*snake, "dev.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    frozen = yaml.safe_load((tmp_path / "tuned/mnist5k_small_cnn.yaml").read_text())
+    assert set(frozen["methods"]) == {"pbu", "neggrad", "pbu_no_fisher"}
+    assert {m["trials"] for m in frozen["methods"].values()} == {2}
+    assert frozen["provenance"]["forget_class"] == 0 and frozen["provenance"]["seeds"] == [100]
+    assert "beta" not in frozen["methods"]["pbu_no_fisher"]["hparams"]
+    info = json.loads(
+        (tmp_path / "res_tune/mnist5k/small_cnn/seed100/pretrain/info.json").read_text()
+    )
+    assert info["holdout"]["fraction"] == 0.2 and info["train_samples"] == info["holdout"]["fit"]
+    assert (tmp_path / "res_tune/optuna/mnist5k/small_cnn/pbu.db").is_file()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/res_tune/mlflow/mlflow.db")
+    exp = client.get_experiment_by_name("pbu-dev-e2e")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    tune = {r.data.tags["method"]: r for r in runs if r.data.tags["rule"] == "tune"}
+    assert set(tune) == {"pbu", "neggrad", "pbu_no_fisher"}
+    for run in tune.values():
+        kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+        assert len(kids) == 2 and {"RA", "FA", "VA", "MIA", "loss"} <= set(kids[0].data.metrics)
+
+    proc = subprocess.run(
+        [*snake, "verdict.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    group = tmp_path / "res/mnist5k/small_cnn/seed0/forget2"
+    pbu = json.loads((group / "pbu" / "info.json").read_text())
+    assert pbu["protocol"] == "dev_class" and pbu["hparams_source"]["forget_class"] == 0
+    for k, v in frozen["methods"]["pbu"]["hparams"].items():
+        assert pbu["hparams"][k] == v
+    stop2 = json.loads((group / "pbu_stop2" / "info.json").read_text())
+    assert stop2["hparams"]["stop_threshold"] == 2.0
+    assert stop2["hparams"]["alpha"] == pbu["hparams"]["alpha"]
+    assert stop2["hparams_source"]["choice_of"] == "pbu"
+    with open(tmp_path / "res/aggregate/runs.csv") as fh:
+        rows = {r["method"]: r["protocol"] for r in csv.DictReader(fh)}
+    assert rows == {
+        "original": "config",
+        "oracle": "config",
+        "pbu": "dev_class",
+        "neggrad": "dev_class",
+        "pbu_no_fisher": "dev_class",
+        "pbu_stop2": "dev_class",
+        "finetune": "config",
+    }
+    report = (tmp_path / "res/report.md").read_text()
+    assert "PBU's hyperparameters: dev_class protocol" in report
+    assert "**preliminary on mnist5k / small_cnn** (1 seed cannot reach p < 0.05)" in report

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # runs snakemake
 
 # Merged over config/config.yaml, whose variants (PBU's ablation) it selects two of; pbu_ascent
-# is tuned blind (budget 2) over a space that leaves its overrides alone.
+# is tuned blind (budget 2) over a space that leaves its overrides alone. The frozen
+# development-class choice is off: these tests are about the config's values reaching the jobs.
 CONFIG = """
 experiment: variants-e2e
 results: res
@@ -30,6 +31,7 @@ pretrain: {epochs: 1}
 monitor: {methods: []}
 evaluation: {relearn: false, probe: false, mia_max_samples: 100}
 tuning:
+  frozen: null
   enabled: true
   methods: [pbu_ascent]
   budget: 2

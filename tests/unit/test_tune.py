@@ -1,5 +1,7 @@
-"""Blind tuning (pbu.tune): validation only from the data a method may see, the Fisher without
-validation images, equal budgets, the documented choice rule, the CLI and the pipeline."""
+"""Per-group tuning (pbu.tune, blind and validation protocols): validation only from the data a
+method may see, the Fisher without validation images, equal budgets on Optuna's samplers, the
+documented choice rule, the CLI and the config (the development-class protocol:
+test_tune_dev.py)."""
 
 from __future__ import annotations
 
@@ -17,17 +19,17 @@ from torch import nn
 from pbu import methods
 from pbu.checkpoint import save_checkpoint
 from pbu.cli import main
-from pbu.config import method_hparams
+from pbu.config import method_hparams, tuning_space
 from pbu.data import TensorImages, save_prepared
 from pbu.tune import (
     HoldoutError,
     carve_validation,
-    grid,
+    grid_size,
     hold_out,
-    plan_trials,
+    is_range,
     rank_trials,
+    run_study,
     score_trial,
-    space_size,
     split_inputs,
     tune_method,
 )
@@ -204,21 +206,38 @@ def test_fisher_is_computed_on_forget_fit_without_validation_images(data, traine
 # ------------------------------------------------------------------------------------------
 
 
-def test_plan_is_the_grid_when_it_fits_exactly_and_random_points_otherwise():
+def _points(space, budget, seed=0):
+    """The points Optuna's sampler proposes for ``space`` (every value scored 0)."""
+    points = []
+    run_study(space, budget, seed, lambda i, p: points.append(p) or 0.0, direction="maximize")
+    return points
+
+
+def test_sampler_is_optunas_grid_for_choices_and_seeded_tpe_for_ranges():
     space = {"lr": [1, 2, 3], "epochs": [4, 5]}
-    full = grid(space)
-    assert len(full) == space_size(space) == len({json.dumps(p, sort_keys=True) for p in full})
-    sampling, points = plan_trials(space, len(full), seed=0)
-    assert sampling == "grid" and points == full
-    budget = len(full) - 2
-    sampling, points = plan_trials(space, budget, seed=0)
-    keys = [json.dumps(p, sort_keys=True) for p in points]
-    assert sampling == "random" and len(points) == budget == len(set(keys))
-    assert all(p in full for p in points)
-    assert plan_trials(space, budget, seed=0)[1] == points  # seeded
-    assert any(plan_trials(space, budget, seed=s)[1] != points for s in range(1, 6))
+    full = [{"epochs": e, "lr": lr} for lr in (1, 2, 3) for e in (4, 5)]
+    assert grid_size(space) == 6
+    keys = lambda ps: sorted(json.dumps(p, sort_keys=True) for p in ps)  # noqa: E731
+    assert keys(_points(space, 6)) == keys(full)  # the whole grid, each point once
+    some = _points(space, 4)
+    assert len(some) == 4 == len(set(keys(some))) and all(p in full for p in some)
+    assert _points(space, 4) == some  # seeded
+    assert any(_points(space, 4, seed=s) != some for s in range(1, 6))
     with pytest.raises(ValueError, match="fewer than the budget"):
-        plan_trials(space, len(full) + 1, seed=0)
+        from pbu.tune import check_space
+
+        check_space("m", ["lr", "epochs"], space, 7)
+    # a range makes it TPE: seeded, inside the range, log-scaled and integer where asked
+    ranged = {
+        "lr": {"low": 1e-4, "high": 1e-1, "log": True},
+        "epochs": {"low": 1, "high": 3, "int": True},
+    }
+    assert grid_size(ranged) is None and is_range(ranged["lr"])
+    pts = _points(ranged, 12)
+    assert pts == _points(ranged, 12) and pts != _points(ranged, 12, seed=1)
+    assert all(1e-4 <= p["lr"] <= 1e-1 and p["epochs"] in (1, 2, 3) for p in pts)
+    assert all(isinstance(p["epochs"], int) for p in pts)
+    assert min(p["lr"] for p in pts) < 1e-3  # log scale: the low decades are sampled too
 
 
 def test_every_method_gets_the_same_number_of_trials(data, trained):
@@ -230,7 +249,7 @@ def test_every_method_gets_the_same_number_of_trials(data, trained):
     counts = {}
     for name, space in spaces.items():
         rec = _tune(name, data, trained, space, budget)
-        assert rec["budget"] == budget and rec["sampling"] == "random"
+        assert rec["budget"] == budget and rec["sampling"] == "grid"
         assert len({json.dumps(t["varied"], sort_keys=True) for t in rec["trials"]}) == budget
         counts[name] = len(rec["trials"])
     assert set(counts.values()) == {budget}
@@ -414,6 +433,20 @@ def test_pbu_tune_needs_fisher_settings(files, capsys):
         ),
         (lambda t: t["space"].pop("ssd"), r"tuning\.space\.ssd: missing"),
         (lambda t: t.update(val_fraction=1.0), r"tuning\.val_fraction"),
+        (
+            lambda t: t["space"].update(pbu_no_fisher={"beta": [0.0, 1.0]}),
+            r"tuning\.space\.pbu_no_fisher: beta define\(s\) the variant",
+        ),
+        (
+            lambda t: t["space"]["ssd"].update(alpha={"low": 5.0, "high": 1.0}),
+            r"tuning\.space\.ssd\.alpha: low must be below high",
+        ),
+        (
+            lambda t: t["space"]["random_labels"].update(epochs={"low": 1, "high": 3}),
+            r"tuning\.space\.random_labels\.epochs: an integer hyperparameter needs int: true",
+        ),
+        (lambda t: t.update(develop=True), r"config key forget: the development-class run"),
+        (lambda t: t.update(frozen="config/tuned/x.yaml"), r"tuning\.frozen: .* does not match"),
     ],
 )
 def test_bad_tuning_config_names_the_key(tmp_path, mutate, match):
@@ -426,18 +459,29 @@ def test_bad_tuning_config_names_the_key(tmp_path, mutate, match):
         check_config(c, ROOT / "workflow/schemas/config.schema.yaml")
 
 
-def test_default_spaces_all_hold_the_budget():
+def test_default_spaces_tune_every_method_alike_and_hold_the_untuned_values():
     t = CONFIG["tuning"]
-    assert t["methods"] and all(space_size(t["space"][m]) >= t["budget"] for m in t["methods"])
-    # every method of the default run can be tuned, with the same budget: a whole grid each
-    assert set(CONFIG["methods"]) <= set(t["space"])
-    assert all(space_size(t["space"][m]) == t["budget"] for m in CONFIG["methods"])
-    # and every space holds the value the config runs untuned
-    for m in CONFIG["methods"]:  # a variant: its base method's values with its overrides
-        for k, values in t["space"][m].items():
-            assert method_hparams(CONFIG, m)[k] in values, (m, k)
-    # off by default: the default run's wall time does not pay for tuning
-    assert t["enabled"] is False and t["protocol"] == "blind"
+    # every method and variant of the default run has a space: its own or its base method's
+    # without its overrides; each has a range, so each runs seeded TPE for the same budget
+    for m in CONFIG["methods"]:
+        space = tuning_space(CONFIG, m)
+        assert space and grid_size(space) is None, m
+        # a variant's defining values stay fixed
+        assert not set(space) & set(CONFIG["variants"].get(m, {}).get("hparams", {})), m
+        for k, values in space.items():  # the value the config runs untuned is inside
+            v = method_hparams(CONFIG, m)[k]
+            assert (values["low"] <= v <= values["high"]) if is_range(values) else v in values
+    # PBU's alpha, beta, gamma, lr and stop threshold are all tuned; the variants keep zeros
+    assert set(tuning_space(CONFIG, "pbu")) == {"alpha", "beta", "gamma", "lr", "stop_threshold"}
+    assert "beta" not in tuning_space(CONFIG, "pbu_no_fisher")
+    assert not {"beta", "gamma"} & set(tuning_space(CONFIG, "pbu_ascent"))
+    assert set(tuning_space(CONFIG, "pbu_fisher_unit")) == {"alpha", "lr", "stop_threshold"}
+    # per-group tuning is off by default: the default run loads the frozen choice instead
+    assert t["enabled"] is False and t["develop"] is False
+    assert t["frozen"] == "config/tuned/{dataset}_{arch}.yaml"
+    tune = yaml.safe_load((ROOT / "config" / "tune.yaml").read_text())
+    assert tune["tuning"]["develop"] is True and tune["forget"] == [0]
+    assert not set(tune["seeds"]) & set(range(32))  # tuning seeds apart from verdict seeds
 
 
 def _merged(*overlays: dict) -> dict:

@@ -9,13 +9,20 @@ from pbu.config import (
     base_method,
     check_config,
     forget_score_config,
+    load_tuned,
     method_hparams,
     overrides,
+    tuning_space,
+    tuned_choice,
 )
 from pbu.registry import METHODS_NEEDING_FISHER, resolve_stem
 from pbu.scheduling import cancel_reevaluation_timers
 
 CONFIG = check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+# The frozen development-class choice of each setting this run loads (tuning.frozen; none in
+# the development-class run, which writes it): arch -> (file, content).
+TUNED = load_tuned(CONFIG)
+DEVELOP = CONFIG["tuning"]["develop"]
 
 # glibc's allocator for every job this Snakemake starts (local jobs, the fork server and its
 # workers; SLURM jobs inherit it through sbatch, and the SLURM profile's precommand sets the same):
@@ -250,7 +257,83 @@ def holdout_arg():
 
 
 def tuned_arg(wildcards, input):
-    return f"--hparams-from {input.tune}" if "tune" in input.keys() else ""
+    """Where a job's hyperparameters come from besides hparams: its group's tune record
+    (per-group tuning), else the frozen development-class choice (``--tuned`` with the tuned
+    values inline, so a new frozen file reruns exactly the jobs whose values changed), else
+    nothing (protocol config)."""
+    if "tune" in input.keys():
+        return f"--hparams-from {input.tune}"
+    tuned = tuned_choice(CONFIG, TUNED, wildcards.arch, wildcards.method)
+    return f"--tuned {shlex.quote(as_json(tuned))}" if tuned else ""
+
+
+def training_holdout_arg():
+    """``--holdout FRACTION`` for pretraining and the oracle in the development-class run: its
+    models never see the split the trials are scored on; else nothing."""
+    tuning = CONFIG["tuning"]
+    return f"--holdout {tuning['val_fraction']}" if tuning["develop"] else ""
+
+
+def dev_tune_inputs(wildcards):
+    """A development-class tune job's inputs: the data, and per tuning seed θ* and the
+    development class's oracle."""
+    seeds = CONFIG["seeds"]
+    key = dict(dataset=wildcards.dataset, arch=wildcards.arch)
+    return {
+        "data": path("data", dataset=wildcards.dataset),
+        "models": [path("pretrain_model", **key, seed=s) for s in seeds],
+        "oracles": [
+            path("model", **key, seed=s, forget=CONFIG["forget"][0], method=layout.ORACLE)
+            for s in seeds
+        ],
+    }
+
+
+def seed_paths_arg(option, key):
+    """``--model SEED=PATH ...`` (or --oracle) of a development-class tune job."""
+
+    def get(wildcards, input):
+        return " ".join(f"{option} {s}={f}" for s, f in zip(CONFIG["seeds"], input[key]))
+
+    return get
+
+
+def space_arg(wildcards):
+    """The search space of a methods entry (its own, or a variant's base's minus overrides)."""
+    return as_json(tuning_space(CONFIG, wildcards.method))
+
+
+def frozen_pattern():
+    """The freeze rule's output: tuning.frozen, or (null: nothing is frozen, the rule never runs)
+    a place in the results folder with the same wildcards."""
+    return CONFIG["tuning"]["frozen"] or f"{R}/tuning/{{dataset}}/{{arch}}/frozen.yaml"
+
+
+def frozen_target(arch):
+    """The frozen file the development-class run writes for one arch."""
+    return CONFIG["tuning"]["frozen"].format(dataset=CONFIG["dataset"], arch=arch)
+
+
+def freeze_inputs(wildcards):
+    """Every methods entry's development-class record of a setting, and the tuning seeds'
+    training records (their time joins the recorded cost)."""
+    key = dict(dataset=wildcards.dataset, arch=wildcards.arch)
+    seeds = CONFIG["seeds"]
+    return {
+        "records": [path("dev_tune", **key, method=m) for m in CONFIG["methods"]],
+        "training": [path("pretrain_info", **key, seed=s) for s in seeds]
+        + [
+            path("info", **key, seed=s, forget=CONFIG["forget"][0], method=layout.ORACLE)
+            for s in seeds
+        ],
+    }
+
+
+def dev_records():
+    """Every development-class tuning record of the run (the tracking step's inputs)."""
+    return expand(
+        path("dev_tune"), dataset=CONFIG["dataset"], arch=CONFIG["archs"], method=CONFIG["methods"]
+    )
 
 
 def fisher_settings_arg(wildcards):
@@ -329,6 +412,21 @@ def report_settings():
     keys = ("protocol", "methods", "budget", "val_fraction", "threshold")
     out["tuning"] = {k: CONFIG["tuning"][k] for k in keys if CONFIG["tuning"]["enabled"]}
     out["tuning"]["threshold"] = CONFIG["tuning"]["threshold"]
+    # the frozen development-class choice each setting loaded, and what each method ran with
+    out["tuned"] = {
+        arch: {
+            "file": str(file),
+            **{k: frozen["provenance"].get(k) for k in ("forget_class", "seeds", "budget")},
+            **{k: frozen["provenance"].get(k) for k in ("date", "commit")},
+            "hparams": {
+                m: tuned_choice(CONFIG, TUNED, arch, m)["hparams"]
+                for m in CONFIG["methods"]
+                if tuned_choice(CONFIG, TUNED, arch, m)
+            },
+        }
+        for arch, (file, frozen) in TUNED.items()
+    }
+    out["claims"] = CONFIG["claims"]
     listed = {m: v for m, v in CONFIG["variants"].items() if m in CONFIG["methods"]}
     if listed:  # what each variant changes (hparams above holds its resolved values)
         out["variants"] = listed
@@ -338,6 +436,8 @@ def report_settings():
 
 
 def final_targets():
+    if DEVELOP:  # the development-class run: the frozen choices, mirrored into MLflow
+        return [frozen_target(a) for a in CONFIG["archs"]] + [path("tracked_tuning")]
     return [path("report"), path("tracked_report"), *forget_score_tables()]
 
 

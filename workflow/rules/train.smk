@@ -25,10 +25,11 @@ rule pretrain:
         recipe=as_json(CONFIG["pretrain"]),
         weights=CONFIG["model"]["weights"],
         stem=stem_arg,
+        holdout=training_holdout_arg(),
         device=CONFIG["device"],
     shell:
         "pbu pretrain --data {input.data} --arch {wildcards.arch} --seed {wildcards.seed} "
-        "--weights {params.weights} {params.stem} --recipe {params.recipe:q} "
+        "--weights {params.weights} {params.stem} --recipe {params.recipe:q} {params.holdout} "
         "--device {params.device} --threads {threads} --quiet --out-model {output.model} "
         "--out-info {output.info} 2> {log}"
 
@@ -55,9 +56,10 @@ rule oracle:
         recipe=as_json(CONFIG["pretrain"]),
         weights=CONFIG["model"]["weights"],
         stem=stem_arg,
+        holdout=training_holdout_arg(),
         device=CONFIG["device"],
     shell:
         "pbu oracle --data {input.data} --arch {wildcards.arch} --seed {wildcards.seed} "
         "--forget {wildcards.forget} --weights {params.weights} {params.stem} "
-        "--recipe {params.recipe:q} --device {params.device} --threads {threads} --quiet "
+        "--recipe {params.recipe:q} {params.holdout} --device {params.device} --threads {threads} --quiet "
         "--out-model {output.model} --out-info {output.info} 2> {log}"
