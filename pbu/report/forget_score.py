@@ -188,6 +188,7 @@ def _fig_forget_score(table: pd.DataFrame, images: pd.DataFrame) -> Any | None:
     """Left: each method's forget score with its 95 % CI over images, the ceiling and the floor
     as lines. Right: per image, the standardised offset of the method's median confidence from
     the oracles' (box per method): the graded companion, which ranks methods that all score 0."""
+    import matplotlib
     import matplotlib.pyplot as plt
 
     from pbu.report.style import FIG_WIDTH_IN
@@ -230,7 +231,13 @@ def _fig_forget_score(table: pd.DataFrame, images: pd.DataFrame) -> Any | None:
             im.loc[im["method"] == m, "offset_sd"].replace([np.inf, -np.inf], np.nan).dropna()
             for m in methods
         ]
-        ax.boxplot(data, positions=y, vert=False, showfliers=False)
+        # matplotlib 3.10 names the orientation; `vert` is deprecated from 3.11
+        horizontal = (
+            {"orientation": "horizontal"}
+            if tuple(int(v) for v in matplotlib.__version__.split(".")[:2]) >= (3, 10)
+            else {"vert": False}
+        )
+        ax.boxplot(data, positions=y, showfliers=False, **horizontal)
         ax.axvline(0.0, color="k", lw=1)
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_yticks(y, [""] * len(methods))

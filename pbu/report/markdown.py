@@ -78,9 +78,11 @@ def _summary_section(runs: pd.DataFrame, settings: Mapping[str, Any]) -> list[st
         "",
         (
             "Mean ± std over forget classes × seeds (sample std). protocol: what chose the "
-            "row's hyperparameters (blind: tuned on data the method may see; validation: "
-            "tuned on the experimenter's held-out split of the training set; config: the "
-            "config file's values, untuned; see README, Tuning). A_Df / A_Dr: accuracy (%) on "
+            "row's hyperparameters (dev_class: the frozen choice of the development-class run, "
+            "every method tuned alike on a class the report never shows; blind: tuned on data "
+            "the method may see; validation: tuned on the experimenter's held-out split of the "
+            "training set; config: the config file's values, untuned; see docs/tuning.md). "
+            "A_Df / A_Dr: accuracy (%) on "
             "the forgotten / retained classes, test split. MIA entropy-SVC: the share of the "
             'forget class\'s training images an entropy attack calls "member" when fitted on '
             "retained training images against the test split without the forgotten class; "
@@ -96,7 +98,7 @@ def _summary_section(runs: pd.DataFrame, settings: Mapping[str, Any]) -> list[st
             "count as the budget + 1, a lower bound); probe AUC: a linear probe on frozen "
             "penultimate features telling the forget class from the rest. "
             "`tables/method_summary.*` has every metric, "
-            "`README.md` (Metrics) their sources."
+            "`docs/metrics.md` their sources."
         ),
         "",
     ]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pbu.report import forget_score as R
-from pbu.report.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, evaluate_claims
+from pbu.report.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, evaluate_claims
 
 from .test_claims import _runs
 
@@ -66,11 +66,11 @@ def _c4(runs, forget_score=None):
 
 
 def test_c4_rests_on_the_mia_only_when_the_attack_is_valid():
-    """The base table's C4 is supported on the MIA (within ±0.05 of the oracle's); at chance
+    """The base table's C4 holds on the MIA (within ±0.05 of the oracle's); at chance
     the same numbers give "inconclusive (attack at chance)", with the balanced accuracy in the
     line; an attack only PBU's and the oracle's runs make valid counts (not other methods')."""
     runs = _runs()
-    assert _c4(_with_validity(runs, 0.8)).verdict == SUPPORTED
+    assert _c4(_with_validity(runs, 0.8)).verdict == HOLDS
     c4 = _c4(_with_validity(runs, 0.5, 0.0))
     assert (c4.verdict, c4.reason) == (INCONCLUSIVE, "attack at chance")
     assert c4.verdict_text == "inconclusive (attack at chance)"
@@ -78,12 +78,12 @@ def test_c4_rests_on_the_mia_only_when_the_attack_is_valid():
     mixed = _with_validity(runs, 0.5, 0.0)
     mixed.loc[~mixed["method"].isin(["pbu", "oracle"]), "mia_entropy_svc_valid_bacc"] = 0.99
     assert _c4(mixed).reason == "attack at chance"
-    # a "not supported" on an attack at chance is not a finding either
+    # a "does not hold" on an attack at chance is not a finding either
     far = _with_validity(_runs(pbu={"mia_entropy_svc": 0.9}), 0.5, 0.0)
     assert _c4(far).verdict == INCONCLUSIVE
     # runs of an older version (no validity columns): decided on the MIA, saying so
     old = _c4(runs)
-    assert old.verdict == SUPPORTED and "validity was not measured" in old.summary
+    assert old.verdict == HOLDS and "validity was not measured" in old.summary
 
 
 def _fs(pbu_points, ceiling_points, forget=(2, 6)):
@@ -103,8 +103,8 @@ def _fs(pbu_points, ceiling_points, forget=(2, 6)):
 @pytest.mark.parametrize(
     "pbu, ceiling, verdict",
     [
-        ([0.0], [0.25], NOT_SUPPORTED),  # every image separable: d = -0.25
-        ([0.25, 0.25, 0.5, 0.0], [0.25, 0.25, 0.5, 0.0], SUPPORTED),  # the ceiling's own
+        ([0.0], [0.25], DOES_NOT_HOLD),  # every image separable: d = -0.25
+        ([0.25, 0.25, 0.5, 0.0], [0.25, 0.25, 0.5, 0.0], HOLDS),  # the ceiling's own
         ([0.0, 0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0], INCONCLUSIVE),  # d = 0, wide CI
     ],
 )
@@ -122,7 +122,7 @@ def test_c4_on_the_forget_score_pairs_images_and_resamples_within_classes():
     fs2 = _fs([0.5], [0.5], forget=(6,))
     both = (pd.DataFrame(), pd.concat([fs[1], fs2[1]]))
     verdict, _, numbers = R.c4_on_forget_score(both, "mnist5k", "small_cnn")
-    assert verdict == NOT_SUPPORTED and "d = -0.125" in numbers
+    assert verdict == DOES_NOT_HOLD and "d = -0.125" in numbers
     assert "95 % CI -0.125 to -0.125" in numbers  # strata: no resample mixes the classes
     assert R.c4_on_forget_score(both, "cifar10", "small_cnn") is None
     assert R.c4_on_forget_score(None, "mnist5k", "small_cnn") is None
