@@ -35,6 +35,7 @@ ENTRY_KEYS = (
     "retain_subset",
     "fisher",
     "hparams_from",
+    "tuned",
     "holdout",
     "variant",
     "overrides",

@@ -6,6 +6,7 @@ section, C4 decided on it, MLflow. A few minutes on 2 cores (CI runs it with the
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
 import subprocess
@@ -83,6 +84,28 @@ def test_every_method_has_a_forget_score_beside_ceiling_and_floor(run):
         assert (res / f"benchmarks/mnist5k/small_cnn/seed{seed}/forget6/unlearn-batch.tsv").exists()
     assert not list(res.glob("mnist5k/small_cnn/seed[4-7]/pretrain"))  # ceiling: oracles only
     assert (res / "mnist5k/small_cnn/seed5/forget8/oracle/model.pt").exists()
+
+
+def test_the_batched_jobs_run_the_frozen_development_class_choice(run):
+    """A verdict run loads config/tuned/ (tuning.frozen): every batched method runs the frozen
+    choice, as its own unlearn job would, and says so (protocol dev_class); a variant keeps
+    its defining overrides over its base method's choice."""
+    import yaml
+
+    frozen = yaml.safe_load((ROOT / "config/tuned/mnist5k_small_cnn.yaml").read_text())
+    res = run / RESULTS
+    runs = _rows(res / "aggregate/runs.csv")
+    methods = {r["method"] for r in runs} - {"oracle", "original"}
+    protocols = {r["protocol"] for r in runs if r["method"] in methods}
+    assert protocols == {"dev_class"}, protocols
+    group = res / "mnist5k/small_cnn/seed1/forget2"
+    info = json.loads((group / "pbu/info.json").read_text())
+    for name, value in frozen["methods"]["pbu"]["hparams"].items():
+        assert info["hparams"][name] == pytest.approx(value), name
+    stop0 = json.loads((group / "pbu_stop0/info.json").read_text())["hparams"]
+    assert stop0["stop_threshold"] == 0.0 and stop0["alpha"] == pytest.approx(
+        info["hparams"]["alpha"]
+    )
 
 
 def test_report_section_table_figure_and_c4_on_the_forget_score(run):

@@ -235,6 +235,10 @@ def unlearn_batch_entries(wildcards, input, output):
             entry["fisher"] = input.fisher
         if is_tuned(m):
             entry["hparams_from"] = input[f"tune_{m}"]
+        else:  # the frozen development-class choice, as tuned_arg gives an unlearn job
+            tuned = tuned_choice(CONFIG, TUNED, wildcards.arch, m)
+            if tuned:
+                entry["tuned"] = tuned
         if holdout is not None:
             entry["holdout"] = holdout
         entries.append(entry)
