@@ -764,6 +764,14 @@ MUTATIONS: list[Mutation] = [
         T_RFS,
         "C4's bootstrap resamples the images of every class together, within each class's draw",
     ),
+    _m(
+        "c4-forget-score-units-lost",
+        "pbu/report/claims.py",
+        "            return self.models or (0, 0)",
+        "            return 0, 0",
+        T_RFS,
+        "C4 on the forget score reports n_seeds = 0 and n_pairs = 0 instead of PBU's models",
+    ),
 ]
 
 

@@ -104,6 +104,7 @@ C1_STOP = 2.0  #: the stop threshold (%) the paper's A_Df (0-1.9 %, never above 
 C2_MARGIN = 2.0  #: points of A_Dr either side of the oracle's still "within"
 C4_METRIC = "mia_entropy_svc"
 C4_TOLERANCE = 0.05  #: absolute difference in the MIA's member share
+C4_SCORE_PART = "forget score vs ceiling"  #: C4's one part when the forget score decides it
 FISHER_MARGIN = 0.5  #: C5's equivalence margin (A_Dr points) unless claims.fisher_margin says
 DEFAULT_THRESHOLD = 5.0  #: % A_Df that counts as forgotten (matched forgetting)
 FORGET_ONLY = "forget"  #: the ``data_access`` label of forget-only methods (blind, as PBU)
@@ -169,6 +170,9 @@ class Claim:
     summary: str = ""
     parts: list[Part] = field(default_factory=list)
     protocol: str | None = None  # PBU's tuning protocol, where runs.csv says
+    # (n_seeds, n_pairs) of a claim decided without a paired comparison (C4 on the forget
+    # score: PBU's models, one per seed and forget class, against as many oracles)
+    models: tuple[int, int] | None = None
 
     @property
     def statement(self) -> str:
@@ -195,7 +199,7 @@ class Claim:
         stats = [p.stat for p in self.parts if p.stat is not None and not p.context]
         stats = stats or [p.stat for p in self.parts if p.stat is not None]
         if not stats:
-            return 0, 0
+            return self.models or (0, 0)
         return min(s.n_seeds for s in stats), min(s.n_pairs for s in stats)
 
 
@@ -451,7 +455,7 @@ def _setting_claims(
     c4_extra, c4_verdict = "", None
     on_score = c4_on_forget_score(forget_score, *sub[["dataset", "arch"]].iloc[0])
     if on_score is not None:  # the per-example test decides; the MIA is not asked
-        c4 = [Part("forget score vs ceiling", None, on_score[0], on_score[1])]
+        c4 = [Part(C4_SCORE_PART, None, on_score[0], on_score[1])]
         c4_extra = on_score[2]
     else:
         c4 = [_within(sub, methods, PBU, "oracle", C4_METRIC, "vs oracle", C4_TOLERANCE)]
@@ -523,7 +527,13 @@ def evaluate_claims(
                     ]
                     + [extra]
                 )
+            models = None
+            if [p.label for p in parts] == [C4_SCORE_PART]:
+                own = sub.loc[sub["method"] == PBU, ["seed", "forget"]].drop_duplicates()
+                models = (own["seed"].nunique(), len(own))
             out.append(
-                Claim(dataset, arch, cid, verdict, reason, text.strip("; "), parts, protocol)
+                Claim(
+                    dataset, arch, cid, verdict, reason, text.strip("; "), parts, protocol, models
+                )
             )
     return out

@@ -114,6 +114,9 @@ def test_c4_on_the_forget_score(pbu, ceiling, verdict):
     c4 = _c4(_with_validity(_runs(), 0.5, 0.0), _fs(pbu, ceiling))
     assert c4.verdict == verdict and "vs ceiling" in c4.summary  # the MIA is not asked
     assert "over 200 images" in c4.summary
+    # its units are PBU's models (6 seeds x 3 forget classes in _runs), not the empty (0, 0) of
+    # a claim without a paired comparison
+    assert c4.units == (6, 18)
 
 
 def test_c4_on_the_forget_score_pairs_images_and_resamples_within_classes():
