@@ -765,6 +765,14 @@ MUTATIONS: list[Mutation] = [
         "C4's bootstrap resamples the images of every class together, within each class's draw",
     ),
     _m(
+        "c5-unmatched-forgetting-decides",
+        "pbu/report/claims.py",
+        "    if loose and not (part.verdict == DOES_NOT_HOLD and pair[0] in loose):",
+        "    if loose and part.verdict != DOES_NOT_HOLD:",
+        f"{T_CLAIMS}::test_c5_fisher_part_reads_no_effect_helps_hurts",
+        "C5 reads a variant that keeps more A_Dr by forgetting less as the Fisher term hurting",
+    ),
+    _m(
         "c4-forget-score-units-lost",
         "pbu/report/claims.py",
         "            return self.models or (0, 0)",

@@ -150,7 +150,8 @@ RULES = [
     f"score, else |PBU − oracle| entropy-SVC MIA < {C4_TOLERANCE:g} if that attack is valid "
     f"(inconclusive, attack at chance, if not). C5: PBU − pbu_ascent A_Dr > 0; PBU − "
     "pbu_no_fisher A_Dr: no effect (equivalent within ±margin), helps, hurts or inconclusive; "
-    "both methods forgetting. C6: PBU − oracle time < 0, in total and per epoch, "
+    "both methods forgetting (else inconclusive, unless PBU is the one that does not forget and "
+    "keeps less A_Dr). C6: PBU − oracle time < 0, in total and per epoch, "
     "prerequisites included (PBU's Fisher), no tuning time for any method. C7: against every "
     "other method that forgets (not the oracle, the original model or PBU's variants), PBU − "
     "method A_Dr > 0 and distance to the oracle (mean JS divergence) < 0; does not hold if PBU "
@@ -356,11 +357,18 @@ def _c1(runs: pd.DataFrame, arch: str, settings) -> tuple[list[Part], str]:
 
 
 def _matched(part: Part, runs: pd.DataFrame, pair: Sequence[str], threshold: float) -> Part:
-    """``part`` made inconclusive unless both methods forget (when it could still decide)."""
-    if part.stat is None or not part.stat.n_pairs or part.verdict in (DOES_NOT_HOLD, PRELIMINARY):
+    """``part`` made inconclusive unless both methods forget (when it could still decide).
+
+    A comparison on A_Dr at unmatched forgetting decides nothing when the other method keeps
+    more A_Dr by forgetting less: that is the trade-off, not the term's effect. A finding
+    against the first method stands only when it is itself the one that does not forget (then
+    it loses on both counts)."""
+    if part.stat is None or not part.stat.n_pairs or part.verdict == PRELIMINARY:
         return part
     loose = [m for m in pair if not _forgets(runs, m, threshold)]
-    if loose:
+    if loose and not (part.verdict == DOES_NOT_HOLD and pair[0] in loose):
+        if part.outcome:
+            part.outcome = f"{part.outcome} on A_Dr alone"
         part.verdict = INCONCLUSIVE
         part.reason = f"forgetting not matched (mean A_Df ≤ {threshold:g} % needed): " + (
             ", ".join(f"{m} {_df_text(runs, m)}" for m in loose)

@@ -371,6 +371,16 @@ def test_c5_fisher_part_reads_no_effect_helps_hurts():
     assert c5.verdict == INCONCLUSIVE and "absent: pbu_ascent" in c5.reason
     c5 = _claim(_runs(pbu_ascent={"acc_forget_test": 20.0}), "C5")
     assert c5.verdict == INCONCLUSIVE and "forgetting not matched" in c5.reason
+    # a variant that keeps more A_Dr by forgetting less is the trade-off, not a finding: the
+    # Fisher part that would read "hurts" is inconclusive
+    loose = _runs(pbu_no_fisher={"acc_retain_test": 98.0, "acc_forget_test": 20.0})
+    fisher = next(p for p in _claim(loose, "C5").parts if p.label.startswith("Fisher term (vs"))
+    assert fisher.verdict == INCONCLUSIVE and "forgetting not matched" in fisher.reason
+    assert fisher.outcome == "hurts on A_Dr alone"
+    # PBU itself not forgetting and keeping less A_Dr loses on both counts: it does not hold
+    worse = _runs(pbu={"acc_forget_test": 20.0}, pbu_no_fisher={"acc_retain_test": 98.0})
+    fisher = next(p for p in _claim(worse, "C5").parts if p.label.startswith("Fisher term (vs"))
+    assert fisher.verdict == DOES_NOT_HOLD and fisher.reason == "hurts"
     # the A_Df differences are shown beside, without a verdict of their own
     assert [p.context for p in _claim(_runs(), "C5").parts] == [False, False, True, True]
 
