@@ -79,6 +79,7 @@ def _fig_accuracy(runs: pd.DataFrame) -> Any | None:
             )
             ax.set_xlabel("forget class")
             ax.set_ylabel(f"{RUN_METRICS[col][0]} (%)")
+            ax.set_ylim(0, 100)  # an accuracy: the sd bars stop where the scale does
             ax.set_title(f"{dataset} / {arch}: {RUN_METRICS[col][0]}")
     legend_below(fig, axes.flat)
     return fig

@@ -57,7 +57,8 @@ def save_figure(fig: Any, out_dir: Path, name: str) -> list[Path]:
     for ext in ("png", "pdf"):
         paths.append(
             write_file(
-                out_dir / f"{name}.{ext}", lambda p, e=ext: fig.savefig(p, format=e, dpi=DPI)
+                out_dir / f"{name}.{ext}",
+                lambda p, e=ext: fig.savefig(p, format=e, dpi=DPI),
             )
         )
     plt.close(fig)
@@ -77,7 +78,13 @@ def legend_below(fig: Any, axes: Iterable[Any], ncol: int = 6) -> None:
             handles, labels = ax.get_legend_handles_labels()
         if ax.get_legend() is not None:
             ax.get_legend().remove()
-    if handles:
-        fig.legend(
-            handles, labels, loc="outside lower center", ncol=min(ncol, len(labels)), frameon=False
+    if not handles:
+        return
+    renderer = fig.canvas.get_renderer()
+    for n in range(min(ncol, len(labels)), 0, -1):  # as many columns as the width holds
+        legend = fig.legend(
+            handles, labels, loc="outside lower center", ncol=n, frameon=False, columnspacing=1.0
         )
+        if n == 1 or legend.get_window_extent(renderer).width <= fig.bbox.width:
+            return
+        legend.remove()
