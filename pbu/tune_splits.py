@@ -114,15 +114,23 @@ def held_out_record(train: ImageData, fraction: float, seed: int) -> tuple[Tenso
     the development-class tuning's θ* and oracle are trained on (``pbu pretrain --holdout``),
     so that no image of the split was ever a training image of the models it scores."""
     fit_idx, val_idx = carve_validation(train.labels, fraction, seed)
-    record = {
+    return fit_idx, _split_record(train, fraction, seed, fit_idx, val_idx)
+
+
+def _split_record(
+    train: ImageData, fraction: float, seed: int, fit_idx: Tensor, val_idx: Tensor, **counts: int
+) -> dict[str, Any]:
+    """What a job writes down about a validation split: its settings, sizes (``counts``: more
+    of them) and the held-out indices' digest."""
+    return {
         "fraction": fraction,
         "seed": seed,
         "train": len(train),
         "fit": len(fit_idx),
         "val": len(val_idx),
+        **counts,
         "digest": index_digest(val_idx),
     }
-    return fit_idx, record
 
 
 def hold_out(train: ImageData, fraction: float, seed: int, forget_class: int) -> Holdout:
@@ -144,14 +152,13 @@ def hold_out(train: ImageData, fraction: float, seed: int, forget_class: int) ->
             f"holds {len(forget_idx)} forget-class and {len(retain_idx)} retained-class "
             f"images: both need at least one (raise the fraction)"
         )
-    record = {
-        "fraction": fraction,
-        "seed": seed,
-        "train": len(train),
-        "fit": len(fit_idx),
-        "val": len(val_idx),
-        "forget_val": len(forget_idx),
-        "retain_val": len(retain_idx),
-        "digest": index_digest(val_idx),
-    }
+    record = _split_record(
+        train,
+        fraction,
+        seed,
+        fit_idx,
+        val_idx,
+        forget_val=len(forget_idx),
+        retain_val=len(retain_idx),
+    )
     return Holdout(train.subset(fit_idx), val.subset(forget_idx), val.subset(retain_idx), record)

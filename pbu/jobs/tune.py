@@ -28,6 +28,28 @@ PathLike = str | os.PathLike
 FISHER_KEYS = ("kind", "bn_mode", "mc_samples", "chunk_size", "batch_size")
 
 
+def _checked(
+    method: str,
+    name: str,
+    hparams: Mapping[str, Any],
+    space: Mapping[str, Any],
+    budget: int,
+    val_fraction: float,
+) -> tuple[Any, dict[str, Any]]:
+    """The method's spec and its checked ``hparams``, once ``space`` (of ``name``: the method or
+    its variant), ``budget`` and ``val_fraction`` are valid; a UsageError naming the problem
+    otherwise."""
+    try:
+        spec = methods.get_method(method)
+        hp = methods.check_hparams(spec, dict(hparams))
+        check_space(name, spec.hparams, space, budget)
+    except (KeyError, ValueError) as err:
+        raise UsageError(str(err).strip("'\"")) from None
+    if not 0.0 < val_fraction < 1.0:
+        raise UsageError(f"val_fraction (--val-fraction) must be in (0, 1), got {val_fraction}")
+    return spec, hp
+
+
 def tune(
     data: PathLike,
     *,
@@ -62,18 +84,11 @@ def tune(
     """
     began = started(started_at)
     dev = resolve_device(device)
-    try:
-        spec = methods.get_method(method)
-        hp = methods.check_hparams(spec, dict(hparams))
-        check_space(method, spec.hparams, space, budget)
-    except (KeyError, ValueError) as err:
-        raise UsageError(str(err).strip("'\"")) from None
+    spec, hp = _checked(method, method, hparams, space, budget, val_fraction)
     if protocol not in PROTOCOLS:
         raise UsageError(
             f"protocol (--protocol) must be one of {', '.join(PROTOCOLS)}, got {protocol!r}"
         )
-    if not 0.0 < val_fraction < 1.0:
-        raise UsageError(f"val_fraction (--val-fraction) must be in (0, 1), got {val_fraction}")
     if spec.needs_fisher:
         if not fisher_settings:
             raise UsageError(
@@ -176,14 +191,7 @@ def tune_dev(
             f"space (--space) of {name}: {', '.join(fixed)} define(s) the variant (overrides) "
             f"and cannot be tuned"
         )
-    try:
-        spec = methods.get_method(method)
-        hp = methods.check_hparams(spec, {**hparams, **overrides})
-        check_space(name, spec.hparams, space, budget)
-    except (KeyError, ValueError) as err:
-        raise UsageError(str(err).strip("'\"")) from None
-    if not 0.0 < val_fraction < 1.0:
-        raise UsageError(f"val_fraction (--val-fraction) must be in (0, 1), got {val_fraction}")
+    spec, hp = _checked(method, name, {**hparams, **overrides}, space, budget, val_fraction)
     models, oracles = _by_seed(models, "model"), _by_seed(oracles, "oracle")
     if set(models) != set(oracles):
         raise UsageError(
