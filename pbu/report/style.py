@@ -57,8 +57,7 @@ def save_figure(fig: Any, out_dir: Path, name: str) -> list[Path]:
     for ext in ("png", "pdf"):
         paths.append(
             write_file(
-                out_dir / f"{name}.{ext}",
-                lambda p, e=ext: fig.savefig(p, format=e, dpi=DPI),
+                out_dir / f"{name}.{ext}", lambda p, e=ext: fig.savefig(p, format=e, dpi=DPI)
             )
         )
     plt.close(fig)
